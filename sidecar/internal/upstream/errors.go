@@ -1,0 +1,31 @@
+package upstream
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors. The server chooses the response code and Extended DNS
+// Error from these with errors.Is, in one place.
+var (
+	// ErrUnreachable: the upstream could not be reached (dial refused or timed
+	// out, no route). Answers get EDE 22 (No Reachable Authority).
+	ErrUnreachable = errors.New("upstream unreachable")
+	// ErrTLS: the TLS handshake or certificate verification failed. Answers
+	// get EDE 23 (Network Error). Never retried in plaintext.
+	ErrTLS = errors.New("upstream TLS failure")
+	// ErrPinMismatch wraps ErrTLS: the verified chain holds no pinned key.
+	ErrPinMismatch = fmt.Errorf("%w: no pinned key in the verified chain", ErrTLS)
+	// ErrConnClosed: a pooled connection died under a query (the upstream
+	// closed or reset it). The query is resent on a fresh connection and the
+	// upstream is not blamed.
+	ErrConnClosed = errors.New("upstream connection closed")
+	// ErrAllDown: every upstream is marked down; answers get SERVFAIL at once
+	// with EDE 22.
+	ErrAllDown = errors.New("all upstreams are down")
+	// ErrBadResponse: the upstream sent something that is not a valid answer
+	// to the query.
+	ErrBadResponse = errors.New("malformed upstream response")
+	// ErrClosed: the Upstream was closed (shutdown).
+	ErrClosed = errors.New("upstream closed")
+)
