@@ -1,0 +1,105 @@
+package unboundtest
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"os/exec"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// Exchange sends one query over a fresh DoT connection, verified against the
+// generated CA and ServerName, and returns the reply. It is meant for checks,
+// not load: every call pays a TLS handshake.
+func (s *Server) Exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, error) {
+	dial := s.opts.DialContext
+	if dial == nil {
+		var d net.Dialer
+		dial = d.DialContext
+	}
+	raw, err := dial(ctx, "tcp", s.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("dialing %s: %w", s.Addr, err)
+	}
+	conn := tls.Client(raw, s.TLSConfig())
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	}
+	if err := conn.HandshakeContext(ctx); err != nil {
+		return nil, fmt.Errorf("TLS handshake with %s: %w", s.Addr, err)
+	}
+	dc := &dns.Conn{Conn: conn}
+	if err := dc.WriteMsg(m); err != nil {
+		return nil, fmt.Errorf("writing query to %s: %w", s.Addr, err)
+	}
+	r, err := dc.ReadMsg()
+	if err != nil {
+		return nil, fmt.Errorf("reading reply from %s: %w", s.Addr, err)
+	}
+	if r.Id != m.Id {
+		return nil, fmt.Errorf("reply from %s has ID %d, want %d", s.Addr, r.Id, m.Id)
+	}
+	return r, nil
+}
+
+// probe checks that the server answers the first name's A record correctly.
+func (s *Server) probe(ctx context.Context) error {
+	want := s.Names[0]
+	if len(s.opts.Prefix) > 0 && s.opts.DialContext == nil {
+		return s.probeKdig(ctx, want)
+	}
+	m := new(dns.Msg)
+	m.SetQuestion(want.Name, dns.TypeA)
+	r, err := s.Exchange(ctx, m)
+	if err != nil {
+		return err
+	}
+	return CheckA(r, want)
+}
+
+// CheckA reports whether r is a NOERROR answer carrying exactly rec's A
+// record.
+func CheckA(r *dns.Msg, rec Record) error {
+	if r.Rcode != dns.RcodeSuccess {
+		return fmt.Errorf("%s A: rcode %s", rec.Name, dns.RcodeToString[r.Rcode])
+	}
+	for _, rr := range r.Answer {
+		if a, ok := rr.(*dns.A); ok && strings.EqualFold(a.Hdr.Name, rec.Name) && a.A.Equal(rec.A) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s A: answer %v lacks %s", rec.Name, r.Answer, rec.A)
+}
+
+// probeKdig queries through the Prefix (e.g. inside a network namespace this
+// process is not in) with kdig, verifying the certificate the same way.
+func (s *Server) probeKdig(ctx context.Context, want Record) error {
+	if s.tools.kdig == "" {
+		return errors.New("kdig not found (Debian package knot-dnsutils); needed to probe through Prefix")
+	}
+	host, port, err := net.SplitHostPort(s.Addr)
+	if err != nil {
+		return err
+	}
+	argv := append(append([]string{}, s.opts.Prefix...), s.tools.kdig,
+		"@"+host, "-p", port, "+tls", "+tls-ca="+s.CAFile, "+tls-hostname="+s.ServerName,
+		"+short", "+timeout=1", "+retry=0", want.Name, "A")
+	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(cctx, argv[0], argv[1:]...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("kdig: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	for _, l := range strings.Fields(string(out)) {
+		if net.ParseIP(l).Equal(want.A) {
+			return nil
+		}
+	}
+	return fmt.Errorf("kdig %s A: got %q, want %s", want.Name, strings.TrimSpace(string(out)), want.A)
+}

@@ -1,0 +1,188 @@
+package unboundtest
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/testpki"
+)
+
+func TestServerAnswersOverDoT(t *testing.T) {
+	u := Start(t, Options{Names: 50, Plain: true})
+	rec := u.Names[41]
+
+	tests := []struct {
+		name  string
+		qname string
+		qtype uint16
+		rcode int
+		check func(t *testing.T, rr dns.RR)
+	}{
+		{"A", rec.Name, dns.TypeA, dns.RcodeSuccess, func(t *testing.T, rr dns.RR) {
+			if a, ok := rr.(*dns.A); !ok || !a.A.Equal(rec.A) {
+				t.Errorf("got %v, want A %s", rr, rec.A)
+			}
+		}},
+		{"AAAA", rec.Name, dns.TypeAAAA, dns.RcodeSuccess, func(t *testing.T, rr dns.RR) {
+			if a, ok := rr.(*dns.AAAA); !ok || !a.AAAA.Equal(rec.AAAA) {
+				t.Errorf("got %v, want AAAA %s", rr, rec.AAAA)
+			}
+		}},
+		{"TXT", rec.Name, dns.TypeTXT, dns.RcodeSuccess, func(t *testing.T, rr dns.RR) {
+			if txt, ok := rr.(*dns.TXT); !ok || strings.Join(txt.Txt, "") != rec.TXT {
+				t.Errorf("got %v, want TXT %q", rr, rec.TXT)
+			}
+		}},
+		{"unknown name in zone", "nosuch.bench.test.", dns.TypeA, dns.RcodeNameError, nil},
+		{"name outside zone, not recursed", "example.com.", dns.TypeA, dns.RcodeNameError, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			m := new(dns.Msg)
+			m.SetQuestion(tt.qname, tt.qtype)
+			for _, via := range []string{"dot", "udp", "tcp"} {
+				var r *dns.Msg
+				var err error
+				if via == "dot" {
+					r, err = u.Exchange(ctx, m)
+				} else {
+					r, _, err = (&dns.Client{Net: via}).ExchangeContext(ctx, m, u.PlainAddr)
+				}
+				if err != nil {
+					t.Fatalf("%s: %v", via, err)
+				}
+				if r.Rcode != tt.rcode {
+					t.Fatalf("%s: rcode %s, want %s", via, dns.RcodeToString[r.Rcode], dns.RcodeToString[tt.rcode])
+				}
+				if tt.check == nil {
+					continue
+				}
+				if len(r.Answer) != 1 {
+					t.Fatalf("%s: %d answers, want 1: %v", via, len(r.Answer), r.Answer)
+				}
+				tt.check(t, r.Answer[0])
+			}
+		})
+	}
+
+	t.Run("stats count DoT queries", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		st, err := u.Stats(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The readiness probe plus the five DoT queries above, at least.
+		if got := st["num.query.tls"]; got < float64(len(tests)+1) {
+			t.Errorf("num.query.tls = %v, want >= %d", got, len(tests)+1)
+		}
+	})
+}
+
+func TestServerCertificate(t *testing.T) {
+	u := Start(t, Options{Names: 1})
+	tests := []struct {
+		name    string
+		cfg     *tls.Config
+		wantErr bool
+	}{
+		{"CA and server name", u.TLSConfig(), false},
+		{"wrong server name", &tls.Config{RootCAs: u.CAPool, ServerName: "other.test"}, true},
+		{"system roots", &tls.Config{ServerName: u.ServerName}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := tls.Dialer{Config: tt.cfg, NetDialer: &net.Dialer{Timeout: 3 * time.Second}}
+			c, err := d.DialContext(context.Background(), "tcp", u.Addr)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("dial error = %v, want error %v", err, tt.wantErr)
+			}
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			state := c.(*tls.Conn).ConnectionState()
+			leaf := state.PeerCertificates[0]
+			if got := testpki.Pin(leaf); got != u.Pin {
+				t.Errorf("leaf pin %s, Server.Pin %s", got, u.Pin)
+			}
+		})
+	}
+}
+
+func TestStopEndsProcess(t *testing.T) {
+	u := Start(t, Options{Names: 1})
+	if err := u.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-u.Exited():
+	default:
+		t.Fatal("Stop returned before unbound exited")
+	}
+	c, err := net.DialTimeout("tcp", u.Addr, time.Second)
+	if err == nil {
+		c.Close()
+		t.Fatalf("%s still accepts connections after Stop", u.Addr)
+	}
+	if err := u.Stop(); err != nil {
+		t.Fatalf("second Stop: %v", err)
+	}
+}
+
+func TestMakeRecordsDistinct(t *testing.T) {
+	recs := makeRecords("bench.test.", 70000)
+	seenA, seenAAAA := map[string]bool{}, map[string]bool{}
+	for _, r := range recs {
+		if seenA[r.A.String()] || seenAAAA[r.AAAA.String()] {
+			t.Fatalf("duplicate address for %s: %s %s", r.Name, r.A, r.AAAA)
+		}
+		seenA[r.A.String()], seenAAAA[r.AAAA.String()] = true, true
+		if !benchNet.Contains(r.A) || !docNet.Contains(r.AAAA) {
+			t.Fatalf("%s: %s or %s outside the reserved ranges", r.Name, r.A, r.AAAA)
+		}
+	}
+	if recs[0].Name != "name1.bench.test." {
+		t.Errorf("first name %q", recs[0].Name)
+	}
+}
+
+var (
+	_, benchNet, _ = net.ParseCIDR("198.18.0.0/15")
+	_, docNet, _   = net.ParseCIDR("2001:db8::/32")
+)
+
+func TestParseStats(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      string
+		want    map[string]float64
+		wantErr bool
+	}{
+		{"counters", "thread0.num.queries=5\nnum.query.tls=3\ntotal.recursion.time.avg=0.000000\n",
+			map[string]float64{"thread0.num.queries": 5, "num.query.tls": 3, "total.recursion.time.avg": 0}, false},
+		{"empty", "", nil, true},
+		{"garbage value", "num.query.tls=abc\n", nil, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseStats(tt.in)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("err = %v, wantErr %v", err, tt.wantErr)
+			}
+			for k, v := range tt.want {
+				if got[k] != v {
+					t.Errorf("%s = %v, want %v", k, got[k], v)
+				}
+			}
+		})
+	}
+}
