@@ -1,0 +1,148 @@
+// Package config is the only place dot-sidecar reads its environment. Load
+// turns the process's arguments and environment into a validated Config:
+// every setting is an environment variable (parsed with caarlos0/env) and a
+// flag of the same name in lower-case dashed form (BIND_PORT → --bind-port);
+// a flag wins over the variable, and an empty value means the default.
+//
+// The struct tags of Config are the single source of truth for each
+// setting's variable, default, meaning and valid range: Load, Usage and the
+// README's settings table (checked by a test) are all derived from them.
+package config
+
+import (
+	"crypto/x509"
+	"net/netip"
+	"time"
+)
+
+// Values of the enumerated settings.
+const (
+	ProtoUDP  = "udp"
+	ProtoTCP  = "tcp"
+	ProtoBoth = "both"
+
+	PolicySequential = "sequential"
+	PolicyRoundRobin = "round_robin"
+	PolicyRandom     = "random"
+
+	LogFormatText = "text"
+	LogFormatJSON = "json"
+)
+
+// Config holds every setting. Each exported field is one setting, described
+// by its tags:
+//
+//	env         the variable; the flag is its lower-case dashed form
+//	envDefault  the default ("" for none)
+//	valid       the range checked at load: "1..65535", "1.." (at least 1),
+//	            ">0" or ">=0" (durations), "a|b|c" (one of, case-insensitive)
+//	help        the meaning, shown by --help
+//	emptyOK     "true": an explicitly empty value means empty, not the default
+type Config struct {
+	BindAddress []netip.Addr `env:"BIND_ADDRESS" envDefault:"127.0.0.1,::1" help:"comma-separated IP literals to listen on. With the default, an address the host lacks (::1 when IPv6 is off) is skipped with a warning; an address set explicitly must bind"`
+	BindPort    int          `env:"BIND_PORT" envDefault:"5053" valid:"1..65535" help:"port to listen on (UDP and TCP)"`
+	Proto       string       `env:"PROTO" envDefault:"both" valid:"udp|tcp|both" help:"listeners to run: udp, tcp or both"`
+
+	DoTAddress    netip.Addr `env:"DOT_ADDRESS" envDefault:"1.1.1.1" help:"upstream IPv4 or IPv6 literal, used when UPSTREAMS is empty"`
+	DoTPort       int        `env:"DOT_PORT" envDefault:"853" valid:"1..65535" help:"upstream port, used when UPSTREAMS is empty"`
+	DoTServerName string     `env:"DOT_SERVER_NAME" envDefault:"cloudflare-dns.com" help:"name the upstream certificate must carry, used when UPSTREAMS is empty"`
+	// UpstreamList is UPSTREAMS as written; use Upstreams() for the effective
+	// list with pins resolved.
+	UpstreamList []Upstream `env:"UPSTREAMS" envDefault:"" help:"comma-separated upstreams, each tls://IP[:PORT]#SERVERNAME[;pin=BASE64]... (IPv6 in brackets, port 853 by default); when set, replaces DOT_ADDRESS, DOT_PORT and DOT_SERVER_NAME"`
+
+	TLSCAFile   string     `env:"TLS_CA_FILE" envDefault:"" help:"PEM bundle of CA certificates to trust instead of the system roots; re-read when it changes"`
+	TLSPins     [][32]byte `env:"TLS_PINS" envDefault:"" help:"comma-separated SPKI pins (base64 SHA-256 of a SubjectPublicKeyInfo, leaf or CA) for upstreams without pins of their own"`
+	TLSPinsFile string     `env:"TLS_PINS_FILE" envDefault:"" help:"file of SPKI pins, one a line ('#' comments allowed), for upstreams without pins of their own; re-read when it changes; excludes TLS_PINS"`
+
+	LogLevel  string `env:"LOG_LEVEL" envDefault:"info" valid:"debug|info|warn|error" help:"debug, info, warn or error; one line per query only at debug"`
+	LogFormat string `env:"LOG_FORMAT" envDefault:"text" valid:"text|json" help:"text or json"`
+	LogFile   string `env:"LOG_FILE" envDefault:"" help:"file to append logs to; empty means stderr"`
+
+	QueryTimeout   time.Duration `env:"QUERY_TIMEOUT" envDefault:"2s" valid:">0" help:"deadline of each client query, retries included; past it the client gets SERVFAIL"`
+	UDPMaxSize     int           `env:"UDP_MAX_SIZE" envDefault:"1232" valid:"512..65535" help:"largest UDP answer sent, whatever size the client advertises (512-65535)"`
+	TCPIdleTimeout time.Duration `env:"TCP_IDLE_TIMEOUT" envDefault:"10s" valid:">0" help:"idle time after which a client TCP connection is closed"`
+	TCPMaxConns    int           `env:"TCP_MAX_CONNS" envDefault:"1000" valid:"1.." help:"most client TCP connections open at once; more are refused"`
+	TCPMaxInflight int           `env:"TCP_MAX_INFLIGHT" envDefault:"128" valid:"1.." help:"most queries in flight on one client TCP connection"`
+
+	UpstreamPoolSize    int           `env:"UPSTREAM_POOL_SIZE" envDefault:"2" valid:"1..64" help:"persistent TLS connections per upstream (1-64)"`
+	UpstreamIdleTimeout time.Duration `env:"UPSTREAM_IDLE_TIMEOUT" envDefault:"30s" valid:">0" help:"idle time after which an upstream connection is closed"`
+	UpstreamMaxAge      time.Duration `env:"UPSTREAM_MAX_AGE" envDefault:"5m" valid:">0" help:"age at which an upstream connection is retired, so certificates are verified again"`
+	DialTimeout         time.Duration `env:"DIAL_TIMEOUT" envDefault:"2s" valid:">0" help:"limit for the TCP connect plus TLS handshake to an upstream"`
+	UpstreamMaxInflight int           `env:"UPSTREAM_MAX_INFLIGHT" envDefault:"1024" valid:"1..65535" help:"most queries in flight on one upstream connection (message IDs are 16 bits)"`
+
+	UpstreamPolicy      string        `env:"UPSTREAM_POLICY" envDefault:"sequential" valid:"sequential|round_robin|random" help:"how to choose among healthy upstreams: sequential (first healthy in list order, the default: a deterministic primary keeps behaviour and debugging predictable), round_robin or random"`
+	RetryMaxAttempts    int           `env:"RETRY_MAX_ATTEMPTS" envDefault:"3" valid:"1.." help:"most attempts per query (1 = no retry); each retry goes to the next healthy upstream"`
+	RetryBaseDelay      time.Duration `env:"RETRY_BASE_DELAY" envDefault:"10ms" valid:">0" help:"first retry backoff, doubled with jitter at each attempt; must be under QUERY_TIMEOUT"`
+	HealthMaxFails      int           `env:"HEALTH_MAX_FAILS" envDefault:"3" valid:"1.." help:"consecutive transport failures that mark an upstream down"`
+	HealthCheckInterval time.Duration `env:"HEALTH_CHECK_INTERVAL" envDefault:"1s" valid:">0" help:"cap of the backoff between probes of a down upstream"`
+
+	AdminAddress          string        `env:"ADMIN_ADDRESS" envDefault:":9253" emptyOK:"true" help:"[IP]:PORT of the HTTP listener for /livez, /startupz, /readyz and /metrics; empty disables it"`
+	ReadyRequiresUpstream bool          `env:"READY_REQUIRES_UPSTREAM" envDefault:"false" help:"make /readyz fail while every upstream is down (off: a shared outage would pull every pod out of its Service at once)"`
+	ReadyFailThreshold    int           `env:"READY_FAIL_THRESHOLD" envDefault:"3" valid:"1.." help:"with READY_REQUIRES_UPSTREAM, consecutive failed checks before unready"`
+	ReadySuccessThreshold int           `env:"READY_SUCCESS_THRESHOLD" envDefault:"1" valid:"1.." help:"with READY_REQUIRES_UPSTREAM, consecutive good checks before ready again"`
+	ShutdownLameduck      time.Duration `env:"SHUTDOWN_LAMEDUCK" envDefault:"2s" valid:">=0" help:"after SIGTERM, time /readyz reports 503 while listeners keep answering (0 disables)"`
+	ShutdownGrace         time.Duration `env:"SHUTDOWN_GRACE" envDefault:"10s" valid:">0" help:"total time from SIGTERM to exit, lame duck included; must exceed SHUTDOWN_LAMEDUCK"`
+	TrustReloadInterval   time.Duration `env:"TRUST_RELOAD_INTERVAL" envDefault:"5s" valid:">0" help:"how often TLS_CA_FILE and TLS_PINS_FILE are checked for changes"`
+
+	// Derived at load, not settings.
+	bindAddressExplicit bool
+	rootCAs             *x509.CertPool
+	filePins            [][32]byte
+	warnings            []string
+}
+
+// BindAddressExplicit reports whether BIND_ADDRESS was set. With the default
+// list, an address the host lacks is skipped with a warning; an address the
+// operator listed must bind or the program stops.
+func (c *Config) BindAddressExplicit() bool { return c.bindAddressExplicit }
+
+// RootCAs returns the pool loaded from TLS_CA_FILE, or nil for the system
+// roots.
+func (c *Config) RootCAs() *x509.CertPool { return c.rootCAs }
+
+// PinsFromFile returns the pins read from TLS_PINS_FILE at load (nil when it
+// is not set).
+func (c *Config) PinsFromFile() [][32]byte { return clonePins(c.filePins) }
+
+// Warnings lists settings that are valid but probably not what the operator
+// meant (e.g. DOT_ADDRESS set alongside UPSTREAMS, which replaces it). The
+// caller logs them once the logger exists.
+func (c *Config) Warnings() []string { return append([]string(nil), c.warnings...) }
+
+// Upstreams returns the effective upstreams: the UPSTREAMS entries, or the
+// single one that DOT_ADDRESS, DOT_PORT and DOT_SERVER_NAME describe. An
+// upstream without pins of its own gets TLS_PINS (or the TLS_PINS_FILE pins
+// read at load) and DefaultPins set. The result is a fresh copy.
+func (c *Config) Upstreams() []Upstream {
+	var ups []Upstream
+	if len(c.UpstreamList) > 0 {
+		ups = make([]Upstream, len(c.UpstreamList))
+		for i, u := range c.UpstreamList {
+			u.Pins = clonePins(u.Pins)
+			ups[i] = u
+		}
+	} else {
+		ups = []Upstream{{
+			Addr:       netip.AddrPortFrom(c.DoTAddress, uint16(c.DoTPort)),
+			ServerName: c.DoTServerName,
+		}}
+	}
+	def := c.TLSPins
+	if len(def) == 0 {
+		def = c.filePins
+	}
+	for i := range ups {
+		if len(ups[i].Pins) == 0 && len(def) > 0 {
+			ups[i].Pins = clonePins(def)
+			ups[i].DefaultPins = true
+		}
+	}
+	return ups
+}
+
+func clonePins(p [][32]byte) [][32]byte {
+	if p == nil {
+		return nil
+	}
+	return append([][32]byte(nil), p...)
+}
