@@ -1,0 +1,345 @@
+package dnswire
+
+import (
+	"bytes"
+	"errors"
+	"testing"
+
+	"github.com/miekg/dns"
+)
+
+// pack builds a message with miekg/dns, the reference this parser must agree
+// with.
+func pack(t testing.TB, m *dns.Msg) []byte {
+	t.Helper()
+	b, err := m.Pack()
+	if err != nil {
+		t.Fatalf("packing reference message: %v", err)
+	}
+	return b
+}
+
+func query(name string, qtype uint16) *dns.Msg {
+	m := new(dns.Msg)
+	m.SetQuestion(name, qtype)
+	m.Id = 0x1234
+	return m
+}
+
+func withEDNS(m *dns.Msg, size uint16, do bool, opts ...dns.EDNS0) *dns.Msg {
+	m.SetEdns0(size, do)
+	o := m.IsEdns0()
+	o.Option = append(o.Option, opts...)
+	return m
+}
+
+func TestParse(t *testing.T) {
+	big := new(dns.Msg)
+	big.SetQuestion("example.com.", dns.TypeA)
+	big.Response = true
+	for i := 0; i < 20; i++ {
+		big.Answer = append(big.Answer, &dns.A{Hdr: dns.RR_Header{Name: "example.com.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: []byte{192, 0, 2, byte(i)}})
+	}
+	big.Ns = append(big.Ns, &dns.NS{Hdr: dns.RR_Header{Name: "example.com.", Rrtype: dns.TypeNS, Class: dns.ClassINET}, Ns: "ns.example.com."})
+	big.Compress = true
+	withEDNS(big, 1232, false)
+
+	unknown := &dns.EDNS0_LOCAL{Code: 65001, Data: []byte("opaque")}
+	cookie := &dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0102030405060708"}
+
+	tests := []struct {
+		name    string
+		msg     []byte
+		wantErr error
+		check   func(t *testing.T, m Message, b []byte)
+	}{
+		{
+			name: "plain query",
+			msg:  pack(t, query("Example.COM.", dns.TypeAAAA)),
+			check: func(t *testing.T, m Message, b []byte) {
+				if m.ID != 0x1234 || m.QDCount != 1 || m.HasOPT || m.Response() || m.Opcode() != 0 || !m.RecursionDesired() {
+					t.Errorf("header/OPT wrong: %+v", m)
+				}
+				if m.QType != dns.TypeAAAA || m.QClass != dns.ClassINET {
+					t.Errorf("question wrong: %+v", m)
+				}
+				if !EqualName(b[m.QNameStart:m.QNameEnd], []byte("\x07example\x03com\x00")) {
+					t.Errorf("name %q does not fold-match", b[m.QNameStart:m.QNameEnd])
+				}
+				if m.End != len(b) || m.QEnd != len(b) {
+					t.Errorf("End=%d QEnd=%d, want %d", m.End, m.QEnd, len(b))
+				}
+			},
+		},
+		{
+			name: "EDNS query with DO, cookie and an unknown option",
+			msg:  pack(t, withEDNS(query("example.org.", dns.TypeTXT), 4096, true, cookie, unknown)),
+			check: func(t *testing.T, m Message, b []byte) {
+				if !m.HasOPT || m.UDPSize != 4096 || !m.DO() || m.Version != 0 || m.Rcode() != 0 {
+					t.Errorf("OPT wrong: %+v", m)
+				}
+				if m.OPTEnd != len(b) || b[m.OPTStart] != 0 {
+					t.Errorf("OPT span %d:%d in %d bytes", m.OPTStart, m.OPTEnd, len(b))
+				}
+			},
+		},
+		{
+			name: "EDNS version 1",
+			msg: func() []byte {
+				m := withEDNS(query("example.org.", dns.TypeA), 1232, false)
+				m.IsEdns0().SetVersion(1)
+				return pack(t, m)
+			}(),
+			check: func(t *testing.T, m Message, _ []byte) {
+				if m.Version != 1 {
+					t.Errorf("version %d, want 1", m.Version)
+				}
+			},
+		},
+		{
+			name: "compressed response with extended rcode",
+			msg: func() []byte {
+				m := big.Copy()
+				m.Rcode = dns.RcodeBadCookie
+				return pack(t, m)
+			}(),
+			check: func(t *testing.T, m Message, b []byte) {
+				if !m.Response() || m.ANCount != 20 || m.NSCount != 1 || !m.HasOPT || m.End != len(b) {
+					t.Errorf("response parsed wrong: %+v", m)
+				}
+				if m.Rcode() != dns.RcodeBadCookie {
+					t.Errorf("rcode %d, want %d", m.Rcode(), dns.RcodeBadCookie)
+				}
+			},
+		},
+		{
+			name: "trailing garbage is left outside End",
+			msg:  append(pack(t, query("a.", dns.TypeA)), 1, 2, 3),
+			check: func(t *testing.T, m Message, b []byte) {
+				if m.End != len(b)-3 {
+					t.Errorf("End=%d, want %d", m.End, len(b)-3)
+				}
+			},
+		},
+		{
+			name: "no question",
+			msg:  []byte{0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+			check: func(t *testing.T, m Message, _ []byte) {
+				if m.QEnd != 0 || m.End != HeaderLen {
+					t.Errorf("empty message parsed wrong: %+v", m)
+				}
+			},
+		},
+		{name: "short header", msg: []byte{1, 2, 3}, wantErr: ErrShort},
+		{name: "question cut short", msg: pack(t, query("example.com.", dns.TypeA))[:20], wantErr: ErrTruncated},
+		{name: "question type cut short", msg: pack(t, query("example.com.", dns.TypeA))[:27], wantErr: ErrTruncated},
+		{name: "count larger than the records", msg: func() []byte { b := pack(t, query("a.", dns.TypeA)); b[11] = 1; return b }(), wantErr: ErrTruncated},
+		{name: "reserved label type", msg: []byte{0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0x41, 0, 0, 1, 0, 1}, wantErr: ErrLabel},
+		{name: "pointer in the first question", msg: []byte{0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 'a', 0xC0, 0x0C, 0, 1, 0, 1}, wantErr: ErrPointer},
+		{name: "pointer into the header", msg: []byte{0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 1, 'a', 0, 0, 1, 0, 1, 0xC0, 0x02, 0, 1, 0, 1}, wantErr: ErrPointer},
+		{name: "pointer past the end", msg: []byte{0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 1, 'a', 0, 0, 1, 0, 1, 0xC0, 0x40, 0, 1, 0, 1}, wantErr: ErrPointer},
+		{name: "pointer cut short", msg: []byte{0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 'a', 0xC0}, wantErr: ErrTruncated},
+		{
+			name:    "name longer than 255 bytes",
+			msg:     append(append([]byte{0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0}, bytes.Repeat(append([]byte{63}, bytes.Repeat([]byte("a"), 63)...), 4)...), 0, 0, 1, 0, 1),
+			wantErr: ErrLabel,
+		},
+		{
+			name: "two OPT records",
+			msg: func() []byte {
+				m := withEDNS(query("a.", dns.TypeA), 1232, false)
+				m.Extra = append(m.Extra, m.Extra[0])
+				return pack(t, m)
+			}(),
+			wantErr: ErrMultipleOPT,
+		},
+		{
+			name: "OPT in the answer section",
+			msg: func() []byte {
+				m := query("a.", dns.TypeA)
+				m.Answer = append(m.Answer, &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT, Class: 512}})
+				return pack(t, m)
+			}(),
+			wantErr: ErrOPT,
+		},
+		{
+			name: "OPT with an owner name",
+			msg: func() []byte {
+				m := query("a.", dns.TypeA)
+				m.Extra = append(m.Extra, &dns.OPT{Hdr: dns.RR_Header{Name: "a.", Rrtype: dns.TypeOPT, Class: 512}})
+				m.Compress = false
+				return pack(t, m)
+			}(),
+			wantErr: ErrOPT,
+		},
+		{
+			name: "OPT option overruns its RDATA",
+			msg: func() []byte {
+				b := pack(t, withEDNS(query("a.", dns.TypeA), 1232, false, unknown))
+				b[len(b)-len(unknown.Data)-1]++ // option length one too long
+				return b
+			}(),
+			wantErr: ErrOPT,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := Parse(tt.msg)
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("Parse error = %v, want %v", err, tt.wantErr)
+			}
+			if tt.check != nil {
+				tt.check(t, m, tt.msg)
+			}
+		})
+	}
+}
+
+func TestParseKeepsQuestionOnLaterError(t *testing.T) {
+	b := pack(t, query("example.com.", dns.TypeMX))
+	b[11] = 1 // claims an additional record that is not there
+	m, err := Parse(b)
+	if !errors.Is(err, ErrTruncated) {
+		t.Fatalf("err = %v, want ErrTruncated", err)
+	}
+	if m.QEnd != len(b) || m.QType != dns.TypeMX {
+		t.Fatalf("question lost: %+v", m)
+	}
+}
+
+func TestAppendReply(t *testing.T) {
+	q := withEDNS(query("MiXeD.example.", dns.TypeA), 4096, true)
+	q.CheckingDisabled = true
+	qb := pack(t, q)
+	qm, err := Parse(qb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	noQuestion := []byte{0xAB, 0xCD, 0x28, 0, 0, 2, 0, 0, 0, 0, 0, 0}
+	nqm, _ := Parse(noQuestion)
+
+	tests := []struct {
+		name      string
+		msg       []byte
+		m         Message
+		rcode     int
+		tc        bool
+		edns      *EDNS
+		wantQ     bool
+		wantOpt   bool
+		wantEDE   uint16
+		wantText  string
+		wantRcode int
+	}{
+		{name: "SERVFAIL with EDE", msg: qb, m: qm, rcode: dns.RcodeServerFailure, edns: &EDNS{UDPSize: 1232, DO: true, HasEDE: true, EDE: 22, EDEText: "no upstream answered"}, wantQ: true, wantOpt: true, wantEDE: 22, wantText: "no upstream answered", wantRcode: dns.RcodeServerFailure},
+		{name: "BADVERS", msg: qb, m: qm, rcode: dns.RcodeBadVers, edns: &EDNS{UDPSize: 1232}, wantQ: true, wantOpt: true, wantRcode: dns.RcodeBadVers},
+		{name: "FORMERR without OPT", msg: qb, m: qm, rcode: dns.RcodeFormatError, wantQ: true, wantRcode: dns.RcodeFormatError},
+		{name: "truncated", msg: qb, m: qm, rcode: dns.RcodeSuccess, tc: true, edns: &EDNS{UDPSize: 1232}, wantQ: true, wantOpt: true, wantRcode: dns.RcodeSuccess},
+		{name: "two questions: none echoed", msg: noQuestion, m: nqm, rcode: dns.RcodeFormatError, wantRcode: dns.RcodeFormatError},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out := AppendReply(nil, tt.msg, &tt.m, tt.rcode, tt.tc, tt.edns)
+			r := new(dns.Msg)
+			if err := r.Unpack(out); err != nil {
+				t.Fatalf("reply does not unpack: %v (% x)", err, out)
+			}
+			if r.Id != tt.m.ID || !r.Response || !r.RecursionAvailable || r.Opcode != tt.m.Opcode() {
+				t.Errorf("header wrong: %v", r.MsgHdr)
+			}
+			if r.RecursionDesired != tt.m.RecursionDesired() || r.CheckingDisabled != (tt.m.Flags&flagCD != 0) || r.Truncated != tt.tc {
+				t.Errorf("copied flags wrong: %v", r.MsgHdr)
+			}
+			if r.Rcode != tt.wantRcode {
+				t.Errorf("rcode %d, want %d", r.Rcode, tt.wantRcode)
+			}
+			if tt.wantQ != (len(r.Question) == 1) {
+				t.Fatalf("question %v, want present=%v", r.Question, tt.wantQ)
+			}
+			if tt.wantQ && r.Question[0].Name != "MiXeD.example." {
+				t.Errorf("question name %q: case must be kept", r.Question[0].Name)
+			}
+			opt := r.IsEdns0()
+			if tt.wantOpt != (opt != nil) {
+				t.Fatalf("OPT %v, want present=%v", opt, tt.wantOpt)
+			}
+			if opt == nil {
+				return
+			}
+			if opt.UDPSize() != tt.edns.UDPSize || opt.Do() != tt.edns.DO || opt.Version() != 0 {
+				t.Errorf("OPT wrong: %v", opt)
+			}
+			var ede *dns.EDNS0_EDE
+			for _, o := range opt.Option {
+				if e, ok := o.(*dns.EDNS0_EDE); ok {
+					ede = e
+				}
+			}
+			if tt.wantEDE == 0 {
+				if ede != nil {
+					t.Errorf("unexpected EDE %v", ede)
+				}
+				return
+			}
+			if ede == nil || ede.InfoCode != tt.wantEDE || ede.ExtraText != tt.wantText {
+				t.Errorf("EDE %v, want %d %q", ede, tt.wantEDE, tt.wantText)
+			}
+		})
+	}
+}
+
+func TestStripOPT(t *testing.T) {
+	last := withEDNS(query("example.com.", dns.TypeA), 1232, false)
+	last.Response = true
+	last.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: "example.com.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 5}, A: []byte{192, 0, 2, 1}}}
+	lb := pack(t, last)
+	m, err := Parse(lb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, ok := StripOPT(lb, &m)
+	if !ok {
+		t.Fatal("OPT as last record not stripped")
+	}
+	r := new(dns.Msg)
+	if err := r.Unpack(out); err != nil {
+		t.Fatalf("stripped message does not unpack: %v", err)
+	}
+	if r.IsEdns0() != nil || len(r.Extra) != 0 || len(r.Answer) != 1 {
+		t.Fatalf("strip left %v", r)
+	}
+
+	notLast := last.Copy()
+	notLast.Extra = append(notLast.Extra, &dns.A{Hdr: dns.RR_Header{Name: "example.com.", Rrtype: dns.TypeA, Class: dns.ClassINET}, A: []byte{192, 0, 2, 2}})
+	nb := pack(t, notLast)
+	nm, err := Parse(nb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := StripOPT(nb, &nm); ok {
+		t.Fatal("StripOPT claimed to strip an OPT record that is not last")
+	}
+}
+
+func TestParseDoesNotAllocate(t *testing.T) {
+	b := pack(t, withEDNS(query("www.example.com.", dns.TypeA), 1232, true))
+	allocs := testing.AllocsPerRun(100, func() {
+		m, err := Parse(b)
+		if err != nil || !m.HasOPT {
+			t.Fatal("parse failed")
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("Parse allocates %.1f times per call", allocs)
+	}
+}
+
+func BenchmarkParse(b *testing.B) {
+	msg := pack(b, withEDNS(query("www.example.com.", dns.TypeA), 1232, true))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Parse(msg); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
