@@ -95,7 +95,7 @@ type Message struct {
 	// The first question. QEnd is 0 when the message has none or it could not
 	// be read; QNameStart:QNameEnd spans its name, never compressed.
 	QNameStart, QNameEnd, QEnd int
-	QType, QClass             uint16
+	QType, QClass              uint16
 
 	// The OPT record (RFC 6891), when HasOPT. OPTStart:OPTEnd spans the whole
 	// record.
