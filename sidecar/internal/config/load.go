@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
@@ -231,6 +233,21 @@ var domainChecks = map[string]func(c *Config, raw string) error{
 		pins, err := LoadPinsFile(c.TLSPinsFile)
 		c.filePins = pins
 		return err
+	},
+	// LOG_FILE is opened by NewLogger, after Load; a path that cannot work
+	// is reported here with the other settings.
+	"LOG_FILE": func(c *Config, _ string) error {
+		if c.LogFile == "" {
+			return nil
+		}
+		if fi, err := os.Stat(c.LogFile); err == nil && fi.IsDir() {
+			return errors.New("is a directory")
+		}
+		dir := filepath.Dir(c.LogFile)
+		if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+			return fmt.Errorf("directory %s does not exist", dir)
+		}
+		return nil
 	},
 	"ADMIN_ADDRESS": func(c *Config, _ string) error {
 		if c.AdminAddress == "" {

@@ -96,8 +96,8 @@ func parsers() map[reflect.Type]func(string) (any, error) {
 			return a, nil
 		},
 		reflect.TypeFor[[]netip.Addr](): func(s string) (any, error) { return parseBindList(s) },
-		reflect.TypeFor[[][32]byte](): func(s string) (any, error) { return parsePinList(s) },
-		reflect.TypeFor[[]Upstream](): func(s string) (any, error) { return ParseUpstreams(s) },
+		reflect.TypeFor[[][32]byte]():   func(s string) (any, error) { return parsePinList(s) },
+		reflect.TypeFor[[]Upstream]():   func(s string) (any, error) { return ParseUpstreams(s) },
 	}
 }
 

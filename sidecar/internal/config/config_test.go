@@ -1,0 +1,540 @@
+package config_test
+
+import (
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/config"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/testpki"
+)
+
+// pin returns a well-formed pin (base64 of 32 bytes) derived from seed.
+func pin(seed string) string {
+	sum := sha256.Sum256([]byte(seed))
+	return base64.StdEncoding.EncodeToString(sum[:])
+}
+
+func pinBytes(seed string) [32]byte { return sha256.Sum256([]byte(seed)) }
+
+// flagOf turns a variable into its flag, the rule the package documents.
+func flagOf(env string) string {
+	return "--" + strings.ToLower(strings.ReplaceAll(env, "_", "-"))
+}
+
+// envNames lists every setting's variable, read from Config's tags.
+func envNames(t *testing.T) []string {
+	t.Helper()
+	var names []string
+	ct := reflect.TypeFor[config.Config]()
+	for i := range ct.NumField() {
+		f := ct.Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		name, ok := f.Tag.Lookup("env")
+		if !ok {
+			t.Fatalf("exported field %s has no env tag: every exported field must be a setting", f.Name)
+		}
+		names = append(names, name)
+	}
+	return names
+}
+
+// fieldOf returns the field of c that holds the setting env.
+func fieldOf(t *testing.T, c *config.Config, env string) any {
+	t.Helper()
+	ct := reflect.TypeFor[config.Config]()
+	for i := range ct.NumField() {
+		if ct.Field(i).Tag.Get("env") == env {
+			return reflect.ValueOf(c).Elem().Field(i).Interface()
+		}
+	}
+	t.Fatalf("no field for %s", env)
+	return nil
+}
+
+// trustFiles writes a CA file and a pins file into a temporary directory.
+func trustFiles(t *testing.T) (caFile, pinsFile string, ca *testpki.CA) {
+	t.Helper()
+	ca, err := testpki.NewCA("config test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := ca.Issue([]string{"dns.example"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	caFile, _, _, err = testpki.WriteFiles(dir, ca, leaf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pinsFile = filepath.Join(dir, "pins")
+	body := "# rotation: old and new key\n" + pin("old") + "\n\n" + pin("new") + "  # added today\n"
+	if err := os.WriteFile(pinsFile, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return caFile, pinsFile, ca
+}
+
+func TestDefaults(t *testing.T) {
+	c, err := config.Load(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{
+		"BIND_ADDRESS":            []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")},
+		"BIND_PORT":               5053,
+		"PROTO":                   "both",
+		"DOT_ADDRESS":             netip.MustParseAddr("1.1.1.1"),
+		"DOT_PORT":                853,
+		"DOT_SERVER_NAME":         "cloudflare-dns.com",
+		"UPSTREAMS":               []config.Upstream(nil),
+		"TLS_CA_FILE":             "",
+		"TLS_PINS":                [][32]byte(nil),
+		"TLS_PINS_FILE":           "",
+		"LOG_LEVEL":               "info",
+		"LOG_FORMAT":              "text",
+		"LOG_FILE":                "",
+		"QUERY_TIMEOUT":           2 * time.Second,
+		"UDP_MAX_SIZE":            1232,
+		"TCP_IDLE_TIMEOUT":        10 * time.Second,
+		"TCP_MAX_CONNS":           1000,
+		"TCP_MAX_INFLIGHT":        128,
+		"UPSTREAM_POOL_SIZE":      2,
+		"UPSTREAM_IDLE_TIMEOUT":   30 * time.Second,
+		"UPSTREAM_MAX_AGE":        5 * time.Minute,
+		"DIAL_TIMEOUT":            2 * time.Second,
+		"UPSTREAM_MAX_INFLIGHT":   1024,
+		"UPSTREAM_POLICY":         "sequential",
+		"RETRY_MAX_ATTEMPTS":      3,
+		"RETRY_BASE_DELAY":        10 * time.Millisecond,
+		"HEALTH_MAX_FAILS":        3,
+		"HEALTH_CHECK_INTERVAL":   time.Second,
+		"ADMIN_ADDRESS":           ":9253",
+		"READY_REQUIRES_UPSTREAM": false,
+		"READY_FAIL_THRESHOLD":    3,
+		"READY_SUCCESS_THRESHOLD": 1,
+		"SHUTDOWN_LAMEDUCK":       2 * time.Second,
+		"SHUTDOWN_GRACE":          10 * time.Second,
+		"TRUST_RELOAD_INTERVAL":   5 * time.Second,
+	}
+	for _, env := range envNames(t) {
+		w, ok := want[env]
+		if !ok {
+			t.Errorf("%s: no expected default in this test", env)
+			continue
+		}
+		if got := fieldOf(t, c, env); !reflect.DeepEqual(got, w) {
+			t.Errorf("%s = %#v, want %#v", env, got, w)
+		}
+	}
+	if c.BindAddressExplicit() {
+		t.Error("BindAddressExplicit() = true with the default list")
+	}
+	if c.RootCAs() != nil {
+		t.Error("RootCAs() != nil without TLS_CA_FILE")
+	}
+	if w := c.Warnings(); len(w) != 0 {
+		t.Errorf("Warnings() = %q, want none", w)
+	}
+	ups := c.Upstreams()
+	if len(ups) != 1 || ups[0].Name() != "1.1.1.1:853#cloudflare-dns.com" || ups[0].Pins != nil || ups[0].DefaultPins {
+		t.Errorf("Upstreams() = %+v, want only 1.1.1.1:853#cloudflare-dns.com without pins", ups)
+	}
+}
+
+// TestEverySetting sets each setting to a non-default value, once through
+// its variable and once through its flag.
+func TestEverySetting(t *testing.T) {
+	caFile, pinsFile, _ := trustFiles(t)
+	logFile := filepath.Join(t.TempDir(), "sidecar.log")
+	up1 := "tls://9.9.9.9#dns.quad9.net"
+	up2 := "tls://[2620:fe::fe]:8853#dns.quad9.net;pin=" + pin("q")
+	tests := []struct {
+		env, value string
+		want       any
+	}{
+		{"BIND_ADDRESS", "127.0.0.2, ::", []netip.Addr{netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("::")}},
+		{"BIND_PORT", "53", 53},
+		{"PROTO", "UDP", "udp"},
+		{"DOT_ADDRESS", "2606:4700:4700::1111", netip.MustParseAddr("2606:4700:4700::1111")},
+		{"DOT_PORT", "8853", 8853},
+		{"DOT_SERVER_NAME", "One.One.One.One.", "one.one.one.one"},
+		{"UPSTREAMS", up1 + "," + up2, []config.Upstream{
+			{Addr: netip.MustParseAddrPort("9.9.9.9:853"), ServerName: "dns.quad9.net"},
+			{Addr: netip.MustParseAddrPort("[2620:fe::fe]:8853"), ServerName: "dns.quad9.net", Pins: [][32]byte{pinBytes("q")}},
+		}},
+		{"TLS_CA_FILE", caFile, caFile},
+		{"TLS_PINS", pin("a") + "," + pin("b"), [][32]byte{pinBytes("a"), pinBytes("b")}},
+		{"TLS_PINS_FILE", pinsFile, pinsFile},
+		{"LOG_LEVEL", "debug", "debug"},
+		{"LOG_FORMAT", "json", "json"},
+		{"LOG_FILE", logFile, logFile},
+		{"QUERY_TIMEOUT", "1500ms", 1500 * time.Millisecond},
+		{"UDP_MAX_SIZE", "4096", 4096},
+		{"TCP_IDLE_TIMEOUT", "1m", time.Minute},
+		{"TCP_MAX_CONNS", "10", 10},
+		{"TCP_MAX_INFLIGHT", "16", 16},
+		{"UPSTREAM_POOL_SIZE", "64", 64},
+		{"UPSTREAM_IDLE_TIMEOUT", "5s", 5 * time.Second},
+		{"UPSTREAM_MAX_AGE", "1h", time.Hour},
+		{"DIAL_TIMEOUT", "500ms", 500 * time.Millisecond},
+		{"UPSTREAM_MAX_INFLIGHT", "100", 100},
+		{"UPSTREAM_POLICY", "round_robin", "round_robin"},
+		{"RETRY_MAX_ATTEMPTS", "1", 1},
+		{"RETRY_BASE_DELAY", "50ms", 50 * time.Millisecond},
+		{"HEALTH_MAX_FAILS", "5", 5},
+		{"HEALTH_CHECK_INTERVAL", "250ms", 250 * time.Millisecond},
+		{"ADMIN_ADDRESS", "[::1]:9999", "[::1]:9999"},
+		{"READY_REQUIRES_UPSTREAM", "true", true},
+		{"READY_FAIL_THRESHOLD", "7", 7},
+		{"READY_SUCCESS_THRESHOLD", "2", 2},
+		{"SHUTDOWN_LAMEDUCK", "0s", time.Duration(0)},
+		{"SHUTDOWN_GRACE", "30s", 30 * time.Second},
+		{"TRUST_RELOAD_INTERVAL", "10s", 10 * time.Second},
+	}
+	covered := make(map[string]bool)
+	for _, tt := range tests {
+		covered[tt.env] = true
+		for _, via := range []string{"env", "flag"} {
+			t.Run(tt.env+"/"+via, func(t *testing.T) {
+				var args, environ []string
+				if via == "env" {
+					environ = []string{tt.env + "=" + tt.value}
+				} else {
+					args = []string{flagOf(tt.env) + "=" + tt.value}
+				}
+				c, err := config.Load(args, environ)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := fieldOf(t, c, tt.env); !reflect.DeepEqual(got, tt.want) {
+					t.Errorf("got %#v, want %#v", got, tt.want)
+				}
+			})
+		}
+	}
+	for _, env := range envNames(t) {
+		if !covered[env] {
+			t.Errorf("%s is not exercised by this test", env)
+		}
+	}
+}
+
+func TestFlagSyntaxes(t *testing.T) {
+	tests := []struct {
+		args []string
+		want func(*config.Config) bool
+	}{
+		{[]string{"--bind-port", "6000"}, func(c *config.Config) bool { return c.BindPort == 6000 }},
+		{[]string{"-bind-port=6000"}, func(c *config.Config) bool { return c.BindPort == 6000 }},
+		{[]string{"--ready-requires-upstream"}, func(c *config.Config) bool { return c.ReadyRequiresUpstream }},
+		{[]string{"--ready-requires-upstream=false"}, func(c *config.Config) bool { return !c.ReadyRequiresUpstream }},
+		// A list flag may be repeated; the values accumulate.
+		{[]string{"--tls-pins", pin("a"), "--tls-pins", pin("b")}, func(c *config.Config) bool {
+			return reflect.DeepEqual(c.TLSPins, [][32]byte{pinBytes("a"), pinBytes("b")})
+		}},
+		{[]string{"--upstreams=tls://9.9.9.9#q.example", "--upstreams=tls://1.1.1.1#c.example"}, func(c *config.Config) bool {
+			return len(c.UpstreamList) == 2 && c.UpstreamList[1].ServerName == "c.example"
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			c, err := config.Load(tt.args, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tt.want(c) {
+				t.Errorf("unexpected config %+v", c)
+			}
+		})
+	}
+}
+
+func TestFlagWinsOverEnv(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		environ []string
+		check   func(*config.Config) error
+	}{
+		{"scalar", []string{"--bind-port=7000"}, []string{"BIND_PORT=6000"}, func(c *config.Config) error {
+			if c.BindPort != 7000 {
+				return fmt.Errorf("BindPort = %d", c.BindPort)
+			}
+			return nil
+		}},
+		{"list replaced, not merged", []string{"--upstreams=tls://9.9.9.9#q.example"}, []string{"UPSTREAMS=tls://1.1.1.1#c.example"}, func(c *config.Config) error {
+			if len(c.UpstreamList) != 1 || c.UpstreamList[0].ServerName != "q.example" {
+				return fmt.Errorf("UpstreamList = %+v", c.UpstreamList)
+			}
+			return nil
+		}},
+		{"bool", []string{"--ready-requires-upstream=false"}, []string{"READY_REQUIRES_UPSTREAM=true"}, func(c *config.Config) error {
+			if c.ReadyRequiresUpstream {
+				return errors.New("ReadyRequiresUpstream = true")
+			}
+			return nil
+		}},
+		// The flag replaces the variable before parsing, so a bad variable
+		// that a flag overrides is never an error.
+		{"bad env hidden by flag", []string{"--proto=tcp"}, []string{"PROTO=sctp"}, func(c *config.Config) error {
+			if c.Proto != "tcp" {
+				return fmt.Errorf("Proto = %q", c.Proto)
+			}
+			return nil
+		}},
+		{"later env entry wins", nil, []string{"BIND_PORT=6000", "BIND_PORT=6001"}, func(c *config.Config) error {
+			if c.BindPort != 6001 {
+				return fmt.Errorf("BindPort = %d", c.BindPort)
+			}
+			return nil
+		}},
+		{"empty env means default", nil, []string{"BIND_PORT=", "LOG_LEVEL="}, func(c *config.Config) error {
+			if c.BindPort != 5053 || c.LogLevel != "info" {
+				return fmt.Errorf("BindPort = %d, LogLevel = %q", c.BindPort, c.LogLevel)
+			}
+			return nil
+		}},
+		{"empty ADMIN_ADDRESS disables", nil, []string{"ADMIN_ADDRESS="}, func(c *config.Config) error {
+			if c.AdminAddress != "" {
+				return fmt.Errorf("AdminAddress = %q", c.AdminAddress)
+			}
+			return nil
+		}},
+		{"empty --admin-address disables over env", []string{"--admin-address="}, []string{"ADMIN_ADDRESS=127.0.0.1:9000"}, func(c *config.Config) error {
+			if c.AdminAddress != "" {
+				return fmt.Errorf("AdminAddress = %q", c.AdminAddress)
+			}
+			return nil
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := config.Load(tt.args, tt.environ)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := tt.check(c); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	// The other way round: a good variable and a bad flag blames the flag.
+	_, err := config.Load([]string{"--bind-port=x"}, []string{"BIND_PORT=6000"})
+	if want := `invalid --bind-port "x": must be an integer`; err == nil || err.Error() != want {
+		t.Errorf("err = %v, want %s", err, want)
+	}
+}
+
+func TestBindAddressExplicit(t *testing.T) {
+	tests := []struct {
+		args, environ []string
+		want          bool
+	}{
+		{nil, nil, false},
+		{nil, []string{"BIND_ADDRESS="}, false},
+		{nil, []string{"BIND_ADDRESS=127.0.0.1,::1"}, true}, // the default list, but written out: must bind
+		{[]string{"--bind-address=::1"}, nil, true},
+	}
+	for _, tt := range tests {
+		c, err := config.Load(tt.args, tt.environ)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := c.BindAddressExplicit(); got != tt.want {
+			t.Errorf("args %q env %q: BindAddressExplicit() = %v, want %v", tt.args, tt.environ, got, tt.want)
+		}
+	}
+}
+
+// TestBadValues checks each error: one line, naming the variable or the flag
+// that supplied the value, and the value.
+func TestBadValues(t *testing.T) {
+	dir := t.TempDir()
+	notPEM := filepath.Join(dir, "not.pem")
+	emptyPins := filepath.Join(dir, "empty.pins")
+	for _, f := range []struct{ path, body string }{
+		{notPEM, "not a certificate\n"},
+		{emptyPins, "# nothing yet\n\n"},
+	} {
+		if err := os.WriteFile(f.path, []byte(f.body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	missing := filepath.Join(dir, "missing")
+	tests := []struct {
+		env, value string
+		reason     string // the message after `invalid NAME "value": `
+	}{
+		{"BIND_ADDRESS", "localhost", `"localhost" is a hostname; listen addresses must be IP literals`},
+		{"BIND_ADDRESS", "127.0.0.1,127.0.0.1", `127.0.0.1 is listed twice`},
+		{"BIND_ADDRESS", "127.0.0.1,,::1", `address 2 is empty`},
+		{"BIND_ADDRESS", "300.1.1.1", `"300.1.1.1" is not an IP address`},
+		{"BIND_PORT", "70000", `must be 1-65535`},
+		{"BIND_PORT", "0", `must be 1-65535`},
+		{"BIND_PORT", "x", `must be an integer`},
+		{"PROTO", "sctp", `must be one of udp, tcp, both`},
+		{"DOT_ADDRESS", "dns.google", `"dns.google" is a hostname, not an IP literal: resolving it would need a plaintext DNS lookup`},
+		{"DOT_ADDRESS", "0.0.0.0", `0.0.0.0 cannot be an upstream address`},
+		{"DOT_ADDRESS", "1.1.1", `"1.1.1" is not an IP address`},
+		{"DOT_PORT", "65536", `must be 1-65535`},
+		{"DOT_SERVER_NAME", "bad name", `server name "bad name" is not a valid DNS name`},
+		{"UPSTREAMS", "tls://dns.google#dns.google", `"dns.google" is a hostname, not an IP literal: resolving it would need a plaintext DNS lookup`},
+		{"UPSTREAMS", "tls://1.1.1.1#one.one.one.one,tls://8.8.8.8", `entry 2 "tls://8.8.8.8": missing #SERVERNAME: the name the upstream's certificate must carry is mandatory`},
+		{"TLS_CA_FILE", missing, "open " + missing + ": no such file or directory"},
+		{"TLS_CA_FILE", notPEM, notPEM + ": no PEM certificate"},
+		{"TLS_PINS", "abc", `pin "abc" is not base64 (want the base64 SHA-256 of a SubjectPublicKeyInfo)`},
+		{"TLS_PINS", "YWJj", `pin "YWJj" decodes to 3 bytes, want 32 (a SHA-256 digest)`},
+		{"TLS_PINS_FILE", missing, "open " + missing + ": no such file or directory"},
+		{"TLS_PINS_FILE", emptyPins, emptyPins + ": no pins"},
+		{"LOG_LEVEL", "verbose", `must be one of debug, info, warn, error`},
+		{"LOG_FORMAT", "xml", `must be one of text, json`},
+		{"LOG_FILE", dir, `is a directory`},
+		{"LOG_FILE", missing + "/sidecar.log", `directory ` + missing + ` does not exist`},
+		{"QUERY_TIMEOUT", "0s", `must be greater than 0`},
+		{"QUERY_TIMEOUT", "5", `must be a duration such as 500ms, 2s or 1m`},
+		{"UDP_MAX_SIZE", "511", `must be 512-65535`},
+		{"TCP_IDLE_TIMEOUT", "-1s", `must be greater than 0`},
+		{"TCP_MAX_CONNS", "0", `must be at least 1`},
+		{"TCP_MAX_INFLIGHT", "0", `must be at least 1`},
+		{"UPSTREAM_POOL_SIZE", "65", `must be 1-64`},
+		{"UPSTREAM_POOL_SIZE", "0", `must be 1-64`},
+		{"UPSTREAM_IDLE_TIMEOUT", "0", `must be greater than 0`},
+		{"UPSTREAM_MAX_AGE", "0s", `must be greater than 0`},
+		{"DIAL_TIMEOUT", "0s", `must be greater than 0`},
+		{"UPSTREAM_MAX_INFLIGHT", "65536", `must be 1-65535`},
+		{"UPSTREAM_POLICY", "fastest", `must be one of sequential, round_robin, random`},
+		{"RETRY_MAX_ATTEMPTS", "0", `must be at least 1`},
+		{"RETRY_BASE_DELAY", "0s", `must be greater than 0`},
+		{"HEALTH_MAX_FAILS", "0", `must be at least 1`},
+		{"HEALTH_CHECK_INTERVAL", "0s", `must be greater than 0`},
+		{"ADMIN_ADDRESS", "localhost:9253", `host "localhost" must be an IP literal, or empty for all addresses`},
+		{"ADMIN_ADDRESS", "9253", `want [IP]:PORT such as :9253 or 127.0.0.1:9253`},
+		{"ADMIN_ADDRESS", ":0", `port "0" must be 1-65535`},
+		{"READY_REQUIRES_UPSTREAM", "maybe", `must be true or false`},
+		{"READY_FAIL_THRESHOLD", "0", `must be at least 1`},
+		{"READY_SUCCESS_THRESHOLD", "-1", `must be at least 1`},
+		{"SHUTDOWN_LAMEDUCK", "-1s", `must not be negative`},
+		{"SHUTDOWN_LAMEDUCK", "10s", `must be less than SHUTDOWN_GRACE (10s)`},
+		{"SHUTDOWN_GRACE", "0s", `must be greater than 0`},
+		{"SHUTDOWN_GRACE", "2s", `must exceed SHUTDOWN_LAMEDUCK (2s)`},
+		{"RETRY_BASE_DELAY", "2s", `must be less than QUERY_TIMEOUT (2s), or no retry could ever fit`},
+		{"QUERY_TIMEOUT", "10ms", `must exceed RETRY_BASE_DELAY (10ms), or no retry could ever fit`},
+		{"TRUST_RELOAD_INTERVAL", "0s", `must be greater than 0`},
+	}
+	covered := map[string]bool{}
+	for _, tt := range tests {
+		covered[tt.env] = true
+		for _, via := range []string{"env", "flag"} {
+			t.Run(tt.env+"="+tt.value+"/"+via, func(t *testing.T) {
+				name := tt.env
+				var args, environ []string
+				if via == "env" {
+					environ = []string{tt.env + "=" + tt.value}
+				} else {
+					name = flagOf(tt.env)
+					args = []string{name + "=" + tt.value}
+				}
+				c, err := config.Load(args, environ)
+				if err == nil {
+					t.Fatalf("no error; config %+v", c)
+				}
+				want := fmt.Sprintf("invalid %s %q: %s", name, tt.value, tt.reason)
+				if err.Error() != want {
+					t.Errorf("error\n got: %s\nwant: %s", err, want)
+				}
+				var se *config.SettingError
+				if !errors.As(err, &se) || se.Name != name || se.Value != tt.value || !errors.Is(err, config.ErrInvalid) {
+					t.Errorf("error %#v is not a SettingError for %s=%q", err, name, tt.value)
+				}
+			})
+		}
+	}
+	for _, env := range envNames(t) {
+		if !covered[env] {
+			t.Errorf("%s has no bad-value case", env)
+		}
+	}
+}
+
+func TestOtherErrors(t *testing.T) {
+	caFile, pinsFile, _ := trustFiles(t)
+	tests := []struct {
+		name          string
+		args, environ []string
+		want          string
+	}{
+		{"several bad values on one line", nil, []string{"BIND_PORT=0", "PROTO=x"},
+			`invalid BIND_PORT "0": must be 1-65535; invalid PROTO "x": must be one of udp, tcp, both`},
+		{"cross check names both sources", []string{"--shutdown-lameduck=20s"}, []string{"SHUTDOWN_GRACE=15s"},
+			`invalid SHUTDOWN_GRACE "15s": must exceed --shutdown-lameduck (20s)`},
+		{"pins and pins file together", []string{"--tls-pins-file=" + pinsFile}, []string{"TLS_PINS=" + pin("a")},
+			fmt.Sprintf(`invalid --tls-pins-file %q: cannot be combined with TLS_PINS: choose one source of default pins`, pinsFile)},
+		{"flag given twice", []string{"--bind-port=1", "--bind-port=2"}, nil, `invalid --bind-port "2": given more than once`},
+		{"unknown flag", []string{"--bind-prot=1"}, nil, `flag provided but not defined: -bind-prot (see --help)`},
+		{"positional argument", []string{"serve"}, nil, `unexpected argument "serve" (settings are --name=value flags; see --help)`},
+		{"CA file fine but lameduck bad", []string{"--tls-ca-file=" + caFile, "--shutdown-lameduck=-1s"}, nil,
+			`invalid --shutdown-lameduck "-1s": must not be negative`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := config.Load(tt.args, tt.environ)
+			if err == nil || err.Error() != tt.want {
+				t.Errorf("error\n got: %v\nwant: %s", err, tt.want)
+			}
+			if err != nil && strings.Contains(err.Error(), "\n") {
+				t.Errorf("error spans several lines: %q", err)
+			}
+		})
+	}
+}
+
+func TestHelp(t *testing.T) {
+	for _, arg := range []string{"-h", "--help", "-help"} {
+		c, err := config.Load([]string{arg}, []string{"BIND_PORT=bad"})
+		if !errors.Is(err, config.ErrHelp) || c != nil {
+			t.Errorf("Load(%s) = %v, %v; want nil, ErrHelp", arg, c, err)
+		}
+	}
+}
+
+func TestWarnings(t *testing.T) {
+	tests := []struct {
+		name          string
+		args, environ []string
+		want          []string
+	}{
+		{"none by default", nil, nil, nil},
+		{"DOT_* beside UPSTREAMS", []string{"--dot-server-name=x.example"}, []string{"UPSTREAMS=tls://9.9.9.9#q.example", "DOT_ADDRESS=8.8.8.8"},
+			[]string{"DOT_ADDRESS, --dot-server-name ignored: UPSTREAMS replaces it"}},
+		{"TLS_PINS unused", nil, []string{"UPSTREAMS=tls://9.9.9.9#q.example;pin=" + pin("q"), "TLS_PINS=" + pin("a")},
+			[]string{"TLS_PINS applies to no upstream: every UPSTREAMS entry has its own pins"}},
+		{"ready thresholds without READY_REQUIRES_UPSTREAM", []string{"--ready-fail-threshold=5"}, nil,
+			[]string{"--ready-fail-threshold has no effect unless READY_REQUIRES_UPSTREAM is true"}},
+		{"ready thresholds with READY_REQUIRES_UPSTREAM", []string{"--ready-fail-threshold=5"}, []string{"READY_REQUIRES_UPSTREAM=true"}, nil},
+		{"dial longer than query", []string{"--dial-timeout=5s"}, nil,
+			[]string{"--dial-timeout (5s) exceeds QUERY_TIMEOUT (2s): a query gives up before a slow dial completes"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := config.Load(tt.args, tt.environ)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.Warnings(); !reflect.DeepEqual(got, tt.want) && (len(got) != 0 || len(tt.want) != 0) {
+				t.Errorf("Warnings() = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
