@@ -89,9 +89,9 @@ func Wait(ctx context.Context, addr string, timeout time.Duration, logger *slog.
 		Backoff:      cappedBackoff,
 		CheckRetry: func(ctx context.Context, resp *http.Response, err error) (bool, error) {
 			if err != nil {
-				// An attempt cut short by our own deadline says nothing new;
-				// keep what the attempt before it saw.
-				if ctx.Err() == nil || last == "" {
+				// An attempt cut short by our own deadline or cancellation
+				// says nothing new; keep what the attempt before it saw.
+				if ctx.Err() == nil {
 					last = describeErr(err)
 				}
 			} else {
