@@ -1,0 +1,238 @@
+package config_test
+
+import (
+	"net/netip"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/config"
+)
+
+func TestParseUpstream(t *testing.T) {
+	p1, p2 := pin("one"), pin("two")
+	tests := []struct {
+		entry string
+		want  config.Upstream
+		name  string // want.Name()
+	}{
+		{"tls://1.1.1.1#cloudflare-dns.com",
+			config.Upstream{Addr: netip.MustParseAddrPort("1.1.1.1:853"), ServerName: "cloudflare-dns.com"},
+			"1.1.1.1:853#cloudflare-dns.com"},
+		{"tls://1.1.1.1:8853#cloudflare-dns.com",
+			config.Upstream{Addr: netip.MustParseAddrPort("1.1.1.1:8853"), ServerName: "cloudflare-dns.com"},
+			"1.1.1.1:8853#cloudflare-dns.com"},
+		{"tls://[2606:4700:4700::1111]#cloudflare-dns.com",
+			config.Upstream{Addr: netip.MustParseAddrPort("[2606:4700:4700::1111]:853"), ServerName: "cloudflare-dns.com"},
+			"[2606:4700:4700::1111]:853#cloudflare-dns.com"},
+		{"tls://[2606:4700:4700::1111]:853#cloudflare-dns.com;pin=" + p1,
+			config.Upstream{Addr: netip.MustParseAddrPort("[2606:4700:4700::1111]:853"), ServerName: "cloudflare-dns.com", Pins: [][32]byte{pinBytes("one")}},
+			"[2606:4700:4700::1111]:853#cloudflare-dns.com"},
+		{"tls://9.9.9.9#dns.quad9.net;pin=" + p1 + ";pin=" + p2,
+			config.Upstream{Addr: netip.MustParseAddrPort("9.9.9.9:853"), ServerName: "dns.quad9.net", Pins: [][32]byte{pinBytes("one"), pinBytes("two")}},
+			"9.9.9.9:853#dns.quad9.net"},
+		// A repeated pin is kept once.
+		{"tls://9.9.9.9#dns.quad9.net;pin=" + p1 + ";pin=" + p1,
+			config.Upstream{Addr: netip.MustParseAddrPort("9.9.9.9:853"), ServerName: "dns.quad9.net", Pins: [][32]byte{pinBytes("one")}},
+			"9.9.9.9:853#dns.quad9.net"},
+		// Scheme and name are case-insensitive; a trailing dot is dropped.
+		{"TLS://8.8.8.8#DNS.Google.",
+			config.Upstream{Addr: netip.MustParseAddrPort("8.8.8.8:853"), ServerName: "dns.google"},
+			"8.8.8.8:853#dns.google"},
+		// A certificate may name an IP (IP SAN).
+		{"tls://127.0.0.1:8853#127.0.0.1",
+			config.Upstream{Addr: netip.MustParseAddrPort("127.0.0.1:8853"), ServerName: "127.0.0.1"},
+			"127.0.0.1:8853#127.0.0.1"},
+		{"tls://[::1]:8853#localhost",
+			config.Upstream{Addr: netip.MustParseAddrPort("[::1]:8853"), ServerName: "localhost"},
+			"[::1]:8853#localhost"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.entry, func(t *testing.T) {
+			got, err := config.ParseUpstream(tt.entry)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("got %+v, want %+v", got, tt.want)
+			}
+			if got.Name() != tt.name {
+				t.Errorf("Name() = %q, want %q", got.Name(), tt.name)
+			}
+			back, err := config.ParseUpstream(got.String())
+			if err != nil || !reflect.DeepEqual(back, got) {
+				t.Errorf("String() %q does not parse back: %+v, %v", got.String(), back, err)
+			}
+		})
+	}
+}
+
+func TestParseUpstreamErrors(t *testing.T) {
+	tests := []struct {
+		entry, want string
+	}{
+		{"tls://dns.google#dns.google", `"dns.google" is a hostname, not an IP literal: resolving it would need a plaintext DNS lookup`},
+		{"tls://dns.google:853#dns.google", `"dns.google" is a hostname, not an IP literal`},
+		{"tls://1.1.1.1", `missing #SERVERNAME: the name the upstream's certificate must carry is mandatory`},
+		{"tls://1.1.1.1:853;pin=" + pin("x"), `missing #SERVERNAME`},
+		{"tls://1.1.1.1#", `empty server name`},
+		{"tls://1.1.1.1#;pin=" + pin("x"), `empty server name`},
+		{"tls://1.1.1.1#bad..name", `server name "bad..name" is not a valid DNS name`},
+		{"tls://1.1.1.1#-bad.example", `is not a valid DNS name`},
+		{"tls://1.1.1.1#" + strings.Repeat("a", 64) + ".example", `is not a valid DNS name`},
+		{"tls://1.1.1.1#c.example;pin=abc", `pin "abc" is not base64`},
+		{"tls://1.1.1.1#c.example;pin=YWJj", `pin "YWJj" decodes to 3 bytes, want 32`},
+		{"tls://1.1.1.1#c.example;pin=", `decodes to 0 bytes`},
+		{"tls://1.1.1.1:0#c.example", `port "0" must be 1-65535`},
+		{"tls://1.1.1.1:65536#c.example", `port "65536" must be 1-65535`},
+		{"tls://1.1.1.1:dot#c.example", `port "dot" must be 1-65535`},
+		{"tls://1.1.1.1:#c.example", `empty port`},
+		{"tls://[::1]:#c.example", `empty port`},
+		{"tls://[::1]853#c.example", `unexpected "853" after ']'`},
+		{"tls://[::1#c.example", `missing ']'`},
+		{"tls://[1.1.1.1]#c.example", `"1.1.1.1" in brackets is not an IPv6 address`},
+		{"tls://2606:4700::1111#c.example", `IPv6 address "2606:4700::1111" must be in brackets`},
+		{"tls://0.0.0.0#c.example", `0.0.0.0 cannot be an upstream address`},
+		{"tls://[::]#c.example", `:: cannot be an upstream address`},
+		{"tls://224.0.0.1#c.example", `224.0.0.1 cannot be an upstream address`},
+		{"tls://[fe80::1%eth0]#c.example", `IPv6 zones are not supported`},
+		{"tls://1.1.1.1#c.example;sni=other", `unknown option "sni" (supported: pin)`},
+		{"tls://1.1.1.1#c.example;pin", `option "pin": want key=value`},
+		{"tls://1.1.1.1#c.example;", `empty option after ';'`},
+		{"https://1.1.1.1/dns-query", `unknown scheme "https" (supported: tls)`},
+		{"udp://1.1.1.1#c.example", `unknown scheme "udp" (supported: tls)`},
+		{"1.1.1.1#c.example", `want scheme://...`},
+		{"", `want scheme://...`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.entry, func(t *testing.T) {
+			u, err := config.ParseUpstream(tt.entry)
+			if err == nil {
+				t.Fatalf("accepted as %+v", u)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error %q does not contain %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseUpstreams(t *testing.T) {
+	ups, err := config.ParseUpstreams(" tls://1.1.1.1#one.one.one.one ,\n tls://[2606:4700:4700::1111]#one.one.one.one ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ups) != 2 || ups[0].Name() != "1.1.1.1:853#one.one.one.one" || ups[1].Name() != "[2606:4700:4700::1111]:853#one.one.one.one" {
+		t.Errorf("got %+v", ups)
+	}
+	for _, tt := range []struct{ list, want string }{
+		{"tls://1.1.1.1#a.example,", `entry 2 is empty`},
+		{"tls://1.1.1.1#a.example,tls://1.1.1.1:853#a.example", `1.1.1.1:853#a.example is listed twice`},
+		{"tls://1.1.1.1#a.example,tls://1.1.1.1#b.example,tls://x#c", `entry 3 "tls://x#c": "x" is a hostname`},
+	} {
+		if _, err := config.ParseUpstreams(tt.list); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("ParseUpstreams(%q) error = %v, want %q", tt.list, err, tt.want)
+		}
+	}
+}
+
+// TestEffectiveUpstreams checks Config.Upstreams: the list or DOT_*, and the
+// resolution of pins.
+func TestEffectiveUpstreams(t *testing.T) {
+	_, pinsFile, _ := trustFiles(t)
+	own := "tls://9.9.9.9#q.example;pin=" + pin("own")
+	bare := "tls://[2620:fe::fe]:8853#q.example"
+	type up struct {
+		name        string
+		pins        [][32]byte
+		defaultPins bool
+	}
+	tests := []struct {
+		name    string
+		environ []string
+		want    []up
+	}{
+		{"DOT_* over IPv6", []string{"DOT_ADDRESS=2606:4700:4700::1111", "DOT_PORT=8853", "DOT_SERVER_NAME=one.one.one.one"},
+			[]up{{"[2606:4700:4700::1111]:8853#one.one.one.one", nil, false}}},
+		{"DOT_* with TLS_PINS", []string{"TLS_PINS=" + pin("a") + "," + pin("b")},
+			[]up{{"1.1.1.1:853#cloudflare-dns.com", [][32]byte{pinBytes("a"), pinBytes("b")}, true}}},
+		{"UPSTREAMS replaces DOT_*", []string{"UPSTREAMS=" + bare, "DOT_ADDRESS=8.8.8.8"},
+			[]up{{"[2620:fe::fe]:8853#q.example", nil, false}}},
+		{"own pins win over TLS_PINS", []string{"UPSTREAMS=" + own + "," + bare, "TLS_PINS=" + pin("a")},
+			[]up{
+				{"9.9.9.9:853#q.example", [][32]byte{pinBytes("own")}, false},
+				{"[2620:fe::fe]:8853#q.example", [][32]byte{pinBytes("a")}, true},
+			}},
+		{"TLS_PINS_FILE for upstreams without pins", []string{"UPSTREAMS=" + own + "," + bare, "TLS_PINS_FILE=" + pinsFile},
+			[]up{
+				{"9.9.9.9:853#q.example", [][32]byte{pinBytes("own")}, false},
+				{"[2620:fe::fe]:8853#q.example", [][32]byte{pinBytes("old"), pinBytes("new")}, true},
+			}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := config.Load(nil, tt.environ)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ups := c.Upstreams()
+			var got []up
+			for _, u := range ups {
+				got = append(got, up{u.Name(), u.Pins, u.DefaultPins})
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("got  %+v\nwant %+v", got, tt.want)
+			}
+			// The result is the caller's: changing it leaves the Config alone.
+			for i := range ups {
+				for j := range ups[i].Pins {
+					ups[i].Pins[j][0] ^= 0xff
+				}
+			}
+			if again := c.Upstreams(); !reflect.DeepEqual(again[0].Pins, tt.want[0].pins) {
+				t.Errorf("Upstreams() shares pins with its callers")
+			}
+		})
+	}
+}
+
+// FuzzParseUpstream: no input panics, and every accepted entry is a usable
+// upstream that prints back to itself.
+func FuzzParseUpstream(f *testing.F) {
+	for _, s := range []string{
+		"tls://1.1.1.1#cloudflare-dns.com",
+		"tls://[2606:4700:4700::1111]:853#cloudflare-dns.com;pin=" + pin("a"),
+		"tls://9.9.9.9:8853#dns.quad9.net;pin=" + pin("a") + ";pin=" + pin("b"),
+		"tls://[::ffff:1.2.3.4]#1.2.3.4",
+		"tls://[fe80::1%eth0]#x",
+		"TLS://1.1.1.1#A.B.",
+		"https://1.1.1.1/dns-query",
+		"tls://1.1.1.1:#x;",
+		"tls://[::1]]#x",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, entry string) {
+		u, err := config.ParseUpstream(entry)
+		if err != nil {
+			return
+		}
+		if !u.Addr.IsValid() || u.Addr.Port() == 0 || u.Addr.Addr().Zone() != "" || u.Addr.Addr().IsUnspecified() {
+			t.Fatalf("%q: unusable address %v", entry, u.Addr)
+		}
+		if u.ServerName == "" || strings.ContainsAny(u.ServerName, "#;, ") {
+			t.Fatalf("%q: bad server name %q", entry, u.ServerName)
+		}
+		back, err := config.ParseUpstream(u.String())
+		if err != nil {
+			t.Fatalf("%q → %q does not parse: %v", entry, u.String(), err)
+		}
+		if !reflect.DeepEqual(back, u) {
+			t.Fatalf("%q → %q parses to %+v, want %+v", entry, u.String(), back, u)
+		}
+		// An accepted entry is also a valid one-element list.
+		if list, err := config.ParseUpstreams(u.String()); err != nil || len(list) != 1 {
+			t.Fatalf("%q as a list: %v, %v", u.String(), list, err)
+		}
+	})
+}
