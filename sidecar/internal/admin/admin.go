@@ -36,7 +36,7 @@ import (
 const (
 	DefaultAddr                  = ":9253"
 	DefaultReadyFailThreshold    = 3
-	DefaultReadySuccessThreshold = 2
+	DefaultReadySuccessThreshold = 1
 	DefaultCheckInterval         = time.Second
 )
 
