@@ -28,4 +28,8 @@ var (
 	ErrBadResponse = errors.New("malformed upstream response")
 	// ErrClosed: the Upstream was closed (shutdown).
 	ErrClosed = errors.New("upstream closed")
+	// ErrBadQuery: the caller handed Exchange something that is not a DNS
+	// query it can relay (shorter than a header, longer than 65535 bytes, or
+	// a malformed question section). Nothing was sent; answers get FORMERR.
+	ErrBadQuery = errors.New("malformed query")
 )

@@ -1,0 +1,75 @@
+package dnstest
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// CertKind selects the certificate the server presents on new handshakes.
+type CertKind int32
+
+const (
+	// CertGood: the leaf for ServerName, issued by the server's CA.
+	CertGood CertKind = iota
+	// CertOtherCA: a leaf for ServerName issued by a CA no client trusts.
+	CertOtherCA
+	// CertOtherName: a leaf from the server's CA for another name.
+	CertOtherName
+	// CertOtherKey: a leaf from the server's CA for ServerName with another
+	// key, so a pin on the leaf no longer matches while a pin on the CA does.
+	CertOtherKey
+)
+
+// Mangle selects a way to spoil responses.
+type Mangle int32
+
+const (
+	MangleNone Mangle = iota
+	// MangleID sends the response with another ID.
+	MangleID
+	// MangleQuestion sends the response with another question name.
+	MangleQuestion
+)
+
+// Behavior scripts how the server misbehaves. Every field may be changed
+// while the server runs; each takes effect from the next query or
+// connection. The zero value is a well-behaved server. Counts of queries are
+// per connection.
+type Behavior struct {
+	// ReverseBatch > 1: hold answers until this many are ready on a
+	// connection, then send them last first.
+	ReverseBatch atomic.Int32
+	// DelayNanos delays every answer (see SetDelay).
+	DelayNanos atomic.Int64
+	// Drop: read and count queries, never answer them.
+	Drop atomic.Bool
+	// CloseAfter > 0: after answering the Nth query of a connection, close it
+	// (TLS close_notify then FIN); queries already sent behind it are lost.
+	CloseAfter atomic.Int32
+	// ResetAfter > 0: on reading the Nth query of a connection, reset it
+	// (RST) without answering it or anything still pending.
+	ResetAfter atomic.Int32
+	// Mangle spoils each response; with MangleThenAnswer the right response
+	// follows the spoiled one.
+	Mangle           atomic.Int32 // a Mangle
+	MangleThenAnswer atomic.Bool
+	// Cert is the certificate presented on new handshakes (a CertKind).
+	Cert atomic.Int32
+	// BlackHole: accept TCP connections and never answer the TLS handshake.
+	BlackHole atomic.Bool
+	// SplitWrites: send each length prefix one byte per TLS record, and the
+	// message in two more, to exercise the client's framing.
+	SplitWrites atomic.Bool
+}
+
+// SetDelay delays every answer by d (0: no delay).
+func (b *Behavior) SetDelay(d time.Duration) { b.DelayNanos.Store(int64(d)) }
+
+// SetMangle spoils responses; thenAnswer also sends the right one after.
+func (b *Behavior) SetMangle(m Mangle, thenAnswer bool) {
+	b.MangleThenAnswer.Store(thenAnswer)
+	b.Mangle.Store(int32(m))
+}
+
+// SetCert selects the certificate for new handshakes.
+func (b *Behavior) SetCert(k CertKind) { b.Cert.Store(int32(k)) }

@@ -1,0 +1,278 @@
+// Package dnstest runs an in-process DNS-over-TLS server on loopback for
+// tests and benchmarks. Unlike dns.Server's TCP loop, which answers one query
+// at a time per connection, it pipelines: it reads queries as they come and
+// answers each as soon as it is ready, in any order. Tests script its
+// misbehaviour through Behavior while it runs, and assert on its counters
+// (connections accepted, handshakes, queries).
+//
+// Its certificates are made at start by testpki; nothing secret is kept on
+// disk.
+package dnstest
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/testpki"
+	"github.com/miekg/dns"
+)
+
+// Handler answers a query; nil means no answer.
+type Handler func(query *dns.Msg) *dns.Msg
+
+// RawHandler answers a query in wire format by appending the response to dst
+// (nil or dst unchanged: no answer). It skips miekg/dns's decoding so that
+// benchmarks measure the client rather than the server.
+type RawHandler func(dst, query []byte) []byte
+
+// Options configures a Server. The zero value serves DefaultHandler on
+// 127.0.0.1 for the name "dns.test".
+type Options struct {
+	Handler    Handler    // default DefaultHandler
+	Raw        RawHandler // when set, used instead of Handler
+	ServerName string     // default "dns.test"
+	IPv6       bool       // listen on [::1] instead of 127.0.0.1
+}
+
+// DefaultServerName is the name the server's certificate carries by default.
+const DefaultServerName = "dns.test"
+
+// Address answers: documentation addresses (RFC 5737, RFC 3849).
+var (
+	AnswerA    = netip.MustParseAddr("192.0.2.1")
+	AnswerAAAA = netip.MustParseAddr("2001:db8::1")
+)
+
+// Server is a DNS-over-TLS server on a loopback port.
+type Server struct {
+	Addr       netip.AddrPort
+	ServerName string
+	CA         *testpki.CA
+	CAPool     *x509.CertPool // trusts CA only
+	CAPEM      []byte
+	Leaf       *testpki.Leaf
+	// Pins in TLS_PINS form (base64 SPKI SHA-256) and as raw digests.
+	LeafPin, CAPin       string
+	LeafPinSum, CAPinSum [32]byte
+
+	// Behavior scripts misbehaviour; change it at any time.
+	Behavior Behavior
+
+	handler Handler
+	raw     RawHandler
+	certs   [4]*tls.Certificate // by CertKind
+	tlsConf *tls.Config
+	ln      net.Listener
+
+	accepted   atomic.Int64
+	handshakes atomic.Int64
+	resumed    atomic.Int64
+	queries    atomic.Int64
+	open       atomic.Int64
+
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	closed bool
+	done   chan struct{}
+	wg     sync.WaitGroup
+}
+
+// New starts a server and closes it when the test ends.
+func New(tb testing.TB, opts Options) *Server {
+	tb.Helper()
+	s, err := Start(opts)
+	if err != nil {
+		tb.Fatalf("starting DoT test server: %v", err)
+	}
+	tb.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// Start makes the certificates and starts serving.
+func Start(opts Options) (*Server, error) {
+	if opts.ServerName == "" {
+		opts.ServerName = DefaultServerName
+	}
+	if opts.Handler == nil {
+		opts.Handler = DefaultHandler
+	}
+	s := &Server{
+		ServerName: opts.ServerName,
+		handler:    opts.Handler,
+		raw:        opts.Raw,
+		conns:      make(map[net.Conn]struct{}),
+		done:       make(chan struct{}),
+	}
+	if err := s.makeCerts(); err != nil {
+		return nil, err
+	}
+	s.tlsConf = &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		NextProtos: []string{"dot"},
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			k := s.Behavior.Cert.Load()
+			if k < 0 || int(k) >= len(s.certs) {
+				k = int32(CertGood)
+			}
+			return s.certs[k], nil
+		},
+	}
+	host := "127.0.0.1:0"
+	if opts.IPv6 {
+		host = "[::1]:0"
+	}
+	ln, err := net.Listen("tcp", host)
+	if err != nil {
+		return nil, fmt.Errorf("listening on %s: %w", host, err)
+	}
+	s.ln = ln
+	s.Addr = ln.Addr().(*net.TCPAddr).AddrPort()
+	s.wg.Add(1)
+	go s.acceptLoop()
+	return s, nil
+}
+
+func (s *Server) makeCerts() error {
+	ca, err := testpki.NewCA("dnstest CA")
+	if err != nil {
+		return err
+	}
+	leaf, err := ca.Issue([]string{s.ServerName}, nil)
+	if err != nil {
+		return err
+	}
+	other, err := testpki.NewCA("dnstest foreign CA")
+	if err != nil {
+		return err
+	}
+	foreign, err := other.Issue([]string{s.ServerName}, nil)
+	if err != nil {
+		return err
+	}
+	wrongName, err := ca.Issue([]string{"other." + s.ServerName}, nil)
+	if err != nil {
+		return err
+	}
+	rekeyed, err := ca.Issue([]string{s.ServerName}, nil)
+	if err != nil {
+		return err
+	}
+	s.CA, s.Leaf, s.CAPEM = ca, leaf, ca.PEM
+	s.CAPool = x509.NewCertPool()
+	s.CAPool.AddCert(ca.Cert)
+	s.LeafPin, s.CAPin = testpki.Pin(leaf.Cert), testpki.Pin(ca.Cert)
+	s.LeafPinSum, s.CAPinSum = spki(leaf.Cert), spki(ca.Cert)
+	s.certs = [4]*tls.Certificate{&leaf.TLS, &foreign.TLS, &wrongName.TLS, &rekeyed.TLS}
+	return nil
+}
+
+// Accepted counts TCP connections accepted, handshakes completed or not.
+func (s *Server) Accepted() int64 { return s.accepted.Load() }
+
+// Handshakes counts completed TLS handshakes; Resumed those that resumed a
+// session.
+func (s *Server) Handshakes() int64 { return s.handshakes.Load() }
+func (s *Server) Resumed() int64    { return s.resumed.Load() }
+
+// Queries counts queries read, answered or not.
+func (s *Server) Queries() int64 { return s.queries.Load() }
+
+// Open is the number of TLS connections open now (handshake completed).
+func (s *Server) Open() int64 { return s.open.Load() }
+
+// Close stops the listener and every connection and waits for all of the
+// server's goroutines.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.done)
+	err := s.ln.Close()
+	for c := range s.conns {
+		_ = c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return err
+}
+
+func (s *Server) acceptLoop() {
+	defer s.wg.Done()
+	for {
+		raw, err := s.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		s.accepted.Add(1)
+		if !s.track(raw) {
+			_ = raw.Close()
+			return
+		}
+		s.wg.Add(1)
+		go s.serveConn(raw)
+	}
+}
+
+func (s *Server) track(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(c net.Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+const handshakeTimeout = 5 * time.Second
+
+func (s *Server) serveConn(raw net.Conn) {
+	defer s.wg.Done()
+	defer s.untrack(raw)
+	defer raw.Close()
+	if s.Behavior.BlackHole.Load() {
+		// Hold the connection and say nothing until the client or Close
+		// ends it.
+		buf := make([]byte, 512)
+		for {
+			if _, err := raw.Read(buf); err != nil {
+				return
+			}
+		}
+	}
+	tc := tls.Server(raw, s.tlsConf)
+	_ = raw.SetDeadline(time.Now().Add(handshakeTimeout))
+	if err := tc.Handshake(); err != nil {
+		return
+	}
+	_ = raw.SetDeadline(time.Time{})
+	s.handshakes.Add(1)
+	if tc.ConnectionState().DidResume {
+		s.resumed.Add(1)
+	}
+	s.open.Add(1)
+	defer s.open.Add(-1)
+	c := newSession(s, raw, tc)
+	c.serve()
+}
+
+func spki(cert *x509.Certificate) [32]byte { return sha256Sum(cert.RawSubjectPublicKeyInfo) }

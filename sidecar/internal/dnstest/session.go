@@ -1,0 +1,277 @@
+package dnstest
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/binary"
+	"io"
+	"net"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+func sha256Sum(b []byte) [32]byte { return sha256.Sum256(b) }
+
+// framePool holds length-prefixed frames on their way out; pointers keep
+// Put from allocating.
+var framePool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+// closeFrame, queued after the last answer, makes the writer close the
+// connection once everything before it is written.
+var closeFrame = new([]byte)
+
+// session is one client connection: a reader that parses queries and
+// produces answers, and a writer that coalesces them. Delayed answers each
+// get a timer goroutine; fine for a test server.
+type session struct {
+	s    *Server
+	raw  net.Conn
+	tc   *tls.Conn
+	out  chan *[]byte
+	quit chan struct{} // closed when either side ends
+	once sync.Once
+	wg   sync.WaitGroup
+
+	n     int32     // queries read on this connection
+	batch []*[]byte // answers held for ReverseBatch
+}
+
+func newSession(s *Server, raw net.Conn, tc *tls.Conn) *session {
+	return &session{s: s, raw: raw, tc: tc, out: make(chan *[]byte, 1024), quit: make(chan struct{})}
+}
+
+func (c *session) stop() { c.once.Do(func() { close(c.quit) }) }
+
+func (c *session) serve() {
+	c.wg.Add(1)
+	go c.writeLoop()
+	if !c.readLoop() {
+		c.stop()
+	}
+	c.wg.Wait()
+}
+
+// readLoop reads and answers queries. It returns true when it queued
+// closeFrame, so that the writer ends the connection after the last answer.
+func (c *session) readLoop() bool {
+	br := bufio.NewReaderSize(c.tc, 64<<10)
+	var lenBuf [2]byte
+	var msg []byte
+	for {
+		if _, err := io.ReadFull(br, lenBuf[:]); err != nil {
+			return false
+		}
+		n := int(binary.BigEndian.Uint16(lenBuf[:]))
+		msg = slices.Grow(msg[:0], n)[:n]
+		if _, err := io.ReadFull(br, msg); err != nil {
+			return false
+		}
+		c.s.queries.Add(1)
+		c.n++
+		b := &c.s.Behavior
+		if r := b.ResetAfter.Load(); r > 0 && c.n >= r {
+			c.reset()
+			return false
+		}
+		if !b.Drop.Load() {
+			c.answer(msg)
+		}
+		if ca := b.CloseAfter.Load(); ca > 0 && c.n >= ca {
+			c.flushBatch()
+			c.enqueue(closeFrame)
+			return true
+		}
+	}
+}
+
+// reset sends a TCP RST: with linger 0, close discards unsent data and
+// aborts the connection.
+func (c *session) reset() {
+	if tcp, ok := c.raw.(*net.TCPConn); ok {
+		_ = tcp.SetLinger(0)
+	}
+	_ = c.raw.Close()
+}
+
+func (c *session) answer(query []byte) {
+	f := framePool.Get().(*[]byte)
+	frame := append((*f)[:0], 0, 0)
+	if c.s.raw != nil {
+		frame = c.s.raw(frame, query)
+	} else {
+		frame = c.handle(frame, query)
+	}
+	if len(frame) <= 2 {
+		*f = frame
+		framePool.Put(f)
+		return
+	}
+	binary.BigEndian.PutUint16(frame, uint16(len(frame)-2))
+	*f = frame
+
+	b := &c.s.Behavior
+	if m := Mangle(b.Mangle.Load()); m != MangleNone {
+		bad := framePool.Get().(*[]byte)
+		*bad = append((*bad)[:0], frame...)
+		mangle((*bad)[2:], m)
+		if !b.MangleThenAnswer.Load() {
+			framePool.Put(f)
+			f = nil
+		}
+		c.emit(bad)
+	}
+	if f != nil {
+		c.emit(f)
+	}
+}
+
+// handle decodes query with miekg/dns, asks the Handler and appends the
+// packed answer to dst.
+func (c *session) handle(dst, query []byte) []byte {
+	q := new(dns.Msg)
+	if err := q.Unpack(query); err != nil {
+		// Header readable: FORMERR, as a server would.
+		if len(query) < 12 {
+			return dst
+		}
+		q = &dns.Msg{}
+		q.Id = binary.BigEndian.Uint16(query)
+		r := new(dns.Msg)
+		r.SetRcodeFormatError(q)
+		packed, _ := r.Pack()
+		return append(dst, packed...)
+	}
+	r := c.s.handler(q)
+	if r == nil {
+		return dst
+	}
+	packed, err := r.Pack()
+	if err != nil {
+		return dst
+	}
+	return append(dst, packed...)
+}
+
+func mangle(msg []byte, m Mangle) {
+	if len(msg) < 12 {
+		return
+	}
+	switch m {
+	case MangleID:
+		binary.BigEndian.PutUint16(msg, binary.BigEndian.Uint16(msg)+1)
+	case MangleQuestion:
+		// XOR 1 never turns a letter into its other case, so the name really
+		// differs; for the root name, change the type instead.
+		if len(msg) > 13 && msg[12] > 0 && msg[12] < 64 {
+			msg[13] ^= 1
+		} else if len(msg) > 14 {
+			msg[14] ^= 1
+		}
+	}
+}
+
+// emit applies ReverseBatch and Delay to an answer, then queues it.
+func (c *session) emit(f *[]byte) {
+	if n := int(c.s.Behavior.ReverseBatch.Load()); n > 1 {
+		c.batch = append(c.batch, f)
+		if len(c.batch) < n {
+			return
+		}
+		c.flushBatch()
+		return
+	}
+	c.send(f)
+}
+
+func (c *session) flushBatch() {
+	for i := len(c.batch) - 1; i >= 0; i-- {
+		c.send(c.batch[i])
+	}
+	c.batch = c.batch[:0]
+}
+
+func (c *session) send(f *[]byte) {
+	d := time.Duration(c.s.Behavior.DelayNanos.Load())
+	if d <= 0 {
+		c.enqueue(f)
+		return
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			c.enqueue(f)
+		case <-c.quit:
+		}
+	}()
+}
+
+func (c *session) enqueue(f *[]byte) {
+	select {
+	case c.out <- f:
+	case <-c.quit:
+	}
+}
+
+func (c *session) writeLoop() {
+	defer c.wg.Done()
+	defer c.stop()
+	bw := bufio.NewWriterSize(c.tc, 64<<10)
+	for {
+		var f *[]byte
+		select {
+		case f = <-c.out:
+		case <-c.quit:
+			return
+		}
+		for {
+			if f == closeFrame {
+				_ = bw.Flush()
+				_ = c.tc.Close()
+				return
+			}
+			if err := c.write(bw, *f); err != nil {
+				_ = c.raw.Close()
+				return
+			}
+			framePool.Put(f)
+			// Coalesce whatever else is ready into the same flush.
+			select {
+			case f = <-c.out:
+				continue
+			default:
+			}
+			break
+		}
+		if err := bw.Flush(); err != nil {
+			_ = c.raw.Close()
+			return
+		}
+	}
+}
+
+func (c *session) write(bw *bufio.Writer, frame []byte) error {
+	if !c.s.Behavior.SplitWrites.Load() || len(frame) < 4 {
+		_, err := bw.Write(frame)
+		return err
+	}
+	// Each flush is one TLS record: the client sees the prefix a byte at a
+	// time, then the message in two pieces.
+	half := 2 + (len(frame)-2)/2
+	for _, piece := range [][]byte{frame[:1], frame[1:2], frame[2:half], frame[half:]} {
+		if _, err := bw.Write(piece); err != nil {
+			return err
+		}
+		if err := bw.Flush(); err != nil {
+			return err
+		}
+	}
+	return nil
+}

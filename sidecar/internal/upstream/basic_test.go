@@ -1,0 +1,36 @@
+package upstream
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnstest"
+	"github.com/miekg/dns"
+)
+
+func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
+
+func TestExchangeBasic(t *testing.T) {
+	srv := dnstest.New(t, dnstest.Options{})
+	d := newTestDoT(t, srv, nil)
+	if got, want := d.Name(), srv.Addr.String()+"#dns.test"; got != want {
+		t.Errorf("Name() = %q, want %q", got, want)
+	}
+	q := new(dns.Msg)
+	q.SetQuestion("Example.COM.", dns.TypeA)
+	q.SetEdns0(1232, true)
+	wire, _ := q.Pack()
+	resp, err := d.Exchange(ctxTimeout(t, 2*time.Second), wire)
+	if err != nil {
+		t.Fatalf("Exchange: %v", err)
+	}
+	if err := checkAnswer(resp, wire); err != nil {
+		t.Fatal(err)
+	}
+	r := new(dns.Msg)
+	_ = r.Unpack(resp)
+	if opt := r.IsEdns0(); opt == nil || opt.UDPSize() != 1232 || !opt.Do() {
+		t.Errorf("EDNS not echoed: %v", r.Extra)
+	}
+}

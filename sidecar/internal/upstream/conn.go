@@ -1,0 +1,383 @@
+package upstream
+
+import (
+	"bufio"
+	"context"
+	crand "crypto/rand"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+const (
+	// readBufSize holds several TLS records' worth of responses, so that the
+	// reader makes one read call per burst rather than one per response.
+	readBufSize = 64 << 10
+	// writeTimeout bounds one coalesced write: an upstream that stops reading
+	// for this long is treated as dead and its queries are resent elsewhere.
+	writeTimeout = 5 * time.Second
+	// closeNotifyTimeout bounds the polite close_notify on a graceful close.
+	closeNotifyTimeout = time.Second
+	// maxSpareWriteBuf is the largest write buffer kept for reuse; a rare
+	// burst does not pin its memory for the connection's lifetime.
+	maxSpareWriteBuf = 256 << 10
+)
+
+// request is one query in flight. It is reused through reqPool; its done
+// channel has room for exactly one result, and exactly one party sends it:
+// whoever removes the request from a connection's in-flight table.
+type request struct {
+	query []byte // the caller's message; read only while registered
+	qEnd  int    // end of its question section
+	id    uint16 // the caller's ID, restored on the answer
+
+	// Set by the connection that carries the request, under its mu.
+	upID  uint16 // the ID on the wire
+	reads uint64 // the connection's response count when the request was queued
+
+	done chan result
+}
+
+type result struct {
+	msg []byte
+	err error
+}
+
+var reqPool = sync.Pool{New: func() any { return &request{done: make(chan result, 1)} }}
+
+// conn is one TLS connection carrying many queries at once. A writer
+// goroutine drains queued frames into one TLS write; a reader goroutine
+// matches responses to the in-flight table by ID and question. No goroutine
+// is started per query.
+type conn struct {
+	d     *DoT
+	tc    *tls.Conn
+	born  time.Time
+	certs tls.ConnectionState // as verified at handshake
+
+	load    atomic.Int32  // queries in flight, read lock-free by the picker
+	closing atomic.Bool   // retired or dead: the picker skips it
+	reads   atomic.Uint64 // responses read, for spotting a silent connection
+
+	mu        sync.Mutex
+	inflight  map[uint16]*request // by the ID on the wire
+	pending   []byte              // framed queries not yet written
+	rng       *rand.ChaCha8       // unpredictable upstream IDs
+	idBits    uint64              // unused random bits from rng
+	idLeft    int                 // IDs left in idBits
+	retired   bool                // no new queries; closes once drained
+	retiredAt time.Time
+	dead      bool
+	idleSince time.Time   // when inflight last became empty
+	trust     *trustState // the trust the connection was last verified against
+
+	wake chan struct{} // tells the writer there is something pending
+	done chan struct{} // closed when the connection dies
+	hard atomic.Bool   // skip close_notify: the peer is gone or we are in a hurry
+
+	lenBuf [2]byte // reader's scratch for the length prefix
+}
+
+func newConn(d *DoT, tc *tls.Conn, st *trustState) *conn {
+	var seed [32]byte
+	if _, err := crand.Read(seed[:]); err != nil {
+		panic(err) // crypto/rand does not fail on supported platforms
+	}
+	now := time.Now()
+	return &conn{
+		d:         d,
+		tc:        tc,
+		born:      now,
+		certs:     tc.ConnectionState(),
+		inflight:  make(map[uint16]*request),
+		rng:       rand.NewChaCha8(seed),
+		idleSince: now,
+		trust:     st,
+		wake:      make(chan struct{}, 1),
+		done:      make(chan struct{}),
+	}
+}
+
+func (c *conn) start() {
+	c.d.wg.Add(2)
+	go c.readLoop()
+	go c.writeLoop()
+}
+
+// nextID returns an ID unused among the in-flight queries. Called with mu held.
+func (c *conn) nextID() uint16 {
+	for {
+		if c.idLeft == 0 {
+			c.idBits = c.rng.Uint64()
+			c.idLeft = 4
+		}
+		id := uint16(c.idBits)
+		c.idBits >>= 16
+		c.idLeft--
+		if _, busy := c.inflight[id]; !busy {
+			return id
+		}
+	}
+}
+
+// send registers req and queues its frame. It fails when the connection is
+// retired, dead or full; the caller then picks another.
+func (c *conn) send(req *request) bool {
+	c.mu.Lock()
+	if c.retired || c.dead || len(c.inflight) >= c.d.opts.MaxInFlightPerConn {
+		c.mu.Unlock()
+		return false
+	}
+	id := c.nextID()
+	req.upID = id
+	req.reads = c.reads.Load()
+	c.inflight[id] = req
+	c.load.Store(int32(len(c.inflight)))
+	// The length prefix and the message go out in the same write.
+	signal := len(c.pending) == 0
+	n := len(req.query)
+	c.pending = append(c.pending, byte(n>>8), byte(n))
+	off := len(c.pending)
+	c.pending = append(c.pending, req.query...)
+	setMsgID(c.pending[off:], id)
+	c.mu.Unlock()
+	if signal {
+		// Only the query that finds the queue empty wakes the writer; later
+		// ones ride along in the same write.
+		select {
+		case c.wake <- struct{}{}:
+		default:
+		}
+	}
+	return true
+}
+
+// cancel withdraws req (its caller gave up). It reports false when req is no
+// longer in flight, which means its result is on its way to req.done.
+func (c *conn) cancel(req *request) bool {
+	c.mu.Lock()
+	if c.inflight[req.upID] != req {
+		c.mu.Unlock()
+		return false
+	}
+	closeNow, wasFull := c.removeLocked(req.upID)
+	c.mu.Unlock()
+	c.afterRemove(closeNow, wasFull)
+	return true
+}
+
+// removeLocked deletes an in-flight entry. It reports whether the
+// connection, being retired, has now drained and should close, and whether it
+// was full (a query may be waiting for room).
+func (c *conn) removeLocked(id uint16) (closeNow, wasFull bool) {
+	wasFull = len(c.inflight) >= c.d.opts.MaxInFlightPerConn
+	delete(c.inflight, id)
+	n := len(c.inflight)
+	c.load.Store(int32(n))
+	if n == 0 {
+		c.idleSince = time.Now()
+	}
+	return n == 0 && c.retired, wasFull
+}
+
+// afterRemove does, outside c.mu, what removeLocked found necessary.
+func (c *conn) afterRemove(closeNow, wasFull bool) {
+	if wasFull {
+		c.d.notify()
+	}
+	if closeNow {
+		c.shutdown(ErrClosed, false)
+	}
+}
+
+// retire stops new queries on c; it closes once its in-flight queries are
+// answered or given up.
+func (c *conn) retire(why string) {
+	c.mu.Lock()
+	if c.retired || c.dead {
+		c.mu.Unlock()
+		return
+	}
+	c.retired = true
+	c.retiredAt = time.Now()
+	c.closing.Store(true)
+	drained := len(c.inflight) == 0
+	busy := !drained
+	c.mu.Unlock()
+	c.d.log.Debug("retiring upstream connection", "upstream", c.d.name, "reason", why,
+		"local", c.tc.LocalAddr().String())
+	c.d.retired(c, busy)
+	if drained {
+		c.shutdown(ErrClosed, false)
+	}
+}
+
+// closeIfIdle closes c if no query is in flight and none has been since
+// idleFor before now.
+func (c *conn) closeIfIdle(now time.Time, idleFor time.Duration) bool {
+	c.mu.Lock()
+	idle := !c.dead && len(c.inflight) == 0 && now.Sub(c.idleSince) >= idleFor
+	if idle {
+		c.closing.Store(true)
+		c.retired = true // send refuses from here on
+	}
+	c.mu.Unlock()
+	if idle {
+		c.shutdown(ErrClosed, false)
+	}
+	return idle
+}
+
+// shutdown kills the connection once: it fails every query in flight with
+// cause (ErrConnClosed-wrapped causes are resent by Exchange) and leaves the
+// socket to the writer goroutine to close, outside any mutex. hard skips the
+// close_notify alert and breaks a blocked read or write at once.
+func (c *conn) shutdown(cause error, hard bool) {
+	c.mu.Lock()
+	if c.dead {
+		c.mu.Unlock()
+		return
+	}
+	c.dead = true
+	c.closing.Store(true)
+	orphans := c.inflight
+	c.inflight = nil
+	c.load.Store(0)
+	c.pending = nil
+	c.mu.Unlock()
+
+	if hard {
+		c.hard.Store(true)
+		// Unblocks the reader and any write in progress; the writer skips
+		// close_notify on a dead socket.
+		_ = c.tc.NetConn().Close()
+	}
+	close(c.done)
+	for _, req := range orphans {
+		req.done <- result{err: cause}
+	}
+	c.d.removeConn(c)
+}
+
+func (c *conn) writeLoop() {
+	defer c.d.wg.Done()
+	var buf []byte
+	for {
+		select {
+		case <-c.wake:
+		case <-c.done:
+			c.closeSocket()
+			return
+		}
+		c.mu.Lock()
+		buf, c.pending = c.pending, buf[:0]
+		c.mu.Unlock()
+		if len(buf) == 0 {
+			continue
+		}
+		// One deadline and one TLS write for everything queued so far.
+		_ = c.tc.SetWriteDeadline(time.Now().Add(writeTimeout))
+		if _, err := c.tc.Write(buf); err != nil {
+			c.shutdown(fmt.Errorf("%w: writing to %s: %w", ErrConnClosed, c.d.name, err), true)
+			c.closeSocket()
+			return
+		}
+		if cap(buf) > maxSpareWriteBuf {
+			buf = nil
+		}
+	}
+}
+
+func (c *conn) closeSocket() {
+	if !c.hard.Load() {
+		_ = c.tc.SetWriteDeadline(time.Now().Add(closeNotifyTimeout))
+	}
+	_ = c.tc.Close()
+}
+
+func (c *conn) readLoop() {
+	defer c.d.wg.Done()
+	br := bufio.NewReaderSize(c.tc, readBufSize)
+	for {
+		msg, err := c.readFrame(br)
+		if err != nil {
+			select {
+			case <-c.done: // we closed it
+			default:
+				c.d.log.Debug("upstream connection lost", "upstream", c.d.name, "error", err)
+			}
+			c.shutdown(fmt.Errorf("%w: reading from %s: %w", ErrConnClosed, c.d.name, err), true)
+			return
+		}
+		c.reads.Add(1)
+		c.deliver(msg)
+	}
+}
+
+var errShortFrame = errors.New("frame shorter than a DNS header")
+
+func (c *conn) readFrame(br *bufio.Reader) ([]byte, error) {
+	if _, err := io.ReadFull(br, c.lenBuf[:]); err != nil {
+		return nil, err
+	}
+	n := int(binary.BigEndian.Uint16(c.lenBuf[:]))
+	// The caller owns the answer, so each one gets its own exact-size slice.
+	msg := make([]byte, n)
+	if _, err := io.ReadFull(br, msg); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	return msg, nil
+}
+
+// deliver hands msg to the query it answers. A response whose ID and question
+// match nothing in flight is dropped and counted: it may be a late answer to
+// a query given up on, or something worse, and is never forwarded.
+func (c *conn) deliver(msg []byte) {
+	if len(msg) < headerLen {
+		c.mismatch(msg, errShortFrame)
+		return
+	}
+	c.mu.Lock()
+	req := c.inflight[msgID(msg)]
+	// The question is compared under mu: only while registered is req.query
+	// sure to be the caller's unchanged message.
+	if req == nil || !sameQuestion(req.query, req.qEnd, msg) {
+		c.mu.Unlock()
+		c.mismatch(msg, nil)
+		return
+	}
+	closeNow, wasFull := c.removeLocked(req.upID)
+	c.mu.Unlock()
+	setMsgID(msg, req.id)
+	req.done <- result{msg: msg}
+	c.afterRemove(closeNow, wasFull)
+}
+
+func (c *conn) mismatch(msg []byte, err error) {
+	c.d.m.mismatched.Inc()
+	if c.d.log.Enabled(context.Background(), slog.LevelDebug) {
+		id := -1
+		if len(msg) >= 2 {
+			id = int(msgID(msg))
+		}
+		c.d.log.Debug("dropping upstream response that matches no query in flight",
+			"upstream", c.d.name, "id", id, "len", len(msg), "error", err)
+	}
+}
+
+// silentSince reports whether c has read no response at all since req was
+// queued on it.
+func (c *conn) silentSince(req *request) bool { return c.reads.Load() == req.reads }
+
+func (c *conn) localAddr() net.Addr { return c.tc.LocalAddr() }

@@ -1,0 +1,292 @@
+package upstream
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// DoTOptions configures a DNS-over-TLS upstream (RFC 7858). Zero durations
+// and sizes take the documented defaults.
+type DoTOptions struct {
+	// Addr is the upstream's IP address and port (853 for DoT). Required. An
+	// IP literal, never a name: resolving one would need a plaintext lookup.
+	Addr netip.AddrPort
+	// ServerName is the name the upstream's certificate must carry. Required.
+	ServerName string
+	// Pins are this upstream's own SPKI SHA-256 pins. When empty, the Trust's
+	// default pins apply; when both are empty, chain and name verification
+	// alone decide.
+	Pins [][32]byte
+	// Trust holds the roots and default pins, shared by upstreams and swapped
+	// at run time. Nil means the system roots and no default pins.
+	Trust *Trust
+	// PoolSize caps the TLS connections open or being dialed. Default 2.
+	PoolSize int
+	// DialTimeout bounds the TCP connect plus the TLS handshake. Default 2s.
+	// A query never waits for a dial past its own deadline.
+	DialTimeout time.Duration
+	// IdleTimeout closes a connection with nothing in flight for this long.
+	// Default 30s.
+	IdleTimeout time.Duration
+	// MaxAge retires a connection this old (no new queries; it closes once
+	// its in-flight queries are done), so certificates are verified again.
+	// Default 5m.
+	MaxAge time.Duration
+	// MaxInFlightPerConn caps the queries pipelined on one connection.
+	// Default 1024, at most 16384 (IDs are 16-bit and must stay cheap to
+	// draw unused).
+	MaxInFlightPerConn int
+	// QueryTimeout bounds an Exchange whose context has no deadline of its
+	// own. Default 2s.
+	QueryTimeout time.Duration
+	// Logger receives connection events; per-query events only at Debug.
+	// Never nil.
+	Logger *slog.Logger
+	// Metrics receives this upstream's series, labelled with Name(). Never nil.
+	Metrics *Metrics
+}
+
+const (
+	defaultPoolSize     = 2
+	defaultDialTimeout  = 2 * time.Second
+	defaultIdleTimeout  = 30 * time.Second
+	defaultMaxAge       = 5 * time.Minute
+	defaultMaxInFlight  = 1024
+	maxMaxInFlight      = 16384
+	defaultQueryTimeout = 2 * time.Second
+
+	// maxAttempts bounds the sends of one query when its connections keep
+	// dying under it.
+	maxAttempts = 3
+)
+
+// DoT is one DNS-over-TLS upstream: a small pool of verified TLS connections,
+// each carrying many queries at once.
+type DoT struct {
+	opts     DoTOptions
+	name     string
+	addr     string
+	log      *slog.Logger
+	m        *upstreamMetrics
+	sessions tls.ClientSessionCache
+	tick     time.Duration
+
+	// verifyHook, when set by a test before the first query, sees every
+	// handshake's connection state.
+	verifyHook func(tls.ConnectionState)
+
+	ctx    context.Context // cancelled by Close: stops dials and housekeeping
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // every goroutine this DoT started
+
+	active atomic.Pointer[[]*conn] // usable connections, copy-on-write under mu
+	total  atomic.Int32            // open (active or draining) plus dialing: never above PoolSize
+
+	// mu guards the fields below. Lock order: mu before a conn's mu, never
+	// the reverse (a conn's mu is a leaf).
+	mu          sync.Mutex
+	draining    []*conn
+	dialing     *dialState    // the one dial in progress, shared by every query that waits
+	changed     chan struct{} // closed and replaced whenever the pool changes
+	noGrowUntil time.Time     // after a failed dial, do not dial merely to spread load
+	closed      bool
+}
+
+var _ Upstream = (*DoT)(nil)
+
+// NewDoT validates opts and returns an upstream that dials lazily, on the
+// first query.
+func NewDoT(opts DoTOptions) (*DoT, error) {
+	if !opts.Addr.IsValid() || opts.Addr.Port() == 0 {
+		return nil, fmt.Errorf("upstream address %q: want an IP address and port", opts.Addr)
+	}
+	if opts.ServerName == "" {
+		return nil, fmt.Errorf("upstream %s: %w", opts.Addr, errNoServerName)
+	}
+	if opts.Logger == nil || opts.Metrics == nil {
+		return nil, errors.New("upstream: Logger and Metrics are required")
+	}
+	if opts.PoolSize < 0 || opts.MaxInFlightPerConn < 0 || opts.DialTimeout < 0 || opts.IdleTimeout < 0 ||
+		opts.MaxAge < 0 || opts.QueryTimeout < 0 {
+		return nil, fmt.Errorf("upstream %s: negative pool size, limit or timeout", opts.Addr)
+	}
+	if opts.MaxInFlightPerConn > maxMaxInFlight {
+		return nil, fmt.Errorf("upstream %s: MaxInFlightPerConn %d above %d", opts.Addr, opts.MaxInFlightPerConn, maxMaxInFlight)
+	}
+	setDefault(&opts.PoolSize, defaultPoolSize)
+	setDefault(&opts.DialTimeout, defaultDialTimeout)
+	setDefault(&opts.IdleTimeout, defaultIdleTimeout)
+	setDefault(&opts.MaxAge, defaultMaxAge)
+	setDefault(&opts.MaxInFlightPerConn, defaultMaxInFlight)
+	setDefault(&opts.QueryTimeout, defaultQueryTimeout)
+	if opts.Trust == nil {
+		opts.Trust = NewTrust(nil, nil)
+	}
+
+	d := &DoT{
+		opts:     opts,
+		name:     opts.Addr.String() + "#" + opts.ServerName,
+		addr:     opts.Addr.String(),
+		log:      opts.Logger,
+		sessions: tls.NewLRUClientSessionCache(0),
+		changed:  make(chan struct{}),
+	}
+	d.m = newUpstreamMetrics(opts.Metrics, d.name)
+	// Housekeeping runs often enough to honour the shortest limit within a
+	// quarter of it, and at least once a second.
+	d.tick = min(opts.IdleTimeout, opts.MaxAge, time.Second*4) / 4
+	d.tick = max(d.tick, 5*time.Millisecond)
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	d.wg.Add(1)
+	go d.housekeeping()
+	return d, nil
+}
+
+func setDefault[T int | time.Duration](v *T, def T) {
+	if *v == 0 {
+		*v = def
+	}
+}
+
+// Name is "ADDR:PORT#SERVERNAME", e.g. "1.1.1.1:853#cloudflare-dns.com".
+func (d *DoT) Name() string { return d.name }
+
+// Exchange sends query on a pooled connection and waits for its answer. A
+// connection dying under the query (the upstream closed or reset it) is not
+// the caller's problem: the query is sent again on another, up to
+// maxAttempts sends within ctx; only then does Exchange fail, with an error
+// wrapping ErrConnClosed. A ctx without deadline gets QueryTimeout.
+func (d *DoT) Exchange(ctx context.Context, query []byte) ([]byte, error) {
+	qEnd, err := questionEnd(query)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadQuery, err)
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d.opts.QueryTimeout)
+		defer cancel()
+	}
+	req := reqPool.Get().(*request)
+	req.query, req.qEnd, req.id = query, qEnd, msgID(query)
+	msg, err := d.exchange(ctx, req)
+	// Every path out of exchange has taken req's result or withdrawn req, so
+	// its channel is empty and no connection refers to it.
+	req.query = nil
+	reqPool.Put(req)
+	return msg, err
+}
+
+func (d *DoT) exchange(ctx context.Context, req *request) ([]byte, error) {
+	start := time.Now()
+	for attempt := 1; ; attempt++ {
+		sent := start
+		if attempt > 1 {
+			sent = time.Now()
+		}
+		c, err := d.acquire(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		msg, err := d.await(ctx, c, req, sent)
+		if err == nil {
+			d.m.observe(rcode(msg), time.Since(start).Seconds())
+			return msg, nil
+		}
+		if !errors.Is(err, ErrConnClosed) || ctx.Err() != nil {
+			return nil, err
+		}
+		if attempt >= maxAttempts {
+			return nil, fmt.Errorf("giving up on %s after %d sends: %w", d.name, attempt, err)
+		}
+		d.m.resent.Inc()
+		if d.log.Enabled(ctx, slog.LevelDebug) {
+			d.log.Debug("resending query after its connection died", "upstream", d.name, "attempt", attempt+1, "error", err)
+		}
+	}
+}
+
+// silentAfter: a query that waited this long on a connection that delivered
+// no response at all meanwhile suggests the connection is dead without
+// knowing it (a NAT or conntrack entry that expired, a half-open socket).
+const silentAfter = time.Second
+
+func (d *DoT) await(ctx context.Context, c *conn, req *request, sent time.Time) ([]byte, error) {
+	select {
+	case r := <-req.done:
+		return r.msg, r.err
+	case <-ctx.Done():
+	}
+	if c.cancel(req) {
+		if c.silentSince(req) && time.Since(sent) >= silentAfter {
+			c.retire("no response within " + time.Since(sent).Round(time.Millisecond).String())
+		}
+		return nil, fmt.Errorf("no answer from %s: %w", d.name, ctx.Err())
+	}
+	// The answer (or the connection's death) raced the deadline and is being
+	// handed over right now; an answer that made it is worth returning.
+	r := <-req.done
+	if r.err != nil {
+		return nil, fmt.Errorf("no answer from %s: %w", d.name, ctx.Err())
+	}
+	return r.msg, nil
+}
+
+// Close closes every connection at once; queries in flight fail with
+// ErrClosed. It waits for the DoT's goroutines to end.
+func (d *DoT) Close() error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil
+	}
+	d.closed = true
+	conns := slices.Concat(d.activeConns(), d.draining)
+	d.notifyLocked()
+	d.mu.Unlock()
+	d.cancel()
+	for _, c := range conns {
+		c.shutdown(ErrClosed, true)
+	}
+	d.wg.Wait()
+	return nil
+}
+
+// Reverify checks every open connection against the Trust as it is now (after
+// Trust.Update) and retires those whose chain, name or pins no longer pass:
+// they take no new queries and close once their in-flight queries are done.
+// It returns how many it retired. Housekeeping does the same on its own
+// within a tick of an Update; calling Reverify makes it immediate.
+func (d *DoT) Reverify() int {
+	st := d.opts.Trust.load()
+	n := 0
+	for _, c := range d.activeConns() {
+		if !d.reverifyConn(c, st) {
+			n++
+		}
+	}
+	return n
+}
+
+func (d *DoT) reverifyConn(c *conn, st *trustState) bool {
+	err := verifyPeer(c.certs.PeerCertificates, d.opts.ServerName, st, d.pinsFor(st))
+	if err != nil {
+		if errors.Is(err, ErrPinMismatch) {
+			d.m.pinFails.Inc()
+		}
+		d.log.Warn("retiring upstream connection that the updated trust rejects", "upstream", d.name, "error", err)
+		c.retire("trust update")
+		return false
+	}
+	c.mu.Lock()
+	c.trust = st
+	c.mu.Unlock()
+	return true
+}

@@ -1,0 +1,103 @@
+package upstream
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnstest"
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// testLogger discards unless UPSTREAM_TEST_LOG=1, which prints debug logs.
+func testLogger() *slog.Logger {
+	if os.Getenv("UPSTREAM_TEST_LOG") == "1" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// newTestDoT returns a DoT toward srv trusting srv's CA, closed at the end of
+// the test; mod adjusts the options.
+func newTestDoT(t testing.TB, srv *dnstest.Server, mod func(*DoTOptions)) *DoT {
+	t.Helper()
+	opts := DoTOptions{
+		Addr:       srv.Addr,
+		ServerName: srv.ServerName,
+		Trust:      NewTrust(srv.CAPool, nil),
+		Logger:     testLogger(),
+		Metrics:    NewMetrics(prometheus.NewRegistry()),
+	}
+	if mod != nil {
+		mod(&opts)
+	}
+	d, err := NewDoT(opts)
+	if err != nil {
+		t.Fatalf("NewDoT: %v", err)
+	}
+	t.Cleanup(func() { _ = d.Close() })
+	return d
+}
+
+func packQuery(t testing.TB, name string, qtype uint16) []byte {
+	t.Helper()
+	q := new(dns.Msg)
+	q.SetQuestion(dns.Fqdn(name), qtype)
+	b, err := q.Pack()
+	if err != nil {
+		t.Fatalf("packing query: %v", err)
+	}
+	return b
+}
+
+// checkAnswer unpacks resp and checks that it answers query (same ID and
+// question) with dnstest's default A record.
+func checkAnswer(resp, query []byte) error {
+	q, r := new(dns.Msg), new(dns.Msg)
+	if err := q.Unpack(query); err != nil {
+		return err
+	}
+	if err := r.Unpack(resp); err != nil {
+		return err
+	}
+	if r.Id != q.Id {
+		return errorf("ID %d, want %d", r.Id, q.Id)
+	}
+	if len(r.Question) != 1 || r.Question[0] != q.Question[0] {
+		return errorf("question %v, want %v", r.Question, q.Question)
+	}
+	if len(r.Answer) != 1 {
+		return errorf("%d answers, want 1", len(r.Answer))
+	}
+	a, ok := r.Answer[0].(*dns.A)
+	if !ok || !a.A.Equal(dnstest.AnswerA.AsSlice()) || a.Hdr.Name != q.Question[0].Name {
+		return errorf("answer %v", r.Answer[0])
+	}
+	return nil
+}
+
+func ctxTimeout(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// eventually waits for cond, polling, and fails the test if it does not hold
+// within timeout. It stands in for a notification the code under test has
+// no reason to offer (a server-side count, a metric).
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func counterValue(c prometheus.Collector) float64 { return testutil.ToFloat64(c) }

@@ -1,0 +1,143 @@
+package upstream
+
+import (
+	"strconv"
+	"sync/atomic"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics holds this package's collectors. One Metrics serves every upstream;
+// each series carries the upstream's Name() as its `upstream` label.
+type Metrics struct {
+	RequestDuration     *prometheus.HistogramVec // {upstream, rcode}: answered queries only
+	ConnectionsOpen     *prometheus.GaugeVec     // {upstream}
+	ConnectionsOpened   *prometheus.CounterVec   // {upstream}: successful handshakes
+	TLSHandshakeFailure *prometheus.CounterVec   // {upstream}: every failed handshake, pins included
+	PinFailures         *prometheus.CounterVec   // {upstream}
+	MismatchedResponses *prometheus.CounterVec   // {upstream}: dropped, no query in flight had that ID and question
+	RequestsResent      *prometheus.CounterVec   // {upstream}: in flight on a connection that died, sent again
+	Retries             *prometheus.CounterVec   // {upstream}: for the Group
+	Failovers           *prometheus.CounterVec   // {upstream}: for the Group (the upstream failed over from)
+	HealthState         *prometheus.GaugeVec     // {upstream}: 1 up, 0 down; for the Group
+	HealthCheckFailures *prometheus.CounterVec   // {upstream}: for the Group
+}
+
+const (
+	namespace = "dot_sidecar"
+	subsystem = "upstream"
+)
+
+// initRcodes are the response codes whose duration series exist from the
+// start; others appear when first seen (the header holds only 16 values, so
+// the label stays bounded).
+var initRcodes = []int{
+	dns.RcodeSuccess, dns.RcodeFormatError, dns.RcodeServerFailure,
+	dns.RcodeNameError, dns.RcodeNotImplemented, dns.RcodeRefused,
+}
+
+// NewMetrics builds the collectors and registers them on reg. It panics if
+// they are registered already (a wiring bug).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	counter := func(name, help string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: subsystem, Name: name, Help: help,
+		}, []string{"upstream"})
+	}
+	gauge := func(name, help string) *prometheus.GaugeVec {
+		return prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: namespace, Subsystem: subsystem, Name: name, Help: help,
+		}, []string{"upstream"})
+	}
+	m := &Metrics{
+		RequestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Subsystem: subsystem, Name: "request_duration_seconds",
+			Help: "Time from sending a query upstream to its answer, by response code (resends included).",
+			// 0.25 ms to 8 s: loopback resolvers to slow recursion.
+			Buckets: prometheus.ExponentialBuckets(0.00025, 2, 16),
+		}, []string{"upstream", "rcode"}),
+		ConnectionsOpen:     gauge("connections_open", "TLS connections currently open to the upstream."),
+		ConnectionsOpened:   counter("connections_opened_total", "TLS connections established (handshake completed and verified)."),
+		TLSHandshakeFailure: counter("tls_handshake_failures_total", "TLS handshakes that failed or were rejected, pin mismatches included."),
+		PinFailures:         counter("pin_failures_total", "Handshakes rejected because no pinned key was in the verified chain."),
+		MismatchedResponses: counter("mismatched_responses_total", "Responses dropped because no query in flight had their ID and question."),
+		RequestsResent:      counter("requests_resent_total", "Queries sent again because their connection died while they were in flight."),
+		Retries:             counter("retries_total", "Queries retried after a failure."),
+		Failovers:           counter("failovers_total", "Queries that moved from this upstream to another."),
+		HealthState:         gauge("health_state", "1 when the upstream is considered up, 0 when down."),
+		HealthCheckFailures: counter("health_check_failures_total", "Health probes that failed."),
+	}
+	reg.MustRegister(m.RequestDuration, m.ConnectionsOpen, m.ConnectionsOpened, m.TLSHandshakeFailure,
+		m.PinFailures, m.MismatchedResponses, m.RequestsResent, m.Retries, m.Failovers, m.HealthState,
+		m.HealthCheckFailures)
+	return m
+}
+
+// Init creates every series of upstream at zero, so dashboards and rate()
+// see the upstream from the start rather than after its first event.
+// HealthState starts at 1: an upstream is up until the Group says otherwise.
+func (m *Metrics) Init(upstream string) {
+	for _, rc := range initRcodes {
+		m.RequestDuration.WithLabelValues(upstream, rcodeLabel(rc))
+	}
+	m.ConnectionsOpen.WithLabelValues(upstream)
+	for _, c := range []*prometheus.CounterVec{m.ConnectionsOpened, m.TLSHandshakeFailure, m.PinFailures,
+		m.MismatchedResponses, m.RequestsResent, m.Retries, m.Failovers, m.HealthCheckFailures} {
+		c.WithLabelValues(upstream)
+	}
+	m.HealthState.WithLabelValues(upstream).Set(1)
+}
+
+func rcodeLabel(rc int) string {
+	if s, ok := dns.RcodeToString[rc]; ok {
+		return s
+	}
+	return strconv.Itoa(rc)
+}
+
+// upstreamMetrics is one upstream's view of Metrics with the label lookups
+// done once, so the query path never hashes label values.
+type upstreamMetrics struct {
+	m          *Metrics
+	name       string
+	open       prometheus.Gauge
+	opened     prometheus.Counter
+	hsFailures prometheus.Counter
+	pinFails   prometheus.Counter
+	mismatched prometheus.Counter
+	resent     prometheus.Counter
+
+	// duration holds one observer per header rcode, filled on first use so
+	// that only initRcodes exist before they are seen.
+	duration [16]atomic.Pointer[prometheus.Observer]
+}
+
+func newUpstreamMetrics(m *Metrics, name string) *upstreamMetrics {
+	m.Init(name)
+	um := &upstreamMetrics{
+		m:          m,
+		name:       name,
+		open:       m.ConnectionsOpen.WithLabelValues(name),
+		opened:     m.ConnectionsOpened.WithLabelValues(name),
+		hsFailures: m.TLSHandshakeFailure.WithLabelValues(name),
+		pinFails:   m.PinFailures.WithLabelValues(name),
+		mismatched: m.MismatchedResponses.WithLabelValues(name),
+		resent:     m.RequestsResent.WithLabelValues(name),
+	}
+	for _, rc := range initRcodes {
+		o := m.RequestDuration.WithLabelValues(name, rcodeLabel(rc))
+		um.duration[rc].Store(&o)
+	}
+	return um
+}
+
+func (um *upstreamMetrics) observe(rc int, seconds float64) {
+	p := um.duration[rc&0x0f].Load()
+	if p == nil {
+		o := um.m.RequestDuration.WithLabelValues(um.name, rcodeLabel(rc&0x0f))
+		um.duration[rc&0x0f].Store(&o)
+		p = &o
+	}
+	(*p).Observe(seconds)
+}

@@ -1,0 +1,268 @@
+package upstream
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+)
+
+// The pool keeps at most PoolSize connections open or being dialed, counting
+// retired connections that are still draining. It starts with one connection
+// and adds another only when the least-loaded one is busy; queries that find
+// no connection share the one dial in progress.
+
+const (
+	// growAt is the in-flight count on the least-loaded connection at which
+	// another connection is dialed (pool permitting). One connection
+	// pipelines thousands of queries; more connections mainly spread TLS
+	// work over cores and limit head-of-line blocking behind a slow answer.
+	growAt = 32
+	// growBackoff: after a failed dial, no dial is started merely to spread
+	// load for this long (queries with no connection at all still dial).
+	growBackoff = time.Second
+	// drainGrace: a retired connection still draining after this long, while
+	// the pool is full, is closed and its queries are resent, so a retired
+	// connection with a lost query does not hold a slot others need.
+	drainGrace = time.Second
+)
+
+type dialState struct {
+	finished bool // guarded by DoT.mu
+	err      error
+}
+
+// acquire registers req on a connection with room, dialing one if none is
+// open. It returns when req is queued for sending.
+func (d *DoT) acquire(ctx context.Context, req *request) (*conn, error) {
+	for {
+		if c := d.pick(); c != nil && c.send(req) {
+			if c.load.Load() >= growAt && int(d.total.Load()) < d.opts.PoolSize {
+				d.grow()
+			}
+			return c, nil
+		}
+
+		d.mu.Lock()
+		if d.closed {
+			d.mu.Unlock()
+			return nil, ErrClosed
+		}
+		c := d.pick()
+		dl := d.dialing
+		if c == nil && dl == nil && int(d.total.Load()) < d.opts.PoolSize {
+			dl = d.startDialLocked()
+		}
+		wait := d.changed
+		d.mu.Unlock()
+		if c != nil {
+			continue // a connection appeared (or had room again) meanwhile
+		}
+
+		// Wait for the dial, or for a connection to have room or a slot to
+		// free up.
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for a connection to %s: %w", d.name, ctx.Err())
+		}
+		if dl != nil {
+			d.mu.Lock()
+			finished, err := dl.finished, dl.err
+			d.mu.Unlock()
+			if finished && err != nil {
+				return nil, err
+			}
+		}
+	}
+}
+
+// pick returns the least-loaded usable connection, without locking.
+func (d *DoT) pick() *conn {
+	p := d.active.Load()
+	if p == nil {
+		return nil
+	}
+	var best *conn
+	bestLoad := int32(d.opts.MaxInFlightPerConn)
+	for _, c := range *p {
+		if c.closing.Load() {
+			continue
+		}
+		if l := c.load.Load(); l < bestLoad {
+			best, bestLoad = c, l
+		}
+	}
+	return best
+}
+
+func (d *DoT) activeConns() []*conn {
+	if p := d.active.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// grow dials one more connection to spread load, if the pool has room.
+func (d *DoT) grow() {
+	d.mu.Lock()
+	if !d.closed && d.dialing == nil && int(d.total.Load()) < d.opts.PoolSize && time.Now().After(d.noGrowUntil) {
+		d.startDialLocked()
+	}
+	d.mu.Unlock()
+}
+
+func (d *DoT) startDialLocked() *dialState {
+	dl := &dialState{}
+	d.dialing = dl
+	d.total.Add(1)
+	d.wg.Add(1)
+	go d.runDial(dl)
+	return dl
+}
+
+func (d *DoT) runDial(dl *dialState) {
+	defer d.wg.Done()
+	c, err := d.dial()
+	if err != nil {
+		d.log.Debug("dialing upstream failed", "upstream", d.name, "error", err)
+	} else {
+		c.start()
+	}
+	d.mu.Lock()
+	d.dialing = nil
+	dl.finished = true
+	closed := d.closed
+	switch {
+	case err != nil:
+		dl.err = err
+		d.total.Add(-1)
+		d.noGrowUntil = time.Now().Add(growBackoff)
+	case closed:
+		dl.err = ErrClosed // c still holds its slot; shutdown below frees it
+	default:
+		d.publishLocked(append(slices.Clone(d.activeConns()), c))
+		d.log.Debug("upstream connection open", "upstream", d.name, "local", c.localAddr().String(),
+			"resumed", c.certs.DidResume, "tls", tlsVersion(c.certs.Version))
+	}
+	d.notifyLocked()
+	d.mu.Unlock()
+	if err == nil && closed {
+		c.shutdown(ErrClosed, true)
+	}
+}
+
+func tlsVersion(v uint16) string {
+	switch v {
+	case 0x0303:
+		return "1.2"
+	case 0x0304:
+		return "1.3"
+	}
+	return fmt.Sprintf("0x%04x", v)
+}
+
+func (d *DoT) publishLocked(conns []*conn) { d.active.Store(&conns) }
+
+// notifyLocked wakes every query waiting for the pool to change.
+func (d *DoT) notifyLocked() {
+	close(d.changed)
+	d.changed = make(chan struct{})
+}
+
+func (d *DoT) notify() {
+	d.mu.Lock()
+	d.notifyLocked()
+	d.mu.Unlock()
+}
+
+// retired moves c from the usable connections to the draining ones. If c was
+// busy and nothing else is usable, a replacement is dialed at once (pool
+// permitting) rather than by the next query.
+func (d *DoT) retired(c *conn, busy bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	active := d.activeConns()
+	if i := slices.Index(active, c); i >= 0 {
+		d.publishLocked(slices.Delete(slices.Clone(active), i, i+1))
+	}
+	c.mu.Lock()
+	dead := c.dead
+	c.mu.Unlock()
+	if dead {
+		return // already closed and removed
+	}
+	d.draining = append(d.draining, c)
+	if busy && !d.closed && len(d.activeConns()) == 0 && d.dialing == nil &&
+		int(d.total.Load()) < d.opts.PoolSize {
+		d.startDialLocked()
+	}
+	d.notifyLocked()
+}
+
+// removeConn forgets c, which has died, and frees its slot.
+func (d *DoT) removeConn(c *conn) {
+	d.mu.Lock()
+	active := d.activeConns()
+	if i := slices.Index(active, c); i >= 0 {
+		d.publishLocked(slices.Delete(slices.Clone(active), i, i+1))
+	}
+	if i := slices.Index(d.draining, c); i >= 0 {
+		d.draining = slices.Delete(d.draining, i, i+1)
+	}
+	d.total.Add(-1)
+	d.notifyLocked()
+	d.mu.Unlock()
+	d.m.open.Dec()
+}
+
+// housekeeping closes idle connections, retires old ones, re-checks
+// connections after a Trust update and cuts drains that take too long.
+func (d *DoT) housekeeping() {
+	defer d.wg.Done()
+	t := time.NewTicker(d.tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.ctx.Done():
+			return
+		case now := <-t.C:
+			d.housekeep(now)
+		}
+	}
+}
+
+func (d *DoT) housekeep(now time.Time) {
+	st := d.opts.Trust.load()
+	for _, c := range d.activeConns() {
+		c.mu.Lock()
+		stale := c.trust != st
+		c.mu.Unlock()
+		if stale && !d.reverifyConn(c, st) {
+			continue
+		}
+		if now.Sub(c.born) >= d.opts.MaxAge {
+			c.retire("max age")
+			continue
+		}
+		if c.closeIfIdle(now, d.opts.IdleTimeout) {
+			d.log.Debug("closed idle upstream connection", "upstream", d.name)
+		}
+	}
+
+	d.mu.Lock()
+	full := int(d.total.Load()) >= d.opts.PoolSize
+	var overdue []*conn
+	for _, c := range d.draining {
+		c.mu.Lock()
+		late := now.Sub(c.retiredAt) >= drainGrace
+		c.mu.Unlock()
+		if late && full {
+			overdue = append(overdue, c)
+		}
+	}
+	d.mu.Unlock()
+	for _, c := range overdue {
+		c.shutdown(fmt.Errorf("%w: retired connection to %s still draining after %s", ErrConnClosed, d.name, drainGrace), true)
+	}
+}
