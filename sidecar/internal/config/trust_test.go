@@ -1,20 +1,16 @@
 package config_test
 
 import (
-	"bytes"
-	"crypto/sha256"
 	"crypto/x509"
 	"errors"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/config"
-	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/testenv"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/testpki"
 )
 
@@ -173,43 +169,5 @@ func TestPinRoundTrip(t *testing.T) {
 	got, err := config.ParsePin(config.FormatPin(p))
 	if err != nil || got != p {
 		t.Errorf("ParsePin(FormatPin(p)) = %x, %v", got, err)
-	}
-}
-
-// TestPinFromOpenSSL runs the command the README gives for computing a pin and
-// checks that ParsePin reads its output as the SHA-256 of the certificate's
-// SubjectPublicKeyInfo, which is what the upstream package compares.
-func TestPinFromOpenSSL(t *testing.T) {
-	tools := testenv.RequireTools(t, "openssl", "sh")
-	ca, err := testpki.NewCA("openssl CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := ca.Issue([]string{"dns.example"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, certFile, _, err := testpki.WriteFiles(t.TempDir(), ca, leaf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(tools["sh"], "-c",
-		`openssl x509 -pubkey -noout -in "$1" | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64`, "sh", certFile)
-	cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(tools["openssl"])+":"+os.Getenv("PATH"))
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("openssl: %v: %s", err, stderr.String())
-	}
-	got, err := config.ParsePin(strings.TrimSpace(string(out)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := sha256.Sum256(leaf.Cert.RawSubjectPublicKeyInfo); got != want {
-		t.Errorf("openssl pin %x, want %x", got, want)
-	}
-	if testpki.Pin(leaf.Cert) != strings.TrimSpace(string(out)) {
-		t.Errorf("testpki.Pin disagrees with openssl")
 	}
 }

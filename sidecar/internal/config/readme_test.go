@@ -1,0 +1,199 @@
+package config_test
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/config"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/testenv"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/testpki"
+)
+
+// settingsSection returns the lines of README.md's settings section.
+func settingsSection(t *testing.T) []string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			break
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("go.mod not found above the test's directory")
+		}
+		dir = parent
+	}
+	data, err := os.ReadFile(filepath.Join(dir, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(data)
+	start := strings.Index(text, "<!-- section:settings -->")
+	end := strings.Index(text, "<!-- /section:settings -->")
+	if start < 0 || end < start {
+		t.Fatal("README.md has no settings section")
+	}
+	return strings.Split(text[start:end], "\n")
+}
+
+var tableRow = regexp.MustCompile("^\\| `([A-Z0-9_]+)` \\| `(--[a-z0-9-]+)` \\| (?:`([^`]*)`|\\(none\\)) \\| .+ \\|$")
+
+// TestREADMESettingsTable keeps the README's tables in step with Config: the
+// same variables, in the same order, with the same flags and defaults.
+func TestREADMESettingsTable(t *testing.T) {
+	type row struct{ env, flag, def string }
+	var got, want []row
+	for _, line := range settingsSection(t) {
+		if !strings.HasPrefix(line, "| `") {
+			continue
+		}
+		m := tableRow.FindStringSubmatch(line)
+		if m == nil {
+			t.Errorf("README settings row not in the form | `VAR` | `--flag` | `default` or (none) | meaning |:\n%s", line)
+			continue
+		}
+		got = append(got, row{m[1], m[2], m[3]})
+	}
+	ct := reflect.TypeFor[config.Config]()
+	for i := range ct.NumField() {
+		f := ct.Field(i)
+		if env, ok := f.Tag.Lookup("env"); ok && f.IsExported() {
+			want = append(want, row{env, flagOf(env), f.Tag.Get("envDefault")})
+		}
+	}
+	if reflect.DeepEqual(got, want) {
+		return
+	}
+	inREADME := make(map[string]row)
+	for _, r := range got {
+		inREADME[r.env] = r
+	}
+	inCode := make(map[string]bool)
+	for _, w := range want {
+		inCode[w.env] = true
+		r, ok := inREADME[w.env]
+		def := "(none)"
+		if w.def != "" {
+			def = "`" + w.def + "`"
+		}
+		switch {
+		case !ok:
+			t.Errorf("README lacks | `%s` | `%s` | %s | ... |", w.env, w.flag, def)
+		case r != w:
+			t.Errorf("README row for %s says flag %s, default %q; the code says %s, %s", w.env, r.flag, r.def, w.flag, def)
+		}
+	}
+	for _, r := range got {
+		if !inCode[r.env] {
+			t.Errorf("README lists %s, which config.Config does not have", r.env)
+		}
+	}
+	if !t.Failed() {
+		t.Errorf("README rows are not in the order of config.Config's fields")
+	}
+}
+
+// TestREADMEExamples runs what the settings section shows: its UPSTREAMS
+// examples must load, its error lines must be the errors Load gives, and its
+// pins file must parse.
+func TestREADMEExamples(t *testing.T) {
+	lines := settingsSection(t)
+	var upstreams, errorLines int
+	errLine := regexp.MustCompile(`^    invalid (\S+) "([^"]*)": `)
+	for i, line := range lines {
+		if v, ok := strings.CutPrefix(line, "    UPSTREAMS="); ok {
+			upstreams++
+			v = strings.Trim(v, "'")
+			if _, err := config.Load(nil, []string{"UPSTREAMS=" + v}); err != nil {
+				t.Errorf("README example %q: %v", line, err)
+			}
+		}
+		if m := errLine.FindStringSubmatch(line); m != nil {
+			errorLines++
+			var args, environ []string
+			if strings.HasPrefix(m[1], "--") {
+				args = []string{m[1] + "=" + m[2]}
+			} else {
+				environ = []string{m[1] + "=" + m[2]}
+			}
+			_, err := config.Load(args, environ)
+			if want := strings.TrimPrefix(line, "    "); err == nil || err.Error() != want {
+				t.Errorf("README shows\n  %s\nbut Load says\n  %v", want, err)
+			}
+		}
+		if strings.Contains(line, "holds one pin a line") {
+			var block []string
+			for _, l := range lines[i+1:] {
+				if strings.HasPrefix(l, "    ") {
+					block = append(block, strings.TrimPrefix(l, "    "))
+				} else if len(block) > 0 {
+					break
+				}
+			}
+			pins, err := config.ParsePins(strings.NewReader(strings.Join(block, "\n")))
+			if err != nil || len(pins) != 2 {
+				t.Errorf("README pins file example: %d pins, %v", len(pins), err)
+			}
+		}
+	}
+	if upstreams < 3 || errorLines < 3 {
+		t.Errorf("found %d UPSTREAMS examples and %d error lines in the README, want at least 3 of each", upstreams, errorLines)
+	}
+}
+
+// TestREADMEPinCommand runs the README's openssl command on a certificate made
+// by testpki and checks that ParsePin reads its output as the SHA-256 of the
+// certificate's SubjectPublicKeyInfo, which is what the upstream compares.
+func TestREADMEPinCommand(t *testing.T) {
+	var command string
+	for _, line := range settingsSection(t) {
+		if c, ok := strings.CutPrefix(line, "    openssl x509 -pubkey"); ok {
+			command = "openssl x509 -pubkey" + c
+		}
+	}
+	if !strings.Contains(command, "cert.pem") {
+		t.Fatal("README shows no openssl pin command reading cert.pem")
+	}
+	tools := testenv.RequireTools(t, "openssl", "base64", "sh")
+	ca, err := testpki.NewCA("openssl CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := ca.Issue([]string{"dns.example"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if _, _, _, err := testpki.WriteFiles(dir, ca, leaf); err != nil {
+		t.Fatal(err)
+	}
+	// cert.pem holds the leaf, then its CA; openssl x509 reads the first.
+	cmd := exec.Command(tools["sh"], "-c", strings.ReplaceAll(command, "cert.pem", strconv.Quote(filepath.Join(dir, "cert.pem"))))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("%s: %v: %s", command, err, stderr.String())
+	}
+	got, err := config.ParsePin(strings.TrimSpace(string(out)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := sha256.Sum256(leaf.Cert.RawSubjectPublicKeyInfo); got != want {
+		t.Errorf("README command gives pin %x, want %x", got, want)
+	}
+	if testpki.Pin(leaf.Cert) != strings.TrimSpace(string(out)) {
+		t.Error("testpki.Pin disagrees with the README command")
+	}
+}
