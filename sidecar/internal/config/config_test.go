@@ -1,9 +1,11 @@
 package config_test
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
+	"flag"
 	"fmt"
 	"net/netip"
 	"os"
@@ -501,11 +503,35 @@ func TestOtherErrors(t *testing.T) {
 }
 
 func TestHelp(t *testing.T) {
+	var want bytes.Buffer
+	config.Usage(&want)
 	for _, arg := range []string{"-h", "--help", "-help"} {
 		c, err := config.Load([]string{arg}, []string{"BIND_PORT=bad"})
 		if !errors.Is(err, config.ErrHelp) || c != nil {
 			t.Errorf("Load(%s) = %v, %v; want nil, ErrHelp", arg, c, err)
 		}
+		var out bytes.Buffer
+		_, err = config.Load([]string{"--bind-port=1", arg}, nil, config.WithUsageOutput(&out))
+		if !errors.Is(err, config.ErrHelp) || out.String() != want.String() {
+			t.Errorf("Load(%s) with WithUsageOutput = %v and printed %d bytes, want ErrHelp and the usage", arg, err, out.Len())
+		}
+	}
+}
+
+func TestWithFlags(t *testing.T) {
+	var timeout time.Duration
+	define := config.WithFlags(func(fs *flag.FlagSet) {
+		fs.DurationVar(&timeout, "timeout", time.Minute, "how long to wait")
+	})
+	c, err := config.Load([]string{"--timeout=5s"}, []string{"ADMIN_ADDRESS=127.0.0.1:9999"}, define)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if timeout != 5*time.Second || c.AdminAddress != "127.0.0.1:9999" {
+		t.Errorf("timeout = %v, AdminAddress = %q", timeout, c.AdminAddress)
+	}
+	if _, err := config.Load([]string{"--timeout=5s"}, nil); err == nil {
+		t.Error("--timeout accepted without WithFlags")
 	}
 }
 

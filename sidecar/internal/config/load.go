@@ -23,12 +23,15 @@ import (
 // A flag wins over its variable; an empty value means the default (except
 // ADMIN_ADDRESS, where empty disables the admin listener). Every value is
 // validated here: the error names the variable or flag that supplied the bad
-// value, and the value, on one line. With -h or --help, Load returns ErrHelp;
-// the caller prints Usage.
-func Load(args, environ []string) (*Config, error) {
+// value, and the value, on one line. With -h or --help, Load returns ErrHelp
+// (after printing Usage to the writer given with WithUsageOutput, if any).
+func Load(args, environ []string, opts ...Option) (*Config, error) {
 	l := &loader{
 		values:   make(map[string]string),
 		fromFlag: make(map[string]bool),
+	}
+	for _, o := range opts {
+		o(&l.opts)
 	}
 	for _, kv := range environ {
 		if k, v, ok := strings.Cut(kv, "="); ok {
@@ -49,6 +52,27 @@ func Load(args, environ []string) (*Config, error) {
 	return c, nil
 }
 
+// Option adjusts Load.
+type Option func(*options)
+
+type options struct {
+	usage io.Writer
+	flags []func(*flag.FlagSet)
+}
+
+// WithUsageOutput makes Load print Usage to w when asked for help.
+func WithUsageOutput(w io.Writer) Option {
+	return func(o *options) { o.usage = w }
+}
+
+// WithFlags lets a subcommand (such as `dot-sidecar wait --timeout=60s`)
+// define flags of its own beside the settings' flags, so that it reads
+// ADMIN_ADDRESS and the rest through Load like the server does. Defining a
+// flag that a setting already has panics, as flag.FlagSet does.
+func WithFlags(define func(fs *flag.FlagSet)) Option {
+	return func(o *options) { o.flags = append(o.flags, define) }
+}
+
 // loader holds the raw values, after flags have overridden variables, and
 // where each came from.
 type loader struct {
@@ -56,6 +80,7 @@ type loader struct {
 	fromFlag map[string]bool   // variable name → value came from its flag
 	flagErr  error
 	errs     []error
+	opts     options
 }
 
 // source names what supplied a setting's value, for error messages.
@@ -126,9 +151,15 @@ func (l *loader) parseFlags(args []string) error {
 	for _, s := range settings() {
 		fs.Var(&flagValue{l: l, s: s}, s.Flag, s.Help)
 	}
+	for _, define := range l.opts.flags {
+		define(fs)
+	}
 	if err := fs.Parse(args); err != nil {
 		switch {
 		case errors.Is(err, flag.ErrHelp):
+			if l.opts.usage != nil {
+				Usage(l.opts.usage)
+			}
 			return ErrHelp
 		case l.flagErr != nil:
 			return l.flagErr
