@@ -1,0 +1,42 @@
+package server
+
+import (
+	"context"
+	"errors"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/upstream"
+	"github.com/miekg/dns"
+)
+
+// failure is the one place where an error from the upstream side becomes
+// what the client gets: always SERVFAIL, with the Extended DNS Error code
+// (RFC 8914) and text that go with it when the query carried EDNS.
+//
+// TLS failures, pins included, are 23 Network Error: the upstream was
+// reached but could not be trusted. Everything else (timeouts, unreachable
+// or all-down upstreams, connections lost, malformed answers, shutdown and
+// errors nobody foresaw) is 22 No Reachable Authority: no usable answer
+// could be had in time.
+func failure(err error) (rcode int, ede uint16, text string) {
+	rcode, ede = dns.RcodeServerFailure, dns.ExtendedErrorCodeNoReachableAuthority
+	switch {
+	case errors.Is(err, upstream.ErrPinMismatch):
+		return rcode, dns.ExtendedErrorCodeNetworkError, "upstream key not pinned"
+	case errors.Is(err, upstream.ErrTLS):
+		return rcode, dns.ExtendedErrorCodeNetworkError, "upstream TLS failure"
+	case errors.Is(err, context.DeadlineExceeded):
+		return rcode, ede, "upstream did not answer in time"
+	case errors.Is(err, upstream.ErrAllDown):
+		return rcode, ede, "all upstreams down"
+	case errors.Is(err, upstream.ErrUnreachable):
+		return rcode, ede, "upstream unreachable"
+	case errors.Is(err, upstream.ErrConnClosed):
+		return rcode, ede, "upstream connection lost"
+	case errors.Is(err, upstream.ErrBadResponse):
+		return rcode, ede, "malformed upstream answer"
+	case errors.Is(err, upstream.ErrClosed), errors.Is(err, context.Canceled):
+		return rcode, ede, "shutting down"
+	default:
+		return rcode, ede, "upstream failure"
+	}
+}

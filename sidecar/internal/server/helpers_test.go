@@ -1,0 +1,242 @@
+package server
+
+import (
+	"context"
+	"encoding/binary"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/testenv"
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+var (
+	loopback4 = netip.MustParseAddr("127.0.0.1")
+	loopback6 = netip.MustParseAddr("::1")
+)
+
+// ioTimeout bounds every client read in the tests, so that a server that
+// stays silent fails a test instead of hanging it.
+const ioTimeout = 5 * time.Second
+
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// testServer is a started Server on loopback port 0 with its own registry.
+type testServer struct {
+	*Server
+	up  *localUpstream
+	reg *prometheus.Registry
+}
+
+// startServer starts a server with opts (zero fields get test defaults:
+// 127.0.0.1, a local upstream, a test logger) and shuts it down when the
+// test ends.
+func startServer(t testing.TB, opts Options) *testServer {
+	t.Helper()
+	ts := &testServer{reg: prometheus.NewRegistry()}
+	if opts.BindAddrs == nil {
+		opts.BindAddrs, opts.BindExplicit = []netip.Addr{loopback4}, true
+	}
+	if opts.Upstream == nil {
+		ts.up = newLocalUpstream()
+		opts.Upstream = ts.up
+	}
+	if opts.Logger == nil {
+		opts.Logger = testLogger(t)
+	}
+	opts.Registerer = ts.reg
+	s, err := New(opts)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	ts.Server = s
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := s.Shutdown(ctx); err != nil && err != ErrShutdown {
+			t.Errorf("Shutdown: %v", err)
+		}
+	})
+	return ts
+}
+
+// addr returns the server's address for network ("udp" or "tcp") and the
+// given IP family.
+func (ts *testServer) addr(t testing.TB, network string, ip netip.Addr) netip.AddrPort {
+	t.Helper()
+	for _, a := range ts.Addrs() {
+		var ap netip.AddrPort
+		switch a := a.(type) {
+		case *net.UDPAddr:
+			if network != "udp" {
+				continue
+			}
+			ap = a.AddrPort()
+		case *net.TCPAddr:
+			if network != "tcp" {
+				continue
+			}
+			ap = a.AddrPort()
+		}
+		if ap.Addr().Unmap() == ip {
+			return ap
+		}
+	}
+	t.Fatalf("server has no %s address on %s: %v", network, ip, ts.Addrs())
+	return netip.AddrPort{}
+}
+
+// need6 skips (fails under CI) when the host has no ::1.
+func need6(t testing.TB) {
+	t.Helper()
+	c, err := net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6loopback})
+	if err != nil {
+		testenv.Missing(t, "this host has no IPv6 loopback address ::1: "+err.Error())
+	}
+	_ = c.Close()
+}
+
+// exchange sends raw bytes to addr over network and returns the raw answer.
+func exchange(t testing.TB, network string, addr netip.AddrPort, msg []byte) []byte {
+	t.Helper()
+	c, err := net.DialTimeout(network, addr.String(), ioTimeout)
+	if err != nil {
+		t.Fatalf("dialing %s %s: %v", network, addr, err)
+	}
+	defer c.Close()
+	if err := writeMsg(c, network, msg); err != nil {
+		t.Fatalf("writing query: %v", err)
+	}
+	ans, err := readMsg(c, network)
+	if err != nil {
+		t.Fatalf("reading answer over %s: %v", network, err)
+	}
+	return ans
+}
+
+func writeMsg(c net.Conn, network string, msg []byte) error {
+	_ = c.SetWriteDeadline(time.Now().Add(ioTimeout))
+	if network == "tcp" {
+		msg = append(binary.BigEndian.AppendUint16(nil, uint16(len(msg))), msg...)
+	}
+	_, err := c.Write(msg)
+	return err
+}
+
+// readMsg reads one message, with a buffer large enough to see an answer
+// bigger than the server should have sent.
+func readMsg(c net.Conn, network string) ([]byte, error) {
+	_ = c.SetReadDeadline(time.Now().Add(ioTimeout))
+	if network == "udp" {
+		buf := make([]byte, 65536)
+		n, err := c.Read(buf)
+		return buf[:n], err
+	}
+	var prefix [2]byte
+	if _, err := io.ReadFull(c, prefix[:]); err != nil {
+		return nil, err
+	}
+	buf := make([]byte, binary.BigEndian.Uint16(prefix[:]))
+	_, err := io.ReadFull(c, buf)
+	return buf, err
+}
+
+// ask sends m and decodes the answer; it returns the raw answer too.
+func ask(t testing.TB, network string, addr netip.AddrPort, m *dns.Msg) (*dns.Msg, []byte) {
+	t.Helper()
+	q, err := m.Pack()
+	if err != nil {
+		t.Fatalf("packing query: %v", err)
+	}
+	raw := exchange(t, network, addr, q)
+	r := new(dns.Msg)
+	if err := r.Unpack(raw); err != nil {
+		t.Fatalf("answer does not unpack: %v", err)
+	}
+	return r, raw
+}
+
+func newQuery(name string, qtype uint16) *dns.Msg {
+	m := new(dns.Msg)
+	m.SetQuestion(name, qtype)
+	m.Id = dns.Id()
+	return m
+}
+
+func ednsQuery(name string, qtype uint16, size uint16) *dns.Msg {
+	m := newQuery(name, qtype)
+	m.SetEdns0(size, true)
+	return m
+}
+
+func ede(m *dns.Msg) *dns.EDNS0_EDE {
+	opt := m.IsEdns0()
+	if opt == nil {
+		return nil
+	}
+	for _, o := range opt.Option {
+		if e, ok := o.(*dns.EDNS0_EDE); ok {
+			return e
+		}
+	}
+	return nil
+}
+
+// waitFor polls cond until it holds or the deadline passes: for state the
+// server changes asynchronously and exposes no event for.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(ioTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// awaitHeld collects n "hold" queries as they reach the upstream.
+func (u *localUpstream) awaitHeld(t testing.TB, n int) map[string]held {
+	t.Helper()
+	out := make(map[string]held, n)
+	timeout := time.After(ioTimeout)
+	for len(out) < n {
+		select {
+		case h := <-u.arrived:
+			out[h.name] = h
+		case <-timeout:
+			t.Fatalf("only %d of %d held queries reached the upstream", len(out), n)
+		}
+	}
+	return out
+}
+
+// releaseAll releases held queries once, however often it is called.
+type releaser struct {
+	once sync.Once
+	hs   map[string]held
+}
+
+func (r *releaser) all() {
+	r.once.Do(func() {
+		for _, h := range r.hs {
+			close(h.release)
+		}
+	})
+}

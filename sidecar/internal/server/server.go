@@ -1,0 +1,350 @@
+// Package server is the sidecar's DNS front end: the UDP and TCP listeners
+// that the pod's redirected port-53 traffic reaches, and the handler that
+// applies the protocol rules and relays each query to an upstream.Upstream.
+//
+// The handler forwards the client's own bytes and reads only the header,
+// question and OPT record of queries and answers (package dnswire), so that
+// unknown EDNS options and flags pass through unharmed and a relayed query
+// costs no decoding. miekg/dns is used only off the common path: to truncate
+// an answer too big for a UDP client and to build the canary's answer.
+//
+// What clients get:
+//   - a message with QR set gets no answer; an opcode other than QUERY gets
+//     NOTIMP; an EDNS version above 0 gets BADVERS; a malformed message (or
+//     QDCOUNT other than 1) gets FORMERR when its 12-byte header can be read
+//     and is dropped otherwise;
+//   - UDP answers are never larger than the client can take (512 bytes
+//     without EDNS, the advertised size with it, at least 512 and at most
+//     Options.UDPMaxSize); larger answers are truncated with TC set;
+//   - a query without OPT gets an answer without OPT;
+//   - when no answer can be had, SERVFAIL, with an Extended DNS Error
+//     (RFC 8914) when the query carried EDNS: 23 Network Error for TLS and
+//     pin failures, 22 No Reachable Authority otherwise (see failure);
+//   - the canary name is answered locally (see canary.go).
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/upstream"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Defaults applied by New to zero Options fields.
+const (
+	DefaultQueryTimeout   = 2 * time.Second
+	DefaultUDPMaxSize     = 1232 // the DNS Flag Day 2020 size: no IP fragmentation
+	DefaultTCPIdleTimeout = 10 * time.Second
+	DefaultTCPMaxConns    = 1000
+	DefaultTCPMaxInFlight = 128
+	DefaultProto          = "both"
+)
+
+// DefaultBindAddrs is the bind list used when Options.BindAddrs is empty.
+var DefaultBindAddrs = []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")}
+
+// Options configures a Server. Upstream and Logger are required.
+type Options struct {
+	// BindAddrs are the addresses to listen on, each with UDP and/or TCP.
+	// Empty means DefaultBindAddrs (and BindExplicit false).
+	BindAddrs []netip.Addr
+	// BindExplicit tells that the operator listed BindAddrs. When false (the
+	// default list), an address the host lacks (::1 in a pod with IPv6
+	// disabled) is skipped with a warning; when true, every failure to bind
+	// is fatal. Other errors (the port is taken) are always fatal.
+	BindExplicit bool
+	// Port to listen on. 0 picks a free port, the same for every listener
+	// (tests use this; Addrs tells the port chosen).
+	Port int
+	// Proto is "udp", "tcp" or "both"; empty means "both".
+	Proto string
+
+	// Upstream answers the queries the server does not answer itself.
+	Upstream upstream.Upstream
+
+	// QueryTimeout bounds each query from its arrival to its answer;
+	// clients get SERVFAIL when it runs out. Zero means DefaultQueryTimeout.
+	QueryTimeout time.Duration
+	// UDPMaxSize caps the EDNS payload size honoured for UDP answers (512 to
+	// 65535). Zero means DefaultUDPMaxSize.
+	UDPMaxSize int
+	// TCPIdleTimeout closes a TCP connection that has sent no query and has
+	// none in flight for that long; it also bounds each write. Zero means
+	// DefaultTCPIdleTimeout.
+	TCPIdleTimeout time.Duration
+	// TCPMaxConns bounds open TCP client connections; connections over the
+	// limit are closed at once and counted. Zero means DefaultTCPMaxConns.
+	TCPMaxConns int
+	// TCPMaxInFlight bounds the queries in flight on one TCP connection; the
+	// server stops reading from a connection at the limit. Zero means
+	// DefaultTCPMaxInFlight.
+	TCPMaxInFlight int
+
+	// Logger is never nil. Per-query lines are logged at Debug only.
+	Logger *slog.Logger
+	// Registerer receives the server's collectors (metrics.go). nil keeps
+	// them on a private registry that nothing exports.
+	Registerer prometheus.Registerer
+}
+
+// Errors returned by Start, Shutdown and Alive.
+var (
+	ErrNotStarted = errors.New("server not started")
+	ErrStarted    = errors.New("server already started")
+	ErrShutdown   = errors.New("server shut down")
+)
+
+type state int32
+
+const (
+	stateNew state = iota
+	stateServing
+	stateShutdown
+)
+
+// Server is a DNS server on UDP and TCP. Create it with New, then Start it.
+type Server struct {
+	opts Options
+	up   upstream.Upstream
+	log  *slog.Logger
+	m    *metrics
+
+	// base parents every query's context; Shutdown cancels it when its own
+	// context ends before the queries do, so that they end in SERVFAIL.
+	base   context.Context
+	cancel context.CancelFunc
+	quit   chan struct{} // closed when Shutdown starts
+
+	state   atomic.Int32
+	closing atomic.Bool
+	loopErr atomic.Pointer[error] // first serving loop that died unexpectedly
+
+	mu    sync.Mutex // guards udp, tcp, conns and state transitions
+	udp   []*net.UDPConn
+	tcp   []*net.TCPListener
+	conns map[*tcpConn]struct{}
+
+	loops   sync.WaitGroup // UDP readers and TCP accept loops
+	queries sync.WaitGroup // UDP queries being answered
+	connWG  sync.WaitGroup // TCP connections (each waits for its queries)
+
+	inflight atomic.Int64
+	tcpOpen  atomic.Int64
+}
+
+// New checks opts, applies defaults and registers the metrics. It opens no
+// socket; Start does.
+func New(opts Options) (*Server, error) {
+	if opts.Upstream == nil {
+		return nil, errors.New("server: Options.Upstream is required")
+	}
+	if opts.Logger == nil {
+		return nil, errors.New("server: Options.Logger is required")
+	}
+	if len(opts.BindAddrs) == 0 {
+		opts.BindAddrs, opts.BindExplicit = DefaultBindAddrs, false
+	}
+	for _, a := range opts.BindAddrs {
+		if !a.IsValid() {
+			return nil, fmt.Errorf("server: invalid bind address %v", a)
+		}
+	}
+	if opts.Port < 0 || opts.Port > 65535 {
+		return nil, fmt.Errorf("server: port %d out of range", opts.Port)
+	}
+	switch opts.Proto {
+	case "":
+		opts.Proto = DefaultProto
+	case "udp", "tcp", "both":
+	default:
+		return nil, fmt.Errorf("server: proto %q: want udp, tcp or both", opts.Proto)
+	}
+	durations := []struct {
+		v   *time.Duration
+		def time.Duration
+		n   string
+	}{
+		{&opts.QueryTimeout, DefaultQueryTimeout, "query timeout"},
+		{&opts.TCPIdleTimeout, DefaultTCPIdleTimeout, "TCP idle timeout"},
+	}
+	for _, d := range durations {
+		if *d.v < 0 {
+			return nil, fmt.Errorf("server: negative %s %v", d.n, *d.v)
+		}
+		if *d.v == 0 {
+			*d.v = d.def
+		}
+	}
+	ints := []struct {
+		v        *int
+		def, min int
+		n        string
+	}{
+		{&opts.UDPMaxSize, DefaultUDPMaxSize, 512, "UDP max size"},
+		{&opts.TCPMaxConns, DefaultTCPMaxConns, 1, "TCP max connections"},
+		{&opts.TCPMaxInFlight, DefaultTCPMaxInFlight, 1, "TCP max in-flight queries"},
+	}
+	for _, i := range ints {
+		if *i.v == 0 {
+			*i.v = i.def
+		}
+		if *i.v < i.min {
+			return nil, fmt.Errorf("server: %s %d below %d", i.n, *i.v, i.min)
+		}
+	}
+	if opts.UDPMaxSize > 65535 {
+		return nil, fmt.Errorf("server: UDP max size %d above 65535", opts.UDPMaxSize)
+	}
+	s := &Server{
+		opts:  opts,
+		up:    opts.Upstream,
+		log:   opts.Logger,
+		quit:  make(chan struct{}),
+		conns: make(map[*tcpConn]struct{}),
+	}
+	s.base, s.cancel = context.WithCancel(context.Background())
+	reg := opts.Registerer
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	m, err := newMetrics(reg, s)
+	if err != nil {
+		return nil, fmt.Errorf("server: registering metrics: %w", err)
+	}
+	s.m = m
+	return s, nil
+}
+
+// Start binds every listener and returns once all are bound (or with the
+// first error, having closed what it bound); the server then serves in
+// background goroutines until Shutdown.
+func (s *Server) Start() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if state(s.state.Load()) != stateNew {
+		return ErrStarted
+	}
+	udp, tcp, err := s.bind()
+	if err != nil {
+		return err
+	}
+	s.udp, s.tcp = udp, tcp
+	s.state.Store(int32(stateServing))
+	// Reads on one socket are serialised by the kernel and the runtime, but
+	// several readers keep one ready while another hands a query off.
+	readers := runtime.GOMAXPROCS(0)
+	for _, c := range udp {
+		for range readers {
+			s.loops.Add(1)
+			go s.readUDP(c)
+		}
+	}
+	for _, l := range tcp {
+		s.loops.Add(1)
+		go s.acceptTCP(l)
+	}
+	return nil
+}
+
+// Addrs returns the bound addresses: a *net.UDPAddr or *net.TCPAddr each.
+func (s *Server) Addrs() []net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []net.Addr
+	for _, c := range s.udp {
+		out = append(out, c.LocalAddr())
+	}
+	for _, l := range s.tcp {
+		out = append(out, l.Addr())
+	}
+	return out
+}
+
+// Alive reports, cheaply, whether every listener's loop is still running:
+// nil while serving, an error before Start, once Shutdown has begun, or when
+// a loop died. It never looks at upstream health.
+func (s *Server) Alive() error {
+	if err := s.loopErr.Load(); err != nil {
+		return *err
+	}
+	switch state(s.state.Load()) {
+	case stateNew:
+		return ErrNotStarted
+	case stateShutdown:
+		return ErrShutdown
+	}
+	return nil
+}
+
+// loopDied records that a serving loop stopped while it should be serving.
+func (s *Server) loopDied(err error) {
+	s.loopErr.CompareAndSwap(nil, &err)
+	s.log.Error("DNS listener stopped", "err", err)
+}
+
+// Shutdown stops reading and accepting queries, then waits for the queries
+// in flight to be answered. If ctx ends first, the remaining queries are cut
+// short and answered SERVFAIL, and Shutdown returns ctx's error once they
+// are. It closes every socket and leaves no goroutine behind.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	switch state(s.state.Load()) {
+	case stateNew:
+		s.state.Store(int32(stateShutdown))
+		s.mu.Unlock()
+		s.cancel()
+		return nil
+	case stateShutdown:
+		s.mu.Unlock()
+		return ErrShutdown
+	}
+	s.state.Store(int32(stateShutdown))
+	s.closing.Store(true)
+	close(s.quit)
+	// A read deadline in the past wakes the UDP readers yet keeps the
+	// sockets open for the answers still to be sent.
+	for _, c := range s.udp {
+		_ = c.SetReadDeadline(aLongTimeAgo)
+	}
+	for _, l := range s.tcp {
+		_ = l.Close()
+	}
+	for c := range s.conns {
+		c.stopReading()
+	}
+	s.mu.Unlock()
+
+	s.loops.Wait()
+	drained := make(chan struct{})
+	go func() {
+		s.queries.Wait()
+		s.connWG.Wait()
+		close(drained)
+	}()
+	var err error
+	select {
+	case <-drained:
+	case <-ctx.Done():
+		s.cancel()
+		<-drained
+		err = fmt.Errorf("shutdown cut in-flight queries short: %w", ctx.Err())
+	}
+	s.cancel()
+	s.mu.Lock()
+	for _, c := range s.udp {
+		_ = c.Close()
+	}
+	s.mu.Unlock()
+	return err
+}
+
+var aLongTimeAgo = time.Unix(1, 0)

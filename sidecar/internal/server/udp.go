@@ -1,0 +1,123 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
+)
+
+// udpQuery carries one datagram from a reader to the goroutine answering it.
+type udpQuery struct {
+	conn *net.UDPConn
+	from netip.AddrPort
+	msg  []byte
+}
+
+// Most queries are well under 512 bytes; larger ones grow their buffer and
+// are not pooled again, so the pool never pins big buffers.
+const (
+	pooledMsgSize = 512
+	maxPooledSize = 4096
+)
+
+var udpQueryPool = sync.Pool{New: func() any { return &udpQuery{msg: make([]byte, 0, pooledMsgSize)} }}
+
+// readUDP reads datagrams until Shutdown and answers each in its own
+// goroutine: the upstream's latency must not hold the reader.
+func (s *Server) readUDP(c *net.UDPConn) {
+	defer s.loops.Done()
+	// A whole datagram always fits, so that an oversized one is seen whole
+	// (and answered FORMERR or relayed) rather than silently cut.
+	buf := make([]byte, dnswire.MaxMsgSize)
+	var backoff time.Duration
+	for {
+		n, from, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if s.closing.Load() {
+				return
+			}
+			if errors.Is(err, net.ErrClosed) {
+				s.loopDied(fmt.Errorf("reading UDP on %s: %w", c.LocalAddr(), err))
+				return
+			}
+			backoff = nextBackoff(backoff)
+			s.log.Warn("reading a UDP query failed", "addr", c.LocalAddr(), "err", err, "retry_in", backoff)
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		if n < dnswire.HeaderLen {
+			s.m.malformed.Inc() // no header: nothing to answer
+			continue
+		}
+		q := udpQueryPool.Get().(*udpQuery)
+		q.conn, q.from, q.msg = c, from, append(q.msg[:0], buf[:n]...)
+		s.queries.Add(1)
+		s.inflight.Add(1)
+		go s.serveUDP(q)
+	}
+}
+
+func (s *Server) serveUDP(q *udpQuery) {
+	start := time.Now()
+	r := s.answer(q.msg, protoUDP)
+	if r.reply != nil {
+		if _, err := q.conn.WriteToUDPAddrPort(r.reply, q.from); err != nil {
+			s.log.Debug("writing a UDP answer failed", "client", q.from, "err", err)
+		}
+	}
+	s.inflight.Add(-1)
+	s.m.done(protoUDP, start, &r)
+	s.logQuery(protoUDP, q.from, q.msg, start, &r)
+	if cap(q.msg) <= maxPooledSize {
+		q.conn, q.msg = nil, q.msg[:0]
+		udpQueryPool.Put(q)
+	}
+	s.queries.Done()
+}
+
+// logQuery writes the per-query line, at Debug only: at any other level it
+// costs one check.
+func (s *Server) logQuery(p proto, from netip.AddrPort, msg []byte, start time.Time, r *result) {
+	if !s.log.Enabled(context.Background(), slog.LevelDebug) {
+		return
+	}
+	attrs := []slog.Attr{
+		slog.String("proto", p.String()),
+		slog.String("client", from.String()),
+		slog.Duration("duration", time.Since(start)),
+	}
+	if m, err := dnswire.Parse(msg); err == nil || m.QEnd > 0 {
+		attrs = append(attrs, slog.Int("id", int(m.ID)), slog.String("qname", qname(msg, &m)), slog.Int("qtype", int(m.QType)))
+	}
+	switch {
+	case r.reply == nil:
+		attrs = append(attrs, slog.String("rcode", "dropped"))
+	default:
+		attrs = append(attrs, slog.String("rcode", rcodeName(r.rcode)), slog.Bool("truncated", r.truncated))
+	}
+	if r.err != nil {
+		attrs = append(attrs, slog.Any("err", r.err))
+	}
+	s.log.LogAttrs(context.Background(), slog.LevelDebug, "query", attrs...)
+}
+
+// nextBackoff paces a loop whose socket keeps failing (out of file
+// descriptors, say) so that it neither spins nor gives up.
+func nextBackoff(d time.Duration) time.Duration {
+	switch {
+	case d == 0:
+		return 5 * time.Millisecond
+	case d >= time.Second:
+		return time.Second
+	default:
+		return 2 * d
+	}
+}
