@@ -366,9 +366,11 @@ func TestBadValues(t *testing.T) {
 	dir := t.TempDir()
 	notPEM := filepath.Join(dir, "not.pem")
 	emptyPins := filepath.Join(dir, "empty.pins")
+	badPins := filepath.Join(dir, "bad.pins")
 	for _, f := range []struct{ path, body string }{
 		{notPEM, "not a certificate\n"},
 		{emptyPins, "# nothing yet\n\n"},
+		{badPins, pin("a") + "\nnot-a-pin\n"},
 	} {
 		if err := os.WriteFile(f.path, []byte(f.body), 0o644); err != nil {
 			t.Fatal(err)
@@ -395,11 +397,12 @@ func TestBadValues(t *testing.T) {
 		{"UPSTREAMS", "tls://dns.google#dns.google", `"dns.google" is a hostname, not an IP literal: resolving it would need a plaintext DNS lookup`},
 		{"UPSTREAMS", "tls://1.1.1.1#one.one.one.one,tls://8.8.8.8", `entry 2 "tls://8.8.8.8": missing #SERVERNAME: the name the upstream's certificate must carry is mandatory`},
 		{"TLS_CA_FILE", missing, "open " + missing + ": no such file or directory"},
-		{"TLS_CA_FILE", notPEM, notPEM + ": no PEM certificate"},
+		{"TLS_CA_FILE", notPEM, "no PEM certificate"},
 		{"TLS_PINS", "abc", `pin "abc" is not base64 (want the base64 SHA-256 of a SubjectPublicKeyInfo)`},
 		{"TLS_PINS", "YWJj", `pin "YWJj" decodes to 3 bytes, want 32 (a SHA-256 digest)`},
 		{"TLS_PINS_FILE", missing, "open " + missing + ": no such file or directory"},
-		{"TLS_PINS_FILE", emptyPins, emptyPins + ": no pins"},
+		{"TLS_PINS_FILE", emptyPins, "no pins"},
+		{"TLS_PINS_FILE", badPins, `line 2: pin "not-a-pin" is not base64 (want the base64 SHA-256 of a SubjectPublicKeyInfo)`},
 		{"LOG_LEVEL", "verbose", `must be one of debug, info, warn, error`},
 		{"LOG_FORMAT", "xml", `must be one of text, json`},
 		{"LOG_FILE", dir, `is a directory`},

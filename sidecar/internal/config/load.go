@@ -253,16 +253,25 @@ var domainChecks = map[string]func(c *Config, raw string) error{
 		if c.TLSCAFile == "" {
 			return nil
 		}
-		pool, err := LoadCAFile(c.TLSCAFile)
-		c.rootCAs = pool
+		// The value already names the file: report the problem without
+		// the path that LoadCAFile adds for the reloader's logs.
+		data, err := os.ReadFile(c.TLSCAFile)
+		if err != nil {
+			return err
+		}
+		c.rootCAs, err = parseCAs(data)
 		return err
 	},
 	"TLS_PINS_FILE": func(c *Config, _ string) error {
 		if c.TLSPinsFile == "" {
 			return nil
 		}
-		pins, err := LoadPinsFile(c.TLSPinsFile)
-		c.filePins = pins
+		f, err := os.Open(c.TLSPinsFile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		c.filePins, err = ParsePins(f)
 		return err
 	},
 	// LOG_FILE is opened by NewLogger, after Load; a path that cannot work

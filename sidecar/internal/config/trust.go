@@ -114,6 +114,14 @@ func LoadCAFile(path string) (*x509.CertPool, error) {
 	if err != nil {
 		return nil, err
 	}
+	pool, err := parseCAs(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return pool, nil
+}
+
+func parseCAs(data []byte) (*x509.CertPool, error) {
 	pool := x509.NewCertPool()
 	n := 0
 	for block, rest := pem.Decode(data); block != nil; block, rest = pem.Decode(rest) {
@@ -122,13 +130,13 @@ func LoadCAFile(path string) (*x509.CertPool, error) {
 		}
 		cert, err := x509.ParseCertificate(block.Bytes)
 		if err != nil {
-			return nil, fmt.Errorf("%s: certificate %d: %w", path, n+1, err)
+			return nil, fmt.Errorf("certificate %d: %w", n+1, err)
 		}
 		pool.AddCert(cert)
 		n++
 	}
 	if n == 0 {
-		return nil, fmt.Errorf("%s: %w", path, ErrNoCertificate)
+		return nil, ErrNoCertificate
 	}
 	return pool, nil
 }
