@@ -68,7 +68,7 @@ type Config struct {
 	UpstreamIdleTimeout time.Duration `env:"UPSTREAM_IDLE_TIMEOUT" envDefault:"30s" valid:">0" help:"idle time after which an upstream connection is closed"`
 	UpstreamMaxAge      time.Duration `env:"UPSTREAM_MAX_AGE" envDefault:"5m" valid:">0" help:"age at which an upstream connection is retired, so certificates are verified again"`
 	DialTimeout         time.Duration `env:"DIAL_TIMEOUT" envDefault:"2s" valid:">0" help:"limit for the TCP connect plus TLS handshake to an upstream"`
-	UpstreamMaxInflight int           `env:"UPSTREAM_MAX_INFLIGHT" envDefault:"1024" valid:"1..65535" help:"most queries in flight on one upstream connection (message IDs are 16 bits)"`
+	UpstreamMaxInflight int           `env:"UPSTREAM_MAX_INFLIGHT" envDefault:"1024" valid:"1..16384" help:"most queries in flight on one upstream connection (1-16384: message IDs are 16 bits and a free one must stay cheap to draw)"`
 
 	UpstreamPolicy      string        `env:"UPSTREAM_POLICY" envDefault:"sequential" valid:"sequential|round_robin|random" help:"how to choose among healthy upstreams: sequential (first healthy in list order, the default: a deterministic primary keeps behaviour and debugging predictable), round_robin or random"`
 	RetryMaxAttempts    int           `env:"RETRY_MAX_ATTEMPTS" envDefault:"3" valid:"1.." help:"most attempts per query (1 = no retry); each retry goes to the next healthy upstream"`
@@ -100,6 +100,15 @@ func (c *Config) BindAddressExplicit() bool { return c.bindAddressExplicit }
 // roots.
 func (c *Config) RootCAs() *x509.CertPool { return c.rootCAs }
 
+// DefaultPins returns the pins for upstreams without pins of their own:
+// TLS_PINS, or the TLS_PINS_FILE pins read at load, or nil.
+func (c *Config) DefaultPins() [][32]byte {
+	if len(c.TLSPins) > 0 {
+		return clonePins(c.TLSPins)
+	}
+	return clonePins(c.filePins)
+}
+
 // PinsFromFile returns the pins read from TLS_PINS_FILE at load (nil when it
 // is not set).
 func (c *Config) PinsFromFile() [][32]byte { return clonePins(c.filePins) }
@@ -127,10 +136,7 @@ func (c *Config) Upstreams() []Upstream {
 			ServerName: c.DoTServerName,
 		}}
 	}
-	def := c.TLSPins
-	if len(def) == 0 {
-		def = c.filePins
-	}
+	def := c.DefaultPins()
 	for i := range ups {
 		if len(ups[i].Pins) == 0 && len(def) > 0 {
 			ups[i].Pins = clonePins(def)

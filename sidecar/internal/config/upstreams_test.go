@@ -175,6 +175,9 @@ func TestEffectiveUpstreams(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			if own := strings.Contains(tt.name, "TLS_PINS"); own != (len(c.DefaultPins()) > 0) {
+				t.Errorf("DefaultPins() = %x", c.DefaultPins())
+			}
 			ups := c.Upstreams()
 			var got []up
 			for _, u := range ups {
