@@ -57,10 +57,11 @@ func (s *Server) launch(ctx context.Context) error {
 	s.cmd = exec.Command(argv[0], argv[1:]...)
 	s.cmd.Stdout, s.cmd.Stderr = s.logF, s.logF
 	// Its own process group, so that a Ctrl-C meant for the harness does not
-	// race Stop, and a wrapper's children can be killed together. (No
-	// Pdeathsig: Linux ties it to the starting thread, which a caller that
-	// locked a thread to enter a namespace may let die.)
+	// race Stop, and a wrapper's children can be killed together.
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if s.opts.KillWithParent {
+		s.cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	}
 	if err := s.cmd.Start(); err != nil {
 		_ = s.logF.Close()
 		return fmt.Errorf("starting %s: %w", strings.Join(argv, " "), err)

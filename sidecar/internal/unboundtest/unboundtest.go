@@ -90,6 +90,11 @@ type Options struct {
 	Unbound string
 	// StartTimeout bounds the wait for readiness; default 15s.
 	StartTimeout time.Duration
+	// KillWithParent has the kernel SIGKILL unbound if the thread that
+	// started it dies, so a killed program leaves no server behind. Leave it
+	// off when starting from a goroutine locked to an OS thread (for
+	// example to enter a namespace) that may exit before Stop.
+	KillWithParent bool
 }
 
 // Record is one served name and the data it carries.

@@ -1,0 +1,142 @@
+// Command bench runs dot-sidecar beside the DNS relays users would pick
+// instead (dnsdist, Unbound, stubby, CoreDNS), all forwarding over verified
+// DNS-over-TLS to the same Unbound upstream, drives each with dnsperf and
+// prints one Markdown table comparing them.
+//
+// Run sidecar/bench/setup.sh once (it installs the peers), then, from the
+// repository root and as root (for the nftables connection counter):
+//
+//	go run ./sidecar/bench                          # full run, a few minutes
+//	go run ./sidecar/bench -duration 1s -rounds 1   # smoke run, under a minute
+//
+// Everything runs on 127.0.0.1. The upstream is Unbound (one thread, local
+// data, plain port for the direct baseline, see package unboundtest). Each
+// relay gets its own port; before it is measured it must answer control
+// queries correctly over UDP and TCP. For each round, each client protocol
+// (UDP, TCP) and each run shape (as fast as possible; fixed rate) the targets
+// run one after another (A B C A B C ...), and the table shows the median of
+// the rounds. Around every run the harness reads the relay's CPU time from
+// /proc/PID/stat, the upstream's TLS query counter (unbound-control) and an
+// nftables counter of SYNs to the upstream's DoT port, so CPU per query and
+// connections opened are exact, not sampled. Every process started is
+// stopped on exit, on error and on Ctrl-C; the whole run has a deadline.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+type config struct {
+	duration    time.Duration
+	rounds      int
+	names       int
+	clients     int
+	inflight    int
+	rate        int
+	timeout     time.Duration
+	targets     []string
+	protos      []string
+	sidecarBin  string
+	corednsBin  string
+	startupRuns int
+	out         string
+	keep        bool
+	verifyCheck bool
+}
+
+func parseFlags() config {
+	var c config
+	var targets, protos string
+	flag.DurationVar(&c.duration, "duration", 4*time.Second, "length of each dnsperf run")
+	flag.IntVar(&c.rounds, "rounds", 3, "rounds; the table shows the median")
+	flag.IntVar(&c.names, "names", 1000, "names the upstream serves (each queried for A, AAAA and TXT)")
+	flag.IntVar(&c.clients, "clients", 10, "dnsperf clients (-c): UDP sockets or TCP connections")
+	flag.IntVar(&c.inflight, "inflight", 100, "dnsperf queries outstanding (-q)")
+	flag.IntVar(&c.rate, "rate", 2000, "queries per second of the fixed-rate (latency) runs")
+	flag.DurationVar(&c.timeout, "timeout", 0, "deadline of the whole run (default: estimated from the other flags)")
+	flag.StringVar(&targets, "targets", "direct,dot-sidecar,dnsdist,dnsdist-pipelined,unbound,stubby,coredns", "targets to run, in order")
+	flag.StringVar(&protos, "protos", "udp,tcp", "client protocols")
+	flag.StringVar(&c.sidecarBin, "sidecar", "", "dot-sidecar binary (default: built from this tree)")
+	flag.StringVar(&c.corednsBin, "coredns", "", "coredns binary (default: PATH, then $(go env GOPATH)/bin)")
+	flag.IntVar(&c.startupRuns, "startup-runs", 5, "fresh dot-sidecar starts timed to /startupz (0 skips)")
+	flag.StringVar(&c.out, "out", "", "also write the Markdown report to this file")
+	flag.BoolVar(&c.keep, "keep", false, "keep the temporary directory (configs and logs)")
+	flag.BoolVar(&c.verifyCheck, "verify-check", true, "first check that every relay refuses an upstream certificate without its server name")
+	flag.Parse()
+	c.targets = splitList(targets)
+	c.protos = splitList(protos)
+	return c
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func main() {
+	cfg := parseFlags()
+	// With the report piped into head or a closed terminal, a write to
+	// stdout must fail rather than kill the harness before it has stopped
+	// the processes it started.
+	signal.Ignore(syscall.SIGPIPE)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		stop()
+		os.Exit(1)
+	}
+}
+
+// estimate bounds the whole run: every dnsperf run plus its timeout and
+// bookkeeping, plus starting and stopping everything.
+func (c config) estimate() time.Duration {
+	runs := c.rounds * len(c.targets) * len(c.protos) * 2
+	return time.Duration(runs)*(c.duration+perfTimeout+3*time.Second) + 3*time.Minute
+}
+
+// perfTimeout is dnsperf's -t: how long a query may stay unanswered before it
+// counts as lost.
+const perfTimeout = 2 * time.Second
+
+func validate(c config) error {
+	var errs []error
+	if c.duration <= 0 || c.rounds < 1 || c.names < 1 || c.clients < 1 || c.inflight < 1 || c.rate < 1 {
+		errs = append(errs, errors.New("duration, rounds, names, clients, inflight and rate must be positive"))
+	}
+	known := map[string]bool{}
+	for _, t := range allTargets() {
+		known[t.name] = true
+	}
+	for _, t := range c.targets {
+		if !known[t] {
+			errs = append(errs, fmt.Errorf("unknown target %q", t))
+		}
+	}
+	for _, p := range c.protos {
+		if p != "udp" && p != "tcp" {
+			errs = append(errs, fmt.Errorf("unknown protocol %q (udp, tcp)", p))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, time.Now().Format("15:04:05 ")+format+"\n", args...)
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }

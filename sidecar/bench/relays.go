@@ -1,0 +1,193 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// target is where dnsperf sends queries: the upstream's plain port (the
+// direct baseline) or a relay.
+type target struct {
+	name string
+	tool string // program the relay needs; "" for direct
+	// note says how caching was turned off (or why it could not be) and any
+	// other setting a reader needs to judge the figures.
+	note string
+	// start writes the relay's configuration into dir and returns how to run
+	// it. nil for the direct baseline.
+	start func(u upstreamInfo, t tools, dir string, port int) (argv, env []string, err error)
+}
+
+// upstreamInfo is what a relay needs to reach the upstream over verified DoT.
+type upstreamInfo struct {
+	host       string
+	port       int
+	serverName string
+	caFile     string
+	checkName  string // a name the upstream serves, for health checks
+}
+
+// dnsdistMaxInFlight is the pipelining depth given to the dnsdist variant,
+// on the frontend (so TCP clients' queries are read ahead) and on the
+// backend (so they share a DoT connection out of order).
+const dnsdistMaxInFlight = 100
+
+func allTargets() []target {
+	return []target{
+		{name: "direct", note: "dnsperf straight to the upstream's plain port: the floor every relay adds to."},
+		{name: "dot-sidecar", tool: "dot-sidecar", start: startDotSidecar,
+			note: "built from this tree; no cache exists; pool size default (UPSTREAM_POOL_SIZE)."},
+		{name: "dnsdist", tool: "dnsdist", start: startDnsdist(0),
+			note: "no packet cache configured (dnsdist caches only when told); outgoing DoT with its defaults (one query per connection at a time)."},
+		{name: "dnsdist-pipelined", tool: "dnsdist", start: startDnsdist(dnsdistMaxInFlight),
+			note: "as dnsdist, with maxInFlight=" + strconv.Itoa(dnsdistMaxInFlight) + " on the listener and the backend (out-of-order pipelining)."},
+		{name: "unbound", tool: "unbound", start: startUnboundForwarder,
+			note: "forward-zone \".\" with forward-tls-upstream; Unbound cannot turn its cache off: cache-max-ttl 0 and cache-max-negative-ttl 0 expire every entry at once, caches at their smallest; its default one thread."},
+		{name: "stubby", tool: "stubby", start: startStubby,
+			note: "GETDNS_TRANSPORT_TLS only, authentication required; stubby has no cache."},
+		{name: "coredns", tool: "coredns", start: startCoreDNS,
+			note: "forward . tls://… with tls CA and tls_servername; cache plugin not loaded (no cache)."},
+	}
+}
+
+func hostPort(host string, port int) string { return net.JoinHostPort(host, strconv.Itoa(port)) }
+
+func startDotSidecar(u upstreamInfo, t tools, dir string, port int) ([]string, []string, error) {
+	adminPort, err := freePort()
+	if err != nil {
+		return nil, nil, err
+	}
+	env := []string{
+		"UPSTREAMS=tls://" + hostPort(u.host, u.port) + "#" + u.serverName,
+		"TLS_CA_FILE=" + u.caFile,
+		"BIND_ADDRESS=127.0.0.1",
+		"BIND_PORT=" + strconv.Itoa(port),
+		"ADMIN_ADDRESS=" + hostPort("127.0.0.1", adminPort),
+		"LOG_LEVEL=warn",
+		// The lame-duck pause matters in a pod, not here; it only slows stops.
+		"SHUTDOWN_LAMEDUCK=0s",
+	}
+	return []string{t["dot-sidecar"]}, env, nil
+}
+
+func startDnsdist(maxInFlight int) func(upstreamInfo, tools, string, int) ([]string, []string, error) {
+	return func(u upstreamInfo, t tools, dir string, port int) ([]string, []string, error) {
+		var local, backend string
+		if maxInFlight > 0 {
+			local = fmt.Sprintf(", {maxInFlight=%d}", maxInFlight)
+			backend = fmt.Sprintf(", maxInFlight=%d", maxInFlight)
+		}
+		// The default health check asks for a.root-servers.net; ask for a
+		// name the upstream serves so "up" means "answers our data".
+		conf := fmt.Sprintf(`setSecurityPollSuffix("")
+setLocal(%q%s)
+setACL({"127.0.0.0/8"})
+newServer({address=%q, tls="openssl", subjectName=%q, caStore=%q, validateCertificates=true, checkName=%q, checkType="A"%s})
+`, hostPort("127.0.0.1", port), local, hostPort(u.host, u.port), u.serverName, u.caFile, u.checkName, backend)
+		path := filepath.Join(dir, "dnsdist.conf")
+		if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+			return nil, nil, err
+		}
+		return []string{t["dnsdist"], "--supervised", "--disable-syslog", "-C", path}, nil, nil
+	}
+}
+
+func startUnboundForwarder(u upstreamInfo, t tools, dir string, port int) ([]string, []string, error) {
+	conf := strings.Join([]string{
+		"server:",
+		"  verbosity: 1",
+		"  interface: " + fmt.Sprintf("127.0.0.1@%d", port),
+		"  so-reuseport: no",
+		"  chroot: \"\"",
+		"  username: \"\"",
+		"  directory: " + strconv.Quote(dir),
+		"  pidfile: " + strconv.Quote(filepath.Join(dir, "unbound.pid")),
+		"  use-syslog: no",
+		"  do-daemonize: no",
+		"  access-control: 127.0.0.0/8 allow",
+		// The upstream is on loopback.
+		"  do-not-query-localhost: no",
+		"  module-config: \"iterator\"",
+		"  qname-minimisation: no",
+		// Unbound serves test. itself (RFC 6761) unless told not to.
+		"  local-zone: \"test.\" nodefault",
+		"  tls-cert-bundle: " + strconv.Quote(u.caFile),
+		"  cache-max-ttl: 0",
+		"  cache-max-negative-ttl: 0",
+		"  msg-cache-size: 0",
+		"  rrset-cache-size: 0",
+		"  key-cache-size: 0",
+		"  neg-cache-size: 0",
+		"  prefetch: no",
+		"  incoming-num-tcp: 1000",
+		"forward-zone:",
+		"  name: \".\"",
+		fmt.Sprintf("  forward-addr: %s@%d#%s", u.host, u.port, u.serverName),
+		"  forward-tls-upstream: yes",
+		"",
+	}, "\n")
+	path := filepath.Join(dir, "unbound.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		return nil, nil, err
+	}
+	return []string{t["unbound"], "-d", "-d", "-c", path}, nil, nil
+}
+
+func startStubby(u upstreamInfo, t tools, dir string, port int) ([]string, []string, error) {
+	conf := fmt.Sprintf(`resolution_type: GETDNS_RESOLUTION_STUB
+dns_transport_list:
+  - GETDNS_TRANSPORT_TLS
+tls_authentication: GETDNS_AUTHENTICATION_REQUIRED
+tls_ca_file: %q
+appdata_dir: %q
+listen_addresses:
+  - 127.0.0.1@%d
+upstream_recursive_servers:
+  - address_data: %s
+    tls_port: %d
+    tls_auth_name: %q
+`, u.caFile, dir, port, u.host, u.port, u.serverName)
+	path := filepath.Join(dir, "stubby.yml")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		return nil, nil, err
+	}
+	return []string{t["stubby"], "-C", path}, nil, nil
+}
+
+func startCoreDNS(u upstreamInfo, t tools, dir string, port int) ([]string, []string, error) {
+	conf := fmt.Sprintf(`.:%d {
+	bind 127.0.0.1
+	forward . tls://%s {
+		tls %s
+		tls_servername %s
+	}
+}
+`, port, hostPort(u.host, u.port), u.caFile, u.serverName)
+	path := filepath.Join(dir, "Corefile")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		return nil, nil, err
+	}
+	return []string{t["coredns"], "-conf", path, "-quiet"}, nil, nil
+}
+
+// freePort asks the kernel for a loopback port free on TCP and UDP.
+func freePort() (int, error) {
+	for range 20 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, fmt.Errorf("picking a port: %w", err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		u, uerr := net.ListenPacket("udp", hostPort("127.0.0.1", port))
+		_ = l.Close()
+		if uerr == nil {
+			_ = u.Close()
+			return port, nil
+		}
+	}
+	return 0, fmt.Errorf("picking a port: none free on both TCP and UDP")
+}

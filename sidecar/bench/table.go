@@ -1,0 +1,81 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// baseTarget is the relay every figure is compared with.
+const baseTarget = "dot-sidecar"
+
+// ratio renders v relative to base as "1.23×". It returns "" when there is
+// nothing meaningful to show: no base, or a zero base with a non-zero value.
+func ratio(v, base float64) string {
+	switch {
+	case base == 0 && v == 0:
+		return "1.00×"
+	case base == 0:
+		return ""
+	}
+	return fmt.Sprintf("%.2f×", v/base)
+}
+
+// cell joins a figure and its ratio to the base row.
+func cell(text string, v, base float64, hasBase bool) string {
+	if !hasBase {
+		return text
+	}
+	if r := ratio(v, base); r != "" {
+		return text + " (" + r + ")"
+	}
+	return text
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.3f ms", float64(d)/float64(time.Millisecond)) }
+func us(d time.Duration) string { return fmt.Sprintf("%.1f µs", float64(d)/float64(time.Microsecond)) }
+
+// renderTable writes one Markdown table: a row per target and client
+// protocol, every figure with its ratio to dot-sidecar's for the same
+// protocol. Rows whose target is the direct baseline have no relay figures.
+func renderTable(rows []row) string {
+	base := map[string]row{}
+	for _, r := range rows {
+		if r.target == baseTarget {
+			base[r.proto] = r
+		}
+	}
+	var b strings.Builder
+	b.WriteString("| relay | clients | qps | lost | CPU/query | avg latency @rate | max latency @rate | lost @rate | CPU/query @rate | peak RSS | TLS conns opened | upstream queries/answer |\n")
+	b.WriteString("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	for _, r := range rows {
+		br, ok := base[r.proto]
+		cols := []string{
+			r.target, strings.ToUpper(r.proto),
+			cell(fmt.Sprintf("%.0f", r.qps), r.qps, br.qps, ok),
+			cell(fmt.Sprintf("%.0f", r.lost), r.lost, br.lost, ok),
+			dash,
+			cell(ms(r.avgLat), float64(r.avgLat), float64(br.avgLat), ok),
+			cell(ms(r.maxLat), float64(r.maxLat), float64(br.maxLat), ok),
+			cell(fmt.Sprintf("%.0f", r.rateLost), r.rateLost, br.rateLost, ok),
+			dash, dash, dash, dash,
+		}
+		if r.hasCPU {
+			cols[4] = cell(us(r.cpuPerQ), float64(r.cpuPerQ), float64(br.cpuPerQ), ok && br.hasCPU)
+			cols[8] = cell(us(r.rateCPU), float64(r.rateCPU), float64(br.rateCPU), ok && br.hasCPU)
+		}
+		if r.rss > 0 {
+			cols[9] = cell(fmt.Sprintf("%.1f MiB", float64(r.rss)/(1<<20)), float64(r.rss), float64(br.rss), ok && br.rss > 0)
+		}
+		if r.conns >= 0 && r.target != "direct" {
+			cols[10] = cell(fmt.Sprintf("%d", r.conns), float64(r.conns), float64(br.conns), ok && br.conns >= 0)
+		}
+		if r.hasUpPerQ {
+			cols[11] = fmt.Sprintf("%.3f", r.upPerAns)
+		}
+		b.WriteString("| " + strings.Join(cols, " | ") + " |\n")
+	}
+	return b.String()
+}
+
+const dash = "—"

@@ -1,0 +1,138 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/unboundtest"
+)
+
+// startUpstream starts the one DoT upstream every relay forwards to: Unbound,
+// one thread, answering from local data, with a plain port for the direct
+// baseline. Its idle timeouts stay at Unbound's defaults, as a real upstream
+// would close idle connections too.
+func startUpstream(ctx context.Context, names int) (*unboundtest.Server, error) {
+	return unboundtest.New(ctx, unboundtest.Options{
+		Names:   names,
+		Threads: 1,
+		Plain:   true,
+		// Relays that open a connection per in-flight query (dnsdist without
+		// maxInFlight, CoreDNS) must not be capped by Unbound's default 10.
+		IncomingNumTCP: 1000,
+		KillWithParent: true,
+	})
+}
+
+// writeQueryFile writes dnsperf input: every name with A, AAAA and TXT, in a
+// fixed shuffled order, so that a run exercises all names and three answer
+// shapes and every run sends the same sequence.
+func writeQueryFile(dir string, recs []unboundtest.Record) (string, error) {
+	lines := make([]string, 0, 3*len(recs))
+	for _, r := range recs {
+		for _, t := range []string{"A", "AAAA", "TXT"} {
+			lines = append(lines, r.Name+" "+t)
+		}
+	}
+	rng := rand.New(rand.NewPCG(7858, 853))
+	rng.Shuffle(len(lines), func(i, j int) { lines[i], lines[j] = lines[j], lines[i] })
+	path := filepath.Join(dir, "queries.txt")
+	if err := os.WriteFile(path, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+		return "", fmt.Errorf("writing query file: %w", err)
+	}
+	return path, nil
+}
+
+// synCounter counts TCP connection attempts (SYN without ACK) arriving at the
+// upstream's DoT port, with an nftables counter in a table of the harness's
+// own. The count is exact, taken by the kernel at the upstream side, and
+// costs the relays nothing: no extra hop, no sampling. The DoT port carries
+// nothing but TLS, so each SYN is one TLS connection opened by a relay. (A
+// SYN retransmitted because the accept queue was full would count twice; with
+// incoming-num-tcp at 1000 that does not happen here.)
+type synCounter struct {
+	nft   string
+	table string
+}
+
+func newSynCounter(ctx context.Context, port int) (*synCounter, error) {
+	if os.Geteuid() != 0 {
+		return nil, fmt.Errorf("counting upstream connections needs root (an nftables counter)")
+	}
+	nft, err := exec.LookPath("nft")
+	if err != nil {
+		if _, serr := os.Stat("/usr/sbin/nft"); serr != nil {
+			return nil, fmt.Errorf("counting upstream connections needs nft (Debian package nftables)")
+		}
+		nft = "/usr/sbin/nft"
+	}
+	removeStaleTables(ctx, nft)
+	c := &synCounter{nft: nft, table: tablePrefix + strconv.Itoa(os.Getpid())}
+	script := fmt.Sprintf(`table inet %[1]s {
+	counter upstream_syn { }
+	chain input {
+		type filter hook input priority 0; policy accept;
+		tcp dport %[2]d tcp flags & (syn | ack) == syn counter name "upstream_syn"
+	}
+}
+`, c.table, port)
+	cmd := exec.CommandContext(ctx, nft, "-f", "-")
+	cmd.Stdin = strings.NewReader(script)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("nft: adding table %s: %w: %s", c.table, err, out)
+	}
+	return c, nil
+}
+
+const tablePrefix = "dot_sidecar_bench_"
+
+// removeStaleTables deletes the tables of earlier harness runs that were
+// killed before they could clean up (their PID no longer exists).
+func removeStaleTables(ctx context.Context, nft string) {
+	out, err := exec.CommandContext(ctx, nft, "list", "tables", "inet").Output()
+	if err != nil {
+		return
+	}
+	for _, f := range strings.Fields(string(out)) {
+		pid, ok := strings.CutPrefix(f, tablePrefix)
+		if !ok {
+			continue
+		}
+		if _, err := os.Stat("/proc/" + pid); err == nil {
+			continue
+		}
+		_ = exec.CommandContext(ctx, nft, "delete", "table", "inet", f).Run()
+	}
+}
+
+var rePackets = regexp.MustCompile(`packets (\d+)`)
+
+func (c *synCounter) read(ctx context.Context) (int64, error) {
+	out, err := exec.CommandContext(ctx, c.nft, "list", "counter", "inet", c.table, "upstream_syn").CombinedOutput()
+	if err != nil {
+		return 0, fmt.Errorf("nft list counter: %w: %s", err, out)
+	}
+	return parseNftPackets(string(out))
+}
+
+func parseNftPackets(out string) (int64, error) {
+	m := rePackets.FindStringSubmatch(out)
+	if m == nil {
+		return 0, fmt.Errorf("nft counter output without packets: %q", out)
+	}
+	return strconv.ParseInt(m[1], 10, 64)
+}
+
+func (c *synCounter) close() error {
+	out, err := exec.Command(c.nft, "delete", "table", "inet", c.table).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("nft delete table %s: %w: %s", c.table, err, out)
+	}
+	return nil
+}
