@@ -1,0 +1,143 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnstest"
+	"github.com/miekg/dns"
+)
+
+// runQueries sends n distinct A queries from conc goroutines and returns the
+// first error (a failed Exchange or a wrong answer) and how many succeeded.
+func runQueries(t testing.TB, d *DoT, n, conc int, timeout time.Duration) (ok int64, err error) {
+	t.Helper()
+	var (
+		next    atomic.Int64
+		good    atomic.Int64
+		errOnce sync.Once
+		first   error
+		wg      sync.WaitGroup
+	)
+	for range conc {
+		wg.Go(func() {
+			for {
+				i := next.Add(1)
+				if i > int64(n) {
+					return
+				}
+				q := packQuery(t, fmt.Sprintf("q%d.example.", i), dns.TypeA)
+				ctx, cancel := context.WithTimeout(context.Background(), timeout)
+				resp, err := d.Exchange(ctx, q)
+				cancel()
+				if err == nil {
+					err = checkAnswer(resp, q)
+				}
+				if err != nil {
+					errOnce.Do(func() { first = fmt.Errorf("query %d: %w", i, err) })
+					continue
+				}
+				good.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	return good.Load(), first
+}
+
+func TestPipelinedAnsweredInReverseOrder(t *testing.T) {
+	srv := dnstest.New(t, dnstest.Options{})
+	srv.Behavior.ReverseBatch.Store(100)
+	d := newTestDoT(t, srv, func(o *DoTOptions) { o.PoolSize = 1 })
+	// The server answers nothing until it holds 100 queries, so all 100 are
+	// in flight on one connection at once, and come back last first.
+	ok, err := runQueries(t, d, 100, 100, 5*time.Second)
+	if err != nil || ok != 100 {
+		t.Fatalf("%d/100 answered right; first error: %v", ok, err)
+	}
+	if got := srv.Accepted(); got != 1 {
+		t.Errorf("server accepted %d connections, want 1", got)
+	}
+	if got := counterValue(d.m.mismatched); got != 0 {
+		t.Errorf("mismatched responses = %v, want 0", got)
+	}
+}
+
+func TestSplitReads(t *testing.T) {
+	srv := dnstest.New(t, dnstest.Options{})
+	srv.Behavior.SplitWrites.Store(true)
+	d := newTestDoT(t, srv, nil)
+	ok, err := runQueries(t, d, 200, 20, 5*time.Second)
+	if err != nil || ok != 200 {
+		t.Fatalf("%d/200 answered right; first error: %v", ok, err)
+	}
+}
+
+func TestPoolStaysWithinSizeUnderLoad(t *testing.T) {
+	for _, size := range []int{1, 3} {
+		t.Run(fmt.Sprintf("PoolSize=%d", size), func(t *testing.T) {
+			srv := dnstest.New(t, dnstest.Options{Raw: dnstest.ReflectRaw})
+			d := newTestDoT(t, srv, func(o *DoTOptions) { o.PoolSize = size })
+			ok, err := runQueries(t, d, 10000, 256, 10*time.Second)
+			if err != nil || ok != 10000 {
+				t.Fatalf("%d/10000 answered right; first error: %v", ok, err)
+			}
+			if got := srv.Accepted(); got > int64(size) || got < 1 {
+				t.Errorf("server accepted %d connections, want 1..%d", got, size)
+			}
+			t.Logf("PoolSize %d: %d connections for 10000 queries from 256 goroutines", size, srv.Accepted())
+		})
+	}
+}
+
+// A burst of queries with no connection open shares the one dial in
+// progress rather than each dialing: against a server that never completes
+// the handshake, 50 queries make one TCP connection, and all fail as
+// unreachable once DialTimeout passes.
+func TestBurstSharesOneDial(t *testing.T) {
+	srv := dnstest.New(t, dnstest.Options{})
+	srv.Behavior.BlackHole.Store(true)
+	d := newTestDoT(t, srv, func(o *DoTOptions) { o.PoolSize = 4; o.DialTimeout = 300 * time.Millisecond })
+	start := make(chan struct{})
+	errs := make(chan error, 50)
+	var wg sync.WaitGroup
+	for i := range 50 {
+		wg.Go(func() {
+			<-start
+			q := packQuery(t, fmt.Sprintf("b%d.example.", i), dns.TypeA)
+			_, err := d.Exchange(ctxTimeout(t, 5*time.Second), q)
+			errs <- err
+		})
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if !errors.Is(err, ErrUnreachable) {
+			t.Errorf("Exchange error %v, want ErrUnreachable", err)
+		}
+	}
+	if got := srv.Accepted(); got != 1 {
+		t.Errorf("server accepted %d connections, want 1 (one shared dial)", got)
+	}
+}
+
+// With a low per-connection cap, queries beyond it wait for room rather than
+// fail or open connections past the pool.
+func TestMaxInFlightPerConn(t *testing.T) {
+	srv := dnstest.New(t, dnstest.Options{})
+	srv.Behavior.SetDelay(20 * time.Millisecond)
+	d := newTestDoT(t, srv, func(o *DoTOptions) { o.PoolSize = 1; o.MaxInFlightPerConn = 4 })
+	ok, err := runQueries(t, d, 40, 20, 5*time.Second)
+	if err != nil || ok != 40 {
+		t.Fatalf("%d/40 answered right; first error: %v", ok, err)
+	}
+	if got := srv.Accepted(); got != 1 {
+		t.Errorf("server accepted %d connections, want 1", got)
+	}
+}

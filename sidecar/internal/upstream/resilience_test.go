@@ -1,0 +1,292 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnstest"
+	"github.com/miekg/dns"
+)
+
+// Connections that the upstream closes or resets under load are replaced and
+// the queries caught on them are resent: callers see no failure.
+func TestUpstreamDropsConnectionsUnderLoad(t *testing.T) {
+	tests := []struct {
+		name string
+		set  func(b *dnstest.Behavior)
+	}{
+		{"close after 50", func(b *dnstest.Behavior) { b.CloseAfter.Store(50) }},
+		{"reset after 50", func(b *dnstest.Behavior) { b.ResetAfter.Store(50) }},
+		{"close after 50, delayed", func(b *dnstest.Behavior) { b.CloseAfter.Store(50); b.SetDelay(time.Millisecond) }},
+		{"reset after 50, delayed", func(b *dnstest.Behavior) { b.ResetAfter.Store(50); b.SetDelay(time.Millisecond) }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := dnstest.New(t, dnstest.Options{})
+			tt.set(&srv.Behavior)
+			d := newTestDoT(t, srv, nil)
+			// 16 in flight, fewer than the 50 a connection lives for: a
+			// query resent on a fresh connection is among its first and is
+			// answered.
+			ok, err := runQueries(t, d, 1000, 16, 5*time.Second)
+			if err != nil || ok != 1000 {
+				t.Fatalf("%d/1000 answered right; first error: %v", ok, err)
+			}
+			if srv.Accepted() < 1000/50 {
+				t.Errorf("server accepted %d connections; the behaviour did not bite", srv.Accepted())
+			}
+			if counterValue(d.m.resent) == 0 {
+				t.Error("requests_resent_total = 0; expected queries caught on dying connections")
+			}
+			t.Logf("%d connections, %v queries resent", srv.Accepted(), counterValue(d.m.resent))
+		})
+	}
+}
+
+// A connection that dies under every send: Exchange gives up after
+// maxAttempts with ErrConnClosed (not the upstream's fault).
+func TestGivesUpWithErrConnClosed(t *testing.T) {
+	srv := dnstest.New(t, dnstest.Options{})
+	srv.Behavior.ResetAfter.Store(1)
+	d := newTestDoT(t, srv, nil)
+	_, err := d.Exchange(ctxTimeout(t, 5*time.Second), packQuery(t, "x.example.", dns.TypeA))
+	if !errors.Is(err, ErrConnClosed) {
+		t.Fatalf("Exchange error %v, want ErrConnClosed", err)
+	}
+	if got := srv.Queries(); got != maxAttempts {
+		t.Errorf("server got %d sends, want %d", got, maxAttempts)
+	}
+	if got := counterValue(d.m.resent); got != maxAttempts-1 {
+		t.Errorf("requests_resent_total = %v, want %d", got, maxAttempts-1)
+	}
+}
+
+func TestMismatchedResponsesDropped(t *testing.T) {
+	tests := []struct {
+		name       string
+		mangle     dnstest.Mangle
+		thenAnswer bool
+	}{
+		{"wrong ID, then the answer", dnstest.MangleID, true},
+		{"wrong question, then the answer", dnstest.MangleQuestion, true},
+		{"wrong ID only", dnstest.MangleID, false},
+		{"wrong question only", dnstest.MangleQuestion, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := dnstest.New(t, dnstest.Options{})
+			srv.Behavior.SetMangle(tt.mangle, tt.thenAnswer)
+			d := newTestDoT(t, srv, nil)
+			const n = 20
+			for i := range n {
+				q := packQuery(t, "m.example.", dns.TypeA)
+				resp, err := d.Exchange(ctxTimeout(t, 200*time.Millisecond), q)
+				if tt.thenAnswer {
+					if err != nil {
+						t.Fatalf("query %d: %v", i, err)
+					}
+					if err := checkAnswer(resp, q); err != nil {
+						t.Fatalf("query %d: %v", i, err)
+					}
+				} else if !errors.Is(err, context.DeadlineExceeded) || resp != nil {
+					t.Fatalf("query %d: got %d bytes, error %v; want DeadlineExceeded", i, len(resp), err)
+				}
+				if !tt.thenAnswer {
+					break // one timeout shows it; more only slow the test
+				}
+			}
+			want := float64(n)
+			if !tt.thenAnswer {
+				want = 1
+			}
+			eventually(t, 2*time.Second, "mismatched responses to be counted", func() bool {
+				return counterValue(d.m.mismatched) == want
+			})
+		})
+	}
+}
+
+// An Exchange honours its deadline; the slot is freed and the late answer
+// is dropped and counted.
+func TestDeadlineHonoured(t *testing.T) {
+	tests := []struct {
+		name     string
+		set      func(b *dnstest.Behavior)
+		wantLate bool // the answer comes after the deadline
+	}{
+		{"dropped", func(b *dnstest.Behavior) { b.Drop.Store(true) }, false},
+		{"late", func(b *dnstest.Behavior) { b.SetDelay(300 * time.Millisecond) }, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := dnstest.New(t, dnstest.Options{})
+			tt.set(&srv.Behavior)
+			d := newTestDoT(t, srv, nil)
+			const timeout = 100 * time.Millisecond
+			start := time.Now()
+			_, err := d.Exchange(ctxTimeout(t, timeout), packQuery(t, "d.example.", dns.TypeA))
+			took := time.Since(start)
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("Exchange error %v, want DeadlineExceeded", err)
+			}
+			if took < timeout || took > timeout+500*time.Millisecond {
+				t.Errorf("Exchange returned after %s, want about %s", took, timeout)
+			}
+			for _, c := range d.activeConns() {
+				if l := c.load.Load(); l != 0 {
+					t.Errorf("connection still has %d in flight", l)
+				}
+			}
+			if tt.wantLate {
+				eventually(t, 2*time.Second, "the late answer to be dropped", func() bool {
+					return counterValue(d.m.mismatched) == 1
+				})
+			}
+		})
+	}
+}
+
+// A query without a deadline gets QueryTimeout.
+func TestQueryTimeoutDefault(t *testing.T) {
+	srv := dnstest.New(t, dnstest.Options{})
+	srv.Behavior.Drop.Store(true)
+	d := newTestDoT(t, srv, func(o *DoTOptions) { o.QueryTimeout = 50 * time.Millisecond })
+	_, err := d.Exchange(context.Background(), packQuery(t, "n.example.", dns.TypeA))
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Exchange error %v, want DeadlineExceeded", err)
+	}
+}
+
+// A connection that answers nothing for longer than silentAfter while a
+// query waits is presumed dead (half-open) and retired.
+func TestSilentConnectionRetired(t *testing.T) {
+	srv := dnstest.New(t, dnstest.Options{})
+	d := newTestDoT(t, srv, nil)
+	if _, err := d.Exchange(ctxTimeout(t, time.Second), packQuery(t, "s.example.", dns.TypeA)); err != nil {
+		t.Fatal(err)
+	}
+	srv.Behavior.Drop.Store(true)
+	if _, err := d.Exchange(ctxTimeout(t, silentAfter+100*time.Millisecond), packQuery(t, "s.example.", dns.TypeA)); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Exchange error %v, want DeadlineExceeded", err)
+	}
+	eventually(t, 2*time.Second, "the silent connection to close", func() bool { return srv.Open() == 0 })
+	srv.Behavior.Drop.Store(false)
+	if _, err := d.Exchange(ctxTimeout(t, time.Second), packQuery(t, "s.example.", dns.TypeA)); err != nil {
+		t.Fatal(err)
+	}
+	if srv.Accepted() != 2 {
+		t.Errorf("server accepted %d connections, want 2", srv.Accepted())
+	}
+}
+
+func TestConnectionLifetime(t *testing.T) {
+	tests := []struct {
+		name string
+		mod  func(*DoTOptions)
+	}{
+		{"idle timeout", func(o *DoTOptions) { o.IdleTimeout = 100 * time.Millisecond }},
+		{"max age", func(o *DoTOptions) { o.MaxAge = 100 * time.Millisecond }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := dnstest.New(t, dnstest.Options{})
+			d := newTestDoT(t, srv, tt.mod)
+			if _, err := d.Exchange(ctxTimeout(t, time.Second), packQuery(t, "l.example.", dns.TypeA)); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, 3*time.Second, "the connection to close", func() bool { return srv.Open() == 0 })
+			if got := counterValue(d.m.open); got != 0 {
+				t.Errorf("connections_open = %v after close", got)
+			}
+			if _, err := d.Exchange(ctxTimeout(t, time.Second), packQuery(t, "l.example.", dns.TypeA)); err != nil {
+				t.Fatalf("Exchange after close: %v", err)
+			}
+			if srv.Accepted() != 2 {
+				t.Errorf("server accepted %d connections, want 2", srv.Accepted())
+			}
+		})
+	}
+}
+
+// A connection past MaxAge that still has queries in flight drains: they
+// are answered on it, new ones go to a fresh connection.
+func TestMaxAgeDrainsInFlight(t *testing.T) {
+	srv := dnstest.New(t, dnstest.Options{})
+	srv.Behavior.SetDelay(400 * time.Millisecond)
+	d := newTestDoT(t, srv, func(o *DoTOptions) { o.MaxAge = 150 * time.Millisecond; o.PoolSize = 2 })
+	ok, err := runQueries(t, d, 8, 8, 3*time.Second)
+	if err != nil || ok != 8 {
+		t.Fatalf("%d/8 answered; first error: %v", ok, err)
+	}
+	if got := counterValue(d.m.resent); got != 0 {
+		t.Errorf("requests_resent_total = %v; a retired connection must drain, not drop its queries", got)
+	}
+}
+
+func TestCloseFailsInFlight(t *testing.T) {
+	srv := dnstest.New(t, dnstest.Options{})
+	srv.Behavior.Drop.Store(true)
+	d := newTestDoT(t, srv, nil)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := d.Exchange(ctxTimeout(t, 5*time.Second), packQuery(t, "c.example.", dns.TypeA))
+		errc <- err
+	}()
+	eventually(t, 2*time.Second, "the query to reach the server", func() bool { return srv.Queries() == 1 })
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; !errors.Is(err, ErrClosed) {
+		t.Fatalf("in-flight Exchange: %v, want ErrClosed", err)
+	}
+	if _, err := d.Exchange(ctxTimeout(t, time.Second), packQuery(t, "c.example.", dns.TypeA)); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Exchange after Close: %v, want ErrClosed", err)
+	}
+	eventually(t, 2*time.Second, "the server to see the connection close", func() bool { return srv.Open() == 0 })
+}
+
+func TestBadQuery(t *testing.T) {
+	srv := dnstest.New(t, dnstest.Options{})
+	d := newTestDoT(t, srv, nil)
+	good := packQuery(t, "q.example.", dns.TypeA)
+	for name, q := range map[string][]byte{
+		"empty":           nil,
+		"short header":    good[:11],
+		"cut in question": good[:len(good)-3],
+		"too long":        make([]byte, 65536),
+	} {
+		if _, err := d.Exchange(ctxTimeout(t, time.Second), q); !errors.Is(err, ErrBadQuery) {
+			t.Errorf("%s: %v, want ErrBadQuery", name, err)
+		}
+	}
+	if srv.Accepted() != 0 {
+		t.Errorf("a bad query made a connection")
+	}
+}
+
+func TestNewDoTValidates(t *testing.T) {
+	srv := dnstest.New(t, dnstest.Options{})
+	tests := map[string]func(*DoTOptions){
+		"no address":         func(o *DoTOptions) { o.Addr = netip.AddrPort{} },
+		"port 0":             func(o *DoTOptions) { o.Addr = netip.AddrPortFrom(o.Addr.Addr(), 0) },
+		"no server name":     func(o *DoTOptions) { o.ServerName = "" },
+		"no logger":          func(o *DoTOptions) { o.Logger = nil },
+		"no metrics":         func(o *DoTOptions) { o.Metrics = nil },
+		"negative pool":      func(o *DoTOptions) { o.PoolSize = -1 },
+		"negative timeout":   func(o *DoTOptions) { o.DialTimeout = -time.Second },
+		"in-flight too high": func(o *DoTOptions) { o.MaxInFlightPerConn = 40000 },
+	}
+	for name, mod := range tests {
+		opts := DoTOptions{Addr: srv.Addr, ServerName: "dns.test", Logger: testLogger(), Metrics: NewMetrics(prometheus.NewRegistry())}
+		mod(&opts)
+		if d, err := NewDoT(opts); err == nil {
+			_ = d.Close()
+			t.Errorf("%s: NewDoT accepted %+v", name, opts)
+		}
+	}
+}
