@@ -1,0 +1,214 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/admin"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/config"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/server"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/upstream"
+)
+
+// runServe is the sidecar proper: load settings, build the upstream group,
+// bind the listeners, serve until SIGTERM, then shut down in order.
+func runServe(ctx context.Context, args, environ []string, stdout, stderr io.Writer) int {
+	cfg, err := config.Load(args, environ, config.WithUsageOutput(stdout))
+	if errors.Is(err, config.ErrHelp) {
+		return exitOK
+	}
+	if err != nil {
+		return fail(stderr, exitConfig, err)
+	}
+	log, logCloser, err := cfg.NewLogger(stderr)
+	if err != nil {
+		return fail(stderr, exitConfig, err)
+	}
+	defer logCloser.Close()
+	for _, w := range cfg.Warnings() {
+		log.Warn(w)
+	}
+
+	reg := prometheus.NewRegistry()
+	if err := admin.RegisterRuntimeCollectors(reg); err != nil {
+		return fail(stderr, exitFail, err)
+	}
+	group, trust, err := newUpstreams(cfg, log, upstream.NewMetrics(reg))
+	if err != nil {
+		return fail(stderr, exitConfig, err)
+	}
+	closeGroup := func() {
+		if err := group.Close(); err != nil {
+			log.Warn("closing upstream connections", "err", err)
+		}
+	}
+
+	srv, err := server.New(server.Options{
+		BindAddrs:      cfg.BindAddress,
+		BindExplicit:   cfg.BindAddressExplicit(),
+		Port:           cfg.BindPort,
+		Proto:          cfg.Proto,
+		Upstream:       group,
+		QueryTimeout:   cfg.QueryTimeout,
+		UDPMaxSize:     cfg.UDPMaxSize,
+		TCPIdleTimeout: cfg.TCPIdleTimeout,
+		TCPMaxConns:    cfg.TCPMaxConns,
+		TCPMaxInFlight: cfg.TCPMaxInflight,
+		Logger:         log,
+		Registerer:     reg,
+	})
+	if err != nil {
+		closeGroup()
+		return fail(stderr, exitConfig, err)
+	}
+
+	var adm *admin.Admin
+	if cfg.AdminAddress != "" {
+		aopts := admin.Options{
+			Addr:                  cfg.AdminAddress,
+			Registerer:            reg,
+			Gatherer:              reg,
+			Logger:                log,
+			Version:               version,
+			Live:                  srv.Alive,
+			ReadyFailThreshold:    cfg.ReadyFailThreshold,
+			ReadySuccessThreshold: cfg.ReadySuccessThreshold,
+		}
+		if cfg.ReadyRequiresUpstream {
+			aopts.UpstreamHealthy = group.Healthy
+		}
+		if adm, err = admin.New(aopts); err != nil {
+			closeGroup()
+			return fail(stderr, exitConfig, err)
+		}
+		// The admin listener comes first so that /livez and /startupz answer
+		// (503 "starting") while the DNS listeners bind.
+		if err := adm.Start(); err != nil {
+			closeGroup()
+			return fail(stderr, exitFail, fmt.Errorf("admin listener on ADMIN_ADDRESS %q: %w", cfg.AdminAddress, err))
+		}
+	}
+	if err := srv.Start(); err != nil {
+		closeGroup()
+		shutdownAdmin(adm, log)
+		return fail(stderr, exitFail, err)
+	}
+	if adm != nil {
+		adm.SetStarted()
+	}
+	log.Info("dot-sidecar serving", "version", version, "listen", srv.Addrs(),
+		"upstreams", group.Name(), "policy", cfg.UpstreamPolicy, "admin", adminAddr(adm))
+
+	reloadDone := startTrustReload(ctx, cfg, trust, group, log)
+
+	<-ctx.Done()
+	shutdown(cfg, srv, closeGroup, adm, log)
+	<-reloadDone
+	return exitOK
+}
+
+// shutdown runs the SIGTERM sequence within SHUTDOWN_GRACE: readiness off at
+// once, a lame-duck period in which the listeners still answer (endpoints
+// controllers and kube-proxy take a moment to notice), then the listeners
+// stop and in-flight queries finish or get SERVFAIL, then the upstream
+// connections close.
+func shutdown(cfg *config.Config, srv *server.Server, closeGroup func(), adm *admin.Admin, log *slog.Logger) {
+	start := time.Now()
+	log.Info("shutting down", "lameduck", cfg.ShutdownLameduck, "grace", cfg.ShutdownGrace)
+	if adm != nil {
+		adm.SetShuttingDown()
+	}
+	if cfg.ShutdownLameduck > 0 {
+		t := time.NewTimer(cfg.ShutdownLameduck)
+		<-t.C
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), start.Add(cfg.ShutdownGrace))
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		log.Warn("DNS listeners did not stop cleanly", "err", err)
+	}
+	closeGroup()
+	shutdownAdmin(adm, log)
+	log.Info("stopped", "took", time.Since(start).Round(time.Millisecond))
+}
+
+func shutdownAdmin(adm *admin.Admin, log *slog.Logger) {
+	if adm == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := adm.Shutdown(ctx); err != nil {
+		log.Warn("admin listener did not stop cleanly", "err", err)
+	}
+}
+
+func adminAddr(adm *admin.Admin) string {
+	if adm == nil {
+		return "off"
+	}
+	return adm.Addr()
+}
+
+// newUpstreams builds one DoT client per configured upstream behind a Group.
+// Upstreams without pins of their own get nil Pins so that the shared Trust's
+// default pins, which a reload can replace, apply to them.
+func newUpstreams(cfg *config.Config, log *slog.Logger, m *upstream.Metrics) (*upstream.Group, *upstream.Trust, error) {
+	trust := upstream.NewTrust(cfg.RootCAs(), cfg.DefaultPins())
+	policy, err := upstream.ParsePolicy(cfg.UpstreamPolicy)
+	if err != nil {
+		return nil, nil, fmt.Errorf("invalid UPSTREAM_POLICY %q: %w", cfg.UpstreamPolicy, err)
+	}
+	var members []upstream.Upstream
+	closeAll := func() {
+		for _, u := range members {
+			u.Close()
+		}
+	}
+	for _, u := range cfg.Upstreams() {
+		pins := u.Pins
+		if u.DefaultPins {
+			pins = nil
+		}
+		d, err := upstream.NewDoT(upstream.DoTOptions{
+			Addr:               u.Addr,
+			ServerName:         u.ServerName,
+			Pins:               pins,
+			Trust:              trust,
+			PoolSize:           cfg.UpstreamPoolSize,
+			DialTimeout:        cfg.DialTimeout,
+			IdleTimeout:        cfg.UpstreamIdleTimeout,
+			MaxAge:             cfg.UpstreamMaxAge,
+			MaxInFlightPerConn: cfg.UpstreamMaxInflight,
+			QueryTimeout:       cfg.QueryTimeout,
+			Logger:             log,
+			Metrics:            m,
+		})
+		if err != nil {
+			closeAll()
+			return nil, nil, fmt.Errorf("upstream %s: %w", u, err)
+		}
+		members = append(members, d)
+	}
+	group, err := upstream.NewGroup(upstream.GroupOptions{
+		Upstreams:     members,
+		Policy:        policy,
+		MaxAttempts:   cfg.RetryMaxAttempts,
+		BaseDelay:     cfg.RetryBaseDelay,
+		MaxFails:      cfg.HealthMaxFails,
+		ProbeInterval: cfg.HealthCheckInterval,
+		Logger:        log,
+		Metrics:       m,
+	})
+	if err != nil {
+		closeAll()
+		return nil, nil, err
+	}
+	return group, trust, nil
+}
