@@ -29,18 +29,24 @@ func TestInterception(t *testing.T) {
 	testenv.RequireTools(t, "ip", "iptables", "ip6tables", "iptables-legacy", "iptables-nft",
 		"ip6tables-legacy", "ip6tables-nft", "unbound", "unbound-control", "kdig", "tcpdump", "getent", "setpriv")
 	root := moduleRoot(t)
-	for _, f := range []string{"entrypoint.sh", "iptables/dns-redirect.sh"} {
-		if _, err := os.Stat(filepath.Join(root, f)); err != nil {
+	runInterception(t, root, "./sidecar", filepath.Join(root, "entrypoint.sh"))
+}
+
+// runInterception builds pkg as the sidecar binary and runs the scenario
+// with entrypoint as the init container's entrypoint, once per backend.
+func runInterception(t *testing.T, root, pkg, entrypoint string) {
+	for _, f := range []string{entrypoint, filepath.Join(root, "iptables/dns-redirect.sh")} {
+		if _, err := os.Stat(f); err != nil {
 			t.Fatalf("%s: %v", f, err)
 		}
 	}
 	shared := sharedDir(t)
-	bin := buildSidecar(t, root, shared)
+	bin := buildSidecar(t, root, pkg, shared)
 	for _, backend := range []string{"nft", "legacy"} {
 		t.Run(backend, func(t *testing.T) {
 			t.Parallel()
 			start := time.Now()
-			s := newScenario(t, root, bin, backend)
+			s := newScenario(t, root, bin, entrypoint, backend)
 			s.run(t)
 			t.Logf("%s scenario took %v", backend, time.Since(start).Round(time.Millisecond))
 		})
@@ -60,8 +66,8 @@ type scenario struct {
 	before     map[int]string
 }
 
-func newScenario(t *testing.T, root, bin, backend string) *scenario {
-	s := &scenario{backend: backend, root: root, bin: bin, dir: sharedDir(t), entrypoint: filepath.Join(root, "entrypoint.sh")}
+func newScenario(t *testing.T, root, bin, entrypoint, backend string) *scenario {
+	s := &scenario{backend: backend, root: root, bin: bin, dir: sharedDir(t), entrypoint: entrypoint}
 	s.tp = newTopology(t, backend[:1])
 	s.tp.writeEtc(t, "resolv.conf", resolvConf([]string{kubeDNS4, kubeDNS6}, false))
 	s.tp.writeEtc(t, "nsswitch.conf", "passwd: files\ngroup: files\nhosts: files dns\n")
@@ -308,14 +314,15 @@ func (s *scenario) testCounters(t *testing.T) {
 
 // testUIDExcluded: the same query to loopback port 53 is redirected for the
 // application's UID and not for the sidecar's, which is what keeps the
-// sidecar from capturing its own queries. Loopback keeps it off the capture.
+// sidecar from capturing its own queries. Loopback keeps it off the capture;
+// TCP makes the unredirected query fail at once (RST) instead of timing out.
 func (s *scenario) testUIDExcluded(t *testing.T) {
 	before := s.ipt(4).counters(t, s.tp.pod)
-	app := s.kdig(appUID, "127.0.0.1", "udp", check.CanaryName, "TXT")
+	app := s.kdig(appUID, "127.0.0.1", "tcp", check.CanaryName, "TXT")
 	if app.err != nil || !strings.Contains(app.stdout, strings.TrimSpace(check.CanaryPrefix)) {
 		t.Errorf("app's query to 127.0.0.1:53 not answered by the sidecar: %v", app)
 	}
-	own := s.kdig(sidecarUID, "127.0.0.1", "udp", check.CanaryName, "TXT")
+	own := s.kdig(sidecarUID, "127.0.0.1", "tcp", check.CanaryName, "TXT")
 	if own.err == nil || strings.Contains(own.stdout, strings.TrimSpace(check.CanaryPrefix)) {
 		t.Errorf("a query from the sidecar's UID was answered by the sidecar (redirected to itself): %v", own)
 	}
@@ -323,8 +330,8 @@ func (s *scenario) testUIDExcluded(t *testing.T) {
 	if d := after[commentSkipUID] - before[commentSkipUID]; d < 1 {
 		t.Errorf("%s counter did not move for the sidecar UID's query (%d → %d)", commentSkipUID, before[commentSkipUID], after[commentSkipUID])
 	}
-	if d := after[commentUDP] - before[commentUDP]; d != 1 {
-		t.Errorf("%s counted %d, want 1 (the app's query only)", commentUDP, d)
+	if d := after[commentTCP] - before[commentTCP]; d != 1 {
+		t.Errorf("%s counted %d, want 1 (the app's query only)", commentTCP, d)
 	}
 }
 
@@ -369,20 +376,36 @@ func (s *scenario) testGetent(t *testing.T) {
 }
 
 // testFailClosed stops the sidecar: the rules stay, so queries meet a closed
-// port on loopback and fail at once instead of reaching kube-dns in
-// plaintext (the capture, checked later, shows none did).
+// port on loopback and fail instead of reaching kube-dns in plaintext. The
+// counters show each query was redirected; the capture, checked later, shows
+// none left the pod.
 func (s *scenario) testFailClosed(t *testing.T) {
 	if err := s.sidecar.stop(5 * time.Second); err != nil {
 		t.Fatalf("stopping the sidecar: %v", err)
 	}
-	for i, p := range paths {
-		rec := s.unbound.Names[16+i]
-		t.Run(fmt.Sprintf("kdig %s/%s", p.server, p.proto), func(t *testing.T) {
-			r := s.kdig(appUID, p.server, p.proto, rec.Name, "A")
-			if r.err == nil || strings.Contains(r.stdout, rec.A.String()) {
-				t.Errorf("query answered with the sidecar stopped: %v", r)
-			}
-		})
+	before := map[int]map[string]uint64{4: s.ipt(4).counters(t, s.tp.pod), 6: s.ipt(6).counters(t, s.tp.pod)}
+	// In parallel: a UDP query to a closed port waits out kdig's timeout.
+	t.Run("kdig", func(t *testing.T) {
+		for i, p := range paths {
+			rec := s.unbound.Names[16+i]
+			t.Run(fmt.Sprintf("%s/%s", p.server, p.proto), func(t *testing.T) {
+				t.Parallel()
+				r := s.kdig(appUID, p.server, p.proto, rec.Name, "A")
+				if r.err == nil || strings.Contains(r.stdout, rec.A.String()) {
+					t.Errorf("query answered with the sidecar stopped: %v", r)
+				}
+			})
+		}
+	})
+	for _, p := range paths {
+		c := commentUDP
+		if p.proto == "tcp" {
+			c = commentTCP
+		}
+		after := s.ipt(p.family).counters(t, s.tp.pod)
+		if d := after[c] - before[p.family][c]; d != 1 {
+			t.Errorf("%v %s: counted %d, want 1: the query to %s/%s was not redirected", s.ipt(p.family), c, d, p.server, p.proto)
+		}
 	}
 	t.Run("getent", func(t *testing.T) {
 		rec := s.unbound.Names[20]

@@ -67,9 +67,9 @@ func sharedDir(t *testing.T) string {
 	return dir
 }
 
-// buildSidecar builds the binary the way the Dockerfile does (static, no
-// cgo) into dir.
-func buildSidecar(t *testing.T, root, dir string) string {
+// buildSidecar builds pkg (./sidecar) the way the Dockerfile does (static,
+// no cgo) into dir.
+func buildSidecar(t *testing.T, root, pkg, dir string) string {
 	t.Helper()
 	goBin, err := exec.LookPath("go")
 	if err != nil {
@@ -78,11 +78,11 @@ func buildSidecar(t *testing.T, root, dir string) string {
 	bin := filepath.Join(dir, "dot-sidecar")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	c := exec.CommandContext(ctx, goBin, "build", "-trimpath", "-o", bin, "./sidecar")
+	c := exec.CommandContext(ctx, goBin, "build", "-trimpath", "-o", bin, pkg)
 	c.Dir = root
 	c.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := c.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./sidecar: %v\n%s", err, out)
+		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
 	}
 	return bin
 }
