@@ -1,0 +1,268 @@
+// Package interop runs the dot-sidecar binary, built from this tree, against
+// a real third-party DNS-over-TLS server (Unbound, with a CA and key made by
+// the test) and queries it the way applications and operators do: kdig over
+// UDP and TCP, and a Go client.
+package interop
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/testenv"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/unboundtest"
+)
+
+// binary is built once for the package by TestMain.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "dot-sidecar-interop-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "dot-sidecar")
+	build := exec.Command("go", "build", "-o", binary, "../..")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building dot-sidecar:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// sidecar is a running dot-sidecar process.
+type sidecar struct {
+	cmd    *exec.Cmd
+	dns    string // 127.0.0.1:PORT
+	admin  string // 127.0.0.1:PORT
+	stderr *bytes.Buffer
+	exited chan error
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	// A port free for both UDP and TCP: the listeners share it.
+	for range 20 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			u.Close()
+			return port
+		}
+	}
+	t.Fatal("no free port")
+	return 0
+}
+
+// startSidecar runs the binary with env and waits for /startupz.
+func startSidecar(t *testing.T, env ...string) *sidecar {
+	t.Helper()
+	dnsPort, adminPort := freePort(t), freePort(t)
+	s := &sidecar{
+		dns:    fmt.Sprintf("127.0.0.1:%d", dnsPort),
+		admin:  fmt.Sprintf("127.0.0.1:%d", adminPort),
+		stderr: new(bytes.Buffer),
+		exited: make(chan error, 1),
+	}
+	s.cmd = exec.Command(binary)
+	s.cmd.Env = append([]string{
+		"PATH=" + os.Getenv("PATH"),
+		"BIND_ADDRESS=127.0.0.1",
+		fmt.Sprintf("BIND_PORT=%d", dnsPort),
+		"ADMIN_ADDRESS=" + s.admin,
+		"SHUTDOWN_LAMEDUCK=0s",
+	}, env...)
+	s.cmd.Stderr = s.stderr
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { s.exited <- s.cmd.Wait() }()
+	t.Cleanup(func() {
+		s.cmd.Process.Kill()
+		<-s.exited
+		if t.Failed() {
+			t.Logf("dot-sidecar stderr:\n%s", s.stderr)
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get("http://" + s.admin + "/startupz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return s
+			}
+		}
+		select {
+		case err := <-s.exited:
+			t.Fatalf("dot-sidecar exited before it was started: %v\n%s", err, s.stderr)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("dot-sidecar not started after 10s\n%s", s.stderr)
+		}
+		time.Sleep(10 * time.Millisecond) // polling interval, not a stand-in for a condition
+	}
+}
+
+func TestRelayToUnbound(t *testing.T) {
+	tools := testenv.RequireTools(t, "unbound", "kdig")
+	u := unboundtest.Start(t, unboundtest.Options{Names: 10})
+	s := startSidecar(t,
+		fmt.Sprintf("UPSTREAMS=tls://%s#%s", u.Addr, u.ServerName),
+		"TLS_CA_FILE="+u.CAFile)
+	rec := u.Names[3]
+	host, port, _ := net.SplitHostPort(s.dns)
+
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"kdig udp", nil},
+		{"kdig tcp", []string{"+tcp"}},
+		{"kdig udp edns", []string{"+edns=0", "+bufsize=1232"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"@" + host, "-p", port, "+short", "+timeout=3", "+retry=0"}, tc.args...)
+			args = append(args, rec.Name, "A")
+			out, err := exec.Command(tools["kdig"], args...).CombinedOutput()
+			if err != nil {
+				t.Fatalf("kdig %v: %v\n%s", args, err, out)
+			}
+			if got := strings.TrimSpace(string(out)); got != rec.A.String() {
+				t.Fatalf("kdig answered %q, want %q", got, rec.A)
+			}
+		})
+	}
+
+	for _, netw := range []string{"udp", "tcp"} {
+		t.Run("go client "+netw, func(t *testing.T) {
+			c := &dns.Client{Net: netw, Timeout: 3 * time.Second}
+			for _, r := range u.Names {
+				m := new(dns.Msg)
+				m.SetQuestion(r.Name, dns.TypeA)
+				resp, _, err := c.Exchange(m, s.dns)
+				if err != nil {
+					t.Fatalf("%s: %v", r.Name, err)
+				}
+				if err := unboundtest.CheckA(resp, r); err != nil {
+					t.Fatal(err)
+				}
+			}
+			m := new(dns.Msg)
+			m.SetQuestion("missing.bench.test.", dns.TypeA)
+			resp, _, err := c.Exchange(m, s.dns)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.Rcode != dns.RcodeNameError {
+				t.Fatalf("missing name: rcode %s, want NXDOMAIN", dns.RcodeToString[resp.Rcode])
+			}
+		})
+	}
+
+	t.Run("sigterm exits 0", func(t *testing.T) {
+		if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-s.exited:
+			s.exited <- err // for Cleanup
+			if err != nil {
+				t.Fatalf("exit after SIGTERM: %v", err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Fatal("no exit 15s after SIGTERM")
+		}
+	})
+}
+
+// A wrong CA is a verification failure: SERVFAIL with EDE 23, and never an
+// answer from anywhere else.
+func TestWrongCAGivesServfail(t *testing.T) {
+	testenv.RequireTools(t, "unbound")
+	u := unboundtest.Start(t, unboundtest.Options{Names: 1})
+	other := unboundtest.Start(t, unboundtest.Options{Names: 1})
+	s := startSidecar(t,
+		fmt.Sprintf("UPSTREAMS=tls://%s#%s", u.Addr, u.ServerName),
+		"TLS_CA_FILE="+other.CAFile, "RETRY_MAX_ATTEMPTS=1")
+	m := new(dns.Msg)
+	m.SetQuestion(u.Names[0].Name, dns.TypeA)
+	m.SetEdns0(1232, false)
+	resp, _, err := (&dns.Client{Timeout: 5 * time.Second}).Exchange(m, s.dns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Rcode != dns.RcodeServerFailure {
+		t.Fatalf("rcode %s, want SERVFAIL", dns.RcodeToString[resp.Rcode])
+	}
+	var ede *dns.EDNS0_EDE
+	if opt := resp.IsEdns0(); opt != nil {
+		for _, o := range opt.Option {
+			if e, ok := o.(*dns.EDNS0_EDE); ok {
+				ede = e
+			}
+		}
+	}
+	if ede == nil || ede.InfoCode != dns.ExtendedErrorCodeNetworkError {
+		t.Fatalf("EDE %v, want 23 (Network Error)", ede)
+	}
+}
+
+func TestConfigErrorsExitNonZeroNamingTheVariable(t *testing.T) {
+	for _, tc := range []struct {
+		env, want string
+	}{
+		{"BIND_PORT=70000", `BIND_PORT "70000"`},
+		{"UPSTREAMS=tls://dns.example#dns.example", "UPSTREAMS"},
+		{"TLS_PINS=notbase64", "TLS_PINS"},
+		{"PROTO=sctp", `PROTO "sctp"`},
+	} {
+		t.Run(tc.env, func(t *testing.T) {
+			cmd := exec.CommandContext(context.Background(), binary)
+			cmd.Env = []string{tc.env}
+			out, err := cmd.CombinedOutput()
+			ee, ok := err.(*exec.ExitError)
+			if !ok || ee.ExitCode() != 2 {
+				t.Fatalf("exit %v, want code 2; output:\n%s", err, out)
+			}
+			lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+			if len(lines) != 1 || !strings.Contains(lines[0], tc.want) {
+				t.Fatalf("want one line naming %s, got:\n%s", tc.want, out)
+			}
+		})
+	}
+}
+
+func TestHelpListsSettings(t *testing.T) {
+	out, err := exec.Command(binary, "--help").CombinedOutput()
+	if err != nil {
+		t.Fatalf("--help: %v\n%s", err, out)
+	}
+	for _, v := range []string{"BIND_ADDRESS", "BIND_PORT", "PROTO", "DOT_ADDRESS", "DOT_PORT", "DOT_SERVER_NAME",
+		"LOG_LEVEL", "UPSTREAMS", "TLS_CA_FILE", "TLS_PINS", "--bind-address"} {
+		if !bytes.Contains(out, []byte(v)) {
+			t.Errorf("--help does not mention %s", v)
+		}
+	}
+}
