@@ -149,6 +149,7 @@ func (s *scenario) run(t *testing.T) {
 	t.Run("glibc resolver gets the upstream's answer", func(t *testing.T) { s.testGetent(t) })
 	t.Run("check passes with the rules in place", func(t *testing.T) {
 		out, code := s.check(t)
+		t.Logf("dot-sidecar check:\n%s", out)
 		if code != 0 || !strings.Contains(out, "OK: all 4 paths intercepted") {
 			t.Errorf("check exit %d, want 0 and all 4 paths intercepted:\n%s", code, out)
 		}
@@ -380,9 +381,11 @@ func (s *scenario) testGetent(t *testing.T) {
 // counters show each query was redirected; the capture, checked later, shows
 // none left the pod.
 func (s *scenario) testFailClosed(t *testing.T) {
+	stopStart := time.Now()
 	if err := s.sidecar.stop(5 * time.Second); err != nil {
 		t.Fatalf("stopping the sidecar: %v", err)
 	}
+	t.Logf("sidecar stopped in %v (%v)", time.Since(stopStart).Round(time.Millisecond), s.sidecar.err)
 	before := map[int]map[string]uint64{4: s.ipt(4).counters(t, s.tp.pod), 6: s.ipt(6).counters(t, s.tp.pod)}
 	// In parallel: a UDP query to a closed port waits out kdig's timeout.
 	t.Run("kdig", func(t *testing.T) {
@@ -460,6 +463,7 @@ func (s *scenario) expectCheckPasses(t *testing.T) {
 func (s *scenario) expectCheckFails(t *testing.T, bad, good []string) {
 	t.Helper()
 	out, code := s.check(t)
+	t.Logf("dot-sidecar check:\n%s", out)
 	if code == 0 {
 		t.Errorf("check passed with rules missing:\n%s", out)
 	}
