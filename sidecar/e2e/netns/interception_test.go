@@ -40,7 +40,7 @@ func runInterception(t *testing.T, root, pkg, entrypoint string) {
 			t.Fatalf("%s: %v", f, err)
 		}
 	}
-	shared := sharedDir(t)
+	shared := sharedDir(t, false)
 	bin := buildSidecar(t, root, pkg, shared)
 	for _, backend := range []string{"nft", "legacy"} {
 		t.Run(backend, func(t *testing.T) {
@@ -67,7 +67,7 @@ type scenario struct {
 }
 
 func newScenario(t *testing.T, root, bin, entrypoint, backend string) *scenario {
-	s := &scenario{backend: backend, root: root, bin: bin, dir: sharedDir(t), entrypoint: entrypoint}
+	s := &scenario{backend: backend, root: root, bin: bin, dir: sharedDir(t, true), entrypoint: entrypoint}
 	s.tp = newTopology(t, backend[:1])
 	s.tp.writeEtc(t, "resolv.conf", resolvConf([]string{kubeDNS4, kubeDNS6}, false))
 	s.tp.writeEtc(t, "nsswitch.conf", "passwd: files\ngroup: files\nhosts: files dns\n")

@@ -45,15 +45,16 @@ func moduleRoot(t *testing.T) string {
 
 // sharedDir is a directory the unprivileged UIDs of the test can read and
 // traverse (t.TempDir is 0700 under a 0700 parent, unreadable to the
-// sidecar's UID, which must load its CA file and binary from it).
-func sharedDir(t *testing.T) string {
+// sidecar's UID, which must load its CA file and binary from it). With keep,
+// it outlives a failed test so that its logs and captures can be read.
+func sharedDir(t *testing.T, keep bool) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "dot-sidecar-e2e-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if t.Failed() {
+		if keep && t.Failed() {
 			t.Logf("keeping %s for inspection", dir)
 			return
 		}
