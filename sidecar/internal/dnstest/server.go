@@ -77,6 +77,7 @@ type Server struct {
 	resumed    atomic.Int64
 	queries    atomic.Int64
 	open       atomic.Int64
+	maxOutst   atomic.Int64
 
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
@@ -187,6 +188,20 @@ func (s *Server) Queries() int64 { return s.queries.Load() }
 
 // Open is the number of TLS connections open now (handshake completed).
 func (s *Server) Open() int64 { return s.open.Load() }
+
+// MaxOutstanding is the most queries one connection has had read and not
+// yet answered at once: how deep the client pipelined. Dropped queries
+// do not count.
+func (s *Server) MaxOutstanding() int64 { return s.maxOutst.Load() }
+
+func (s *Server) noteOutstanding(n int64) {
+	for {
+		cur := s.maxOutst.Load()
+		if n <= cur || s.maxOutst.CompareAndSwap(cur, n) {
+			return
+		}
+	}
+}
 
 // Close stops the listener and every connection and waits for all of the
 // server's goroutines.

@@ -9,6 +9,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
@@ -16,13 +17,20 @@ import (
 
 func sha256Sum(b []byte) [32]byte { return sha256.Sum256(b) }
 
-// framePool holds length-prefixed frames on their way out; pointers keep
-// Put from allocating.
-var framePool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+// frame is a length-prefixed message on its way out. answer marks the frame
+// that settles a query (not a spoiled copy sent before the real answer).
+type frame struct {
+	b      []byte
+	answer bool
+}
+
+var framePool = sync.Pool{New: func() any { return &frame{b: make([]byte, 0, 512)} }}
+
+func getFrame() *frame { f := framePool.Get().(*frame); f.b, f.answer = f.b[:0], false; return f }
 
 // closeFrame, queued after the last answer, makes the writer close the
 // connection once everything before it is written.
-var closeFrame = new([]byte)
+var closeFrame = new(frame)
 
 // session is one client connection: a reader that parses queries and
 // produces answers, and a writer that coalesces them. Delayed answers each
@@ -31,17 +39,19 @@ type session struct {
 	s    *Server
 	raw  net.Conn
 	tc   *tls.Conn
-	out  chan *[]byte
+	out  chan *frame
 	quit chan struct{} // closed when either side ends
 	once sync.Once
 	wg   sync.WaitGroup
 
-	n     int32     // queries read on this connection
-	batch []*[]byte // answers held for ReverseBatch
+	n     int32    // queries read on this connection
+	batch []*frame // answers held for ReverseBatch
+
+	outstanding atomic.Int64 // queries read and not yet answered
 }
 
 func newSession(s *Server, raw net.Conn, tc *tls.Conn) *session {
-	return &session{s: s, raw: raw, tc: tc, out: make(chan *[]byte, 1024), quit: make(chan struct{})}
+	return &session{s: s, raw: raw, tc: tc, out: make(chan *frame, 1024), quit: make(chan struct{})}
 }
 
 func (c *session) stop() { c.once.Do(func() { close(c.quit) }) }
@@ -98,27 +108,28 @@ func (c *session) reset() {
 }
 
 func (c *session) answer(query []byte) {
-	f := framePool.Get().(*[]byte)
-	frame := append((*f)[:0], 0, 0)
+	f := getFrame()
+	f.b = append(f.b, 0, 0)
 	if c.s.raw != nil {
-		frame = c.s.raw(frame, query)
+		f.b = c.s.raw(f.b, query)
 	} else {
-		frame = c.handle(frame, query)
+		f.b = c.handle(f.b, query)
 	}
-	if len(frame) <= 2 {
-		*f = frame
+	if len(f.b) <= 2 {
 		framePool.Put(f)
 		return
 	}
-	binary.BigEndian.PutUint16(frame, uint16(len(frame)-2))
-	*f = frame
+	binary.BigEndian.PutUint16(f.b, uint16(len(f.b)-2))
+	f.answer = true
+	c.s.noteOutstanding(c.outstanding.Add(1))
 
 	b := &c.s.Behavior
 	if m := Mangle(b.Mangle.Load()); m != MangleNone {
-		bad := framePool.Get().(*[]byte)
-		*bad = append((*bad)[:0], frame...)
-		mangle((*bad)[2:], m)
+		bad := getFrame()
+		bad.b = append(bad.b, f.b...)
+		mangle(bad.b[2:], m)
 		if !b.MangleThenAnswer.Load() {
+			bad.answer = true
 			framePool.Put(f)
 			f = nil
 		}
@@ -175,7 +186,7 @@ func mangle(msg []byte, m Mangle) {
 }
 
 // emit applies ReverseBatch and Delay to an answer, then queues it.
-func (c *session) emit(f *[]byte) {
+func (c *session) emit(f *frame) {
 	if n := int(c.s.Behavior.ReverseBatch.Load()); n > 1 {
 		c.batch = append(c.batch, f)
 		if len(c.batch) < n {
@@ -194,7 +205,7 @@ func (c *session) flushBatch() {
 	c.batch = c.batch[:0]
 }
 
-func (c *session) send(f *[]byte) {
+func (c *session) send(f *frame) {
 	d := time.Duration(c.s.Behavior.DelayNanos.Load())
 	if d <= 0 {
 		c.enqueue(f)
@@ -213,7 +224,7 @@ func (c *session) send(f *[]byte) {
 	}()
 }
 
-func (c *session) enqueue(f *[]byte) {
+func (c *session) enqueue(f *frame) {
 	select {
 	case c.out <- f:
 	case <-c.quit:
@@ -225,7 +236,7 @@ func (c *session) writeLoop() {
 	defer c.stop()
 	bw := bufio.NewWriterSize(c.tc, 64<<10)
 	for {
-		var f *[]byte
+		var f *frame
 		select {
 		case f = <-c.out:
 		case <-c.quit:
@@ -237,9 +248,12 @@ func (c *session) writeLoop() {
 				_ = c.tc.Close()
 				return
 			}
-			if err := c.write(bw, *f); err != nil {
+			if err := c.write(bw, f.b); err != nil {
 				_ = c.raw.Close()
 				return
+			}
+			if f.answer {
+				c.outstanding.Add(-1)
 			}
 			framePool.Put(f)
 			// Coalesce whatever else is ready into the same flush.

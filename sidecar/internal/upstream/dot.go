@@ -169,6 +169,9 @@ func (d *DoT) Exchange(ctx context.Context, query []byte) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadQuery, err)
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("query for %s: %w", d.name, err)
+	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, d.opts.QueryTimeout)

@@ -63,6 +63,9 @@ func TestPipelinedAnsweredInReverseOrder(t *testing.T) {
 	if got := srv.Accepted(); got != 1 {
 		t.Errorf("server accepted %d connections, want 1", got)
 	}
+	if got := srv.MaxOutstanding(); got != 100 {
+		t.Errorf("server saw up to %d queries outstanding, want all 100", got)
+	}
 	if got := counterValue(d.m.mismatched); got != 0 {
 		t.Errorf("mismatched responses = %v, want 0", got)
 	}
@@ -139,5 +142,8 @@ func TestMaxInFlightPerConn(t *testing.T) {
 	}
 	if got := srv.Accepted(); got != 1 {
 		t.Errorf("server accepted %d connections, want 1", got)
+	}
+	if got := srv.MaxOutstanding(); got != 4 {
+		t.Errorf("server saw up to %d queries outstanding on the connection, want 4", got)
 	}
 }

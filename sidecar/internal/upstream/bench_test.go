@@ -1,0 +1,51 @@
+package upstream
+
+import (
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnstest"
+	"github.com/miekg/dns"
+)
+
+// BenchmarkExchange measures the DoT client's relay path against the
+// in-process server answering from wire bytes (dnstest.ReflectRaw), so that
+// allocations and CPU are mostly the client's (the server shares the
+// process and the cores). Run with -cpu to vary GOMAXPROCS and
+// -benchtime to lengthen; qps is the whole system's throughput.
+func BenchmarkExchange(b *testing.B) {
+	for _, par := range []int{1, 16, 128} {
+		b.Run(fmt.Sprintf("goroutines=%dxGOMAXPROCS", par), func(b *testing.B) {
+			srv := dnstest.New(b, dnstest.Options{Raw: dnstest.ReflectRaw})
+			d := newTestDoT(b, srv, nil)
+			// A pool of distinct queries: the same question each time would
+			// flatter the matcher.
+			queries := make([][]byte, 1024)
+			for i := range queries {
+				queries[i] = packQuery(b, fmt.Sprintf("host%d.bench.example.", i), dns.TypeA)
+			}
+			if _, err := d.Exchange(ctxTimeout(b, time.Second), queries[0]); err != nil {
+				b.Fatal(err)
+			}
+			var next atomic.Uint64
+			b.SetParallelism(par)
+			b.ReportAllocs()
+			b.ResetTimer()
+			start := time.Now()
+			b.RunParallel(func(pb *testing.PB) {
+				ctx := ctxTimeout(b, time.Minute)
+				for pb.Next() {
+					q := queries[next.Add(1)%uint64(len(queries))]
+					if _, err := d.Exchange(ctx, q); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "queries/s")
+			b.ReportMetric(float64(srv.Accepted()), "conns")
+		})
+	}
+}
