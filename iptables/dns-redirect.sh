@@ -279,10 +279,10 @@ choose_backend() {
 	esac
 }
 
-# check_privileges backend: CAP_NET_ADMIN always; CAP_NET_RAW for legacy, whose
-# tools talk to the kernel through a raw socket. Read from CapEff so that root
-# without the capabilities (a container that dropped them) is caught too.
-check_privileges() {
+# require_cap bit name why: capabilities are read from CapEff so that root
+# without them (a container that dropped NET_ADMIN) is caught before iptables
+# fails with a vaguer message. Without /proc/self/status, fall back to uid 0.
+require_cap() {
 	capeff=
 	if [ -r /proc/self/status ]; then
 		while IFS=' 	' read -r key val; do
@@ -290,15 +290,19 @@ check_privileges() {
 		done </proc/self/status
 	fi
 	if [ -z "$capeff" ]; then
-		[ "$(id -u)" = 0 ] || die $EX_PRIV "must run as root with CAP_NET_ADMIN in the pod's network namespace"
+		[ "$(id -u)" = 0 ] || die $EX_PRIV "must run as root with CAP_$2 in the pod's network namespace"
 		return 0
 	fi
-	caps=$((0x$capeff))
-	[ $((caps >> 12 & 1)) = 1 ] ||
-		die $EX_PRIV "missing CAP_NET_ADMIN (uid $(id -u)): run as root with capabilities NET_ADMIN and NET_RAW in the pod's network namespace"
-	if [ "$1" = legacy ] && [ $((caps >> 13 & 1)) != 1 ]; then
-		die $EX_PRIV "missing CAP_NET_RAW, which the legacy iptables backend needs (uid $(id -u))"
-	fi
+	[ $((0x$capeff >> $1 & 1)) = 1 ] || die $EX_PRIV "missing CAP_$2 (uid $(id -u)): $3"
+}
+
+# NET_ADMIN for any change to netfilter; NET_RAW for the legacy backend, whose
+# tools talk to the kernel through a raw socket (nft uses netlink only).
+require_net_admin() {
+	require_cap 12 NET_ADMIN "run as root with capabilities NET_ADMIN and NET_RAW in the pod's network namespace"
+}
+require_net_raw_for() {
+	[ "$1" != legacy ] || require_cap 13 NET_RAW "the legacy iptables backend needs it (add NET_RAW to the init container)"
 }
 
 require_base_tools() {
@@ -395,8 +399,9 @@ cmd_apply() {
 	require_base_tools
 	[ "$REDIRECT_MODE" = all ] || read_nameservers
 	decide_ipv6
+	require_net_admin
 	choose_backend
-	check_privileges "$BACKEND"
+	require_net_raw_for "$BACKEND"
 	if [ "$DO_V6" = yes ]; then
 		fams="4 6"
 		log "IPv6: capturing ($V6_REASON)"
@@ -454,8 +459,9 @@ cmd_cleanup() {
 		;;
 	esac
 	[ -n "$backends" ] || die $EX_TOOL "no iptables backend installed (Debian package iptables)"
+	require_net_admin
 	for b in $backends; do
-		check_privileges "$b"
+		require_net_raw_for "$b"
 	done
 	status=0
 	for b in $backends; do

@@ -1,0 +1,6 @@
+// Package iptables holds the tests of dns-redirect.sh, the init step that
+// redirects a pod's DNS to the sidecar, and of the image pieces that carry it
+// (entrypoint.sh, Dockerfile). The script is the product; this package has no
+// Go API. Golden files under testdata/ are the script's dry-run output and are
+// refreshed with REFRESH_GOLDEN=1 go test ./iptables/.
+package iptables

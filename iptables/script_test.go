@@ -1,0 +1,231 @@
+package iptables
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const script = "dns-redirect.sh"
+
+// Exit codes documented in the script's header.
+const (
+	exitFail  = 1
+	exitUsage = 2
+	exitPriv  = 3
+	exitTool  = 4
+)
+
+// result is one run of a shell script.
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// baseEnv is the environment every script run starts from: only PATH, so that
+// settings exported in the developer's shell (BIND_PORT, ...) cannot leak in.
+// The IPv6 probe file is pinned so that output does not depend on the machine.
+func baseEnv() []string {
+	return []string{
+		"PATH=" + os.Getenv("PATH"),
+		"DOT_SIDECAR_IF_INET6=testdata/if_inet6",
+	}
+}
+
+// run executes name (with /bin/sh) and args in the package directory, with env
+// appended to baseEnv. prefix, when set, is a command line run in front
+// (ip netns exec ..., setpriv ...).
+func run(t *testing.T, prefix []string, env []string, name string, args ...string) result {
+	t.Helper()
+	argv := append(append(append([]string{}, prefix...), "/bin/sh", name), args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(baseEnv(), env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	res := result{stdout: stdout.String(), stderr: stderr.String()}
+	var exitErr *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &exitErr):
+		res.code = exitErr.ExitCode()
+	default:
+		t.Fatalf("running %v: %v", argv, err)
+	}
+	return res
+}
+
+func TestShellcheck(t *testing.T) {
+	tools := requireTools(t, "shellcheck")
+	for _, f := range []string{script, "../entrypoint.sh"} {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			if _, err := os.Stat(f); err != nil {
+				t.Fatal(err)
+			}
+			// -s sh: both files promise POSIX sh, not bash.
+			out, err := exec.Command(tools["shellcheck"], "--shell=sh", "--severity=style", f).CombinedOutput()
+			if err != nil {
+				t.Fatalf("shellcheck %s: %v\n%s", f, err, out)
+			}
+		})
+	}
+}
+
+// TestDryRunGolden compares the iptables-restore input of the main settings
+// with testdata/<name>.golden. REFRESH_GOLDEN=1 rewrites the files; review the
+// diff like code, since these files are the rules pods get.
+func TestDryRunGolden(t *testing.T) {
+	tests := []struct {
+		name string
+		env  []string
+	}{
+		{name: "defaults"},
+		{name: "bind-port", env: []string{"BIND_PORT=15053"}},
+		{name: "sidecar-gid", env: []string{"SIDECAR_GID=10053"}},
+		{name: "custom-uid", env: []string{"SIDECAR_UID=4242"}},
+		{name: "resolvconf", env: []string{"REDIRECT_MODE=resolvconf", "RESOLV_CONF=testdata/resolv.conf"}},
+		{name: "no-ipv6-kernel", env: []string{"DOT_SIDECAR_IF_INET6=testdata/no-such-file"}},
+		{name: "ipv6-off", env: []string{"IPV6_MODE=off"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res := run(t, nil, tt.env, script, "dry-run")
+			if res.code != 0 {
+				t.Fatalf("dry-run exit %d: %s", res.code, res.stderr)
+			}
+			compareGolden(t, filepath.Join("testdata", tt.name+".golden"), res.stdout)
+		})
+	}
+}
+
+func compareGolden(t *testing.T, path, got string) {
+	t.Helper()
+	if os.Getenv("REFRESH_GOLDEN") != "" {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (create it with REFRESH_GOLDEN=1)", err)
+	}
+	if got != string(want) {
+		t.Errorf("dry-run differs from %s (REFRESH_GOLDEN=1 to accept):\n--- got\n%s\n--- want\n%s", path, got, want)
+	}
+}
+
+// TestDryRunProperties checks what the goldens encode, stated as rules, so a
+// careless REFRESH_GOLDEN cannot bless a broken payload.
+func TestDryRunProperties(t *testing.T) {
+	res := run(t, nil, []string{"SIDECAR_GID=10053"}, script, "dry-run")
+	if res.code != 0 {
+		t.Fatalf("exit %d: %s", res.code, res.stderr)
+	}
+	v4, v6 := splitFamilies(t, res.stdout)
+	for fam, p := range map[string]string{"IPv4": v4, "IPv6": v6} {
+		lines := strings.Split(strings.TrimSpace(p), "\n")
+		if lines[0] != "*nat" || lines[1] != ":DOT_SIDECAR_OUTPUT - [0:0]" || lines[len(lines)-1] != "COMMIT" {
+			t.Errorf("%s: want *nat, our chain declaration first and COMMIT last:\n%s", fam, p)
+		}
+		var redirects, returns int
+		for _, l := range lines[2 : len(lines)-1] {
+			if !strings.Contains(l, `-m comment --comment "dot-sidecar/`) {
+				t.Errorf("%s: rule without a dot-sidecar comment: %s", fam, l)
+			}
+			switch {
+			case strings.HasPrefix(l, "-I OUTPUT 1 ") && strings.HasSuffix(l, "-j DOT_SIDECAR_OUTPUT"):
+			case strings.HasPrefix(l, "-A DOT_SIDECAR_OUTPUT ") && strings.HasSuffix(l, "-j RETURN"):
+				if redirects > 0 {
+					t.Errorf("%s: exemption after a redirect is useless: %s", fam, l)
+				}
+				returns++
+			case strings.HasPrefix(l, "-A DOT_SIDECAR_OUTPUT ") && strings.Contains(l, "--dport 53 ") &&
+				strings.HasSuffix(l, "-j REDIRECT --to-ports 5053"):
+				redirects++
+			default:
+				t.Errorf("%s: rule touches something not ours or is unexpected: %s", fam, l)
+			}
+		}
+		if returns != 2 || redirects != 2 {
+			t.Errorf("%s: want uid+gid exemptions and udp+tcp redirects, got %d and %d", fam, returns, redirects)
+		}
+	}
+}
+
+// splitFamilies cuts dry-run output at its family markers.
+func splitFamilies(t *testing.T, out string) (v4, v6 string) {
+	t.Helper()
+	const m4, m6 = "# ==== IPv4: iptables-restore --noflush ====\n", "# ==== IPv6: ip6tables-restore --noflush ====\n"
+	i4, i6 := strings.Index(out, m4), strings.Index(out, m6)
+	if i4 < 0 || i6 < i4 {
+		t.Fatalf("dry-run output lacks family markers:\n%s", out)
+	}
+	return out[i4+len(m4) : i6], out[i6+len(m6):]
+}
+
+func TestUsageErrors(t *testing.T) {
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "empty.conf")
+	bad := filepath.Join(dir, "bad.conf")
+	if err := os.WriteFile(empty, []byte("search cluster.local\noptions ndots:5\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bad, []byte("nameserver dns.example.\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		args []string
+		env  []string
+		code int
+		msg  string
+	}{
+		{"unknown command", []string{"frobnicate"}, nil, exitUsage, "unknown command 'frobnicate'"},
+		{"extra argument", []string{"apply", "now"}, nil, exitUsage, "unexpected arguments"},
+		{"port zero", []string{"dry-run"}, []string{"BIND_PORT=0"}, exitUsage, "BIND_PORT=0 is not a port number"},
+		{"port too big", []string{"dry-run"}, []string{"BIND_PORT=65536"}, exitUsage, "BIND_PORT=65536"},
+		{"port not a number", []string{"dry-run"}, []string{"BIND_PORT=dns"}, exitUsage, "BIND_PORT=dns"},
+		{"port octal-looking", []string{"dry-run"}, []string{"BIND_PORT=05053"}, exitUsage, "BIND_PORT=05053"},
+		{"uid name", []string{"dry-run"}, []string{"SIDECAR_UID=dot-sidecar"}, exitUsage, "SIDECAR_UID=dot-sidecar is not a numeric id"},
+		{"uid negative", []string{"dry-run"}, []string{"SIDECAR_UID=-1"}, exitUsage, "SIDECAR_UID=-1 is not a numeric id"},
+		{"uid root", []string{"dry-run"}, []string{"SIDECAR_UID=0"}, exitUsage, "exempt every root process"},
+		{"gid name", []string{"dry-run"}, []string{"SIDECAR_GID=sidecar"}, exitUsage, "SIDECAR_GID=sidecar is not a numeric id"},
+		{"bad iptables mode", []string{"dry-run"}, []string{"IPTABLES_MODE=iptables"}, exitUsage, "IPTABLES_MODE=iptables: want auto, nft or legacy"},
+		{"bad redirect mode", []string{"dry-run"}, []string{"REDIRECT_MODE=some"}, exitUsage, "REDIRECT_MODE=some"},
+		{"bad ipv6 mode", []string{"dry-run"}, []string{"IPV6_MODE=maybe"}, exitUsage, "IPV6_MODE=maybe"},
+		{"resolv.conf missing", []string{"dry-run"}, []string{"REDIRECT_MODE=resolvconf", "RESOLV_CONF=" + filepath.Join(dir, "nope")}, exitUsage, "cannot read RESOLV_CONF"},
+		{"resolv.conf without nameserver", []string{"dry-run"}, []string{"REDIRECT_MODE=resolvconf", "RESOLV_CONF=" + empty}, exitUsage, "no nameserver lines"},
+		{"resolv.conf with a name", []string{"dry-run"}, []string{"REDIRECT_MODE=resolvconf", "RESOLV_CONF=" + bad}, exitUsage, "cannot parse nameserver 'dns.example.'"},
+		// Settings are checked before anything touches the kernel.
+		{"apply with bad setting", []string{"apply"}, []string{"BIND_PORT=x"}, exitUsage, "BIND_PORT=x"},
+		{"missing tool", []string{"apply"}, []string{"PATH=" + dir}, exitTool, "missing tool: sed"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res := run(t, nil, tt.env, script, tt.args...)
+			if res.code != tt.code {
+				t.Errorf("exit %d, want %d; stderr: %s", res.code, tt.code, res.stderr)
+			}
+			if !strings.Contains(res.stderr, "dns-redirect: error: ") || !strings.Contains(res.stderr, tt.msg) {
+				t.Errorf("stderr %q lacks %q", res.stderr, tt.msg)
+			}
+			if res.stdout != "" {
+				t.Errorf("a failed run printed to stdout: %q", res.stdout)
+			}
+		})
+	}
+}
+
+func TestHelp(t *testing.T) {
+	for _, arg := range []string{"help", "-h", "--help"} {
+		res := run(t, nil, nil, script, arg)
+		if res.code != 0 || !strings.HasPrefix(res.stdout, "usage: dns-redirect.sh") {
+			t.Errorf("%s: exit %d, stdout %q", arg, res.code, res.stdout)
+		}
+	}
+}
