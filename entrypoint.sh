@@ -43,5 +43,6 @@ init)
 	run_redirect apply "$@"
 	;;
 cleanup | dry-run) run_redirect "$@" ;;
+wait | check) run_binary "$@" ;; # dot-sidecar wait|check [args]
 *) run_binary "$@" ;;
 esac
