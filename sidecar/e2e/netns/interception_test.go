@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -387,17 +388,20 @@ func (s *scenario) testFailClosed(t *testing.T) {
 	}
 	t.Logf("sidecar stopped in %v (%v)", time.Since(stopStart).Round(time.Millisecond), s.sidecar.err)
 	before := map[int]map[string]uint64{4: s.ipt(4).counters(t, s.tp.pod), 6: s.ipt(6).counters(t, s.tp.pod)}
-	// In parallel: a UDP query to a closed port waits out kdig's timeout.
+	// At once (goroutines, not parallel subtests, which -parallel would
+	// queue behind the scenarios): a UDP query to a closed port waits out
+	// kdig's timeout.
 	t.Run("kdig", func(t *testing.T) {
+		results := make([]result, len(paths))
+		var wg sync.WaitGroup
 		for i, p := range paths {
-			rec := s.unbound.Names[16+i]
-			t.Run(fmt.Sprintf("%s/%s", p.server, p.proto), func(t *testing.T) {
-				t.Parallel()
-				r := s.kdig(appUID, p.server, p.proto, rec.Name, "A")
-				if r.err == nil || strings.Contains(r.stdout, rec.A.String()) {
-					t.Errorf("query answered with the sidecar stopped: %v", r)
-				}
-			})
+			wg.Go(func() { results[i] = s.kdig(appUID, p.server, p.proto, s.unbound.Names[16+i].Name, "A") })
+		}
+		wg.Wait()
+		for i, p := range paths {
+			if r := results[i]; r.err == nil || strings.Contains(r.stdout, s.unbound.Names[16+i].A.String()) {
+				t.Errorf("%s/%s: query answered with the sidecar stopped: %v", p.server, p.proto, r)
+			}
 		}
 	})
 	for _, p := range paths {
