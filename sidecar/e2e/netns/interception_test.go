@@ -36,7 +36,7 @@ func TestInterception(t *testing.T) {
 // runInterception builds pkg as the sidecar binary and runs the scenario
 // with entrypoint as the init container's entrypoint, once per backend.
 func runInterception(t *testing.T, root, pkg, entrypoint string) {
-	for _, f := range []string{entrypoint, filepath.Join(root, "iptables/dns-redirect.sh")} {
+	for _, f := range []string{entrypoint, filepath.Join(filepath.Dir(entrypoint), "iptables", "dns-redirect.sh")} {
 		if _, err := os.Stat(f); err != nil {
 			t.Fatalf("%s: %v", f, err)
 		}
