@@ -1,0 +1,329 @@
+package iptables
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+)
+
+// These tests run the script for real, as root, in network namespaces they
+// create, for each backend. They stay on the script's own promises (rules,
+// idempotency, foreign rules, rollback, privileges); the end-to-end story with
+// a sidecar, an upstream and packet captures lives in sidecar/e2e/netns.
+
+var nsCounter atomic.Int64
+
+// netns is a throwaway network namespace with loopback up (so ::1 exists and
+// IPv6 is detected as present, as in a pod).
+type netns struct{ name string }
+
+func newNetns(t *testing.T) *netns {
+	t.Helper()
+	name := fmt.Sprintf("dsr%d-%d", os.Getpid(), nsCounter.Add(1))
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v\n%s", name, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+			t.Errorf("ip netns del %s: %v\n%s", name, err, out)
+		}
+	})
+	n := &netns{name: name}
+	n.must(t, "ip", "link", "set", "lo", "up")
+	return n
+}
+
+func (n *netns) must(t *testing.T, argv ...string) string {
+	t.Helper()
+	out, err := exec.Command("ip", append([]string{"netns", "exec", n.name}, argv...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("in %s: %v: %v\n%s", n.name, argv, err, out)
+	}
+	return string(out)
+}
+
+// script runs dns-redirect.sh in the namespace; wrap is put between
+// "ip netns exec NS" and the shell (setpriv ...).
+func (n *netns) script(t *testing.T, env []string, wrap []string, args ...string) result {
+	t.Helper()
+	prefix := append([]string{"ip", "netns", "exec", n.name}, wrap...)
+	return run(t, prefix, append([]string{"DOT_SIDECAR_IF_INET6=/proc/net/if_inet6"}, env...), script, args...)
+}
+
+func fams() []string { return []string{"iptables", "ip6tables"} }
+
+// nat returns the nat table of one family and backend as iptables-save prints
+// it, without comments and chain counters, so two states compare as text.
+func (n *netns) nat(t *testing.T, family, backend string) string {
+	t.Helper()
+	out := n.must(t, family+"-"+backend+"-save", "-t", "nat")
+	var keep []string
+	for _, l := range strings.Split(out, "\n") {
+		if l == "" || strings.HasPrefix(l, "#") {
+			continue
+		}
+		if strings.HasPrefix(l, ":") {
+			if i := strings.LastIndex(l, " ["); i > 0 {
+				l = l[:i]
+			}
+		}
+		keep = append(keep, l)
+	}
+	return strings.Join(keep, "\n")
+}
+
+// state is the nat table of both families in one backend.
+func (n *netns) state(t *testing.T, backend string) [2]string {
+	t.Helper()
+	return [2]string{n.nat(t, "iptables", backend), n.nat(t, "ip6tables", backend)}
+}
+
+// addForeign leaves rules as a mesh's init step would: a chain of its own with
+// a jump from OUTPUT, and a plain OUTPUT rule.
+func (n *netns) addForeign(t *testing.T, backend string) {
+	t.Helper()
+	for _, f := range fams() {
+		p := "*nat\n:MESH_OUTPUT - [0:0]\n" +
+			"-A MESH_OUTPUT -p tcp -m tcp --dport 8080 -m comment --comment \"foreign/mesh\" -j REDIRECT --to-ports 15001\n" +
+			"-A OUTPUT -p tcp -m comment --comment \"foreign/mesh-jump\" -j MESH_OUTPUT\n" +
+			"-A OUTPUT -p udp -m udp --dport 53 -m owner --uid-owner 1337 -m comment --comment \"foreign/dns\" -j RETURN\nCOMMIT\n"
+		cmd := exec.Command("ip", "netns", "exec", n.name, f+"-"+backend+"-restore", "--noflush")
+		cmd.Stdin = strings.NewReader(p)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%s-%s-restore: %v\n%s", f, backend, err, out)
+		}
+	}
+}
+
+func isOurs(l string) bool {
+	return strings.Contains(l, "DOT_SIDECAR_OUTPUT")
+}
+
+func split(save string) (ours, foreign []string) {
+	for _, l := range strings.Split(save, "\n") {
+		if isOurs(l) {
+			ours = append(ours, l)
+		} else {
+			foreign = append(foreign, l)
+		}
+	}
+	return ours, foreign
+}
+
+// expected derives, from the script's own dry-run, what iptables-save must
+// show for each family after apply: the chain declaration, the jump (as save
+// prints an inserted rule) and the chain's rules in order.
+func expected(t *testing.T) [2][]string {
+	t.Helper()
+	res := run(t, nil, []string{"DOT_SIDECAR_IF_INET6=/proc/net/if_inet6"}, script, "dry-run")
+	if res.code != 0 {
+		t.Fatalf("dry-run: %s", res.stderr)
+	}
+	v4, v6 := splitFamilies(t, res.stdout)
+	var out [2][]string
+	for i, p := range []string{v4, v6} {
+		var jump, rules []string
+		for _, l := range strings.Split(strings.TrimSpace(p), "\n") {
+			switch {
+			case strings.HasPrefix(l, "-I OUTPUT 1 "):
+				jump = append(jump, "-A OUTPUT "+strings.TrimPrefix(l, "-I OUTPUT 1 "))
+			case strings.HasPrefix(l, "-A "):
+				rules = append(rules, l)
+			}
+		}
+		out[i] = append(append([]string{":DOT_SIDECAR_OUTPUT -"}, jump...), rules...)
+	}
+	return out
+}
+
+func TestApplyInNamespace(t *testing.T) {
+	requireRoot(t)
+	requireTools(t, "ip", "setpriv",
+		"iptables-nft-save", "iptables-nft-restore", "ip6tables-nft-save", "ip6tables-nft-restore",
+		"iptables-legacy-save", "iptables-legacy-restore", "ip6tables-legacy-save", "ip6tables-legacy-restore")
+	want := expected(t)
+
+	for _, backend := range []string{"nft", "legacy"} {
+		other := map[string]string{"nft": "legacy", "legacy": "nft"}[backend]
+		mode := []string{"IPTABLES_MODE=" + backend}
+
+		t.Run(backend+"/apply-twice-cleanup", func(t *testing.T) {
+			n := newNetns(t)
+			n.addForeign(t, backend)
+			before := n.state(t, backend)
+
+			res := n.script(t, mode, nil, "apply")
+			if res.code != 0 || !strings.Contains(res.stderr, "backend: "+backend+" (IPTABLES_MODE="+backend+")") {
+				t.Fatalf("apply: exit %d, stderr:\n%s", res.code, res.stderr)
+			}
+			after := n.state(t, backend)
+			for i, f := range fams() {
+				ours, foreign := split(after[i])
+				if !slices.Equal(ours, want[i]) {
+					t.Errorf("%s: our rules\n%s\nwant\n%s", f, strings.Join(ours, "\n"), strings.Join(want[i], "\n"))
+				}
+				if got := strings.Join(foreign, "\n"); got != before[i] {
+					t.Errorf("%s: apply changed rules that are not ours:\n%s\nwas\n%s", f, got, before[i])
+				}
+				// Our jump comes first, ahead of a mesh's rules in OUTPUT.
+				if first := firstRule(after[i], "OUTPUT"); !isOurs(first) {
+					t.Errorf("%s: first OUTPUT rule is %q, want our jump", f, first)
+				}
+			}
+
+			if res := n.script(t, mode, nil, "apply"); res.code != 0 {
+				t.Fatalf("second apply: exit %d: %s", res.code, res.stderr)
+			}
+			if again := n.state(t, backend); again != after {
+				t.Errorf("apply twice differs from once:\n%s\nonce:\n%s", again, after)
+			}
+			for _, f := range fams() {
+				if s := n.nat(t, f, other); strings.Contains(s, "DOT_SIDECAR") {
+					t.Errorf("%s: rules landed in the %s backend too:\n%s", f, other, s)
+				}
+			}
+
+			for i := 0; i < 2; i++ {
+				if res := n.script(t, mode, nil, "cleanup"); res.code != 0 {
+					t.Fatalf("cleanup #%d: exit %d: %s", i+1, res.code, res.stderr)
+				}
+				if got := n.state(t, backend); got != before {
+					t.Errorf("cleanup #%d left\n%s\nwant exactly the foreign rules\n%s", i+1, got, before)
+				}
+			}
+		})
+
+		t.Run(backend+"/rollback", func(t *testing.T) {
+			n := newNetns(t)
+			n.addForeign(t, backend)
+			before := n.state(t, backend)
+			for _, tc := range []struct {
+				name       string
+				preApplied bool
+				hook       string
+			}{
+				{"ipv6 fails on a fresh namespace", false, "ipv6-apply"},
+				{"ipv6 fails on a re-run", true, "ipv6-apply"},
+				{"ipv4 fails", false, "ipv4-apply"},
+			} {
+				if tc.preApplied {
+					if res := n.script(t, mode, nil, "apply"); res.code != 0 {
+						t.Fatalf("%s: apply: %s", tc.name, res.stderr)
+					}
+				}
+				res := n.script(t, append([]string{"DOT_SIDECAR_TEST_FAIL=" + tc.hook}, mode...), nil, "apply")
+				if res.code != exitFail || !strings.Contains(res.stderr, "applying failed") {
+					t.Errorf("%s: exit %d, want %d with the failure named; stderr:\n%s", tc.name, res.code, exitFail, res.stderr)
+				}
+				if got := n.state(t, backend); got != before {
+					t.Errorf("%s: after the failed apply\n%s\nwant nothing of ours in any family\n%s", tc.name, got, before)
+				}
+			}
+		})
+
+		t.Run(backend+"/kernel-rejects-payload", func(t *testing.T) {
+			n := newNetns(t)
+			before := n.state(t, backend)
+			rc := filepath.Join(t.TempDir(), "resolv.conf")
+			// Passes the script's shape check; the kernel side (--test) rejects it.
+			if err := os.WriteFile(rc, []byte("nameserver 10.96.0.300\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			res := n.script(t, append([]string{"REDIRECT_MODE=resolvconf", "RESOLV_CONF=" + rc}, mode...), nil, "apply")
+			if res.code != exitFail || !strings.Contains(res.stderr, "nothing applied") {
+				t.Errorf("exit %d, want %d and 'nothing applied'; stderr:\n%s", res.code, exitFail, res.stderr)
+			}
+			if got := n.state(t, backend); got != before {
+				t.Errorf("a rejected payload changed the tables:\n%s", got)
+			}
+		})
+
+		t.Run(backend+"/auto-detects", func(t *testing.T) {
+			n := newNetns(t)
+			n.addForeign(t, backend) // the namespace's existing rules live in this backend
+			res := n.script(t, []string{"IPTABLES_MODE=auto"}, nil, "apply")
+			if res.code != 0 || !strings.Contains(res.stderr, "backend: "+backend+" (IPTABLES_MODE=auto") {
+				t.Fatalf("exit %d; want backend %s chosen; stderr:\n%s", res.code, backend, res.stderr)
+			}
+			for i, f := range fams() {
+				if ours, _ := split(n.state(t, backend)[i]); !slices.Equal(ours, want[i]) {
+					t.Errorf("%s: auto did not apply into %s: %q", f, backend, ours)
+				}
+				if s := n.nat(t, f, other); strings.Contains(s, "DOT_SIDECAR") {
+					t.Errorf("%s: auto wrote into %s as well", f, other)
+				}
+			}
+			// cleanup with auto finds our rules wherever they are.
+			if res := n.script(t, []string{"IPTABLES_MODE=auto"}, nil, "cleanup"); res.code != 0 {
+				t.Fatalf("cleanup: %s", res.stderr)
+			}
+			for _, s := range n.state(t, backend) {
+				if strings.Contains(s, "DOT_SIDECAR") {
+					t.Errorf("auto cleanup left:\n%s", s)
+				}
+			}
+		})
+
+		t.Run(backend+"/no-ipv6", func(t *testing.T) {
+			n := newNetns(t)
+			before := n.state(t, backend)
+			res := n.script(t, append([]string{"DOT_SIDECAR_IF_INET6=/nonexistent/if_inet6"}, mode...), nil, "apply")
+			if res.code != 0 || !strings.Contains(res.stderr, "IPv6: skipped: kernel has no IPv6") {
+				t.Fatalf("exit %d; want IPv6 skipped and said so; stderr:\n%s", res.code, res.stderr)
+			}
+			after := n.state(t, backend)
+			if ours, _ := split(after[0]); !slices.Equal(ours, want[0]) {
+				t.Errorf("IPv4 rules %q, want %q", ours, want[0])
+			}
+			if after[1] != before[1] {
+				t.Errorf("ip6tables touched although IPv6 was skipped:\n%s", after[1])
+			}
+		})
+
+		t.Run(backend+"/privileges", func(t *testing.T) {
+			n := newNetns(t)
+			before := n.state(t, backend)
+			cases := []struct {
+				name string
+				wrap []string
+				msg  string
+			}{
+				{"non-root", []string{"setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"}, "missing CAP_NET_ADMIN"},
+				{"root without NET_ADMIN", []string{"setpriv", "--bounding-set", "-net_admin"}, "missing CAP_NET_ADMIN"},
+			}
+			if backend == "legacy" {
+				cases = append(cases, struct {
+					name string
+					wrap []string
+					msg  string
+				}{"root without NET_RAW", []string{"setpriv", "--bounding-set", "-net_raw"}, "missing CAP_NET_RAW"})
+			}
+			for _, tc := range cases {
+				for _, cmd := range []string{"apply", "cleanup"} {
+					res := n.script(t, mode, tc.wrap, cmd)
+					if res.code != exitPriv || !strings.Contains(res.stderr, tc.msg) {
+						t.Errorf("%s %s: exit %d, want %d and %q; stderr:\n%s", tc.name, cmd, res.code, exitPriv, tc.msg, res.stderr)
+					}
+				}
+			}
+			if got := n.state(t, backend); got != before {
+				t.Errorf("an unprivileged run changed the tables:\n%s", got)
+			}
+		})
+	}
+}
+
+// firstRule returns the first "-A chain" line of a save.
+func firstRule(save, chain string) string {
+	for _, l := range strings.Split(save, "\n") {
+		if strings.HasPrefix(l, "-A "+chain+" ") {
+			return l
+		}
+	}
+	return ""
+}
