@@ -57,6 +57,9 @@ type Behavior struct {
 	Cert atomic.Int32
 	// BlackHole: accept TCP connections and never answer the TLS handshake.
 	BlackHole atomic.Bool
+	// HangUp: complete the TLS handshake, then close at once, as a server at
+	// its connection limit might.
+	HangUp atomic.Bool
 	// SplitWrites: send each length prefix one byte per TLS record, and the
 	// message in two more, to exercise the client's framing.
 	SplitWrites atomic.Bool

@@ -284,6 +284,10 @@ func (s *Server) serveConn(raw net.Conn) {
 	if tc.ConnectionState().DidResume {
 		s.resumed.Add(1)
 	}
+	if s.Behavior.HangUp.Load() {
+		_ = tc.Close()
+		return
+	}
 	s.open.Add(1)
 	defer s.open.Add(-1)
 	c := newSession(s, raw, tc)

@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"fmt"
+	"net"
 	"testing"
 	"time"
 
@@ -32,5 +33,26 @@ func TestExchangeBasic(t *testing.T) {
 	_ = r.Unpack(resp)
 	if opt := r.IsEdns0(); opt == nil || opt.UDPSize() != 1232 || !opt.Do() {
 		t.Errorf("EDNS not echoed: %v", r.Extra)
+	}
+}
+
+func TestExchangeIPv6Upstream(t *testing.T) {
+	if ln, err := net.Listen("tcp", "[::1]:0"); err != nil {
+		t.Skip("no IPv6 loopback on this machine")
+	} else {
+		_ = ln.Close()
+	}
+	srv := dnstest.New(t, dnstest.Options{IPv6: true})
+	d := newTestDoT(t, srv, nil)
+	if want := fmt.Sprintf("[::1]:%d#dns.test", srv.Addr.Port()); d.Name() != want {
+		t.Errorf("Name() = %q, want %q", d.Name(), want)
+	}
+	q := packQuery(t, "v6.example.", dns.TypeA)
+	resp, err := d.Exchange(ctxTimeout(t, 2*time.Second), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := checkAnswer(resp, q); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -376,6 +376,12 @@ func (c *conn) mismatch(msg []byte, err error) {
 	}
 }
 
+func (c *conn) isDead() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.dead
+}
+
 // silentSince reports whether c has read no response at all since req was
 // queued on it.
 func (c *conn) silentSince(req *request) bool { return c.reads.Load() == req.reads }

@@ -101,3 +101,25 @@ func eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 }
 
 func counterValue(c prometheus.Collector) float64 { return testutil.ToFloat64(c) }
+
+// poolConsistent reports whether d's bookkeeping agrees with itself: the
+// slot count equals the connections listed plus the dial in progress, and
+// no listed connection is dead.
+func poolConsistent(d *DoT) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	listed := append(append([]*conn(nil), d.activeConns()...), d.draining...)
+	n := len(listed)
+	if d.dialing != nil {
+		n++
+	}
+	if int(d.total.Load()) != n || n > d.opts.PoolSize {
+		return false
+	}
+	for _, c := range listed {
+		if c.isDead() {
+			return false
+		}
+	}
+	return true
+}

@@ -93,6 +93,9 @@ func TestPoolStaysWithinSizeUnderLoad(t *testing.T) {
 			if got := srv.Accepted(); got > int64(size) || got < 1 {
 				t.Errorf("server accepted %d connections, want 1..%d", got, size)
 			}
+			if !poolConsistent(d) {
+				t.Error("pool bookkeeping inconsistent after load")
+			}
 			t.Logf("PoolSize %d: %d connections for 10000 queries from 256 goroutines", size, srv.Accepted())
 		})
 	}

@@ -140,6 +140,9 @@ func (d *DoT) runDial(dl *dialState) {
 		d.noGrowUntil = time.Now().Add(growBackoff)
 	case closed:
 		dl.err = ErrClosed // c still holds its slot; shutdown below frees it
+	case c.isDead():
+		// The upstream hung up at once; removeConn has freed the slot, and
+		// whoever waits will dial again.
 	default:
 		d.publishLocked(append(slices.Clone(d.activeConns()), c))
 		d.log.Debug("upstream connection open", "upstream", d.name, "local", c.localAddr().String(),
@@ -186,10 +189,7 @@ func (d *DoT) retired(c *conn, busy bool) {
 	if i := slices.Index(active, c); i >= 0 {
 		d.publishLocked(slices.Delete(slices.Clone(active), i, i+1))
 	}
-	c.mu.Lock()
-	dead := c.dead
-	c.mu.Unlock()
-	if dead {
+	if c.isDead() {
 		return // already closed and removed
 	}
 	d.draining = append(d.draining, c)

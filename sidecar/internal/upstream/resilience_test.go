@@ -3,7 +3,9 @@ package upstream
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -43,6 +45,7 @@ func TestUpstreamDropsConnectionsUnderLoad(t *testing.T) {
 			if counterValue(d.m.resent) == 0 {
 				t.Error("requests_resent_total = 0; expected queries caught on dying connections")
 			}
+			eventually(t, 2*time.Second, "pool bookkeeping to settle", func() bool { return poolConsistent(d) })
 			t.Logf("%d connections, %v queries resent", srv.Accepted(), counterValue(d.m.resent))
 		})
 	}
@@ -64,6 +67,9 @@ func TestGivesUpWithErrConnClosed(t *testing.T) {
 	if got := counterValue(d.m.resent); got != maxAttempts-1 {
 		t.Errorf("requests_resent_total = %v, want %d", got, maxAttempts-1)
 	}
+	eventually(t, 2*time.Second, "every dead connection to be forgotten", func() bool {
+		return poolConsistent(d) && d.total.Load() == 0 && counterValue(d.m.open) == 0
+	})
 }
 
 func TestMismatchedResponsesDropped(t *testing.T) {
@@ -288,5 +294,106 @@ func TestNewDoTValidates(t *testing.T) {
 			_ = d.Close()
 			t.Errorf("%s: NewDoT accepted %+v", name, opts)
 		}
+	}
+}
+
+// An upstream that hangs up right after every handshake: the query is tried
+// maxAttempts times, fails with ErrConnClosed, and leaves no dead connection
+// behind in the pool.
+func TestUpstreamHangsUpAfterHandshake(t *testing.T) {
+	srv := dnstest.New(t, dnstest.Options{})
+	srv.Behavior.HangUp.Store(true)
+	d := newTestDoT(t, srv, nil)
+	for range 5 {
+		_, err := d.Exchange(ctxTimeout(t, 2*time.Second), packQuery(t, "h.example.", dns.TypeA))
+		if !errors.Is(err, ErrConnClosed) && !errors.Is(err, ErrUnreachable) {
+			t.Fatalf("Exchange error %v, want ErrConnClosed or ErrUnreachable", err)
+		}
+	}
+	eventually(t, 2*time.Second, "every dead connection to be forgotten", func() bool {
+		return poolConsistent(d) && d.total.Load() == 0 && len(d.activeConns()) == 0
+	})
+	srv.Behavior.HangUp.Store(false)
+	if _, err := d.Exchange(ctxTimeout(t, 2*time.Second), packQuery(t, "h.example.", dns.TypeA)); err != nil {
+		t.Fatalf("Exchange once the upstream behaves: %v", err)
+	}
+}
+
+// Close while queries are in full flow: every Exchange returns (answered or
+// ErrClosed), nothing panics, and no goroutine is left (TestMain checks).
+func TestCloseUnderLoad(t *testing.T) {
+	srv := dnstest.New(t, dnstest.Options{Raw: dnstest.ReflectRaw})
+	d := newTestDoT(t, srv, nil)
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	started := make(chan struct{}, 64)
+	for i := range 64 {
+		wg.Go(func() {
+			q := packQuery(t, fmt.Sprintf("c%d.example.", i), dns.TypeA)
+			for n := 0; ; n++ {
+				if n == 10 {
+					started <- struct{}{}
+				}
+				_, err := d.Exchange(ctxTimeout(t, 2*time.Second), q)
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	for range 64 {
+		<-started
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if !errors.Is(err, ErrClosed) {
+			t.Errorf("Exchange during Close: %v, want ErrClosed", err)
+		}
+	}
+}
+
+// The trust changes back and forth under load: connections that stop
+// passing are retired and replaced; queries keep being answered whenever
+// the trust accepts the server, and the race detector watches the swaps.
+func TestTrustUpdatesUnderLoad(t *testing.T) {
+	srv := dnstest.New(t, dnstest.Options{Raw: dnstest.ReflectRaw})
+	trust := NewTrust(srv.CAPool, [][32]byte{srv.LeafPinSum})
+	d := newTestDoT(t, srv, func(o *DoTOptions) { o.Trust = trust })
+	done := make(chan error, 1)
+	go func() {
+		pins := [][][32]byte{{srv.CAPinSum}, {srv.LeafPinSum}, {foreignPin, srv.CAPinSum}}
+		for i := range 60 {
+			trust.Update(srv.CAPool, pins[i%len(pins)])
+			if n := d.Reverify(); n != 0 {
+				done <- fmt.Errorf("Reverify retired %d connections under a trust that accepts them", n)
+				return
+			}
+		}
+		done <- nil
+	}()
+	ok, err := runQueries(t, d, 2000, 32, 2*time.Second)
+	if rerr := <-done; rerr != nil {
+		t.Fatal(rerr)
+	}
+	if err != nil || ok != 2000 {
+		t.Fatalf("%d/2000 answered right; first error: %v", ok, err)
+	}
+
+	// Now a trust that rejects the server: the next queries fail as TLS
+	// failures, never reach the server over an untrusted connection.
+	trust.Update(srv.CAPool, [][32]byte{foreignPin})
+	d.Reverify()
+	eventually(t, 3*time.Second, "the rejected connections to close", func() bool { return srv.Open() == 0 })
+	before := srv.Queries()
+	if _, err := d.Exchange(ctxTimeout(t, 2*time.Second), packQuery(t, "t.example.", dns.TypeA)); !errors.Is(err, ErrPinMismatch) {
+		t.Fatalf("Exchange under a rejecting trust: %v, want ErrPinMismatch", err)
+	}
+	if srv.Queries() != before {
+		t.Error("a query reached the server under a trust that rejects it")
 	}
 }
