@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"strings"
 	"testing"
 	"time"
@@ -151,6 +152,23 @@ func TestParseNftPackets(t *testing.T) {
 	}
 }
 
+func TestCountEstablished(t *testing.T) {
+	// Port 853 is 0x0355. Rows: ours established to 853; ours in TIME_WAIT
+	// (06); another process's to 853; ours to another port; ours listening.
+	table := `  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:9C40 0100007F:0355 01 00000000:00000000 00:00000000 00000000     0        0 111 1 0 20 4 30 10 -1
+   1: 0100007F:9C41 0100007F:0355 06 00000000:00000000 00:00000000 00000000     0        0 112 1 0 20 4 30 10 -1
+   2: 0100007F:9C42 0100007F:0355 01 00000000:00000000 00:00000000 00000000     0        0 999 1 0 20 4 30 10 -1
+   3: 0100007F:9C43 0100007F:0035 01 00000000:00000000 00:00000000 00000000     0        0 113 1 0 20 4 30 10 -1
+   4: 0100007F:0355 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 114 1 0 20 4 30 10 -1
+`
+	ours := map[string]bool{"111": true, "112": true, "113": true, "114": true}
+	n, err := countEstablished(bufio.NewScanner(strings.NewReader(table)), 853, ours)
+	if err != nil || n != 1 {
+		t.Errorf("got %d, %v; want 1", n, err)
+	}
+}
+
 func TestMedian(t *testing.T) {
 	tests := []struct {
 		in   []float64
@@ -198,11 +216,13 @@ func TestAggregate(t *testing.T) {
 	}
 	maxRuns := []sample{
 		mk(100, 1000, 50*time.Millisecond, 2, 1000, 0),
+		// peakOpen is set below
 		mk(300, 1000, 10*time.Millisecond, 0, 1000, 0),
 		mk(200, 1000, 30*time.Millisecond, 1, 1010, 0),
 	}
 	rateRuns := []sample{mk(2000, 2000, 0, 4, 2000, 3*time.Millisecond), mk(2000, 2000, 0, 0, 2000, time.Millisecond)}
 	rateRuns[1].perf.Rcodes["SERVFAIL"] = 3
+	maxRuns[1].peakOpen, rateRuns[0].peakOpen = 5, 3
 	r := aggregate("x", "udp", maxRuns, rateRuns, 1<<20)
 	if r.qps != 200 {
 		t.Errorf("qps = %v, want median 200", r.qps)
@@ -212,6 +232,9 @@ func TestAggregate(t *testing.T) {
 	}
 	if r.conns != 4 {
 		t.Errorf("conns = %d, want the most of any run, 4", r.conns)
+	}
+	if r.peakOpen != 5 {
+		t.Errorf("peak open = %d, want the most of any run, 5", r.peakOpen)
 	}
 	if r.maxLat != 2*time.Millisecond {
 		t.Errorf("max latency = %v, want median 2ms", r.maxLat)
@@ -226,12 +249,12 @@ func TestAggregate(t *testing.T) {
 
 func TestRenderTable(t *testing.T) {
 	rows := []row{
-		{target: "direct", proto: "udp", qps: 60000, avgLat: 60 * time.Microsecond, maxLat: time.Millisecond, conns: 0},
+		{target: "direct", proto: "udp", qps: 60000, avgLat: 60 * time.Microsecond, maxLat: time.Millisecond, conns: 0, peakOpen: -1},
 		{target: "dot-sidecar", proto: "udp", qps: 20000, cpuPerQ: 20 * time.Microsecond, rateCPU: 40 * time.Microsecond, hasCPU: true,
-			avgLat: 100 * time.Microsecond, maxLat: 2 * time.Millisecond, rss: 20 << 20, conns: 2, upPerAns: 1, hasUpPerQ: true},
+			avgLat: 100 * time.Microsecond, maxLat: 2 * time.Millisecond, rss: 20 << 20, conns: 2, peakOpen: 2, upPerAns: 1, hasUpPerQ: true},
 		{target: "dnsdist", proto: "udp", qps: 10000, cpuPerQ: 50 * time.Microsecond, rateCPU: 80 * time.Microsecond, hasCPU: true,
-			avgLat: 200 * time.Microsecond, maxLat: 40 * time.Millisecond, rss: 30 << 20, conns: 400, upPerAns: 1, hasUpPerQ: true},
-		{target: "coredns", proto: "tcp", qps: 5000, conns: -1},
+			avgLat: 200 * time.Microsecond, maxLat: 40 * time.Millisecond, rss: 30 << 20, conns: 400, peakOpen: 100, upPerAns: 1, hasUpPerQ: true},
+		{target: "coredns", proto: "tcp", qps: 5000, conns: -1, peakOpen: -1},
 	}
 	out := renderTable(rows)
 	lines := strings.Split(strings.TrimSpace(out), "\n")
@@ -247,9 +270,9 @@ func TestRenderTable(t *testing.T) {
 	for _, want := range []string{
 		"| dot-sidecar | UDP | 20000 (1.00×) |",
 		"| dnsdist | UDP | 10000 (0.50×) |",
-		"50.0 µs (2.50×)",    // CPU per query against dot-sidecar's 20 µs
-		"40.000 ms (20.00×)", // max latency
-		"400 (200.00×)",      // TLS connections
+		"50.0 µs (2.50×)",                        // CPU per query against dot-sidecar's 20 µs
+		"40.000 ms (20.00×)",                     // max latency
+		"400 (200.00×) | 100 (50.00×) | 1.000 |", // TLS connections opened, open at peak
 		"30.0 MiB (1.50×)",
 		"| direct | UDP | 60000 (3.00×) | 0 (1.00×) | — |", // no relay CPU for the baseline
 		"| coredns | TCP | 5000 | 0 |",                     // no dot-sidecar TCP row: no ratios

@@ -56,7 +56,7 @@ type config struct {
 func parseFlags() config {
 	var c config
 	var targets, protos string
-	flag.DurationVar(&c.duration, "duration", 4*time.Second, "length of each dnsperf run")
+	flag.DurationVar(&c.duration, "duration", 3*time.Second, "length of each dnsperf run")
 	flag.IntVar(&c.rounds, "rounds", 3, "rounds; the table shows the median")
 	flag.IntVar(&c.names, "names", 1000, "names the upstream serves (each queried for A, AAAA and TXT)")
 	flag.IntVar(&c.clients, "clients", 10, "dnsperf clients (-c): UDP sockets or TCP connections")

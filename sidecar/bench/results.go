@@ -26,6 +26,9 @@ type sample struct {
 	// upQueries is the number of queries the upstream received over TLS
 	// during the run; -1 when not known.
 	upQueries float64
+	// peakOpen is the most connections the relay held open to the upstream
+	// at any sample during the run; -1 when not sampled.
+	peakOpen int
 }
 
 type key struct {
@@ -49,6 +52,7 @@ type row struct {
 	rateCPU   time.Duration
 	rss       int64 // bytes, 0 when not measured
 	conns     int64 // max over all runs; -1 when not counted
+	peakOpen  int   // max over all runs; -1 when not sampled
 	upPerAns  float64
 	hasUpPerQ bool
 	badRcodes map[string]int // answers other than NOERROR, all runs summed
@@ -77,7 +81,7 @@ func medianDur(xs []time.Duration) time.Duration {
 
 // aggregate turns the rounds of one target and protocol into a row.
 func aggregate(target, proto string, maxRuns, rateRuns []sample, rss int64) row {
-	r := row{target: target, proto: proto, rss: rss, conns: -1, badRcodes: map[string]int{}}
+	r := row{target: target, proto: proto, rss: rss, conns: -1, peakOpen: -1, badRcodes: map[string]int{}}
 	var qps, lost, rateLost, upPer []float64
 	var cpu, rateCPU, avg, mx []time.Duration
 	r.hasCPU = len(maxRuns) > 0
@@ -104,9 +108,8 @@ func aggregate(target, proto string, maxRuns, rateRuns []sample, rss int64) row 
 		}
 	}
 	for _, s := range append(slices.Clone(maxRuns), rateRuns...) {
-		if s.conns > r.conns {
-			r.conns = s.conns
-		}
+		r.conns = max(r.conns, s.conns)
+		r.peakOpen = max(r.peakOpen, s.peakOpen)
 		for rc, n := range s.perf.Rcodes {
 			if rc != "NOERROR" {
 				r.badRcodes[rc] += n

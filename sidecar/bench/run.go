@@ -271,7 +271,7 @@ func measureOne(ctx context.Context, cfg config, perfBin string, l *live, proto 
 	if k == kindRate {
 		a.Rate = cfg.rate
 	}
-	s := sample{conns: -1, upQueries: -1}
+	s := sample{conns: -1, upQueries: -1, peakOpen: -1}
 	var cpu0, cpu1 time.Duration
 	var conns0, conns1 int64
 	var up0, up1 float64
@@ -293,7 +293,29 @@ func measureOne(ctx context.Context, cfg config, perfBin string, l *live, proto 
 	if err := before(); err != nil {
 		return s, err
 	}
-	if s.perf, err = runDnsperf(ctx, perfBin, a); err != nil {
+	type peak struct {
+		n   int
+		err error
+	}
+	sampled := make(chan peak, 1)
+	sctx, stopSampling := context.WithCancel(ctx)
+	defer stopSampling()
+	if l.proc != nil {
+		go func() {
+			n, err := peakConns(sctx, l.proc.pid(), portOf(up.Addr), connSampleInterval)
+			sampled <- peak{n, err}
+		}()
+	}
+	s.perf, err = runDnsperf(ctx, perfBin, a)
+	stopSampling()
+	if l.proc != nil {
+		p := <-sampled
+		if p.err != nil && err == nil {
+			err = fmt.Errorf("sampling open connections: %w", p.err)
+		}
+		s.peakOpen = p.n
+	}
+	if err != nil {
 		return s, err
 	}
 	if l.proc != nil {
@@ -332,6 +354,10 @@ func upQueries(ctx context.Context, up *unboundtest.Server) (float64, error) {
 	}
 	return v, nil
 }
+
+// connSampleInterval is how often open upstream connections are counted
+// during a run.
+const connSampleInterval = 50 * time.Millisecond
 
 // measureStartup starts fresh dot-sidecars and times process start to the
 // first 200 from /startupz.
@@ -410,7 +436,7 @@ func findTools(ctx context.Context, cfg config, targets []target, dir string) (t
 		case "dot-sidecar":
 			p := cfg.sidecarBin
 			if p == "" {
-				p = filepath.Join(dir, "dot-sidecar")
+				p = filepath.Join(dir, "bin", "dot-sidecar")
 				logf("building dot-sidecar from this tree")
 				out, err := exec.CommandContext(ctx, "go", "build", "-o", p, "./sidecar").CombinedOutput()
 				if err != nil {

@@ -46,8 +46,8 @@ func renderTable(rows []row) string {
 		}
 	}
 	var b strings.Builder
-	b.WriteString("| relay | clients | qps | lost | CPU/query | avg latency @rate | max latency @rate | lost @rate | CPU/query @rate | peak RSS | TLS conns opened | upstream queries/answer |\n")
-	b.WriteString("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	b.WriteString("| relay | clients | qps | lost | CPU/query | avg latency @rate | max latency @rate | lost @rate | CPU/query @rate | peak RSS | TLS conns opened | TLS conns open (peak) | upstream queries/answer |\n")
+	b.WriteString("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	for _, r := range rows {
 		br, ok := base[r.proto]
 		cols := []string{
@@ -58,7 +58,7 @@ func renderTable(rows []row) string {
 			cell(ms(r.avgLat), float64(r.avgLat), float64(br.avgLat), ok),
 			cell(ms(r.maxLat), float64(r.maxLat), float64(br.maxLat), ok),
 			cell(fmt.Sprintf("%.0f", r.rateLost), r.rateLost, br.rateLost, ok),
-			dash, dash, dash, dash,
+			dash, dash, dash, dash, dash,
 		}
 		if r.hasCPU {
 			cols[4] = cell(us(r.cpuPerQ), float64(r.cpuPerQ), float64(br.cpuPerQ), ok && br.hasCPU)
@@ -70,8 +70,11 @@ func renderTable(rows []row) string {
 		if r.conns >= 0 && r.target != "direct" {
 			cols[10] = cell(fmt.Sprintf("%d", r.conns), float64(r.conns), float64(br.conns), ok && br.conns >= 0)
 		}
+		if r.peakOpen >= 0 && r.target != "direct" {
+			cols[11] = cell(fmt.Sprintf("%d", r.peakOpen), float64(r.peakOpen), float64(br.peakOpen), ok && br.peakOpen >= 0)
+		}
 		if r.hasUpPerQ {
-			cols[11] = fmt.Sprintf("%.3f", r.upPerAns)
+			cols[12] = fmt.Sprintf("%.3f", r.upPerAns)
 		}
 		b.WriteString("| " + strings.Join(cols, " | ") + " |\n")
 	}
