@@ -382,11 +382,17 @@ func (s *scenario) testGetent(t *testing.T) {
 // counters show each query was redirected; the capture, checked later, shows
 // none left the pod.
 func (s *scenario) testFailClosed(t *testing.T) {
+	if s.sidecar.exited() {
+		t.Fatalf("the sidecar died during the scenario: %v\n%s", s.sidecar.err, tail(s.sidecar.output(), 30))
+	}
 	stopStart := time.Now()
 	if err := s.sidecar.stop(5 * time.Second); err != nil {
 		t.Fatalf("stopping the sidecar: %v", err)
 	}
 	t.Logf("sidecar stopped in %v (%v)", time.Since(stopStart).Round(time.Millisecond), s.sidecar.err)
+	if s.sidecar.err != nil {
+		t.Errorf("the sidecar did not exit cleanly on SIGTERM: %v", s.sidecar.err)
+	}
 	before := map[int]map[string]uint64{4: s.ipt(4).counters(t, s.tp.pod), 6: s.ipt(6).counters(t, s.tp.pod)}
 	// At once (goroutines, not parallel subtests, which -parallel would
 	// queue behind the scenarios): a UDP query to a closed port waits out
