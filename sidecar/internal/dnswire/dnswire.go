@@ -109,6 +109,8 @@ type Message struct {
 	// End is the offset just past the last record counted in the header;
 	// anything after it is trailing garbage.
 	End int
+
+	maxPtr int // farthest compression pointer target
 }
 
 // DO reports whether the query asked for DNSSEC records (the DO bit).
@@ -126,9 +128,9 @@ func (m *Message) Rcode() int {
 // Parse checks the structure of the whole message in b and records where its
 // first question and OPT record are. It does not allocate.
 //
-// When it fails, the returned Message still holds the header and, if it was
-// read before the failure, the first question, so that a FORMERR reply can
-// echo them.
+// When it fails, the returned Message still holds the header and what was
+// read before the failure (the first question, the OPT record unless there
+// were two), so that a FORMERR reply can echo them.
 func Parse(b []byte) (Message, error) {
 	var m Message
 	h, err := ParseHeader(b)
@@ -139,7 +141,7 @@ func Parse(b []byte) (Message, error) {
 	off := HeaderLen
 	for i := 0; i < int(h.QDCount); i++ {
 		start := off
-		end, compressed, err := skipName(b, off)
+		end, compressed, err := skipName(b, off, &m.maxPtr)
 		if err != nil {
 			return m, err
 		}
@@ -163,7 +165,7 @@ func Parse(b []byte) (Message, error) {
 	records := answers + int(h.ARCount)
 	for i := 0; i < records; i++ {
 		start := off
-		end, _, err := skipName(b, off)
+		end, _, err := skipName(b, off, &m.maxPtr)
 		if err != nil {
 			return m, err
 		}
@@ -183,6 +185,11 @@ func Parse(b []byte) (Message, error) {
 		}
 		off = rdata + rdlen
 	}
+	// A pointer into trailing garbage would break when the message is cut
+	// to End.
+	if m.maxPtr >= off {
+		return m, ErrPointer
+	}
 	m.End = off
 	return m, nil
 }
@@ -195,6 +202,7 @@ func (m *Message) readOPT(b []byte, start, end, rdata, rdlen int, misplaced bool
 		return ErrOPT
 	}
 	if m.HasOPT {
+		m.HasOPT = false // neither is the message's OPT record
 		return ErrMultipleOPT
 	}
 	// Options are TLVs that must fill the RDATA exactly.
@@ -218,9 +226,10 @@ func (m *Message) readOPT(b []byte, start, end, rdata, rdlen int, misplaced bool
 
 // skipName returns the offset just past the name at b[off:], and whether the
 // name ends in a compression pointer. Pointers are checked to land inside the
-// message past the header but are not followed: a relay never needs the
-// names of records it only forwards.
-func skipName(b []byte, off int) (int, bool, error) {
+// message past the header, and the farthest target is kept in *maxPtr, but
+// they are not followed: a relay never needs the names of records it only
+// forwards.
+func skipName(b []byte, off int, maxPtr *int) (int, bool, error) {
 	n := 0
 	for {
 		if off >= len(b) {
@@ -245,6 +254,7 @@ func skipName(b []byte, off int) (int, bool, error) {
 			if ptr < HeaderLen || ptr >= len(b) {
 				return 0, false, ErrPointer
 			}
+			*maxPtr = max(*maxPtr, ptr)
 			return off + 2, true, nil
 		default:
 			// 0x40 (extended labels, obsolete) and 0x80 are not in use.

@@ -138,6 +138,7 @@ func TestParse(t *testing.T) {
 		{name: "pointer in the first question", msg: []byte{0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 'a', 0xC0, 0x0C, 0, 1, 0, 1}, wantErr: ErrPointer},
 		{name: "pointer into the header", msg: []byte{0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 1, 'a', 0, 0, 1, 0, 1, 0xC0, 0x02, 0, 1, 0, 1}, wantErr: ErrPointer},
 		{name: "pointer past the end", msg: []byte{0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 1, 'a', 0, 0, 1, 0, 1, 0xC0, 0x40, 0, 1, 0, 1}, wantErr: ErrPointer},
+		{name: "pointer into trailing bytes", msg: []byte{0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 1, 'a', 0, 0, 1, 0, 1, 0xC0, 25, 0, 1, 0, 1, 1, 'b', 0}, wantErr: ErrPointer},
 		{name: "pointer cut short", msg: []byte{0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 'a', 0xC0}, wantErr: ErrTruncated},
 		{
 			name:    "name longer than 255 bytes",
@@ -341,5 +342,26 @@ func BenchmarkParse(b *testing.B) {
 		if _, err := Parse(msg); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestStripOPTPointerIntoOPT: a pointer that lands in the OPT record (found
+// by fuzzing) would dangle once the record is cut, so StripOPT declines.
+func TestStripOPTPointerIntoOPT(t *testing.T) {
+	msg := []byte{
+		0, 1, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 1,
+		1, 'a', 0, 0, 1, 0, 1, // question a. A IN
+		0xC0, 35, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1, // answer whose owner points at offset 35
+		0, 0, 41, 4, 0xD0, 0, 0, 0, 0, 0, 0, // OPT at 35
+	}
+	m, err := Parse(msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.OPTStart != 35 {
+		t.Fatalf("OPT at %d, want 35", m.OPTStart)
+	}
+	if _, ok := StripOPT(msg, &m); ok {
+		t.Fatal("StripOPT cut an OPT record a pointer refers to")
 	}
 }

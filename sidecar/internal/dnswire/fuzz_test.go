@@ -28,6 +28,10 @@ func FuzzDNSWire(f *testing.F) {
 		if m.End < HeaderLen || m.End > len(b) {
 			t.Fatalf("End %d outside message of %d bytes", m.End, len(b))
 		}
+		// The message cut to End (what a relay forwards) is the same message.
+		if cut, err := Parse(b[:m.End]); err != nil || cut != m {
+			t.Fatalf("message cut to End parses as %+v, %v; whole: %+v", cut, err, m)
+		}
 		if m.QDCount > 0 && !(HeaderLen <= m.QNameStart && m.QNameStart < m.QNameEnd && m.QNameEnd+4 == m.QEnd && m.QEnd <= m.End) {
 			t.Fatalf("question span %d:%d:%d outside message", m.QNameStart, m.QNameEnd, m.QEnd)
 		}

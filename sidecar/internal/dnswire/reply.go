@@ -83,11 +83,11 @@ func SetID(msg []byte, id uint16) { binary.BigEndian.PutUint16(msg, id) }
 
 // StripOPT removes the OPT record from msg (parsed into m) in place and
 // returns the shortened message. It succeeds only when the OPT record is the
-// last record, the usual place; elsewhere, removing it would shift the
-// records after it and could break their compression pointers, so it
-// reports false and leaves msg alone.
+// last record, the usual place, and no compression pointer points into it;
+// otherwise removing it would break pointers, so it reports false and
+// leaves msg alone.
 func StripOPT(msg []byte, m *Message) ([]byte, bool) {
-	if !m.HasOPT || m.OPTEnd != m.End || m.ARCount == 0 {
+	if !m.HasOPT || m.OPTEnd != m.End || m.ARCount == 0 || m.maxPtr >= m.OPTStart {
 		return msg, false
 	}
 	binary.BigEndian.PutUint16(msg[10:], m.ARCount-1)

@@ -88,6 +88,9 @@ func (s *Server) relay(msg []byte, qm *dnswire.Message, resp []byte, p proto) re
 	if err != nil {
 		return s.fail(msg, qm, fmt.Errorf("%w: %w", upstream.ErrBadResponse, err))
 	}
+	if !rm.Response() {
+		return s.fail(msg, qm, fmt.Errorf("%w: QR bit clear", upstream.ErrBadResponse))
+	}
 	resp = resp[:rm.End]
 	dnswire.SetID(resp, qm.ID)
 	if rm.HasOPT && !qm.HasOPT {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/testenv"
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
@@ -239,4 +240,31 @@ func (r *releaser) all() {
 			close(h.release)
 		}
 	})
+}
+
+// newUnstarted returns a Server that is never started: for driving answer
+// directly.
+func newUnstarted(t testing.TB, opts Options) *Server {
+	t.Helper()
+	if opts.Upstream == nil {
+		opts.Upstream = newLocalUpstream()
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	opts.Registerer = prometheus.NewRegistry()
+	s, err := New(opts)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return s
+}
+
+func mustParse(t testing.TB, b []byte) dnswire.Message {
+	t.Helper()
+	m, err := dnswire.Parse(b)
+	if err != nil {
+		t.Fatalf("parsing: %v", err)
+	}
+	return m
 }

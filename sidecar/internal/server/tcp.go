@@ -38,8 +38,8 @@ func (s *Server) acceptTCP(l *net.TCPListener) {
 		backoff = 0
 		if s.tcpOpen.Add(1) > int64(s.opts.TCPMaxConns) {
 			s.tcpOpen.Add(-1)
-			_ = nc.Close()
 			s.m.refused.Inc()
+			_ = nc.Close()
 			continue
 		}
 		c := &tcpConn{s: s, nc: nc, sem: make(chan struct{}, s.opts.TCPMaxInFlight)}
@@ -171,11 +171,11 @@ var tcpMsgPool = sync.Pool{New: func() any { b := make([]byte, 0, pooledMsgSize)
 func (c *tcpConn) answer(q *[]byte) {
 	start := time.Now()
 	r := c.s.answer(*q, protoTCP)
+	c.s.m.done(protoTCP, start, &r)
 	if r.reply != nil {
 		c.write(r.reply)
 	}
 	c.s.inflight.Add(-1)
-	c.s.m.done(protoTCP, start, &r)
 	c.s.logQuery(protoTCP, c.from, *q, start, &r)
 	if cap(*q) <= maxPooledSize {
 		tcpMsgPool.Put(q)

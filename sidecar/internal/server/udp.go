@@ -68,13 +68,15 @@ func (s *Server) readUDP(c *net.UDPConn) {
 func (s *Server) serveUDP(q *udpQuery) {
 	start := time.Now()
 	r := s.answer(q.msg, protoUDP)
+	// Counted before the write, so that a client holding an answer can
+	// trust the metrics to include it.
+	s.m.done(protoUDP, start, &r)
 	if r.reply != nil {
 		if _, err := q.conn.WriteToUDPAddrPort(r.reply, q.from); err != nil {
 			s.log.Debug("writing a UDP answer failed", "client", q.from, "err", err)
 		}
 	}
 	s.inflight.Add(-1)
-	s.m.done(protoUDP, start, &r)
 	s.logQuery(protoUDP, q.from, q.msg, start, &r)
 	if cap(q.msg) <= maxPooledSize {
 		q.conn, q.msg = nil, q.msg[:0]

@@ -1,0 +1,114 @@
+package server
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// staticUpstream answers every query at once with a copy of one prepared
+// answer: as cheap as an upstream can be, so that the benchmarks measure the
+// server alone. Like a real upstream it returns a fresh buffer per answer.
+type staticUpstream struct{ answer []byte }
+
+func (u *staticUpstream) Exchange(_ context.Context, q []byte) ([]byte, error) {
+	out := make([]byte, len(u.answer))
+	copy(out, u.answer)
+	copy(out, q[:2])
+	return out, nil
+}
+func (*staticUpstream) Name() string { return "static" }
+func (*staticUpstream) Close() error { return nil }
+
+func benchQuery(b *testing.B) ([]byte, *staticUpstream) {
+	q := ednsQuery("www.example.com.", dns.TypeA, 1232)
+	r := new(dns.Msg)
+	r.SetReply(q)
+	r.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: "www.example.com.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 300}, A: net.IPv4(192, 0, 2, 1).To4()}}
+	r.SetEdns0(1232, true)
+	return packed(b, q), &staticUpstream{answer: packed(b, r)}
+}
+
+// BenchmarkAnswer measures the handler alone (parse, deadline, upstream
+// call, answer checks, metrics) for a relayed UDP query, without sockets.
+func BenchmarkAnswer(b *testing.B) {
+	q, up := benchQuery(b)
+	s := newUnstarted(b, Options{Upstream: up, Logger: slog.New(slog.DiscardHandler)})
+	b.ReportAllocs()
+	start := time.Now()
+	for b.Loop() {
+		t0 := time.Now()
+		r := s.answer(q, protoUDP)
+		s.m.done(protoUDP, t0, &r)
+		if r.rcode != dns.RcodeSuccess {
+			b.Fatal("not NOERROR")
+		}
+	}
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "queries/s")
+}
+
+// BenchmarkUDPRelay measures the whole UDP path over loopback sockets:
+// clients send, the server's readers receive, answer through the upstream
+// interface and write back. Clients run in parallel, each with one query
+// outstanding on its own socket. cpu-µs/query is the CPU time of the whole
+// process (clients included, so an upper bound for the server) per query.
+func BenchmarkUDPRelay(b *testing.B) {
+	q, up := benchQuery(b)
+	s, err := New(Options{
+		BindAddrs: []netip.Addr{loopback4}, BindExplicit: true, Proto: "udp",
+		Upstream: up, Logger: slog.New(slog.DiscardHandler), Registerer: prometheus.NewRegistry(),
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer s.Shutdown(context.Background())
+	addr := s.Addrs()[0].(*net.UDPAddr)
+
+	var failed atomic.Int64
+	b.SetParallelism(8) // 8 × GOMAXPROCS clients keep the server busy
+	b.ReportAllocs()
+	var ru0 syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		c, err := net.DialUDP("udp", nil, addr)
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		defer c.Close()
+		msg := append([]byte(nil), q...)
+		buf := make([]byte, 2048)
+		for pb.Next() {
+			_ = c.SetReadDeadline(time.Now().Add(time.Second))
+			if _, err := c.Write(msg); err != nil {
+				failed.Add(1)
+				continue
+			}
+			if _, err := c.Read(buf); err != nil {
+				failed.Add(1) // lost under overload: counted, not fatal
+			}
+		}
+	})
+	elapsed := time.Since(start)
+	var ru1 syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+	cpu := time.Duration(syscall.TimevalToNsec(ru1.Utime) - syscall.TimevalToNsec(ru0.Utime) +
+		syscall.TimevalToNsec(ru1.Stime) - syscall.TimevalToNsec(ru0.Stime))
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "queries/s")
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/query")
+	if n := failed.Load(); n > int64(b.N)/100 {
+		b.Fatalf("%d of %d queries got no answer", n, b.N)
+	}
+}

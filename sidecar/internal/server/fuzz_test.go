@@ -1,0 +1,136 @@
+package server
+
+import (
+	"context"
+	"encoding/binary"
+	"testing"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
+	"github.com/miekg/dns"
+)
+
+// FuzzServe feeds arbitrary bytes to the handler, as the UDP and TCP
+// listeners do. It must never panic; it stays silent only for messages
+// without a header or with QR set; every reply is a well-formed response
+// with the message's ID, within the client's UDP size.
+func FuzzServe(f *testing.F) {
+	seeds := []*dns.Msg{
+		newQuery("www.example.", dns.TypeA),
+		ednsQuery("big.example.", dns.TypeTXT, 4096),
+		ednsQuery("huge.example.", dns.TypeTXT, 600),
+		newQuery("addopt.example.", dns.TypeA),
+		newQuery("optmid.example.", dns.TypeA),
+		ednsQuery("servfail.example.", dns.TypeA, 1232),
+		ednsQuery("err-tls.example.", dns.TypeA, 1232),
+		newQuery("garbage.example.", dns.TypeA),
+		ednsQuery("canary.dot-sidecar.invalid.", dns.TypeTXT, 512),
+	}
+	for _, m := range seeds {
+		f.Add(packed(f, m))
+	}
+	notify := newQuery("example.", dns.TypeSOA)
+	notify.Opcode = dns.OpcodeNotify
+	f.Add(packed(f, notify))
+	f.Add([]byte{0, 1, 2})
+	f.Add([]byte{0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 1, 0, 1, 0, 0, 41, 2, 0, 0, 1, 0, 0, 0, 0})
+
+	s := newUnstarted(f, Options{Upstream: &localUpstream{fuzzing: true}, QueryTimeout: 50e6})
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		for _, p := range []proto{protoUDP, protoTCP} {
+			r := s.answer(msg, p)
+			silent := len(msg) < dnswire.HeaderLen || msg[2]&0x80 != 0
+			if r.reply == nil {
+				if !silent {
+					t.Fatalf("%v: no reply to a message with a header and QR clear", p)
+				}
+				continue
+			}
+			if silent {
+				t.Fatalf("%v: replied to a message that gets none", p)
+			}
+			reply := new(dns.Msg)
+			if err := reply.Unpack(r.reply); err != nil {
+				t.Fatalf("%v: reply does not unpack: %v\n% x", p, err, r.reply)
+			}
+			if reply.Id != binary.BigEndian.Uint16(msg) || !reply.Response {
+				t.Fatalf("%v: reply header %v", p, reply.MsgHdr)
+			}
+			limit := dnswire.MaxMsgSize
+			if p == protoUDP {
+				limit = dnswire.MinUDPSize
+				if q, err := dnswire.Parse(msg); err == nil && q.HasOPT {
+					limit = s.udpLimit(&q)
+				}
+			}
+			if len(r.reply) > limit {
+				t.Fatalf("%v: reply of %d bytes, limit %d", p, len(r.reply), limit)
+			}
+		}
+	})
+}
+
+// answerUpstream answers every query with a copy of the same bytes, whatever
+// they are, with the query's ID: a broken or hostile upstream.
+type answerUpstream struct{ resp []byte }
+
+func (u *answerUpstream) Exchange(_ context.Context, q []byte) ([]byte, error) {
+	out := append([]byte(nil), u.resp...)
+	if len(out) >= 2 {
+		copy(out, q[:2])
+	}
+	return out, nil
+}
+func (*answerUpstream) Name() string { return "fixed" }
+func (*answerUpstream) Close() error { return nil }
+
+// FuzzRelay feeds arbitrary upstream answers to the handler: whatever comes
+// back, the client gets a structurally sound response with its ID, no OPT
+// record unless it sent one, within its UDP size.
+func FuzzRelay(f *testing.F) {
+	up := newLocalUpstream()
+	up.fuzzing = true
+	for _, name := range []string{"www.example.", "big.example.", "addopt.example.", "optmid.example.", "servfail.example."} {
+		for _, edns := range []bool{false, true} {
+			q := newQuery(name, dns.TypeTXT)
+			if edns {
+				q.SetEdns0(1232, true)
+			}
+			resp, err := up.Exchange(f.Context(), packed(f, q))
+			if err != nil {
+				f.Fatal(err)
+			}
+			f.Add(resp, edns, uint16(1232))
+		}
+	}
+	answers := &answerUpstream{}
+	s := newUnstarted(f, Options{Upstream: answers})
+	f.Fuzz(func(t *testing.T, resp []byte, edns bool, size uint16) {
+		answers.resp = resp // the fuzz function is never called concurrently
+		q := newQuery("www.example.", dns.TypeTXT)
+		if edns {
+			q.SetEdns0(size, false)
+		}
+		qb := packed(t, q)
+		for _, p := range []proto{protoUDP, protoTCP} {
+			r := s.answer(qb, p)
+			m, err := dnswire.Parse(r.reply)
+			if err != nil {
+				t.Fatalf("%v: reply is not a DNS message: %v\n% x", p, err, r.reply)
+			}
+			if m.ID != q.Id || !m.Response() {
+				t.Fatalf("%v: reply header %+v", p, m.Header)
+			}
+			if m.HasOPT && !edns {
+				t.Fatalf("%v: OPT in the reply to a query without one", p)
+			}
+			limit := dnswire.MaxMsgSize
+			if p == protoUDP {
+				qm, _ := dnswire.Parse(qb)
+				limit = s.udpLimit(&qm)
+			}
+			if len(r.reply) > limit {
+				t.Fatalf("%v: reply of %d bytes, limit %d", p, len(r.reply), limit)
+			}
+		}
+	})
+}

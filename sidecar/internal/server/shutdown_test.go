@@ -1,0 +1,134 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// TestShutdown starts queries that the upstream holds, shuts the server down
+// and checks that every one is answered: with the upstream's answer when it
+// comes in time, with SERVFAIL (EDE 22) when Shutdown's context ends first.
+func TestShutdown(t *testing.T) {
+	tests := []struct {
+		name      string
+		release   bool // the upstream answers while Shutdown waits
+		ctxWait   time.Duration
+		wantRcode int
+		wantErr   error
+	}{
+		{name: "in-flight queries finish", release: true, ctxWait: 10 * time.Second, wantRcode: dns.RcodeSuccess},
+		{name: "context ends first", ctxWait: 100 * time.Millisecond, wantRcode: dns.RcodeServerFailure, wantErr: context.DeadlineExceeded},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ts := startServer(t, Options{QueryTimeout: 30 * time.Second})
+			const perProto = 10
+			type answer struct {
+				msg *dns.Msg
+				err error
+			}
+			answers := make(chan answer, 2*perProto)
+			var clients sync.WaitGroup
+			for _, network := range []string{"udp", "tcp"} {
+				addr := ts.addr(t, network, loopback4)
+				for i := range perProto {
+					q := ednsQuery(fmt.Sprintf("hold-%s-%d.example.", network, i), dns.TypeA, 1232)
+					c, err := net.Dial(network, addr.String())
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer c.Close()
+					if err := writeMsg(c, network, packed(t, q)); err != nil {
+						t.Fatal(err)
+					}
+					clients.Add(1)
+					go func() {
+						defer clients.Done()
+						raw, err := readMsg(c, network)
+						r := new(dns.Msg)
+						if err == nil {
+							err = r.Unpack(raw)
+						}
+						if err == nil && r.Id != q.Id {
+							err = fmt.Errorf("answer ID %d, want %d", r.Id, q.Id)
+						}
+						answers <- answer{r, err}
+					}()
+				}
+			}
+			hs := ts.up.awaitHeld(t, 2*perProto)
+			rel := &releaser{hs: hs}
+			defer rel.all()
+
+			ctx, cancel := context.WithTimeout(context.Background(), tt.ctxWait)
+			defer cancel()
+			done := make(chan error, 1)
+			go func() { done <- ts.Shutdown(ctx) }()
+			waitFor(t, "Shutdown to begin", ts.closing.Load)
+			if _, err := net.DialTimeout("tcp", ts.addr(t, "tcp", loopback4).String(), time.Second); err == nil {
+				t.Errorf("a new TCP connection was accepted during Shutdown")
+			}
+			if tt.release {
+				rel.all()
+			}
+			if err := <-done; !errors.Is(err, tt.wantErr) {
+				t.Errorf("Shutdown returned %v, want %v", err, tt.wantErr)
+			}
+			clients.Wait()
+			close(answers)
+			n := 0
+			for a := range answers {
+				n++
+				if a.err != nil {
+					t.Errorf("query not answered: %v", a.err)
+					continue
+				}
+				if a.msg.Rcode != tt.wantRcode {
+					t.Errorf("rcode %s, want %s", dns.RcodeToString[a.msg.Rcode], dns.RcodeToString[tt.wantRcode])
+				}
+				if tt.wantRcode == dns.RcodeServerFailure && (ede(a.msg) == nil || ede(a.msg).InfoCode != dns.ExtendedErrorCodeNoReachableAuthority) {
+					t.Errorf("EDE %v, want 22", ede(a.msg))
+				}
+			}
+			if n != 2*perProto {
+				t.Errorf("%d answers, want %d", n, 2*perProto)
+			}
+			if err := ts.Alive(); !errors.Is(err, ErrShutdown) {
+				t.Errorf("Alive after Shutdown = %v, want ErrShutdown", err)
+			}
+		})
+	}
+}
+
+func TestAlive(t *testing.T) {
+	s := newUnstarted(t, Options{BindAddrs: []netip.Addr{loopback4}, BindExplicit: true})
+	if err := s.Alive(); !errors.Is(err, ErrNotStarted) {
+		t.Fatalf("Alive before Start = %v", err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Alive(); err != nil {
+		t.Fatalf("Alive while serving = %v", err)
+	}
+	if err := s.Start(); !errors.Is(err, ErrStarted) {
+		t.Fatalf("second Start = %v", err)
+	}
+	if err := s.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Alive(); !errors.Is(err, ErrShutdown) {
+		t.Fatalf("Alive after Shutdown = %v", err)
+	}
+	if err := s.Shutdown(context.Background()); !errors.Is(err, ErrShutdown) {
+		t.Fatalf("second Shutdown = %v", err)
+	}
+}

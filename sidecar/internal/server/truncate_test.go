@@ -1,0 +1,92 @@
+package server
+
+import (
+	"testing"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// TestTruncation checks that UDP answers never exceed what the client can
+// take, that cut answers carry TC (and their OPT record for EDNS queries),
+// and that the same question over TCP then gets the whole answer.
+func TestTruncation(t *testing.T) {
+	ts := startServer(t, Options{UDPMaxSize: 1232})
+	udp, tcp := ts.addr(t, "udp", loopback4), ts.addr(t, "tcp", loopback4)
+	tests := []struct {
+		name      string
+		qname     string
+		edns      uint16 // 0: no OPT
+		wantLimit int
+		wantTC    bool
+	}{
+		{name: "no EDNS: 512", qname: "big.example.", wantLimit: 512, wantTC: true},
+		{name: "EDNS 4096 capped by UDPMaxSize", qname: "big.example.", edns: 4096, wantLimit: 1232, wantTC: true},
+		{name: "EDNS below 512 counts as 512", qname: "big.example.", edns: 100, wantLimit: 512, wantTC: true},
+		{name: "EDNS 1000 honoured", qname: "big.example.", edns: 1000, wantLimit: 1000, wantTC: true},
+		{name: "60 KB answer", qname: "huge.example.", edns: 4096, wantLimit: 1232, wantTC: true},
+		{name: "small answer untouched", qname: "www.example.", edns: 1232, wantLimit: 1232},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			q := newQuery(tt.qname, dns.TypeTXT)
+			if tt.edns != 0 {
+				q.SetEdns0(tt.edns, false)
+			}
+			before := testutil.ToFloat64(ts.m.truncated[protoUDP])
+			r, raw := ask(t, "udp", udp, q)
+			if len(raw) > tt.wantLimit {
+				t.Errorf("UDP answer of %d bytes, limit %d", len(raw), tt.wantLimit)
+			}
+			if r.Truncated != tt.wantTC {
+				t.Errorf("TC=%v, want %v", r.Truncated, tt.wantTC)
+			}
+			if r.Id != q.Id || r.Rcode != dns.RcodeSuccess || len(r.Question) != 1 {
+				t.Errorf("truncated answer header %v question %v", r.MsgHdr, r.Question)
+			}
+			if (tt.edns != 0) != (r.IsEdns0() != nil) {
+				t.Errorf("OPT in answer: %v, want %v", r.IsEdns0() != nil, tt.edns != 0)
+			}
+			wantCount := before
+			if tt.wantTC {
+				wantCount++
+			}
+			if got := testutil.ToFloat64(ts.m.truncated[protoUDP]); got != wantCount {
+				t.Errorf("truncated_total{proto=udp} = %v, want %v", got, wantCount)
+			}
+
+			whole, raw := ask(t, "tcp", tcp, q)
+			if whole.Truncated || whole.Id != q.Id {
+				t.Errorf("TCP answer header %v", whole.MsgHdr)
+			}
+			if tt.wantTC && (len(whole.Answer) <= len(r.Answer) || len(raw) <= tt.wantLimit) {
+				t.Errorf("TCP answer has %d records in %d bytes, UDP had %d: want the whole answer", len(whole.Answer), len(raw), len(r.Answer))
+			}
+			if (tt.edns != 0) != (whole.IsEdns0() != nil) {
+				t.Errorf("OPT in TCP answer: %v, want %v", whole.IsEdns0() != nil, tt.edns != 0)
+			}
+		})
+	}
+}
+
+// TestTruncateFallback covers answers that cannot be cut record by record:
+// the client still gets TC and its question.
+func TestTruncateFallback(t *testing.T) {
+	s := newUnstarted(t, Options{})
+	q := ednsQuery("x.example.", dns.TypeA, 1232)
+	qb, _ := q.Pack()
+	// An answer miekg/dns cannot decode: cut in the middle of a record.
+	r := new(dns.Msg)
+	r.SetReply(q)
+	r.Answer = []dns.RR{&dns.TXT{Hdr: dns.RR_Header{Name: "x.example.", Rrtype: dns.TypeTXT, Class: dns.ClassINET}, Txt: []string{string(make([]byte, 250)), string(make([]byte, 250)), string(make([]byte, 250))}}}
+	rb, _ := r.Pack()
+	qm := mustParse(t, qb)
+	out := s.truncate(qb, &qm, rb[:600], dns.RcodeSuccess, 512)
+	got := new(dns.Msg)
+	if err := got.Unpack(out); err != nil {
+		t.Fatalf("fallback answer does not unpack: %v", err)
+	}
+	if !got.Truncated || got.Id != q.Id || len(got.Question) != 1 || got.IsEdns0() == nil || len(out) > 512 {
+		t.Fatalf("fallback answer %v (%d bytes), want TC, the question and OPT", got, len(out))
+	}
+}
