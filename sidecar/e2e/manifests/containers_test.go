@@ -183,6 +183,9 @@ func TestSidecarContainer(t *testing.T) {
 			if c.Image != projectImage {
 				t.Errorf("%s: image %q, want %q", where, c.Image, projectImage)
 			}
+			if len(c.Command) != 1 {
+				t.Fatalf("%s: command %v, want the image's entrypoint alone", where, c.Command)
+			}
 			restricted(t, where, c, false)
 			limited(t, where, c)
 			cfg := loadSettings(t, p.env(t, c))
