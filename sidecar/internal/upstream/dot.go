@@ -87,6 +87,8 @@ type DoT struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // every goroutine this DoT started
 
+	lastTLSWarn atomic.Int64 // unix nanos of the last TLS failure logged at Warn
+
 	active atomic.Pointer[[]*conn] // usable connections, copy-on-write under mu
 	total  atomic.Int32            // open (active or draining) plus dialing: never above PoolSize
 
@@ -183,7 +185,9 @@ func (d *DoT) Exchange(ctx context.Context, query []byte) ([]byte, error) {
 	// Every path out of exchange has taken req's result or withdrawn req, so
 	// its channel is empty and no connection refers to it.
 	req.query = nil
-	reqPool.Put(req)
+	if len(req.done) == 0 { // always, by the protocol above; a stale answer must never reach another query
+		reqPool.Put(req)
+	}
 	return msg, err
 }
 

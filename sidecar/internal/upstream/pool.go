@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -125,7 +126,7 @@ func (d *DoT) runDial(dl *dialState) {
 	defer d.wg.Done()
 	c, err := d.dial()
 	if err != nil {
-		d.log.Debug("dialing upstream failed", "upstream", d.name, "error", err)
+		d.logDialError(err)
 	} else {
 		c.start()
 	}
@@ -153,6 +154,22 @@ func (d *DoT) runDial(dl *dialState) {
 	if err == nil && closed {
 		c.shutdown(ErrClosed, true)
 	}
+}
+
+// tlsWarnEvery limits Warn logs of certificate and pin failures, which
+// repeat with every dial while the upstream or the trust is wrong.
+const tlsWarnEvery = 10 * time.Second
+
+func (d *DoT) logDialError(err error) {
+	if errors.Is(err, ErrTLS) {
+		now := time.Now().UnixNano()
+		last := d.lastTLSWarn.Load()
+		if now-last >= int64(tlsWarnEvery) && d.lastTLSWarn.CompareAndSwap(last, now) {
+			d.log.Warn("upstream certificate rejected", "upstream", d.name, "error", err)
+			return
+		}
+	}
+	d.log.Debug("dialing upstream failed", "upstream", d.name, "error", err)
 }
 
 func tlsVersion(v uint16) string {
