@@ -88,18 +88,18 @@ type DoT struct {
 	wg     sync.WaitGroup // every goroutine this DoT started
 
 	lastTLSWarn atomic.Int64 // unix nanos of the last TLS failure logged at Warn
+	noGrowUntil atomic.Int64 // unix nanos: after a failed dial, no dial merely to spread load
 
 	active atomic.Pointer[[]*conn] // usable connections, copy-on-write under mu
 	total  atomic.Int32            // open (active or draining) plus dialing: never above PoolSize
 
 	// mu guards the fields below. Lock order: mu before a conn's mu, never
 	// the reverse (a conn's mu is a leaf).
-	mu          sync.Mutex
-	draining    []*conn
-	dialing     *dialState    // the one dial in progress, shared by every query that waits
-	changed     chan struct{} // closed and replaced whenever the pool changes
-	noGrowUntil time.Time     // after a failed dial, do not dial merely to spread load
-	closed      bool
+	mu       sync.Mutex
+	draining []*conn
+	dialing  *dialState    // the one dial in progress, shared by every query that waits
+	changed  chan struct{} // closed and replaced whenever the pool changes
+	closed   bool
 }
 
 var _ Upstream = (*DoT)(nil)
@@ -194,21 +194,20 @@ func (d *DoT) Exchange(ctx context.Context, query []byte) ([]byte, error) {
 func (d *DoT) exchange(ctx context.Context, req *request) ([]byte, error) {
 	start := time.Now()
 	for attempt := 1; ; attempt++ {
-		sent := start
-		if attempt > 1 {
-			sent = time.Now()
-		}
 		c, err := d.acquire(ctx, req)
 		if err != nil {
 			return nil, err
 		}
-		msg, err := d.await(ctx, c, req, sent)
+		msg, err := d.await(ctx, c, req, time.Now())
 		if err == nil {
 			d.m.observe(rcode(msg), time.Since(start).Seconds())
 			return msg, nil
 		}
-		if !errors.Is(err, ErrConnClosed) || ctx.Err() != nil {
+		if !errors.Is(err, ErrConnClosed) {
 			return nil, err
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("no answer from %s: %w (%w)", d.name, ctx.Err(), err)
 		}
 		if attempt >= maxAttempts {
 			return nil, fmt.Errorf("giving up on %s after %d sends: %w", d.name, attempt, err)

@@ -106,8 +106,11 @@ func (d *DoT) activeConns() []*conn {
 
 // grow dials one more connection to spread load, if the pool has room.
 func (d *DoT) grow() {
+	if time.Now().UnixNano() < d.noGrowUntil.Load() {
+		return
+	}
 	d.mu.Lock()
-	if !d.closed && d.dialing == nil && int(d.total.Load()) < d.opts.PoolSize && time.Now().After(d.noGrowUntil) {
+	if !d.closed && d.dialing == nil && int(d.total.Load()) < d.opts.PoolSize {
 		d.startDialLocked()
 	}
 	d.mu.Unlock()
@@ -138,7 +141,7 @@ func (d *DoT) runDial(dl *dialState) {
 	case err != nil:
 		dl.err = err
 		d.total.Add(-1)
-		d.noGrowUntil = time.Now().Add(growBackoff)
+		d.noGrowUntil.Store(time.Now().Add(growBackoff).UnixNano())
 	case closed:
 		dl.err = ErrClosed // c still holds its slot; shutdown below frees it
 	case c.isDead():
