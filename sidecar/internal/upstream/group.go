@@ -16,13 +16,13 @@ import (
 type GroupOptions struct {
 	// Upstreams in configuration order; at least one.
 	Upstreams []Upstream
-	// Policy chooses where each query starts. Default Sequential.
+	// Policy chooses where each query goes first. Default Sequential.
 	Policy Policy
 	// MaxAttempts bounds the attempts one query makes across upstreams,
 	// first try included. Default 3.
 	MaxAttempts int
-	// BaseDelay is the first backoff between attempts; it grows
-	// exponentially with jitter. Default 10ms.
+	// BaseDelay is the first backoff between attempts; it doubles at each
+	// attempt, with ±50% jitter. Default 10ms.
 	BaseDelay time.Duration
 	// MaxFails consecutive transport failures mark an upstream down.
 	// Default 3.
@@ -39,16 +39,31 @@ type GroupOptions struct {
 	Metrics *Metrics
 }
 
+// minJudgedBudget: an attempt that timed out with less time than this to
+// begin with says little about the upstream (the query's deadline was all
+// but spent, by the client or by earlier attempts), so it is not counted
+// against it.
+const minJudgedBudget = 50 * time.Millisecond
+
 // Group sends each query to one of several upstreams, retries transport
 // failures on the next healthy one, and takes upstreams that keep failing out
 // of rotation until a background probe sees them answer again.
+//
+// What is retried: every failure to get an answer (dial refused, handshake
+// or verification failure, reset, timeout) except the query's own deadline
+// or cancellation, shutdown, and a query that cannot be sent at all. What is
+// final: any DNS answer, SERVFAIL and REFUSED included. One broken zone must
+// not look like a broken upstream, nor multiply load by retrying.
 type Group struct {
 	members []*member
 	opts    GroupOptions
+	log     *slog.Logger
 	rr      atomic.Uint64
 
 	ctx    context.Context // cancelled by Close; probes stop with it
 	cancel context.CancelFunc
+	mu     sync.Mutex // guards closed and probes.Add against Close
+	closed bool
 	probes sync.WaitGroup
 }
 
@@ -63,56 +78,46 @@ func NewGroup(opts GroupOptions) (*Group, error) {
 	if opts.Logger == nil || opts.Metrics == nil {
 		return nil, errors.New("upstream group needs a logger and metrics")
 	}
-	if opts.MaxAttempts <= 0 {
-		opts.MaxAttempts = 3
+	if opts.MaxAttempts < 0 || opts.BaseDelay < 0 || opts.MaxFails < 0 || opts.ProbeInterval < 0 || opts.ProbeTimeout < 0 {
+		return nil, errors.New("upstream group: negative attempts, fails or duration")
 	}
-	if opts.BaseDelay <= 0 {
-		opts.BaseDelay = 10 * time.Millisecond
-	}
-	if opts.MaxFails <= 0 {
-		opts.MaxFails = 3
-	}
-	if opts.ProbeInterval <= 0 {
-		opts.ProbeInterval = time.Second
-	}
-	if opts.ProbeTimeout <= 0 {
-		opts.ProbeTimeout = time.Second
-	}
-	g := &Group{opts: opts}
+	setDefault(&opts.MaxAttempts, 3)
+	setDefault(&opts.BaseDelay, 10*time.Millisecond)
+	setDefault(&opts.MaxFails, 3)
+	setDefault(&opts.ProbeInterval, time.Second)
+	setDefault(&opts.ProbeTimeout, time.Second)
+	g := &Group{opts: opts, log: opts.Logger}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
+	seen := make(map[string]bool)
 	for _, u := range opts.Upstreams {
-		g.members = append(g.members, &member{up: u})
+		if seen[u.Name()] {
+			// Their series and logs would be indistinguishable.
+			return nil, fmt.Errorf("upstream %s listed twice", u.Name())
+		}
+		seen[u.Name()] = true
+		g.members = append(g.members, newMember(u, opts.Metrics))
 	}
 	return g, nil
 }
 
-// Name lists the members.
+// Name is the single upstream's name, or a summary of the group.
 func (g *Group) Name() string {
 	if len(g.members) == 1 {
-		return g.members[0].up.Name()
+		return g.members[0].name
 	}
 	return fmt.Sprintf("group(%d upstreams, %s)", len(g.members), g.opts.Policy)
 }
 
 // Healthy reports whether at least one upstream is up. Readiness uses it
 // when READY_REQUIRES_UPSTREAM is set.
-func (g *Group) Healthy() bool {
-	for _, m := range g.members {
-		if !m.down.Load() {
-			return true
-		}
-	}
-	return false
-}
+func (g *Group) Healthy() bool { return g.healthyCount() > 0 }
 
 // Exchange sends query to the upstream the policy picks and, on a transport
-// failure, to the next healthy one, with exponential backoff and jitter,
-// bounded by ctx's deadline and by MaxAttempts. Any DNS answer, SERVFAIL
-// included, is final: one broken zone must not look like a broken upstream.
+// failure, to the next healthy one after a backoff, bounded by ctx's
+// deadline and by MaxAttempts. When every upstream is down it fails at once
+// with ErrAllDown.
 func (g *Group) Exchange(ctx context.Context, query []byte) ([]byte, error) {
-	n := len(g.members)
-	first := g.opts.Policy.start(n, &g.rr)
-	idx := g.nextHealthy(first, n)
+	idx := g.first()
 	if idx < 0 {
 		return nil, ErrAllDown
 	}
@@ -124,18 +129,34 @@ func (g *Group) Exchange(ctx context.Context, query []byte) ([]byte, error) {
 	}
 
 	lastErr, attempts, prev := err, 1, idx
-	b := retry.WithMaxRetries(uint64(g.opts.MaxAttempts-1),
+	var b retry.Backoff = retry.WithMaxRetries(uint64(g.opts.MaxAttempts-1),
 		retry.WithJitterPercent(50, retry.NewExponential(g.opts.BaseDelay)))
+	if dl, ok := ctx.Deadline(); ok {
+		b = untilDeadline(dl, b)
+	}
+	// DoValue calls its function at once; the first retry must back off
+	// like the others, so its wait happens here.
+	wait, stop := b.Next()
+	if stop {
+		return nil, err
+	}
+	if !sleepCtx(ctx, wait) {
+		return nil, fmt.Errorf("%w (last error: %w)", ctx.Err(), err)
+	}
 	resp, err = retry.DoValue(ctx, b, func(ctx context.Context) ([]byte, error) {
-		attempts++
-		next := g.nextHealthy((prev+1)%n, n)
+		next := g.nextHealthy(prev + 1)
 		if next < 0 {
-			// Everyone went down under us; the last transport error says why.
-			return nil, lastErr
+			// Everyone went down under us; the last failure says why.
+			return nil, fmt.Errorf("%w (last error: %w)", ErrAllDown, lastErr)
 		}
-		g.opts.Metrics.Retries.WithLabelValues(g.members[next].up.Name()).Inc()
+		attempts++
+		to := g.members[next]
+		to.retries.Inc()
 		if next != prev {
-			g.opts.Metrics.Failovers.WithLabelValues(g.members[prev].up.Name()).Inc()
+			g.members[prev].failovers.Inc()
+		}
+		if g.log.Enabled(ctx, slog.LevelDebug) {
+			g.log.Debug("retrying query", "from", g.members[prev].name, "to", to.name, "attempt", attempts, "err", lastErr)
 		}
 		prev = next
 		r, err := g.attempt(ctx, query, next, attempts)
@@ -147,38 +168,70 @@ func (g *Group) Exchange(ctx context.Context, query []byte) ([]byte, error) {
 		}
 		return r, err
 	})
-	if err != nil && ctx.Err() != nil && !errors.Is(lastErr, ctx.Err()) {
+	if err != nil && ctx.Err() != nil && !errors.Is(err, lastErr) {
 		// The deadline ran out while backing off: report what went wrong,
-		// which decides the Extended DNS Error, not the bare deadline.
-		return nil, fmt.Errorf("%w (last attempt: %w)", ctx.Err(), lastErr)
+		// which decides the Extended DNS Error, along with the deadline.
+		return nil, fmt.Errorf("%w (last error: %w)", err, lastErr)
 	}
 	return resp, err
+}
+
+// untilDeadline stops the retries when the next backoff would end past dl:
+// failing now beats failing the same way at the deadline.
+func untilDeadline(dl time.Time, next retry.Backoff) retry.Backoff {
+	return retry.BackoffFunc(func() (time.Duration, bool) {
+		d, stop := next.Next()
+		if stop || time.Until(dl) <= d {
+			return 0, true
+		}
+		return d, false
+	})
+}
+
+// sleepCtx waits for d or until ctx is done; it reports whether d passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // attempt sends one try to member idx and keeps its health accounting.
 func (g *Group) attempt(ctx context.Context, query []byte, idx, attempt int) ([]byte, error) {
 	m := g.members[idx]
-	actx := ctx
-	if attempt < g.opts.MaxAttempts && g.healthyCount() > 1 {
-		// With somewhere else to go, one silent upstream may take only half
-		// of what is left, so a retry can still answer before the deadline.
-		if dl, ok := ctx.Deadline(); ok {
+	actx, budget := ctx, time.Duration(-1)
+	if dl, ok := ctx.Deadline(); ok {
+		budget = time.Until(dl)
+		if attempt < g.opts.MaxAttempts && g.healthyCount() > 1 {
+			// With somewhere else to go, one silent upstream may take only
+			// half of what is left, so that a retry can still answer before
+			// the deadline: a black-holed upstream costs a query at most
+			// half its deadline, and never the whole of it.
+			budget /= 2
 			var cancel context.CancelFunc
-			actx, cancel = context.WithDeadline(ctx, time.Now().Add(time.Until(dl)/2))
+			actx, cancel = context.WithTimeout(ctx, budget)
 			defer cancel()
 		}
 	}
+	started := time.Now()
 	resp, err := m.up.Exchange(actx, query)
 	switch {
 	case err == nil:
-		m.fails.Store(0)
-	case errors.Is(err, ErrConnClosed), errors.Is(err, ErrClosed):
-		// The upstream closed a pooled connection (normal, RFC 7858 §3.4) or
-		// we are shutting down: nothing to hold against it.
-	case ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded):
-		// The client went away; the upstream did nothing wrong.
+		g.succeeded(m)
+	case errors.Is(err, ErrConnClosed), errors.Is(err, ErrClosed), errors.Is(err, ErrBadQuery):
+		// Connections the upstream closed under the query (normal, RFC 7858
+		// §3.4; the DoT has resent on fresh ones already), shutdown, or a
+		// query nothing could be sent for: nothing to hold against it.
+	case errors.Is(ctx.Err(), context.Canceled):
+		// The client went away, or we are shutting down.
+	case errors.Is(err, context.DeadlineExceeded) && budget >= 0 && budget < minJudgedBudget:
+		// No fair chance to answer.
 	default:
-		g.failed(m, err)
+		g.failed(m, err, started)
 	}
 	return resp, err
 }
@@ -186,10 +239,7 @@ func (g *Group) attempt(ctx context.Context, query []byte, idx, attempt int) ([]
 // retryable tells transport failures, worth another upstream, from
 // outcomes that another attempt cannot change.
 func retryable(ctx context.Context, err error) bool {
-	if ctx.Err() != nil || errors.Is(err, ErrClosed) {
-		return false
-	}
-	return true
+	return ctx.Err() == nil && !errors.Is(err, ErrClosed) && !errors.Is(err, ErrBadQuery)
 }
 
 func (g *Group) healthyCount() int {
@@ -202,10 +252,31 @@ func (g *Group) healthyCount() int {
 	return n
 }
 
+// first returns the member a new query goes to, or -1 when all are down.
+func (g *Group) first() int {
+	healthy := g.healthyCount()
+	if healthy == 0 {
+		return -1
+	}
+	r := g.opts.Policy.rank(healthy, &g.rr)
+	for i, m := range g.members {
+		if m.down.Load() {
+			continue
+		}
+		if r == 0 {
+			return i
+		}
+		r--
+	}
+	// Members went down since they were counted: take any that is up.
+	return g.nextHealthy(0)
+}
+
 // nextHealthy returns the first member at or after from (wrapping) that is
 // up, or -1.
-func (g *Group) nextHealthy(from, n int) int {
-	for i := 0; i < n; i++ {
+func (g *Group) nextHealthy(from int) int {
+	n := len(g.members)
+	for i := range n {
 		j := (from + i) % n
 		if !g.members[j].down.Load() {
 			return j
@@ -214,14 +285,35 @@ func (g *Group) nextHealthy(from, n int) int {
 	return -1
 }
 
+// Reverify has every member that keeps verified connections (a DoT) check
+// them against the Trust as it is now, retiring those that no longer pass.
+// It returns how many were retired. The trust reloader calls it after each
+// change it applies.
+func (g *Group) Reverify() int {
+	n := 0
+	for _, m := range g.members {
+		if r, ok := m.up.(interface{ Reverify() int }); ok {
+			n += r.Reverify()
+		}
+	}
+	return n
+}
+
 // Close stops the probes and closes every member.
 func (g *Group) Close() error {
+	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		return nil
+	}
+	g.closed = true
+	g.mu.Unlock()
 	g.cancel()
 	g.probes.Wait()
 	var errs []error
 	for _, m := range g.members {
 		if err := m.up.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("closing %s: %w", m.up.Name(), err))
+			errs = append(errs, fmt.Errorf("closing %s: %w", m.name, err))
 		}
 	}
 	return errors.Join(errs...)

@@ -2,77 +2,186 @@ package upstream
 
 import (
 	"context"
+	"errors"
+	"reflect"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sethvargo/go-retry"
 )
 
 // member is one upstream of a Group with its health.
+//
+// An upstream is up until HEALTH_MAX_FAILS transport failures in a row mark
+// it down. Queries then skip it, and one background probe per upstream asks
+// it "NS ." with a backoff capped at ProbeInterval until it answers; any
+// answer, or an answer to a query still in flight on it, puts it back.
 type member struct {
-	up      Upstream
-	fails   atomic.Int32 // consecutive transport failures
-	down    atomic.Bool
-	probing atomic.Bool // at most one probe per upstream
+	up   Upstream
+	name string
+
+	down  atomic.Bool  // read lock-free on every query
+	fails atomic.Int32 // consecutive counted failures
+
+	// mu guards the fields below and every change of down, so that the
+	// health gauge and the probe always follow the last transition.
+	mu         sync.Mutex
+	probing    bool      // at most one probe per upstream
+	lastErr    error     // the last failure counted
+	lastFailAt time.Time // when it was counted
+
+	retries, failovers, hcFailures prometheus.Counter
+	state                          prometheus.Gauge
 }
 
-// failed counts a transport failure and, at MaxFails in a row, takes the
-// upstream out of rotation and starts probing it.
-func (g *Group) failed(m *member, err error) {
-	if int(m.fails.Add(1)) < g.opts.MaxFails || m.down.Swap(true) {
-		return
+func newMember(u Upstream, m *Metrics) *member {
+	name := u.Name()
+	// Init makes every series of the upstream exist at zero (health_state at
+	// 1); a DoT has done so already, another Upstream may not have.
+	m.Init(name)
+	return &member{
+		up:         u,
+		name:       name,
+		retries:    m.Retries.WithLabelValues(name),
+		failovers:  m.Failovers.WithLabelValues(name),
+		hcFailures: m.HealthCheckFailures.WithLabelValues(name),
+		state:      m.HealthState.WithLabelValues(name),
 	}
-	name := m.up.Name()
-	g.opts.Metrics.HealthState.WithLabelValues(name).Set(0)
-	g.opts.Logger.Warn("upstream marked down", "upstream", name, "consecutive_failures", m.fails.Load(), "err", err)
-	if m.probing.Swap(true) {
-		return
-	}
-	g.probes.Add(1)
-	go g.probe(m)
 }
 
-// probe sends "NS ." until the upstream answers, backing off up to
-// ProbeInterval, then puts it back. Any well-formed answer counts: the probe
-// asks whether the upstream is reachable, not whether the root zone resolves.
+// succeeded records an answer: the failure streak ends and, should the
+// upstream have been marked down meanwhile, it is back (it just answered).
+func (g *Group) succeeded(m *member) {
+	if m.fails.Load() != 0 { // keep the common case free of shared writes
+		m.fails.Store(0)
+	}
+	if m.down.Load() {
+		m.mu.Lock()
+		g.markUpLocked(m, "answered a query")
+		m.mu.Unlock()
+	}
+}
+
+// failed counts a transport failure of an attempt begun at started and, at
+// MaxFails in a row, marks the upstream down and starts probing it.
+//
+// A DoT hands the error of one failed dial to every query that was waiting
+// for that dial. That is one observation of the upstream, not one per
+// query: otherwise a single refused or timed-out dial under load would mark
+// an upstream down at once, and with one upstream turn a blip into SERVFAIL
+// for everyone. So the same error value, seen by an attempt begun before it
+// was counted, is not counted again. Timeouts are each query's own
+// observation and each count: an upstream that lets every query time out
+// under load is down, and must leave the rotation quickly.
+func (g *Group) failed(m *member, err error, started time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if sameError(err, m.lastErr) && started.Before(m.lastFailAt) {
+		return
+	}
+	m.lastErr, m.lastFailAt = err, time.Now()
+	n := m.fails.Add(1)
+	if int(n) < g.opts.MaxFails || m.down.Load() {
+		return
+	}
+	m.down.Store(true)
+	m.state.Set(0)
+	g.log.Warn("upstream marked down", "upstream", m.name, "consecutive_failures", n, "err", err)
+	if m.probing {
+		return
+	}
+	g.mu.Lock()
+	if !g.closed {
+		m.probing = true
+		g.probes.Add(1)
+		go g.probe(m)
+	}
+	g.mu.Unlock()
+}
+
+// sameError reports whether a and b are the very same error value. Only
+// pointers are compared: == on an interface holding an uncomparable value
+// would panic, and two equal values of a non-pointer type are not
+// necessarily one event.
+func sameError(a, b error) bool {
+	if a == nil || b == nil {
+		return false
+	}
+	return reflect.TypeOf(a).Kind() == reflect.Pointer && a == b
+}
+
+// markUpLocked puts m back into rotation. Called with m.mu held.
+func (g *Group) markUpLocked(m *member, why string) {
+	if !m.down.Load() {
+		return
+	}
+	m.fails.Store(0)
+	m.lastErr = nil
+	m.down.Store(false)
+	m.state.Set(1)
+	g.log.Info("upstream is back", "upstream", m.name, "because", why)
+}
+
+// probe sends "NS ." until the upstream answers, backing off exponentially
+// with jitter from ProbeInterval/8 up to ProbeInterval, then puts it back.
+// Any well-formed answer counts, whatever its rcode: the probe asks whether
+// the upstream is reachable, not whether the root zone resolves. Once the
+// backoff has reached its cap, an upstream that returns is seen within
+// ProbeInterval plus one round trip, and the probe leaves a verified
+// connection in its pool for the first query.
 func (g *Group) probe(m *member) {
 	defer g.probes.Done()
-	defer m.probing.Store(false)
-	name := m.up.Name()
 	b := retry.WithCappedDuration(g.opts.ProbeInterval,
-		retry.WithJitterPercent(20, retry.NewExponential(g.opts.ProbeInterval/8)))
+		retry.WithJitterPercent(20, retry.NewExponential(max(g.opts.ProbeInterval/8, time.Millisecond))))
+	t := time.NewTimer(0)
+	defer t.Stop()
+	<-t.C
 	for {
 		wait, _ := b.Next()
-		t := time.NewTimer(wait)
+		t.Reset(wait)
 		select {
 		case <-g.ctx.Done():
-			t.Stop()
+			g.stopProbing(m)
 			return
 		case <-t.C:
 		}
 		ctx, cancel := context.WithTimeout(g.ctx, g.opts.ProbeTimeout)
 		_, err := m.up.Exchange(ctx, probeQuery())
 		cancel()
-		if g.ctx.Err() != nil {
+		if g.ctx.Err() != nil || errors.Is(err, ErrClosed) {
+			g.stopProbing(m)
 			return
 		}
-		if err == nil {
-			m.fails.Store(0)
-			m.down.Store(false)
-			g.opts.Metrics.HealthState.WithLabelValues(name).Set(1)
-			g.opts.Logger.Info("upstream is back", "upstream", name)
+		m.mu.Lock()
+		if err == nil || !m.down.Load() {
+			// Answered, or a query's answer already brought it back.
+			if err == nil {
+				g.markUpLocked(m, "answered a health probe")
+			}
+			m.probing = false
+			m.mu.Unlock()
 			return
 		}
-		g.opts.Metrics.HealthCheckFailures.WithLabelValues(name).Inc()
-		g.opts.Logger.Debug("health probe failed", "upstream", name, "err", err)
+		m.mu.Unlock()
+		m.hcFailures.Inc()
+		g.log.Debug("health probe failed", "upstream", m.name, "err", err)
 	}
+}
+
+func (g *Group) stopProbing(m *member) {
+	m.mu.Lock()
+	m.probing = false
+	m.mu.Unlock()
 }
 
 func probeQuery() []byte {
 	m := new(dns.Msg)
 	m.SetQuestion(".", dns.TypeNS)
 	m.Id = dns.Id()
+	m.RecursionDesired = true
 	b, err := m.Pack()
 	if err != nil {
 		panic(err) // a fixed, valid message always packs

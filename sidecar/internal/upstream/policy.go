@@ -6,18 +6,19 @@ import (
 	"sync/atomic"
 )
 
-// Policy orders the upstreams a query tries. The first is where the query
-// goes; the rest, in order, are where its retries go.
+// Policy chooses the healthy upstream a query goes to first. Retries then
+// go to the next healthy upstream in configuration order.
 type Policy int
 
 const (
 	// Sequential always prefers the first healthy upstream in configuration
-	// order: a deterministic primary keeps latency and debugging predictable,
-	// and the others take over only while it is down.
+	// order: a deterministic primary keeps latency and debugging predictable
+	// (one server answers and caches everything, the TLS connections stay
+	// warm on it), and the others take over only while it is down.
 	Sequential Policy = iota
-	// RoundRobin spreads queries over all healthy upstreams in turn.
+	// RoundRobin spreads queries evenly over the healthy upstreams in turn.
 	RoundRobin
-	// Random starts each query at a random healthy upstream.
+	// Random sends each query to a healthy upstream chosen at random.
 	Random
 )
 
@@ -46,16 +47,20 @@ func (p Policy) String() string {
 	return fmt.Sprintf("Policy(%d)", int(p))
 }
 
-// start returns the index a query's first attempt begins at.
-func (p Policy) start(n int, rr *atomic.Uint64) int {
-	if n <= 1 {
+// rank returns which of the healthy upstreams (0 ≤ rank < healthy, in
+// configuration order) a query goes to first. Choosing among the healthy
+// ones only, rather than starting at any upstream and skipping down ones,
+// keeps round_robin and random even: the upstream after a down one would
+// otherwise take its share too.
+func (p Policy) rank(healthy int, rr *atomic.Uint64) int {
+	if healthy <= 1 {
 		return 0
 	}
 	switch p {
 	case RoundRobin:
-		return int(rr.Add(1) % uint64(n))
+		return int((rr.Add(1) - 1) % uint64(healthy))
 	case Random:
-		return rand.IntN(n)
+		return rand.IntN(healthy)
 	}
 	return 0
 }

@@ -1,0 +1,221 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Once every upstream is marked down, queries fail at once with ErrAllDown
+// (the server answers SERVFAIL with EDE 22), never a hang until the
+// deadline.
+func TestGroupAllDownFast(t *testing.T) {
+	r := newRig(t, 2, GroupOptions{}, nil)
+	r.ups[0].gate.kill()
+	r.ups[1].gate.kill()
+	r.driveDown(0, 5*time.Second, false)
+	r.driveDown(1, 5*time.Second, false)
+	if r.g.Healthy() {
+		t.Fatal("Healthy() with every upstream down")
+	}
+	var took []time.Duration
+	for i := range 50 {
+		start := time.Now()
+		_, _, err := r.query(ctxTimeout(t, 2*time.Second), fmt.Sprintf("x%d.example.", i))
+		took = append(took, time.Since(start))
+		if !errors.Is(err, ErrAllDown) {
+			t.Fatalf("query %d: error %v, want ErrAllDown", i, err)
+		}
+	}
+	slices.Sort(took)
+	t.Logf("all down: median %s, slowest %s", took[len(took)/2], took[len(took)-1])
+	if slowest := took[len(took)-1]; slowest > 500*time.Millisecond {
+		t.Errorf("slowest all-down answer took %s, want ≤ 500ms", slowest)
+	}
+	for i := range r.ups {
+		if r.health(i) != 0 {
+			t.Errorf("health_state{upstream %d} = %v, want 0", i, r.health(i))
+		}
+	}
+}
+
+// BenchmarkGroupAllDown measures what a query costs the Group when every
+// upstream is down: the time to ErrAllDown.
+func BenchmarkGroupAllDown(b *testing.B) {
+	r := newRig(b, 2, GroupOptions{}, nil)
+	r.ups[0].gate.kill()
+	r.ups[1].gate.kill()
+	r.driveDown(0, 5*time.Second, false)
+	r.driveDown(1, 5*time.Second, false)
+	q := packQuery(b, "bench.example.", 1)
+	ctx := ctxTimeout(b, time.Minute)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := r.g.Exchange(ctx, q); !errors.Is(err, ErrAllDown) {
+			b.Fatalf("error %v, want ErrAllDown", err)
+		}
+	}
+}
+
+// A returning upstream is noticed by its probe within about a second
+// (HEALTH_CHECK_INTERVAL, 1s), and the first query after that is answered
+// by it, both when another upstream served meanwhile and when all were down.
+func TestGroupRecovery(t *testing.T) {
+	tests := []struct {
+		name string
+		n    int // upstreams; upstream 0 dies and returns, the others stay up
+	}{
+		{"one of two", 2},
+		{"all down", 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newRig(t, tt.n, GroupOptions{Policy: Sequential}, nil)
+			r.mustQuery(time.Second, "warm.example.")
+			r.ups[0].gate.kill()
+			r.driveDown(0, 5*time.Second, tt.n > 1)
+			// After three failed probes (waits of about 125, 250 and 500 ms)
+			// the backoff has reached its 1s cap: the slowest case.
+			eventually(t, 5*time.Second, "three failed probes", func() bool {
+				return r.counter(r.m.HealthCheckFailures, 0) >= 3
+			})
+			r.ups[0].gate.open(t)
+			back := time.Now()
+			for i := 0; ; i++ {
+				who, _, err := r.query(ctxTimeout(t, time.Second), fmt.Sprintf("r%d.example.", i))
+				if who == 0 {
+					break
+				}
+				switch {
+				case tt.n == 1 && !errors.Is(err, ErrAllDown):
+					t.Fatalf("while down: %v, %d; want ErrAllDown at once", err, who)
+				case tt.n > 1 && (err != nil || who != 1):
+					t.Fatalf("while down: answered by %d, err %v; want upstream 1", who, err)
+				}
+				if time.Since(back) > 3*time.Second {
+					t.Fatal("upstream 0 not back 3s after its return")
+				}
+				time.Sleep(5 * time.Millisecond) // polling interval
+			}
+			took := time.Since(back)
+			t.Logf("first query answered by the returning upstream %s after its return", took.Round(time.Millisecond))
+			if took > 1500*time.Millisecond {
+				t.Errorf("recovery took %s, want about a second (≤ 1.5s)", took)
+			}
+			if r.health(0) != 1 {
+				t.Error("health_state not back to 1")
+			}
+		})
+	}
+}
+
+// Many queries waiting for one dial that fails see one failure of the
+// upstream, not one each: a single failed dial under load must not mark an
+// upstream down. Three failed dials in a row do.
+func TestGroupSharedDialFailureCountsOnce(t *testing.T) {
+	r := newRig(t, 2, GroupOptions{Policy: Sequential}, func(i int, o *DoTOptions) {
+		o.DialTimeout = 150 * time.Millisecond
+	})
+	r.ups[0].srv.Behavior.BlackHole.Store(true)
+	wave := func(w int) {
+		t.Helper()
+		const n = 20
+		var wg sync.WaitGroup
+		errs := make(chan error, n)
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				// 2s deadline: the first attempt may take 1s, far more
+				// than the 150ms dial, so every query sees the dial fail.
+				who, _, err := r.query(ctxTimeout(t, 2*time.Second), fmt.Sprintf("w%d-%d.example.", w, i))
+				if err == nil && who != 1 {
+					err = fmt.Errorf("answered by upstream %d, want 1", who)
+				}
+				if err != nil {
+					errs <- err
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+	}
+	wave(0)
+	if got := r.g.members[0].fails.Load(); got != 1 || r.health(0) != 1 {
+		t.Fatalf("after one failed dial shared by 20 queries: %d failures counted, health %v; want 1 and up", got, r.health(0))
+	}
+	if got := r.counter(r.m.TLSHandshakeFailure, 0); got != 1 {
+		t.Fatalf("tls_handshake_failures_total = %v; the queries did not share one dial", got)
+	}
+	wave(1)
+	wave(2)
+	if r.health(0) != 0 {
+		t.Fatalf("not down after three failed dials in a row (%d counted)", r.g.members[0].fails.Load())
+	}
+}
+
+// One probe at a time: however many queries fail on a down upstream, the
+// probes that reach it come one after another.
+func TestGroupProbeSingleFlight(t *testing.T) {
+	const probeTimeout = 200 * time.Millisecond
+	r := newRig(t, 2, GroupOptions{Policy: Sequential, ProbeInterval: 20 * time.Millisecond, ProbeTimeout: probeTimeout}, nil)
+	r.mustQuery(time.Second, "warm.example.")
+	r.ups[0].silent.Store(true)
+	// Queries still in flight on the silent upstream when it is marked down
+	// fail after it, and each would start a probe if probes were not single.
+	var wg sync.WaitGroup
+	for i := range 30 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _, _ = r.query(ctxTimeout(t, 600*time.Millisecond), fmt.Sprintf("s%d.example.", i))
+		}()
+	}
+	wg.Wait()
+	if r.health(0) != 0 {
+		t.Fatal("silent upstream not marked down")
+	}
+	start, before := time.Now(), r.ups[0].nsQueries.Load()
+	const window = time.Second
+	eventually(t, 2*window, "the observation window", func() bool { return time.Since(start) >= window })
+	probes := r.ups[0].nsQueries.Load() - before
+	// Sequential probes each wait their timeout: at most window/timeout+1.
+	if limit := int64(window/probeTimeout) + 1; probes > limit || probes == 0 {
+		t.Errorf("%d probes reached the upstream in %s, want 1..%d", probes, window, limit)
+	}
+	t.Logf("%d probes in %s", probes, window)
+}
+
+// An answer from an upstream marked down (a query that was in flight on it)
+// puts it back at once, without waiting for the probe.
+func TestGroupAnswerBringsUpstreamBack(t *testing.T) {
+	r := newRig(t, 2, GroupOptions{Policy: Sequential, MaxFails: 1, ProbeInterval: time.Hour}, nil)
+	r.mustQuery(time.Second, "warm.example.")
+	r.ups[0].srv.Behavior.SetDelay(300 * time.Millisecond)
+	slow := make(chan int, 1)
+	go func() {
+		// Alone on upstream 0 with the whole deadline: it waits for the
+		// delayed answer.
+		who, _, _ := r.query(context.Background(), "slow.example.")
+		slow <- who
+	}()
+	eventually(t, time.Second, "the slow query to reach upstream 0", func() bool { return r.ups[0].srv.Queries() >= 2 })
+	// Mark upstream 0 down the way a failure would.
+	r.g.failed(r.g.members[0], errors.New("synthetic failure"), time.Now())
+	if r.health(0) != 0 {
+		t.Fatal("not marked down")
+	}
+	if who := <-slow; who != 0 {
+		t.Fatalf("slow query answered by %d, want 0", who)
+	}
+	if r.health(0) != 1 || r.g.members[0].down.Load() {
+		t.Error("an answer from the down upstream did not bring it back")
+	}
+}
