@@ -29,7 +29,7 @@ func (s *Server) canary(msg []byte, m *dnswire.Message) result {
 	// The client's spelling of the name is echoed, case included.
 	name, _, err := dns.UnpackDomainName(msg, m.QNameStart)
 	if err != nil {
-		return s.local(msg, m, dns.RcodeFormatError, 0, "")
+		return s.local(msg, m, dns.RcodeFormatError, noEDE, "")
 	}
 	r := new(dns.Msg)
 	r.Id = m.ID
@@ -49,7 +49,7 @@ func (s *Server) canary(msg []byte, m *dnswire.Message) result {
 	}
 	out, err := r.Pack()
 	if err != nil {
-		return s.local(msg, m, dns.RcodeServerFailure, 0, "")
+		return s.local(msg, m, dns.RcodeServerFailure, noEDE, "")
 	}
 	return result{reply: out, rcode: dns.RcodeSuccess}
 }

@@ -8,18 +8,26 @@ import (
 	"github.com/miekg/dns"
 )
 
+// errOverloaded: MaxInFlight queries were in flight when the query came.
+var errOverloaded = errors.New("too many queries in flight")
+
 // failure is the one place where an error from the upstream side becomes
 // what the client gets: always SERVFAIL, with the Extended DNS Error code
 // (RFC 8914) and text that go with it when the query carried EDNS.
 //
 // TLS failures, pins included, are 23 Network Error: the upstream was
-// reached but could not be trusted. Everything else (timeouts, unreachable
+// reached but could not be trusted. The sidecar's own overload is 0 Other.
+// Everything else (timeouts, unreachable
 // or all-down upstreams, connections lost, malformed answers, shutdown and
 // errors nobody foresaw) is 22 No Reachable Authority: no usable answer
 // could be had in time.
 func failure(err error) (rcode int, ede uint16, text string) {
 	rcode, ede = dns.RcodeServerFailure, dns.ExtendedErrorCodeNoReachableAuthority
 	switch {
+	case errors.Is(err, errOverloaded):
+		// The sidecar's own state, not the upstream's: no code of RFC 8914
+		// says "busy", so Other, with the reason in the text.
+		return rcode, dns.ExtendedErrorCodeOther, "sidecar overloaded"
 	case errors.Is(err, upstream.ErrPinMismatch):
 		return rcode, dns.ExtendedErrorCodeNetworkError, "upstream key not pinned"
 	case errors.Is(err, upstream.ErrTLS):

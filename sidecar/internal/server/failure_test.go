@@ -1,10 +1,13 @@
 package server
 
 import (
+	"fmt"
+	"net"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // TestFailures checks that every way the upstream can fail gives SERVFAIL,
@@ -67,5 +70,44 @@ func TestFailures(t *testing.T) {
 				})
 			}
 		}
+	}
+}
+
+// TestOverload fills MaxInFlight with held queries: further queries get
+// SERVFAIL at once (EDE 0, counted), the canary still answers, and service
+// resumes when the held queries are answered.
+func TestOverload(t *testing.T) {
+	ts := startServer(t, Options{MaxInFlight: 2, QueryTimeout: 10 * time.Second})
+	for i, network := range []string{"udp", "tcp"} {
+		c, err := net.Dial(network, ts.addr(t, network, loopback4).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := writeMsg(c, network, packed(t, newQuery(fmt.Sprintf("hold-%d.example.", i), dns.TypeA))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rel := &releaser{hs: ts.up.awaitHeld(t, 2)}
+	defer rel.all()
+	for i, network := range []string{"udp", "tcp"} {
+		addr := ts.addr(t, network, loopback4)
+		r, _ := ask(t, network, addr, ednsQuery("www.example.", dns.TypeA, 1232))
+		if e := ede(r); r.Rcode != dns.RcodeServerFailure || e == nil || e.InfoCode != dns.ExtendedErrorCodeOther {
+			t.Fatalf("%s while full: rcode %s EDE %v, want SERVFAIL with EDE 0", network, dns.RcodeToString[r.Rcode], e)
+		}
+		if got := testutil.ToFloat64(ts.m.overloaded); got != float64(i+1) {
+			t.Fatalf("overloaded_queries_total = %v, want %d", got, i+1)
+		}
+		r, _ = ask(t, network, addr, newQuery(CanaryName, dns.TypeTXT))
+		if len(r.Answer) != 1 {
+			t.Fatalf("%s: canary not answered while full: %v", network, r)
+		}
+	}
+	rel.all()
+	waitFor(t, "the held queries to finish", func() bool { return ts.inflight.Load() == 0 })
+	r, _ := ask(t, "udp", ts.addr(t, "udp", loopback4), newQuery("www.example.", dns.TypeA))
+	if r.Rcode != dns.RcodeSuccess {
+		t.Fatalf("after the load: %v", r.MsgHdr)
 	}
 }

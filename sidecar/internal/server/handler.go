@@ -36,7 +36,15 @@ type result struct {
 // answer decides the reply to one message received over p. It is the whole
 // protocol logic, free of sockets, so that the fuzz target and the
 // benchmark drive exactly what the listeners do.
-func (s *Server) answer(msg []byte, p proto) result {
+func (s *Server) answer(msg []byte, p proto) result { return s.decide(msg, p, nil) }
+
+// shed answers a message that came when the server was full: the protocol
+// rules and the canary as usual, but SERVFAIL instead of asking upstream.
+func (s *Server) shed(msg []byte, p proto) result { return s.decide(msg, p, errOverloaded) }
+
+// decide applies the protocol rules to msg, then asks the upstream, unless
+// refuse is set: then the query fails with it.
+func (s *Server) decide(msg []byte, p proto, refuse error) result {
 	m, perr := dnswire.Parse(msg)
 	switch {
 	case perr == dnswire.ErrShort:
@@ -45,15 +53,18 @@ func (s *Server) answer(msg []byte, p proto) result {
 		// Answering a response could start a loop between two servers.
 		return result{malformed: true}
 	case m.Opcode() != dns.OpcodeQuery:
-		return s.local(msg, &m, dns.RcodeNotImplemented, 0, "")
+		return s.local(msg, &m, dns.RcodeNotImplemented, noEDE, "")
 	case perr != nil, m.QDCount != 1:
-		r := s.local(msg, &m, dns.RcodeFormatError, 0, "")
+		r := s.local(msg, &m, dns.RcodeFormatError, noEDE, "")
 		r.malformed = true
 		return r
 	case m.HasOPT && m.Version > 0:
-		return s.local(msg, &m, dns.RcodeBadVers, 0, "")
+		return s.local(msg, &m, dns.RcodeBadVers, noEDE, "")
 	case isCanary(msg, &m):
 		return s.canary(msg, &m)
+	case refuse != nil:
+		s.m.overloaded.Inc()
+		return s.fail(msg, &m, refuse)
 	}
 	ctx, cancel := context.WithTimeout(s.base, s.opts.QueryTimeout)
 	resp, err := s.up.Exchange(ctx, msg[:m.End])
@@ -64,18 +75,22 @@ func (s *Server) answer(msg []byte, p proto) result {
 	return s.relay(msg, &m, resp, p)
 }
 
-// local builds a reply without records; ede 0 means no Extended DNS Error.
-func (s *Server) local(msg []byte, m *dnswire.Message, rcode int, ede uint16, text string) result {
+// noEDE tells local to add no Extended DNS Error.
+const noEDE = -1
+
+// local builds a reply without records, with an Extended DNS Error (ede,
+// text) unless ede is noEDE.
+func (s *Server) local(msg []byte, m *dnswire.Message, rcode int, ede int, text string) result {
 	var e *dnswire.EDNS
 	if m.HasOPT {
-		e = &dnswire.EDNS{UDPSize: uint16(s.opts.UDPMaxSize), DO: m.DO(), HasEDE: ede != 0, EDE: ede, EDEText: text}
+		e = &dnswire.EDNS{UDPSize: uint16(s.opts.UDPMaxSize), DO: m.DO(), HasEDE: ede != noEDE, EDE: uint16(ede), EDEText: text}
 	}
 	return result{reply: dnswire.AppendReply(make([]byte, 0, 64), msg, m, rcode, false, e), rcode: rcode}
 }
 
 func (s *Server) fail(msg []byte, m *dnswire.Message, err error) result {
 	rcode, ede, text := failure(err)
-	r := s.local(msg, m, rcode, ede, text)
+	r := s.local(msg, m, rcode, int(ede), text)
 	r.err = err
 	return r
 }

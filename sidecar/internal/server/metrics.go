@@ -22,12 +22,13 @@ var initRcodes = []int{
 const maxRcode = dns.RcodeBadCookie // highest code with a name of its own
 
 type metrics struct {
-	queries   *prometheus.CounterVec
-	byRcode   [numProtos][maxRcode + 1]prometheus.Counter // resolved once; nil: look up
-	duration  [numProtos]prometheus.Observer
-	truncated [numProtos]prometheus.Counter
-	refused   prometheus.Counter
-	malformed prometheus.Counter
+	queries    *prometheus.CounterVec
+	byRcode    [numProtos][maxRcode + 1]prometheus.Counter // resolved once; nil: look up
+	duration   [numProtos]prometheus.Observer
+	truncated  [numProtos]prometheus.Counter
+	refused    prometheus.Counter
+	malformed  prometheus.Counter
+	overloaded prometheus.Counter
 }
 
 // newMetrics builds the collectors on reg. The gauges read s's counters at
@@ -45,6 +46,10 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 		malformed: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: namespace, Subsystem: subsystem, Name: "malformed_queries_total",
 			Help: "Messages that were not well-formed queries (answered FORMERR, or dropped when no header could be read or QR was set).",
+		}),
+		overloaded: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: subsystem, Name: "overloaded_queries_total",
+			Help: "Queries answered SERVFAIL at once because the limit of queries in flight was reached.",
 		}),
 	}
 	duration := prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -65,7 +70,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 		}
 	}
 	collectors := []prometheus.Collector{
-		m.queries, duration, truncated, m.refused, m.malformed,
+		m.queries, duration, truncated, m.refused, m.malformed, m.overloaded,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: namespace, Subsystem: subsystem, Name: "tcp_connections_open",
 			Help: "TCP client connections open.",

@@ -46,6 +46,7 @@ const (
 	DefaultTCPIdleTimeout = 10 * time.Second
 	DefaultTCPMaxConns    = 1000
 	DefaultTCPMaxInFlight = 128
+	DefaultMaxInFlight    = 8192
 	DefaultProto          = "both"
 )
 
@@ -88,6 +89,13 @@ type Options struct {
 	// server stops reading from a connection at the limit. Zero means
 	// DefaultTCPMaxInFlight.
 	TCPMaxInFlight int
+
+	// MaxInFlight bounds the queries in flight over all listeners. A query
+	// over the limit is answered SERVFAIL at once rather than parked: with a
+	// black-holed upstream, every query would otherwise hold memory for the
+	// whole QueryTimeout, and a flood could grow the sidecar past its memory
+	// limit. Zero means DefaultMaxInFlight.
+	MaxInFlight int
 
 	// Logger is never nil. Per-query lines are logged at Debug only.
 	Logger *slog.Logger
@@ -137,8 +145,17 @@ type Server struct {
 	queries sync.WaitGroup // UDP queries being answered
 	connWG  sync.WaitGroup // TCP connections (each waits for its queries)
 
-	inflight atomic.Int64
+	inflight atomic.Int64 // queries read and not yet answered, both transports
 	tcpOpen  atomic.Int64
+}
+
+// admit counts a query in flight, or reports that MaxInFlight are already.
+func (s *Server) admit() bool {
+	if s.inflight.Add(1) > int64(s.opts.MaxInFlight) {
+		s.inflight.Add(-1)
+		return false
+	}
+	return true
 }
 
 // New checks opts, applies defaults and registers the metrics. It opens no
@@ -192,6 +209,7 @@ func New(opts Options) (*Server, error) {
 		{&opts.UDPMaxSize, DefaultUDPMaxSize, 512, "UDP max size"},
 		{&opts.TCPMaxConns, DefaultTCPMaxConns, 1, "TCP max connections"},
 		{&opts.TCPMaxInFlight, DefaultTCPMaxInFlight, 1, "TCP max in-flight queries"},
+		{&opts.MaxInFlight, DefaultMaxInFlight, 1, "max in-flight queries"},
 	}
 	for _, i := range ints {
 		if *i.v == 0 {
@@ -269,18 +287,18 @@ func (s *Server) Addrs() []net.Addr {
 	return out
 }
 
-// Alive reports, cheaply, whether every listener's loop is still running:
-// nil while serving, an error before Start, once Shutdown has begun, or when
-// a loop died. It never looks at upstream health.
+// Alive reports, cheaply, whether the listeners' loops work, for a liveness
+// probe: ErrNotStarted before Start, the error of a loop that died while it
+// should have been serving, nil otherwise. A deliberate Shutdown is not a
+// failure: failing liveness while in-flight queries drain could only get
+// the container killed before they are answered. It never looks at
+// upstream health.
 func (s *Server) Alive() error {
 	if err := s.loopErr.Load(); err != nil {
 		return *err
 	}
-	switch state(s.state.Load()) {
-	case stateNew:
+	if state(s.state.Load()) == stateNew {
 		return ErrNotStarted
-	case stateShutdown:
-		return ErrShutdown
 	}
 	return nil
 }
@@ -334,9 +352,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	select {
 	case <-drained:
 	case <-ctx.Done():
-		s.cancel()
-		<-drained
-		err = fmt.Errorf("shutdown cut in-flight queries short: %w", ctx.Err())
+		select {
+		case <-drained: // done just in time
+		default:
+			s.cancel()
+			<-drained
+			err = fmt.Errorf("shutdown cut in-flight queries short: %w", ctx.Err())
+		}
 	}
 	s.cancel()
 	s.mu.Lock()

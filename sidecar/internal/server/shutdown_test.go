@@ -101,8 +101,8 @@ func TestShutdown(t *testing.T) {
 			if n != 2*perProto {
 				t.Errorf("%d answers, want %d", n, 2*perProto)
 			}
-			if err := ts.Alive(); !errors.Is(err, ErrShutdown) {
-				t.Errorf("Alive after Shutdown = %v, want ErrShutdown", err)
+			if err := ts.Alive(); err != nil {
+				t.Errorf("Alive after a deliberate Shutdown = %v, want nil", err)
 			}
 		})
 	}
@@ -125,10 +125,28 @@ func TestAlive(t *testing.T) {
 	if err := s.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Alive(); !errors.Is(err, ErrShutdown) {
-		t.Fatalf("Alive after Shutdown = %v", err)
+	if err := s.Alive(); err != nil {
+		t.Fatalf("Alive after a deliberate Shutdown = %v", err)
 	}
 	if err := s.Shutdown(context.Background()); !errors.Is(err, ErrShutdown) {
 		t.Fatalf("second Shutdown = %v", err)
+	}
+}
+
+// TestAliveReportsDeadLoop closes a listener under the server's feet: its
+// loops stop, and Alive must say so.
+func TestAliveReportsDeadLoop(t *testing.T) {
+	for _, proto := range []string{"udp", "tcp"} {
+		t.Run(proto, func(t *testing.T) {
+			ts := startServer(t, Options{Proto: proto})
+			ts.mu.Lock()
+			if proto == "udp" {
+				_ = ts.udp[0].Close()
+			} else {
+				_ = ts.tcp[0].Close()
+			}
+			ts.mu.Unlock()
+			waitFor(t, "Alive to report the dead loop", func() bool { return ts.Alive() != nil })
+		})
 	}
 }

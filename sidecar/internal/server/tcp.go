@@ -159,9 +159,20 @@ func (c *tcpConn) serve() {
 			tcpMsgPool.Put(q)
 			return
 		}
+		if !c.s.admit() {
+			start := time.Now()
+			r := c.s.shed(msg, protoTCP)
+			c.s.m.done(protoTCP, start, &r)
+			if r.reply != nil {
+				c.write(r.reply)
+			}
+			c.s.logQuery(protoTCP, c.from, msg, start, &r)
+			tcpMsgPool.Put(q)
+			<-c.sem
+			continue
+		}
 		c.queries.Add(1)
 		c.inflight.Add(1)
-		c.s.inflight.Add(1)
 		go c.answer(q)
 	}
 }

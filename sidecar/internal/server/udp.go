@@ -57,10 +57,13 @@ func (s *Server) readUDP(c *net.UDPConn) {
 			s.m.malformed.Inc() // no header: nothing to answer
 			continue
 		}
+		if !s.admit() {
+			s.shedUDP(c, from, buf[:n])
+			continue
+		}
 		q := udpQueryPool.Get().(*udpQuery)
 		q.conn, q.from, q.msg = c, from, append(q.msg[:0], buf[:n]...)
 		s.queries.Add(1)
-		s.inflight.Add(1)
 		go s.serveUDP(q)
 	}
 }
@@ -83,6 +86,18 @@ func (s *Server) serveUDP(q *udpQuery) {
 		udpQueryPool.Put(q)
 	}
 	s.queries.Done()
+}
+
+// shedUDP answers, from the reader itself, a query that came when the server
+// was full: a local answer costs less than a goroutine.
+func (s *Server) shedUDP(c *net.UDPConn, from netip.AddrPort, msg []byte) {
+	start := time.Now()
+	r := s.shed(msg, protoUDP)
+	s.m.done(protoUDP, start, &r)
+	if r.reply != nil {
+		_, _ = c.WriteToUDPAddrPort(r.reply, from)
+	}
+	s.logQuery(protoUDP, from, msg, start, &r)
 }
 
 // logQuery writes the per-query line, at Debug only: at any other level it

@@ -1,0 +1,229 @@
+package server
+
+import (
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnstest"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/upstream"
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// These tests put the real DNS-over-TLS client (upstream.DoT) between the
+// server and an in-process DoT server (dnstest), as in production.
+
+// dotRig is a started server relaying to a dnstest DoT server.
+type dotRig struct {
+	*testServer
+	dot  *dnstest.Server
+	seen *seenOptions
+}
+
+// seenOptions records the EDNS options of the queries the DoT server gets.
+type seenOptions struct {
+	mu   sync.Mutex
+	opts map[string][]dns.EDNS0 // by lower-case query name
+}
+
+func (s *seenOptions) get(name string) []dns.EDNS0 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.opts[strings.ToLower(name)]
+}
+
+// startDoTRig starts a dnstest server answering like dnstest.DefaultHandler,
+// plus big TXT answers for names starting "big", a DoT client with one
+// connection toward it, and a server relaying to that client. mod adjusts
+// the DoT options (nil: trust the test CA, no pins).
+func startDoTRig(t *testing.T, opts Options, mod func(*dnstest.Server, *upstream.DoTOptions)) *dotRig {
+	t.Helper()
+	seen := &seenOptions{opts: map[string][]dns.EDNS0{}}
+	handler := func(q *dns.Msg) *dns.Msg {
+		r := dnstest.DefaultHandler(q)
+		if len(q.Question) != 1 {
+			return r
+		}
+		name := q.Question[0].Name
+		if opt := q.IsEdns0(); opt != nil {
+			seen.mu.Lock()
+			seen.opts[strings.ToLower(name)] = opt.Option
+			seen.mu.Unlock()
+		}
+		if strings.HasPrefix(strings.ToLower(name), "big") {
+			for i := range 40 {
+				r.Answer = append(r.Answer, &dns.TXT{
+					Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: 60},
+					Txt: []string{fmt.Sprintf("%03d-%s", i, strings.Repeat("y", 100))},
+				})
+			}
+		}
+		return r
+	}
+	ds := dnstest.New(t, dnstest.Options{Handler: handler})
+	dopts := upstream.DoTOptions{
+		Addr:       ds.Addr,
+		ServerName: ds.ServerName,
+		Trust:      upstream.NewTrust(ds.CAPool, nil),
+		PoolSize:   1,
+		Logger:     testLogger(t),
+		Metrics:    upstream.NewMetrics(prometheus.NewRegistry()),
+	}
+	if mod != nil {
+		mod(ds, &dopts)
+	}
+	d, err := upstream.NewDoT(dopts)
+	if err != nil {
+		t.Fatalf("NewDoT: %v", err)
+	}
+	t.Cleanup(func() { _ = d.Close() }) // runs after the server's Shutdown
+	opts.Upstream = d
+	return &dotRig{testServer: startServer(t, opts), dot: ds, seen: seen}
+}
+
+// TestDoTPipelinedReverse pipelines 100 queries on one client TCP
+// connection; the DoT server holds them until all 100 are in, then answers
+// last first. All must come back right, over one upstream connection.
+func TestDoTPipelinedReverse(t *testing.T) {
+	const n = 100
+	rig := startDoTRig(t, Options{QueryTimeout: 10 * time.Second, TCPMaxInFlight: n}, nil)
+	rig.dot.Behavior.ReverseBatch.Store(n)
+	c, err := net.Dial("tcp", rig.addr(t, "tcp", loopback4).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	names := map[uint16]string{}
+	var batch []byte
+	for i := range n {
+		q := newQuery(fmt.Sprintf("q%d.example.", i), dns.TypeA)
+		for names[q.Id] != "" { // IDs must tell the answers apart
+			q.Id = dns.Id()
+		}
+		names[q.Id] = q.Question[0].Name
+		b := packed(t, q)
+		batch = append(batch, byte(len(b)>>8), byte(len(b)))
+		batch = append(batch, b...)
+	}
+	if _, err := c.Write(batch); err != nil {
+		t.Fatal(err)
+	}
+	for got := range n {
+		raw, err := readMsg(c, "tcp")
+		if err != nil {
+			t.Fatalf("after %d answers: %v", got, err)
+		}
+		r := new(dns.Msg)
+		if err := r.Unpack(raw); err != nil {
+			t.Fatal(err)
+		}
+		name, ok := names[r.Id]
+		if !ok {
+			t.Fatalf("answer with unknown or repeated ID %d", r.Id)
+		}
+		delete(names, r.Id)
+		if len(r.Question) != 1 || r.Question[0].Name != name || len(r.Answer) != 1 || r.Rcode != dns.RcodeSuccess {
+			t.Fatalf("answer %v for ID %d, want one A record for %s", r, r.Id, name)
+		}
+	}
+	if got := rig.dot.Accepted(); got != 1 {
+		t.Errorf("DoT server accepted %d connections, want 1", got)
+	}
+	if got := rig.dot.MaxOutstanding(); got != n {
+		t.Errorf("DoT server saw at most %d queries outstanding, want %d: not pipelined", got, n)
+	}
+}
+
+// TestDoTRelay covers the path end to end for UDP and TCP clients: EDNS
+// options reach the DoT server unharmed, a query without OPT gets an answer
+// without one, big answers are truncated over UDP and whole over TCP.
+func TestDoTRelay(t *testing.T) {
+	rig := startDoTRig(t, Options{}, nil)
+	unknown := &dns.EDNS0_LOCAL{Code: 65001, Data: []byte("opaque")}
+	for _, network := range []string{"udp", "tcp"} {
+		addr := rig.addr(t, network, loopback4)
+		t.Run(network+"/unknown EDNS option", func(t *testing.T) {
+			q := ednsQuery(network+"-opt.example.", dns.TypeA, 1232)
+			q.IsEdns0().Option = append(q.IsEdns0().Option, unknown)
+			r, _ := ask(t, network, addr, q)
+			if r.Id != q.Id || len(r.Answer) != 1 || r.IsEdns0() == nil {
+				t.Fatalf("answer %v", r)
+			}
+			found := false
+			for _, o := range rig.seen.get(q.Question[0].Name) {
+				if l, ok := o.(*dns.EDNS0_LOCAL); ok && l.Code == unknown.Code && string(l.Data) == string(unknown.Data) {
+					found = true
+				}
+			}
+			if !found {
+				t.Fatalf("DoT server saw options %v, want %v among them", rig.seen.get(q.Question[0].Name), unknown)
+			}
+		})
+		t.Run(network+"/no OPT", func(t *testing.T) {
+			q := newQuery(network+"-plain.example.", dns.TypeAAAA)
+			r, _ := ask(t, network, addr, q)
+			if r.Id != q.Id || len(r.Answer) != 1 || r.IsEdns0() != nil || len(r.Extra) != 0 {
+				t.Fatalf("answer %v, want one AAAA and no OPT", r)
+			}
+		})
+	}
+	for _, edns := range []uint16{0, 4096} {
+		t.Run(fmt.Sprintf("truncation EDNS %d then TCP", edns), func(t *testing.T) {
+			q := newQuery(fmt.Sprintf("big-%d.example.", edns), dns.TypeTXT)
+			limit := 512
+			if edns != 0 {
+				q.SetEdns0(edns, false)
+				limit = DefaultUDPMaxSize
+			}
+			r, raw := ask(t, "udp", rig.addr(t, "udp", loopback4), q)
+			if !r.Truncated || len(raw) > limit || (edns != 0) != (r.IsEdns0() != nil) {
+				t.Fatalf("UDP answer TC=%v, %d bytes (limit %d), OPT %v", r.Truncated, len(raw), limit, r.IsEdns0())
+			}
+			whole, _ := ask(t, "tcp", rig.addr(t, "tcp", loopback4), q)
+			if whole.Truncated || len(whole.Answer) != 40 {
+				t.Fatalf("TCP answer TC=%v with %d records, want 40", whole.Truncated, len(whole.Answer))
+			}
+		})
+	}
+}
+
+// TestDoTFailures checks the EDE codes clients get for real TLS failures.
+func TestDoTFailures(t *testing.T) {
+	tests := []struct {
+		name string
+		mod  func(*dnstest.Server, *upstream.DoTOptions)
+		ede  uint16
+	}{
+		{"certificate from another CA", func(ds *dnstest.Server, _ *upstream.DoTOptions) { ds.Behavior.SetCert(dnstest.CertOtherCA) }, dns.ExtendedErrorCodeNetworkError},
+		{"certificate for another name", func(ds *dnstest.Server, _ *upstream.DoTOptions) { ds.Behavior.SetCert(dnstest.CertOtherName) }, dns.ExtendedErrorCodeNetworkError},
+		{"pin mismatch", func(ds *dnstest.Server, o *upstream.DoTOptions) { o.Pins = [][32]byte{{1, 2, 3}} }, dns.ExtendedErrorCodeNetworkError},
+		{"upstream never answers", func(ds *dnstest.Server, _ *upstream.DoTOptions) { ds.Behavior.Drop.Store(true) }, dns.ExtendedErrorCodeNoReachableAuthority},
+		{"TLS black hole", func(ds *dnstest.Server, _ *upstream.DoTOptions) { ds.Behavior.BlackHole.Store(true) }, dns.ExtendedErrorCodeNoReachableAuthority},
+	}
+	const timeout = 400 * time.Millisecond
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			rig := startDoTRig(t, Options{QueryTimeout: timeout}, tt.mod)
+			for _, network := range []string{"udp", "tcp"} {
+				q := ednsQuery("www.example.", dns.TypeA, 1232)
+				start := time.Now()
+				r, _ := ask(t, network, rig.addr(t, network, loopback4), q)
+				elapsed := time.Since(start)
+				if r.Rcode != dns.RcodeServerFailure || r.Id != q.Id {
+					t.Fatalf("%s: answer %v, want SERVFAIL", network, r.MsgHdr)
+				}
+				if e := ede(r); e == nil || e.InfoCode != tt.ede {
+					t.Fatalf("%s: EDE %v, want %d", network, e, tt.ede)
+				}
+				if elapsed > timeout+500*time.Millisecond {
+					t.Errorf("%s: SERVFAIL after %v, deadline %v", network, elapsed, timeout)
+				}
+			}
+		})
+	}
+}
