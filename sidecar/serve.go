@@ -105,7 +105,7 @@ func runServe(ctx context.Context, args, environ []string, stdout, stderr io.Wri
 	log.Info("dot-sidecar serving", "version", version, "listen", srv.Addrs(),
 		"upstreams", group.Name(), "policy", cfg.UpstreamPolicy, "admin", adminAddr(adm))
 
-	reloadDone := startTrustReload(ctx, cfg, trust, group, log)
+	reloadDone := startTrustReload(ctx, cfg, trust, group, reg, log)
 
 	<-ctx.Done()
 	shutdown(cfg, srv, closeGroup, adm, log)
