@@ -19,7 +19,15 @@
 #   - one jump "-I OUTPUT 1 ... -j DOT_SIDECAR_OUTPUT", added only when absent.
 # Every rule carries -m comment --comment "dot-sidecar/<reason>". Nothing else
 # is touched: a mesh's chains and rules in the same namespace survive apply and
-# cleanup.
+# cleanup. Stable names other tools and tests may rely on:
+#   chain    DOT_SIDECAR_OUTPUT (nat, both families)
+#   comments dot-sidecar/capture-dns (the OUTPUT jump), dot-sidecar/skip-sidecar-uid,
+#            dot-sidecar/skip-sidecar-gid, dot-sidecar/redirect-udp-dns,
+#            dot-sidecar/redirect-tcp-dns (REDIRECT_MODE=all),
+#            dot-sidecar/redirect-udp-resolvconf, dot-sidecar/redirect-tcp-resolvconf
+#   stderr   "dns-redirect: backend: <nft|legacy> (IPTABLES_MODE=...)" on apply;
+#            "dns-redirect: IPv6: skipped: <reason>" when IPv6 is skipped;
+#            "dns-redirect: error: <message>" before any non-zero exit.
 #
 # Settings (environment):
 #   BIND_PORT      sidecar DNS port on loopback (default 5053). REDIRECT sends
