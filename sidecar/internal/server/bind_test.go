@@ -116,11 +116,9 @@ func TestBindDefaultList(t *testing.T) {
 	if r.Rcode != dns.RcodeSuccess {
 		t.Fatalf("answer %v", r.MsgHdr)
 	}
-	c, err := net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6loopback})
-	if err != nil {
-		return
+	if !have6() {
+		return // the default list skipped ::1, as it must
 	}
-	c.Close()
 	r, _ = ask(t, "tcp", ts.addr(t, "tcp", loopback6), newQuery("www.example.", dns.TypeA))
 	if r.Rcode != dns.RcodeSuccess {
 		t.Fatalf("answer over IPv6 %v", r.MsgHdr)

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -103,32 +104,49 @@ func (ts *testServer) addr(t testing.TB, network string, ip netip.Addr) netip.Ad
 	return netip.AddrPort{}
 }
 
+// have6 tells whether the host has ::1.
+func have6() bool {
+	c, err := net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6loopback})
+	if err != nil {
+		return false
+	}
+	_ = c.Close()
+	return true
+}
+
 // need6 skips (fails under CI) when the host has no ::1.
 func need6(t testing.TB) {
 	t.Helper()
-	c, err := net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6loopback})
-	if err != nil {
-		testenv.Missing(t, "this host has no IPv6 loopback address ::1: "+err.Error())
+	if !have6() {
+		testenv.Missing(t, "this host has no IPv6 loopback address ::1")
 	}
-	_ = c.Close()
 }
 
 // exchange sends raw bytes to addr over network and returns the raw answer.
 func exchange(t testing.TB, network string, addr netip.AddrPort, msg []byte) []byte {
 	t.Helper()
+	ans, err := tryExchange(network, addr, msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ans
+}
+
+// tryExchange is exchange for goroutines that must not call t.Fatal.
+func tryExchange(network string, addr netip.AddrPort, msg []byte) ([]byte, error) {
 	c, err := net.DialTimeout(network, addr.String(), ioTimeout)
 	if err != nil {
-		t.Fatalf("dialing %s %s: %v", network, addr, err)
+		return nil, fmt.Errorf("dialing %s %s: %w", network, addr, err)
 	}
 	defer c.Close()
 	if err := writeMsg(c, network, msg); err != nil {
-		t.Fatalf("writing query: %v", err)
+		return nil, fmt.Errorf("writing query: %w", err)
 	}
 	ans, err := readMsg(c, network)
 	if err != nil {
-		t.Fatalf("reading answer over %s: %v", network, err)
+		return nil, fmt.Errorf("reading answer over %s: %w", network, err)
 	}
-	return ans
+	return ans, nil
 }
 
 func writeMsg(c net.Conn, network string, msg []byte) error {
@@ -268,3 +286,5 @@ func mustParse(t testing.TB, b []byte) dnswire.Message {
 	}
 	return m
 }
+
+func newTextLogger(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }

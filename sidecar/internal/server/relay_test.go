@@ -12,8 +12,11 @@ import (
 // answer comes from the upstream with the client's ID, and that the OPT
 // record is there exactly when the query had one.
 func TestRelay(t *testing.T) {
-	need6(t)
-	ts := startServer(t, Options{BindAddrs: []netip.Addr{loopback4, loopback6}, BindExplicit: true})
+	addrs := []netip.Addr{loopback4}
+	if have6() {
+		addrs = append(addrs, loopback6)
+	}
+	ts := startServer(t, Options{BindAddrs: addrs, BindExplicit: true})
 	unknown := &dns.EDNS0_LOCAL{Code: 65001, Data: []byte("opaque")}
 	tests := []struct {
 		name  string
@@ -33,6 +36,9 @@ func TestRelay(t *testing.T) {
 		for _, ip := range []netip.Addr{loopback4, loopback6} {
 			for _, tt := range tests {
 				t.Run(network+"/"+ip.String()+"/"+tt.name, func(t *testing.T) {
+					if ip.Is6() {
+						need6(t)
+					}
 					q := tt.query()
 					wire, err := q.Pack()
 					if err != nil {

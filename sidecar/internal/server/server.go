@@ -248,8 +248,11 @@ func New(opts Options) (*Server, error) {
 func (s *Server) Start() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if state(s.state.Load()) != stateNew {
+	switch state(s.state.Load()) {
+	case stateServing:
 		return ErrStarted
+	case stateShutdown:
+		return ErrShutdown
 	}
 	udp, tcp, err := s.bind()
 	if err != nil {
