@@ -26,7 +26,7 @@ func makeRecords(zone string, n int) []Record {
 
 // config renders unbound.conf. Caching does not matter (local data is
 // answered before the cache), so it is left at its defaults.
-func (s *Server) config(dotPort, plainPort int) string {
+func (s *Server) config(dotPort, plainPort int, extraDoT []int) string {
 	o := s.opts
 	var b strings.Builder
 	line := func(format string, args ...any) { fmt.Fprintf(&b, "\t"+format+"\n", args...) }
@@ -37,8 +37,15 @@ func (s *Server) config(dotPort, plainPort int) string {
 	if o.Plain {
 		line("interface: %s@%d", o.Address, plainPort)
 	}
-	// Only interfaces on tls-port speak TLS; the plain port stays plain.
+	for _, p := range extraDoT {
+		line("interface: %s@%d", o.Address, p)
+	}
+	// Only interfaces on tls-port (or a tls-additional-port) speak TLS; the
+	// plain port stays plain.
 	line("tls-port: %d", dotPort)
+	for _, p := range extraDoT {
+		line("tls-additional-port: %d", p)
+	}
 	line("tls-service-key: %q", s.Dir+"/key.pem")
 	line("tls-service-pem: %q", s.Dir+"/cert.pem")
 	line("interface-automatic: no")

@@ -18,22 +18,40 @@ import (
 // launch picks ports, writes the configuration, starts unbound and waits for
 // it to answer. On error the caller kills the process.
 func (s *Server) launch(ctx context.Context) error {
-	dotPort, plainPort := s.opts.Port, s.opts.PlainPort
-	var err error
-	if dotPort == 0 {
-		if dotPort, err = freePort(s.opts.Address); err != nil {
+	taken := map[int]bool{}
+	pick := func(fixed int) (int, error) {
+		if fixed != 0 {
+			taken[fixed] = true
+			return fixed, nil
+		}
+		for {
+			p, err := freePort(s.opts.Address)
+			if err != nil {
+				return 0, err
+			}
+			if !taken[p] {
+				taken[p] = true
+				return p, nil
+			}
+		}
+	}
+	dotPort, err := pick(s.opts.Port)
+	if err != nil {
+		return err
+	}
+	var plainPort int
+	if s.opts.Plain {
+		if plainPort, err = pick(s.opts.PlainPort); err != nil {
 			return err
 		}
 	}
-	if s.opts.Plain && plainPort == 0 {
-		if plainPort, err = freePort(s.opts.Address); err != nil {
+	extra := make([]int, s.opts.ExtraDoTPorts)
+	s.ExtraAddrs = s.ExtraAddrs[:0]
+	for i := range extra {
+		if extra[i], err = pick(0); err != nil {
 			return err
 		}
-		for plainPort == dotPort {
-			if plainPort, err = freePort(s.opts.Address); err != nil {
-				return err
-			}
-		}
+		s.ExtraAddrs = append(s.ExtraAddrs, net.JoinHostPort(s.opts.Address, strconv.Itoa(extra[i])))
 	}
 	s.Addr = net.JoinHostPort(s.opts.Address, strconv.Itoa(dotPort))
 	s.PlainAddr = ""
@@ -41,7 +59,7 @@ func (s *Server) launch(ctx context.Context) error {
 		s.PlainAddr = net.JoinHostPort(s.opts.Address, strconv.Itoa(plainPort))
 	}
 	s.ConfigFile = filepath.Join(s.Dir, "unbound.conf")
-	if err := os.WriteFile(s.ConfigFile, []byte(s.config(dotPort, plainPort)), 0o644); err != nil {
+	if err := os.WriteFile(s.ConfigFile, []byte(s.config(dotPort, plainPort, extra)), 0o644); err != nil {
 		return fmt.Errorf("writing config: %w", err)
 	}
 	bin, err := s.unboundBinary()

@@ -17,14 +17,20 @@ import (
 // generated CA and ServerName, and returns the reply. It is meant for checks,
 // not load: every call pays a TLS handshake.
 func (s *Server) Exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, error) {
+	return s.ExchangeAt(ctx, s.Addr, m)
+}
+
+// ExchangeAt is Exchange to another of the server's DoT listeners (one of
+// ExtraAddrs).
+func (s *Server) ExchangeAt(ctx context.Context, addr string, m *dns.Msg) (*dns.Msg, error) {
 	dial := s.opts.DialContext
 	if dial == nil {
 		var d net.Dialer
 		dial = d.DialContext
 	}
-	raw, err := dial(ctx, "tcp", s.Addr)
+	raw, err := dial(ctx, "tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("dialing %s: %w", s.Addr, err)
+		return nil, fmt.Errorf("dialing %s: %w", addr, err)
 	}
 	conn := tls.Client(raw, s.TLSConfig())
 	defer conn.Close()
@@ -32,18 +38,18 @@ func (s *Server) Exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, error) {
 		_ = conn.SetDeadline(dl)
 	}
 	if err := conn.HandshakeContext(ctx); err != nil {
-		return nil, fmt.Errorf("TLS handshake with %s: %w", s.Addr, err)
+		return nil, fmt.Errorf("TLS handshake with %s: %w", addr, err)
 	}
 	dc := &dns.Conn{Conn: conn}
 	if err := dc.WriteMsg(m); err != nil {
-		return nil, fmt.Errorf("writing query to %s: %w", s.Addr, err)
+		return nil, fmt.Errorf("writing query to %s: %w", addr, err)
 	}
 	r, err := dc.ReadMsg()
 	if err != nil {
-		return nil, fmt.Errorf("reading reply from %s: %w", s.Addr, err)
+		return nil, fmt.Errorf("reading reply from %s: %w", addr, err)
 	}
 	if r.Id != m.Id {
-		return nil, fmt.Errorf("reply from %s has ID %d, want %d", s.Addr, r.Id, m.Id)
+		return nil, fmt.Errorf("reply from %s has ID %d, want %d", addr, r.Id, m.Id)
 	}
 	return r, nil
 }

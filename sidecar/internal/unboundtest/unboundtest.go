@@ -10,6 +10,7 @@
 //	u := unboundtest.Start(t, unboundtest.Options{Names: 10, Plain: true})
 //	// u.Addr       "127.0.0.1:PORT"  DoT (TLS on TCP)
 //	// u.PlainAddr  "127.0.0.1:PORT"  plain UDP and TCP (when Plain is set)
+//	// u.ExtraAddrs more DoT listeners, same certificate (Options.ExtraDoTPorts)
 //	// u.ServerName "unbound.test"    the name in the certificate
 //	// u.CAFile     a PEM file for TLS_CA_FILE; u.CAPEM, u.CAPool the same CA
 //	// u.Pin        SPKI pin of the server's key (TLS_PINS form); u.CAPin the CA's
@@ -63,6 +64,10 @@ type Options struct {
 	// baseline. PlainPort 0 picks a free one.
 	Plain     bool
 	PlainPort int
+	// ExtraDoTPorts adds that many more DoT listeners (free ports, listed in
+	// Server.ExtraAddrs), e.g. one per client so that connections can be
+	// counted per client at the server side.
+	ExtraDoTPorts int
 	// ServerName is the DNS name in the server certificate; default
 	// "unbound.test". The certificate also carries Address as an IP SAN.
 	ServerName string
@@ -107,8 +112,9 @@ type Record struct {
 
 // Server is a running Unbound.
 type Server struct {
-	Addr       string // DoT host:port
-	PlainAddr  string // plain host:port, empty unless Options.Plain
+	Addr       string   // DoT host:port
+	PlainAddr  string   // plain host:port, empty unless Options.Plain
+	ExtraAddrs []string // more DoT host:ports, Options.ExtraDoTPorts of them
 	ServerName string
 	CA         *testpki.CA
 	CAPEM      []byte
@@ -182,7 +188,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	// Picked ports can be taken between the pick and unbound's bind; unbound
 	// then exits at once and a fresh pick almost always succeeds.
 	attempts := 1
-	if opts.Port == 0 || (opts.Plain && opts.PlainPort == 0) {
+	if opts.Port == 0 || (opts.Plain && opts.PlainPort == 0) || opts.ExtraDoTPorts > 0 {
 		attempts = 3
 	}
 	for i := 0; ; i++ {

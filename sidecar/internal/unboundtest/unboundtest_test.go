@@ -14,7 +14,7 @@ import (
 )
 
 func TestServerAnswersOverDoT(t *testing.T) {
-	u := Start(t, Options{Names: 50, Plain: true})
+	u := Start(t, Options{Names: 50, Plain: true, ExtraDoTPorts: 2})
 	rec := u.Names[41]
 
 	tests := []struct {
@@ -48,12 +48,17 @@ func TestServerAnswersOverDoT(t *testing.T) {
 			defer cancel()
 			m := new(dns.Msg)
 			m.SetQuestion(tt.qname, tt.qtype)
-			for _, via := range []string{"dot", "udp", "tcp"} {
+			for _, via := range []string{"dot", "dot-extra-0", "dot-extra-1", "udp", "tcp"} {
 				var r *dns.Msg
 				var err error
-				if via == "dot" {
+				switch via {
+				case "dot":
 					r, err = u.Exchange(ctx, m)
-				} else {
+				case "dot-extra-0":
+					r, err = u.ExchangeAt(ctx, u.ExtraAddrs[0], m)
+				case "dot-extra-1":
+					r, err = u.ExchangeAt(ctx, u.ExtraAddrs[1], m)
+				default:
 					r, _, err = (&dns.Client{Net: via}).ExchangeContext(ctx, m, u.PlainAddr)
 				}
 				if err != nil {
@@ -80,9 +85,9 @@ func TestServerAnswersOverDoT(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		// The readiness probe plus the five DoT queries above, at least.
-		if got := st["num.query.tls"]; got < float64(len(tests)+1) {
-			t.Errorf("num.query.tls = %v, want >= %d", got, len(tests)+1)
+		// The readiness probe plus the DoT queries above (three listeners).
+		if got := st["num.query.tls"]; got < float64(3*len(tests)+1) {
+			t.Errorf("num.query.tls = %v, want >= %d", got, 3*len(tests)+1)
 		}
 	})
 }
