@@ -1,0 +1,302 @@
+// Package resilience runs the dot-sidecar binary, built from this tree,
+// against in-process DNS-over-TLS servers (sidecar/internal/dnstest) and
+// checks what operators rely on when things go wrong: failover and fast
+// SERVFAIL when upstreams die, graceful shutdown with queries in flight,
+// the probe endpoints and metrics, the wait command, logs, and trust files
+// reloaded without a restart.
+package resilience
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnstest"
+)
+
+// binary is built once for the package by TestMain.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "dot-sidecar-resilience-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "dot-sidecar")
+	build := exec.Command("go", "build", "-o", binary, "../..")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building dot-sidecar:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// syncBuffer collects a process's output while tests read it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// sidecar is a running dot-sidecar process.
+type sidecar struct {
+	cmd    *exec.Cmd
+	dns    string // 127.0.0.1:PORT
+	admin  string // 127.0.0.1:PORT
+	stdout *syncBuffer
+	stderr *syncBuffer
+	exited chan struct{} // closed when the process has exited
+	err    error         // its exit status, once exited is closed
+	exitAt time.Time
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	// A port free for both UDP and TCP: the listeners share it.
+	for range 20 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			u.Close()
+			return port
+		}
+	}
+	t.Fatal("no free port")
+	return 0
+}
+
+// startSidecar runs the binary with env (after the defaults, so env wins)
+// and waits for /startupz.
+func startSidecar(t testing.TB, env ...string) *sidecar {
+	t.Helper()
+	dnsPort, adminPort := freePort(t), freePort(t)
+	s := &sidecar{
+		dns:    fmt.Sprintf("127.0.0.1:%d", dnsPort),
+		admin:  fmt.Sprintf("127.0.0.1:%d", adminPort),
+		stdout: new(syncBuffer),
+		stderr: new(syncBuffer),
+		exited: make(chan struct{}),
+	}
+	s.cmd = exec.Command(binary)
+	s.cmd.Env = append([]string{
+		"PATH=" + os.Getenv("PATH"),
+		"BIND_ADDRESS=127.0.0.1",
+		fmt.Sprintf("BIND_PORT=%d", dnsPort),
+		"ADMIN_ADDRESS=" + s.admin,
+		"SHUTDOWN_LAMEDUCK=0s",
+	}, env...)
+	s.cmd.Stdout, s.cmd.Stderr = s.stdout, s.stderr
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		s.err = s.cmd.Wait()
+		s.exitAt = time.Now()
+		close(s.exited)
+	}()
+	t.Cleanup(func() {
+		_ = s.cmd.Process.Kill()
+		<-s.exited
+		if t.Failed() {
+			t.Logf("dot-sidecar stderr:\n%s", s.stderr)
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if code, _ := s.get("/startupz"); code == http.StatusOK {
+			return s
+		}
+		select {
+		case <-s.exited:
+			t.Fatalf("dot-sidecar exited before it was started: %v\n%s", s.err, s.stderr)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("dot-sidecar not started after 10s\n%s", s.stderr)
+		}
+		time.Sleep(10 * time.Millisecond) // polling interval
+	}
+}
+
+// get fetches an admin path; code 0 means no HTTP answer.
+func (s *sidecar) get(path string) (code int, body string) {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get("http://" + s.admin + path)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// waitExit waits for the process to exit and returns its status.
+func (s *sidecar) waitExit(t testing.TB, timeout time.Duration) error {
+	t.Helper()
+	select {
+	case <-s.exited:
+		return s.err
+	case <-time.After(timeout):
+		t.Fatalf("dot-sidecar still running %s later", timeout)
+		return nil
+	}
+}
+
+// metrics scrapes /metrics.
+func (s *sidecar) metrics(t testing.TB) map[string]*dto.MetricFamily {
+	t.Helper()
+	code, body := s.get("/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("/metrics: %d %s", code, body)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("parsing /metrics: %v", err)
+	}
+	return fams
+}
+
+// metricValue returns the value of the series of family name whose labels
+// include labels (a histogram's sample count), and whether it exists.
+func metricValue(fams map[string]*dto.MetricFamily, name string, labels ...string) (float64, bool) {
+	f := fams[name]
+	if f == nil {
+		return 0, false
+	}
+next:
+	for _, m := range f.GetMetric() {
+		for i := 0; i+1 < len(labels); i += 2 {
+			found := false
+			for _, l := range m.GetLabel() {
+				if l.GetName() == labels[i] && l.GetValue() == labels[i+1] {
+					found = true
+				}
+			}
+			if !found {
+				continue next
+			}
+		}
+		switch {
+		case m.Counter != nil:
+			return m.Counter.GetValue(), true
+		case m.Gauge != nil:
+			return m.Gauge.GetValue(), true
+		case m.Histogram != nil:
+			return float64(m.Histogram.GetSampleCount()), true
+		case m.Untyped != nil:
+			return m.Untyped.GetValue(), true
+		}
+		return 0, true
+	}
+	return 0, false
+}
+
+// eventuallyMetric polls /metrics until cond holds for the series.
+func (s *sidecar) eventuallyMetric(t testing.TB, timeout time.Duration, what string, cond func(v float64) bool,
+	name string, labels ...string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		v, ok := metricValue(s.metrics(t), name, labels...)
+		if ok && cond(v) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %s%v = %v (present %v) after %s", what, name, labels, v, ok, timeout)
+		}
+		time.Sleep(20 * time.Millisecond) // polling interval
+	}
+}
+
+// upstreamEnv points the sidecar at srvs, trusting their CAs.
+func upstreamEnv(t testing.TB, srvs ...*dnstest.Server) []string {
+	t.Helper()
+	var ups []string
+	var cas []byte
+	for _, s := range srvs {
+		ups = append(ups, fmt.Sprintf("tls://%s#%s", s.Addr, s.ServerName))
+		cas = append(cas, s.CAPEM...)
+	}
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, cas, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return []string{"UPSTREAMS=" + strings.Join(ups, ","), "TLS_CA_FILE=" + ca}
+}
+
+// upstreamName is how logs and metrics name srv.
+func upstreamName(srv *dnstest.Server) string { return srv.Addr.String() + "#" + srv.ServerName }
+
+// ask sends an A query for name over netw and returns the answer.
+func ask(addr, netw, name string, edns bool, timeout time.Duration) (*dns.Msg, error) {
+	m := new(dns.Msg)
+	m.SetQuestion(dns.Fqdn(name), dns.TypeA)
+	if edns {
+		m.SetEdns0(1232, false)
+	}
+	c := &dns.Client{Net: netw, Timeout: timeout}
+	r, _, err := c.Exchange(m, addr)
+	return r, err
+}
+
+// checkA checks that r answers name with dnstest's default A record.
+func checkA(r *dns.Msg, name string) error {
+	if r.Rcode != dns.RcodeSuccess {
+		return fmt.Errorf("%s: rcode %s", name, dns.RcodeToString[r.Rcode])
+	}
+	if len(r.Answer) != 1 {
+		return fmt.Errorf("%s: %d answers", name, len(r.Answer))
+	}
+	a, ok := r.Answer[0].(*dns.A)
+	if !ok || !a.A.Equal(dnstest.AnswerA.AsSlice()) || a.Hdr.Name != dns.Fqdn(name) {
+		return fmt.Errorf("%s: answer %v", name, r.Answer[0])
+	}
+	return nil
+}
+
+// ede returns the Extended DNS Error code in r, or -1.
+func ede(r *dns.Msg) int {
+	if opt := r.IsEdns0(); opt != nil {
+		for _, o := range opt.Option {
+			if e, ok := o.(*dns.EDNS0_EDE); ok {
+				return int(e.InfoCode)
+			}
+		}
+	}
+	return -1
+}

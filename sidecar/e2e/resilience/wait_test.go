@@ -1,0 +1,94 @@
+package resilience
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnstest"
+)
+
+// runWait runs `dot-sidecar wait` with env and args and returns its exit
+// code, output and duration.
+func runWait(t *testing.T, env []string, args ...string) (code int, stdout, stderr string, took time.Duration) {
+	t.Helper()
+	cmd := exec.Command(binary, append([]string{"wait"}, args...)...)
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
+	var out, errb syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	start := time.Now()
+	err := cmd.Run()
+	took = time.Since(start)
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode(), out.String(), errb.String(), took
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return 0, out.String(), errb.String(), took
+}
+
+// `dot-sidecar wait` returns at once against a ready sidecar, and fails
+// with a message naming the URL and what it saw after --timeout against one
+// that is not ready (draining, or not listening at all).
+func TestWaitCommand(t *testing.T) {
+	srv := dnstest.New(t, dnstest.Options{})
+
+	t.Run("ready", func(t *testing.T) {
+		t.Parallel()
+		s := startSidecar(t, upstreamEnv(t, srv)...)
+		port := s.admin[strings.LastIndex(s.admin, ":")+1:]
+		// A wildcard host means loopback.
+		code, out, errOut, took := runWait(t, []string{"ADMIN_ADDRESS=:" + port}, "--timeout", "5s")
+		if code != 0 || !strings.Contains(out, "ready") {
+			t.Fatalf("exit %d, stdout %q, stderr %q; want 0 and a ready message", code, out, errOut)
+		}
+		if took > 2*time.Second {
+			t.Errorf("wait took %s against a ready sidecar", took)
+		}
+	})
+
+	t.Run("draining", func(t *testing.T) {
+		t.Parallel()
+		s := startSidecar(t, append(upstreamEnv(t, srv), "SHUTDOWN_LAMEDUCK=20s", "SHUTDOWN_GRACE=25s")...)
+		if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(2 * time.Second)
+		for {
+			if code, _ := s.get("/readyz"); code == http.StatusServiceUnavailable {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("/readyz not 503 after SIGTERM")
+			}
+			time.Sleep(5 * time.Millisecond) // polling interval
+		}
+		code, out, errOut, took := runWait(t, nil, "--admin-address", s.admin, "--timeout", "1s")
+		want := fmt.Sprintf("dot-sidecar not ready at http://%s/readyz after 1s: last status 503: shutting down", s.admin)
+		if code != 1 || !strings.Contains(errOut, want) {
+			t.Fatalf("exit %d, stdout %q, stderr %q; want 1 and %q", code, out, errOut, want)
+		}
+		if took < time.Second || took > 4*time.Second {
+			t.Errorf("wait gave up after %s, want about its 1s timeout", took)
+		}
+	})
+
+	t.Run("nothing listening", func(t *testing.T) {
+		t.Parallel()
+		addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		code, out, errOut, _ := runWait(t, []string{"ADMIN_ADDRESS=" + addr}, "--timeout", "1s")
+		if code != 1 || !strings.Contains(errOut, "not ready at http://"+addr+"/readyz after 1s") ||
+			!strings.Contains(errOut, "connection refused") {
+			t.Fatalf("exit %d, stdout %q, stderr %q; want 1 and a message saying the connection was refused", code, out, errOut)
+		}
+		if n := strings.Count(strings.TrimSpace(errOut), "\n"); n != 0 {
+			t.Errorf("stderr has %d lines, want one:\n%s", n+1, errOut)
+		}
+	})
+}
