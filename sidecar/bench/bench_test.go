@@ -169,6 +169,25 @@ func TestCountEstablished(t *testing.T) {
 	}
 }
 
+func TestCounterRuleset(t *testing.T) {
+	got := counterRuleset("dot_sidecar_bench_7", []int{853, 8853})
+	for _, want := range []string{
+		"table inet dot_sidecar_bench_7 {",
+		"counter syn_853 { }",
+		"counter syn_8853 { }",
+		"type filter hook input priority 0; policy accept;",
+		`tcp dport 853 tcp flags & (syn | ack) == syn counter name "syn_853"`,
+		`tcp dport 8853 tcp flags & (syn | ack) == syn counter name "syn_8853"`,
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("ruleset lacks %q:\n%s", want, got)
+		}
+	}
+	if strings.Count(got, "{") != strings.Count(got, "}") {
+		t.Errorf("unbalanced braces:\n%s", got)
+	}
+}
+
 func TestMedian(t *testing.T) {
 	tests := []struct {
 		in   []float64

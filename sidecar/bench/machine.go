@@ -58,3 +58,16 @@ func versions(ctx context.Context, t tools) string {
 	}
 	return strings.Join(append(parts, runtime.Version()), ", ")
 }
+
+// loadAvg returns the 1-minute load average, which says how much else the
+// shared machine was doing while the figures were taken.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	if f := strings.Fields(string(b)); len(f) > 0 {
+		return f[0]
+	}
+	return "?"
+}

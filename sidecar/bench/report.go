@@ -26,8 +26,9 @@ func renderReport(cfg config, rows []row, targets []*live, startup []time.Durati
 	b.WriteString("\n")
 	b.WriteString("- CPU/query: the relay's user+system time (/proc/PID/stat, all threads) during the run divided by the queries answered.\n")
 	b.WriteString("- peak RSS: VmHWM of the relay process at the end of all runs (the same figure on its UDP and TCP rows).\n")
-	b.WriteString("- TLS conns opened: new TCP connections to the upstream's DoT port during a run, the most in any run of that row " +
-		"(nftables counter of SYNs at the upstream side); 0 means the relay reused connections it already had.\n")
+	b.WriteString("- TLS conns opened: new TCP connections to the upstream during a run, the most in any run of that row, counted " +
+		"by an nftables counter of SYNs at the upstream side on a DoT port of the relay's own; 0 means the relay reused " +
+		"connections it already had.\n")
 	b.WriteString("- TLS conns open (peak): the most connections the relay held established to the upstream at once, " +
 		"counted from /proc every 50 ms during each run (a sample, unlike the column before), the most of any run.\n")
 	b.WriteString("- upstream queries/answer: queries the upstream received over TLS (unbound-control num.query.tls) per answer " +

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"time"
@@ -19,9 +20,10 @@ type tools map[string]string
 // live is a started target.
 type live struct {
 	target
-	addr string
-	port int
-	proc *proc // nil for the direct baseline
+	addr   string
+	port   int
+	upPort int   // the relay's own DoT port on the upstream
+	proc   *proc // nil for the direct baseline
 }
 
 func run(ctx context.Context, cfg config) error {
@@ -59,16 +61,27 @@ func run(ctx context.Context, cfg config) error {
 	}
 
 	logf("starting the upstream (Unbound, 1 thread, %d names)", cfg.names)
-	up, err := startUpstream(ctx, cfg.names)
+	relays := 0
+	for _, t := range selected {
+		if t.start != nil {
+			relays++
+		}
+	}
+	up, err := startUpstream(ctx, cfg.names, relays)
 	if err != nil {
 		return fmt.Errorf("starting upstream: %w", err)
 	}
 	defer up.Stop()
-	upPort := portOf(up.Addr)
-	ui := upstreamInfo{host: "127.0.0.1", port: upPort, serverName: up.ServerName, caFile: up.CAFile, checkName: up.Names[0].Name}
+	// The main DoT port serves the verification check and the startup
+	// timing; each measured relay gets one of the extra ports.
+	ui := upstreamInfo{host: "127.0.0.1", port: portOf(up.Addr), serverName: up.ServerName, caFile: up.CAFile, checkName: up.Names[0].Name}
+	var relayPorts []int
+	for _, a := range up.ExtraAddrs {
+		relayPorts = append(relayPorts, portOf(a))
+	}
 
 	var notes []string
-	counter, err := newSynCounter(ctx, upPort)
+	counter, err := newSynCounter(ctx, relayPorts)
 	if err != nil {
 		notes = append(notes, "TLS connections not counted: "+err.Error()+".")
 		logf("warning: %v", err)
@@ -100,8 +113,14 @@ func run(ctx context.Context, cfg config) error {
 			}
 		}
 	}()
+	next := 0
 	for _, t := range selected {
-		l, err := startTarget(ctx, t, ui, tl, dir, up)
+		tui := ui
+		if t.start != nil {
+			tui.port = relayPorts[next]
+			next++
+		}
+		l, err := startTarget(ctx, t, tui, tl, dir, up)
 		if l != nil {
 			targets = append(targets, l)
 		}
@@ -117,6 +136,7 @@ func run(ctx context.Context, cfg config) error {
 		}
 	}
 
+	loadBefore := loadAvg()
 	samples, err := measure(ctx, cfg, tl["dnsperf"], targets, qfile, up, counter)
 	if err != nil {
 		return err
@@ -135,6 +155,7 @@ func run(ctx context.Context, cfg config) error {
 				samples[key{l.name, proto, kindMax}], samples[key{l.name, proto, kindRate}], rss))
 		}
 	}
+	notes = append(notes, fmt.Sprintf("1-minute load average: %s when the runs began, %s when they ended (%d CPUs).", loadBefore, loadAvg(), runtime.NumCPU()))
 	report := renderReport(cfg, rows, targets, startup, notes, versions(ctx, tl))
 	fmt.Print(report)
 	if cfg.out != "" {
@@ -148,7 +169,7 @@ func run(ctx context.Context, cfg config) error {
 // startTarget starts a relay (nothing for the direct baseline) and requires
 // correct answers to control queries before it may be measured.
 func startTarget(ctx context.Context, t target, ui upstreamInfo, tl tools, dir string, up *unboundtest.Server) (*live, error) {
-	l := &live{target: t}
+	l := &live{target: t, upPort: ui.port}
 	if t.start == nil {
 		l.addr = up.PlainAddr
 		l.port = portOf(up.PlainAddr)
@@ -256,8 +277,8 @@ func measure(ctx context.Context, cfg config, perfBin string, targets []*live, q
 						return nil, fmt.Errorf("round %d, %s %s %s: %w", round, l.name, proto, k, err)
 					}
 					samples[key{l.name, proto, k}] = append(samples[key{l.name, proto, k}], s)
-					logf("round %d/%d %s %-4s %-17s %8.0f qps  lost %d  avg %s  max %s", round, cfg.rounds, proto, k, l.name,
-						s.perf.QPS, s.perf.Lost, ms(s.perf.AvgLatency), ms(s.perf.MaxLatency))
+					logf("round %d/%d %s %-4s %-17s %8.0f qps  lost %d  avg %s  max %s  conns opened %d, open peak %d", round, cfg.rounds, proto, k, l.name,
+						s.perf.QPS, s.perf.Lost, ms(s.perf.AvgLatency), ms(s.perf.MaxLatency), s.conns, s.peakOpen)
 				}
 			}
 		}
@@ -272,27 +293,27 @@ func measureOne(ctx context.Context, cfg config, perfBin string, l *live, proto 
 		a.Rate = cfg.rate
 	}
 	s := sample{conns: -1, upQueries: -1, peakOpen: -1}
-	var cpu0, cpu1 time.Duration
-	var conns0, conns1 int64
-	var up0, up1 float64
-	var err error
-	before := func() error {
-		if l.proc != nil {
-			if cpu0, err = cpuTime(l.proc.pid()); err != nil {
-				return err
-			}
-		}
-		if counter != nil {
-			if conns0, err = counter.read(ctx); err != nil {
-				return err
-			}
-		}
-		up0, err = upQueries(ctx, up)
-		return err
-	}
-	if err := before(); err != nil {
+	if l.proc == nil { // the direct baseline: only dnsperf's figures
+		var err error
+		s.perf, err = runDnsperf(ctx, perfBin, a)
 		return s, err
 	}
+	pid := l.proc.pid()
+	cpu0, err := cpuTime(pid)
+	if err != nil {
+		return s, err
+	}
+	var conns0 int64
+	if counter != nil {
+		if conns0, err = counter.read(ctx, l.upPort); err != nil {
+			return s, err
+		}
+	}
+	up0, err := upQueries(ctx, up)
+	if err != nil {
+		return s, err
+	}
+
 	type peak struct {
 		n   int
 		err error
@@ -300,45 +321,41 @@ func measureOne(ctx context.Context, cfg config, perfBin string, l *live, proto 
 	sampled := make(chan peak, 1)
 	sctx, stopSampling := context.WithCancel(ctx)
 	defer stopSampling()
-	if l.proc != nil {
-		go func() {
-			n, err := peakConns(sctx, l.proc.pid(), portOf(up.Addr), connSampleInterval)
-			sampled <- peak{n, err}
-		}()
-	}
+	go func() {
+		n, err := peakConns(sctx, pid, l.upPort, connSampleInterval)
+		sampled <- peak{n, err}
+	}()
 	s.perf, err = runDnsperf(ctx, perfBin, a)
 	stopSampling()
-	if l.proc != nil {
-		p := <-sampled
-		if p.err != nil && err == nil {
-			err = fmt.Errorf("sampling open connections: %w", p.err)
-		}
-		s.peakOpen = p.n
-	}
+	p := <-sampled
 	if err != nil {
 		return s, err
 	}
-	if l.proc != nil {
-		if err := l.proc.alive(); err != nil {
-			return s, err
-		}
-		if cpu1, err = cpuTime(l.proc.pid()); err != nil {
-			return s, err
-		}
-		s.cpu, s.hasCPU = cpu1-cpu0, true
+	if p.err != nil {
+		return s, fmt.Errorf("sampling open connections: %w", p.err)
 	}
+	s.peakOpen = p.n
+
+	if err := l.proc.alive(); err != nil {
+		return s, err
+	}
+	cpu1, err := cpuTime(pid)
+	if err != nil {
+		return s, err
+	}
+	s.cpu, s.hasCPU = cpu1-cpu0, true
 	if counter != nil {
-		if conns1, err = counter.read(ctx); err != nil {
+		conns1, err := counter.read(ctx, l.upPort)
+		if err != nil {
 			return s, err
 		}
 		s.conns = conns1 - conns0
 	}
-	if up1, err = upQueries(ctx, up); err != nil {
+	up1, err := upQueries(ctx, up)
+	if err != nil {
 		return s, err
 	}
-	if l.proc != nil {
-		s.upQueries = up1 - up0
-	}
+	s.upQueries = up1 - up0
 	return s, nil
 }
 

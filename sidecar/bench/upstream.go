@@ -10,24 +10,45 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/unboundtest"
 )
 
 // startUpstream starts the one DoT upstream every relay forwards to: Unbound,
 // one thread, answering from local data, with a plain port for the direct
-// baseline. Its idle timeouts stay at Unbound's defaults, as a real upstream
-// would close idle connections too.
-func startUpstream(ctx context.Context, names int) (*unboundtest.Server, error) {
+// baseline and a DoT port of its own for each relay (same server, same
+// certificate), so that connections can be counted per relay. Its idle
+// timeouts stay at Unbound's defaults, as a real upstream would close idle
+// connections too.
+func startUpstream(ctx context.Context, names, relays int) (*unboundtest.Server, error) {
 	return unboundtest.New(ctx, unboundtest.Options{
-		Names:   names,
-		Threads: 1,
-		Plain:   true,
-		// Relays that open a connection per in-flight query (dnsdist without
-		// maxInFlight, CoreDNS) must not be capped by Unbound's default 10.
-		IncomingNumTCP: 1000,
+		Names:         names,
+		Threads:       1,
+		Plain:         true,
+		ExtraDoTPorts: relays,
+		// Unbound keeps incoming-num-tcp buffers per listening port. Relays
+		// that open a connection per in-flight query (dnsdist without
+		// maxInFlight, CoreDNS) must not be capped by the default 10, and
+		// Unbound shortens tcp-idle-timeout (down to 200 ms) once half of a
+		// port's buffers are taken, which would measure the upstream
+		// closing connections rather than the relay.
+		IncomingNumTCP: incomingPerPort(relays + 2),
 		KillWithParent: true,
 	})
+}
+
+// incomingPerPort is 1000 TCP buffers per listening port, or fewer if the
+// file descriptor limit (which Unbound checks against all of them at start)
+// does not allow that many.
+func incomingPerPort(ports int) int {
+	const want, spare = 1000, 2048
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil || lim.Max > 1<<30 {
+		return want
+	}
+	n := (int64(lim.Max) - spare) / int64(ports)
+	return int(max(min(n, want), 100))
 }
 
 // writeQueryFile writes dnsperf input: every name with A, AAAA and TXT, in a
@@ -49,19 +70,21 @@ func writeQueryFile(dir string, recs []unboundtest.Record) (string, error) {
 	return path, nil
 }
 
-// synCounter counts TCP connection attempts (SYN without ACK) arriving at the
-// upstream's DoT port, with an nftables counter in a table of the harness's
-// own. The count is exact, taken by the kernel at the upstream side, and
-// costs the relays nothing: no extra hop, no sampling. The DoT port carries
-// nothing but TLS, so each SYN is one TLS connection opened by a relay. (A
-// SYN retransmitted because the accept queue was full would count twice; with
-// incoming-num-tcp at 1000 that does not happen here.)
+// synCounter counts TCP connection attempts (SYN without ACK) arriving at
+// each relay's own DoT port on the upstream, with nftables counters in a
+// table of the harness's own. The count is exact, taken by the kernel at the
+// upstream side, and costs the relays nothing: no extra hop, no sampling.
+// The ports carry nothing but TLS, and each relay has its own (an idle
+// relay's health checks do not land in another's count), so each SYN is one
+// TLS connection opened by that relay. (A SYN retransmitted because the
+// accept queue was full would count twice; with hundreds of TCP buffers per
+// port that does not happen here.)
 type synCounter struct {
 	nft   string
 	table string
 }
 
-func newSynCounter(ctx context.Context, port int) (*synCounter, error) {
+func newSynCounter(ctx context.Context, ports []int) (*synCounter, error) {
 	if os.Geteuid() != 0 {
 		return nil, fmt.Errorf("counting upstream connections needs root (an nftables counter)")
 	}
@@ -74,20 +97,28 @@ func newSynCounter(ctx context.Context, port int) (*synCounter, error) {
 	}
 	removeStaleTables(ctx, nft)
 	c := &synCounter{nft: nft, table: tablePrefix + strconv.Itoa(os.Getpid())}
-	script := fmt.Sprintf(`table inet %[1]s {
-	counter upstream_syn { }
-	chain input {
-		type filter hook input priority 0; policy accept;
-		tcp dport %[2]d tcp flags & (syn | ack) == syn counter name "upstream_syn"
-	}
-}
-`, c.table, port)
 	cmd := exec.CommandContext(ctx, nft, "-f", "-")
-	cmd.Stdin = strings.NewReader(script)
+	cmd.Stdin = strings.NewReader(counterRuleset(c.table, ports))
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("nft: adding table %s: %w: %s", c.table, err, out)
 	}
 	return c, nil
+}
+
+// counterRuleset is the nft script: one named counter per port, bumped by
+// SYNs to it.
+func counterRuleset(table string, ports []int) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "table inet %s {\n", table)
+	for _, p := range ports {
+		fmt.Fprintf(&b, "\tcounter syn_%d { }\n", p)
+	}
+	b.WriteString("\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n")
+	for _, p := range ports {
+		fmt.Fprintf(&b, "\t\ttcp dport %d tcp flags & (syn | ack) == syn counter name \"syn_%d\"\n", p, p)
+	}
+	b.WriteString("\t}\n}\n")
+	return b.String()
 }
 
 const tablePrefix = "dot_sidecar_bench_"
@@ -113,8 +144,9 @@ func removeStaleTables(ctx context.Context, nft string) {
 
 var rePackets = regexp.MustCompile(`packets (\d+)`)
 
-func (c *synCounter) read(ctx context.Context) (int64, error) {
-	out, err := exec.CommandContext(ctx, c.nft, "list", "counter", "inet", c.table, "upstream_syn").CombinedOutput()
+// read returns the SYNs counted so far to port.
+func (c *synCounter) read(ctx context.Context, port int) (int64, error) {
+	out, err := exec.CommandContext(ctx, c.nft, "list", "counter", "inet", c.table, "syn_"+strconv.Itoa(port)).CombinedOutput()
 	if err != nil {
 		return 0, fmt.Errorf("nft list counter: %w: %s", err, out)
 	}
