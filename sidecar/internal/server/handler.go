@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
@@ -47,7 +48,7 @@ func (s *Server) shed(msg []byte, p proto) result { return s.decide(msg, p, errO
 func (s *Server) decide(msg []byte, p proto, refuse error) result {
 	m, perr := dnswire.Parse(msg)
 	switch {
-	case perr == dnswire.ErrShort:
+	case errors.Is(perr, dnswire.ErrShort):
 		return result{malformed: true}
 	case m.Response():
 		// Answering a response could start a loop between two servers.
