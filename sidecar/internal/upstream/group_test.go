@@ -81,8 +81,8 @@ func (g *gate) pipe(c *net.TCPConn) {
 	g.mu.Lock()
 	if g.ln == nil { // killed while this one was being accepted
 		g.mu.Unlock()
-		reset(c)
-		reset(uc)
+		rstConn(c)
+		rstConn(uc)
 		return
 	}
 	g.conns[c], g.conns[uc] = struct{}{}, struct{}{}
@@ -100,7 +100,7 @@ func (g *gate) pipe(c *net.TCPConn) {
 	g.mu.Unlock()
 }
 
-func reset(c *net.TCPConn) {
+func rstConn(c *net.TCPConn) {
 	_ = c.SetLinger(0)
 	_ = c.Close()
 }
@@ -114,7 +114,7 @@ func (g *gate) kill() {
 		g.ln = nil
 	}
 	for c := range g.conns {
-		reset(c)
+		rstConn(c)
 	}
 }
 

@@ -18,9 +18,9 @@ import (
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/testpki"
 )
 
-// mount is a directory of trust files updated the way operators and
+// trustMount is a directory of trust files updated the way operators and
 // Kubernetes update them.
-type mount struct {
+type trustMount struct {
 	dir   string
 	kind  string // "rename" or "symlink swap"
 	gen   int
@@ -34,11 +34,11 @@ const (
 
 var swapKinds = []string{swapRename, swapSymlink}
 
-func newMount(t *testing.T, kind string) *mount {
-	return &mount{dir: t.TempDir(), kind: kind, files: map[string][]byte{}}
+func newMount(t *testing.T, kind string) *trustMount {
+	return &trustMount{dir: t.TempDir(), kind: kind, files: map[string][]byte{}}
 }
 
-func (m *mount) path(name string) string { return filepath.Join(m.dir, name) }
+func (m *trustMount) path(name string) string { return filepath.Join(m.dir, name) }
 
 // write replaces file name with data. rename: write a temporary file and
 // rename it over the old one. symlink swap: what kubelet's AtomicWriter
@@ -46,7 +46,7 @@ func (m *mount) path(name string) string { return filepath.Join(m.dir, name) }
 // timestamped directory, a new `..data` symlink to it renamed over the old
 // one, each visible name a symlink through `..data`, the old directory
 // removed.
-func (m *mount) write(t *testing.T, name string, data []byte) {
+func (m *trustMount) write(t *testing.T, name string, data []byte) {
 	t.Helper()
 	m.files[name] = data
 	must := func(err error) {
@@ -87,7 +87,7 @@ func (m *mount) write(t *testing.T, name string, data []byte) {
 // in a mount, and a TrustReloader watching them.
 type reloadRig struct {
 	srv   *dnstest.Server
-	mnt   *mount
+	mnt   *trustMount
 	trust *Trust
 	d     *DoT
 	g     *Group
