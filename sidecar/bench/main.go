@@ -96,6 +96,10 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, cfg); err != nil {
+		if ctx.Err() != nil {
+			// The error is whatever the signal cut short; say what happened.
+			err = fmt.Errorf("interrupted (everything it started has been stopped): %w", context.Cause(ctx))
+		}
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		stop()
 		os.Exit(1)

@@ -137,9 +137,28 @@ func run(ctx context.Context, cfg config) error {
 	}
 
 	loadBefore := loadAvg()
+	began := time.Now()
+	opened0, err := totalOpened(ctx, counter, targets)
+	if err != nil {
+		return err
+	}
 	samples, err := measure(ctx, cfg, tl["dnsperf"], targets, qfile, up, counter)
 	if err != nil {
 		return err
+	}
+	opened1, err := totalOpened(ctx, counter, targets)
+	if err != nil {
+		return err
+	}
+	if counter != nil {
+		var parts []string
+		for _, l := range targets {
+			if l.proc != nil {
+				parts = append(parts, fmt.Sprintf("%s %d", l.name, opened1[l.name]-opened0[l.name]))
+			}
+		}
+		notes = append(notes, fmt.Sprintf("TLS connections opened over the whole measurement (%s, runs and the idle time between a relay's runs): %s.",
+			time.Since(began).Round(time.Second), strings.Join(parts, ", ")))
 	}
 
 	var rows []row
@@ -370,6 +389,25 @@ func upQueries(ctx context.Context, up *unboundtest.Server) (float64, error) {
 		return 0, fmt.Errorf("unbound-control stats lacks num.query.tls")
 	}
 	return v, nil
+}
+
+// totalOpened reads every relay's SYN counter.
+func totalOpened(ctx context.Context, counter *synCounter, targets []*live) (map[string]int64, error) {
+	out := map[string]int64{}
+	if counter == nil {
+		return out, nil
+	}
+	for _, l := range targets {
+		if l.proc == nil {
+			continue
+		}
+		n, err := counter.read(ctx, l.upPort)
+		if err != nil {
+			return nil, err
+		}
+		out[l.name] = n
+	}
+	return out, nil
 }
 
 // connSampleInterval is how often open upstream connections are counted
