@@ -12,8 +12,10 @@ import (
 var errOverloaded = errors.New("too many queries in flight")
 
 // failure is the one place where an error from the upstream side becomes
-// what the client gets: always SERVFAIL, with the Extended DNS Error code
-// (RFC 8914) and text that go with it when the query carried EDNS.
+// what the client gets: SERVFAIL, with the Extended DNS Error code (RFC 8914)
+// and text that go with it when the query carried EDNS. The exception is
+// ErrBadQuery: the upstream found the query itself malformed and sent
+// nothing, so the client gets FORMERR without EDE (asking again cannot help).
 //
 // TLS failures, pins included, are 23 Network Error: the upstream was
 // reached but could not be trusted. The sidecar's own overload is 0 Other.
@@ -21,17 +23,19 @@ var errOverloaded = errors.New("too many queries in flight")
 // or all-down upstreams, connections lost, malformed answers, shutdown and
 // errors nobody foresaw) is 22 No Reachable Authority: no usable answer
 // could be had in time.
-func failure(err error) (rcode int, ede uint16, text string) {
-	rcode, ede = dns.RcodeServerFailure, dns.ExtendedErrorCodeNoReachableAuthority
+func failure(err error) (rcode int, ede int, text string) {
+	rcode, ede = dns.RcodeServerFailure, int(dns.ExtendedErrorCodeNoReachableAuthority)
 	switch {
+	case errors.Is(err, upstream.ErrBadQuery):
+		return dns.RcodeFormatError, noEDE, ""
 	case errors.Is(err, errOverloaded):
 		// The sidecar's own state, not the upstream's: no code of RFC 8914
 		// says "busy", so Other, with the reason in the text.
-		return rcode, dns.ExtendedErrorCodeOther, "sidecar overloaded"
+		return rcode, int(dns.ExtendedErrorCodeOther), "sidecar overloaded"
 	case errors.Is(err, upstream.ErrPinMismatch):
-		return rcode, dns.ExtendedErrorCodeNetworkError, "upstream key not pinned"
+		return rcode, int(dns.ExtendedErrorCodeNetworkError), "upstream key not pinned"
 	case errors.Is(err, upstream.ErrTLS):
-		return rcode, dns.ExtendedErrorCodeNetworkError, "upstream TLS failure"
+		return rcode, int(dns.ExtendedErrorCodeNetworkError), "upstream TLS failure"
 	case errors.Is(err, context.DeadlineExceeded):
 		return rcode, ede, "upstream did not answer in time"
 	case errors.Is(err, upstream.ErrAllDown):

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"fmt"
 	"net"
 	"testing"
@@ -12,25 +13,29 @@ import (
 
 // TestFailures checks that every way the upstream can fail gives SERVFAIL,
 // with the Extended DNS Error the failure calls for when the query carried
-// EDNS and no OPT record at all when it did not.
+// EDNS and no OPT record at all when it did not; a query the upstream
+// rejects as malformed gets FORMERR without EDE.
 func TestFailures(t *testing.T) {
 	const timeout = 300 * time.Millisecond
 	ts := startServer(t, Options{QueryTimeout: timeout})
+	const edeNRA, edeNet = int(dns.ExtendedErrorCodeNoReachableAuthority), int(dns.ExtendedErrorCodeNetworkError)
 	tests := []struct {
 		label string
-		ede   uint16
+		ede   int // noEDE: an OPT record without EDE
+		rcode int // 0: SERVFAIL
 	}{
-		{"err-unreachable", dns.ExtendedErrorCodeNoReachableAuthority},
-		{"err-alldown", dns.ExtendedErrorCodeNoReachableAuthority},
-		{"err-connclosed", dns.ExtendedErrorCodeNoReachableAuthority},
-		{"err-timeout", dns.ExtendedErrorCodeNoReachableAuthority},
-		{"err-bad", dns.ExtendedErrorCodeNoReachableAuthority},
-		{"err-closed", dns.ExtendedErrorCodeNoReachableAuthority},
-		{"err-unknown", dns.ExtendedErrorCodeNoReachableAuthority},
-		{"err-tls", dns.ExtendedErrorCodeNetworkError},
-		{"err-pin", dns.ExtendedErrorCodeNetworkError},
-		{"garbage", dns.ExtendedErrorCodeNoReachableAuthority}, // not a DNS message
-		{"slow", dns.ExtendedErrorCodeNoReachableAuthority},    // the query's deadline
+		{"err-unreachable", edeNRA, 0},
+		{"err-alldown", edeNRA, 0},
+		{"err-connclosed", edeNRA, 0},
+		{"err-timeout", edeNRA, 0},
+		{"err-bad", edeNRA, 0},
+		{"err-closed", edeNRA, 0},
+		{"err-unknown", edeNRA, 0},
+		{"err-tls", edeNet, 0},
+		{"err-pin", edeNet, 0},
+		{"err-badquery", noEDE, dns.RcodeFormatError}, // the client's fault: FORMERR
+		{"garbage", edeNRA, 0},                        // not a DNS message
+		{"slow", edeNRA, 0},                           // the query's deadline
 	}
 	for _, network := range []string{"udp", "tcp"} {
 		for _, tt := range tests {
@@ -48,8 +53,9 @@ func TestFailures(t *testing.T) {
 					start := time.Now()
 					r, _ := ask(t, network, ts.addr(t, network, loopback4), q)
 					elapsed := time.Since(start)
-					if r.Rcode != dns.RcodeServerFailure || r.Id != q.Id || len(r.Question) != 1 {
-						t.Fatalf("answer %v, want SERVFAIL to the question", r.MsgHdr)
+					wantRcode := cmp.Or(tt.rcode, dns.RcodeServerFailure)
+					if r.Rcode != wantRcode || r.Id != q.Id || len(r.Question) != 1 {
+						t.Fatalf("answer %v, want %s to the question", r.MsgHdr, dns.RcodeToString[wantRcode])
 					}
 					if !edns {
 						if r.IsEdns0() != nil {
@@ -58,7 +64,12 @@ func TestFailures(t *testing.T) {
 						return
 					}
 					e := ede(r)
-					if e == nil || e.InfoCode != tt.ede {
+					switch {
+					case r.IsEdns0() == nil:
+						t.Fatalf("no OPT in the answer to a query with one")
+					case tt.ede == noEDE && e != nil:
+						t.Fatalf("EDE %v, want none", e)
+					case tt.ede != noEDE && (e == nil || int(e.InfoCode) != tt.ede):
 						t.Fatalf("EDE %v, want %d", e, tt.ede)
 					}
 					if !r.IsEdns0().Do() {

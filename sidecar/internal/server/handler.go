@@ -91,8 +91,9 @@ func (s *Server) local(msg []byte, m *dnswire.Message, rcode int, ede int, text 
 
 func (s *Server) fail(msg []byte, m *dnswire.Message, err error) result {
 	rcode, ede, text := failure(err)
-	r := s.local(msg, m, rcode, int(ede), text)
+	r := s.local(msg, m, rcode, ede, text)
 	r.err = err
+	r.malformed = rcode == dns.RcodeFormatError
 	return r
 }
 

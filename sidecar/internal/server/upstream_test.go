@@ -61,6 +61,7 @@ var errorsByLabel = map[string]error{
 	"err-closed":      upstream.ErrClosed,
 	"err-unknown":     errors.New("something nobody foresaw"),
 	"err-timeout":     fmt.Errorf("waiting for the answer: %w", context.DeadlineExceeded),
+	"err-badquery":    fmt.Errorf("%w: malformed name in question", upstream.ErrBadQuery),
 }
 
 func (u *localUpstream) Name() string { return "local" }
