@@ -1,7 +1,9 @@
 #!/bin/sh
-# dns-redirect.sh: redirect a pod's outgoing DNS to the dot-sidecar on loopback.
+# dns-redirect.sh: redirect a pod's outgoing DNS to the dot-sidecar on loopback,
+# or (node-* commands) a node's node-local DNS address to the node's dot-sidecar.
 #
-# Usage: dns-redirect.sh [apply|cleanup|dry-run|help]      (default: apply)
+# Usage: dns-redirect.sh [apply|cleanup|dry-run|node-apply|node-cleanup|node-dry-run|help]
+#        (default: apply)
 #
 #   apply    Run as root with CAP_NET_ADMIN (and CAP_NET_RAW for the legacy
 #            backend) inside the pod's network namespace. Redirects UDP and TCP
@@ -12,6 +14,31 @@
 #   dry-run  Prints, on stdout, the iptables-restore --noflush input apply would
 #            feed each family in a namespace that holds none of our rules yet.
 #            Needs neither root nor the iptables tools.
+#
+# Node-level mode (manifests/node: one dot-sidecar per node on the host network;
+# README, node-level mode). The sidecar cannot bind port 53 there: it runs as a
+# non-root UID with no capabilities, and Kubernetes grants no ambient ones. So it
+# listens on NODE_LOCAL_ADDRESS:BIND_PORT and these commands forward port 53:
+#   node-apply    Run as root with CAP_NET_ADMIN (and CAP_NET_RAW for the legacy
+#                 backend) in the node's network namespace. Puts NODE_LOCAL_ADDRESS/32
+#                 on lo (label lo:dot-sidecar) and DNATs UDP and TCP
+#                 NODE_LOCAL_ADDRESS:53 to NODE_LOCAL_ADDRESS:BIND_PORT, from pods
+#                 (nat PREROUTING) and from the node's own processes (nat OUTPUT).
+#                 IPv4 only. Idempotent; an address of ours that is no longer
+#                 NODE_LOCAL_ADDRESS is removed; when committing the rules fails,
+#                 an address this run added is removed again.
+#   node-cleanup  Removes exactly what node-apply added: the jumps and the chain in
+#                 every backend that holds them (IPTABLES_MODE=auto), and every
+#                 address labelled lo:dot-sidecar.
+#   node-dry-run  Prints, on stdout, the ip command and the iptables-restore
+#                 --noflush input node-apply would use on a node holding none of it.
+# What node-apply creates, in the IPv4 nat table:
+#   - chain DOT_SIDECAR_NODE (declared in the payload, so a re-run flushes and
+#     refills just that chain), with one DNAT rule per protocol;
+#   - jumps "-I PREROUTING 1 -d ADDR/32 ..." and "-I OUTPUT 1 -d ADDR/32 ...",
+#     first, so that no hostPort or container-engine DNAT for local port 53 sees
+#     the query before us; a jump already in place is kept, any other jump to our
+#     chain (a stale address, a copy) is deleted.
 #
 # What apply creates, per family (iptables and ip6tables), in the nat table:
 #   - chain DOT_SIDECAR_OUTPUT, declared in the payload (":DOT_SIDECAR_OUTPUT - [0:0]"),
@@ -25,13 +52,21 @@
 #            dot-sidecar/skip-sidecar-gid, dot-sidecar/redirect-udp-dns,
 #            dot-sidecar/redirect-tcp-dns (REDIRECT_MODE=all),
 #            dot-sidecar/redirect-udp-resolvconf, dot-sidecar/redirect-tcp-resolvconf
+#   node     chain DOT_SIDECAR_NODE (nat, IPv4); comments dot-sidecar/node-dns-from-pods
+#            (PREROUTING jump), dot-sidecar/node-dns-from-node (OUTPUT jump),
+#            dot-sidecar/node-dnat-udp, dot-sidecar/node-dnat-tcp; address label
+#            lo:dot-sidecar
 #   stderr   "dns-redirect: backend: <nft|legacy> (IPTABLES_MODE=...)" on apply;
 #            "dns-redirect: IPv6: skipped: <reason>" when IPv6 is skipped;
 #            "dns-redirect: error: <message>" before any non-zero exit.
 #
 # Settings (environment):
 #   BIND_PORT      sidecar DNS port on loopback (default 5053). REDIRECT sends
-#                  IPv4 to 127.0.0.1:BIND_PORT and IPv6 to [::1]:BIND_PORT.
+#                  IPv4 to 127.0.0.1:BIND_PORT and IPv6 to [::1]:BIND_PORT. In
+#                  node mode, the port the DNAT sends to (53 is refused: the
+#                  sidecar could not bind it).
+#   NODE_LOCAL_ADDRESS  node mode: the IPv4 address pods send their queries to
+#                  (default 169.254.20.53; link-local, so never routed off a node).
 #   SIDECAR_UID    numeric UID whose traffic is never redirected (default 10053,
 #                  the image's USER). 0 is refused: it would exempt every root
 #                  process from capture.
@@ -52,11 +87,13 @@
 #                  (default /proc/net/if_inet6; tests point it elsewhere).
 #   DOT_SIDECAR_TEST_FAIL  test hook only: ipv4-apply or ipv6-apply makes that
 #                  family's real iptables-restore commit fail (after both
-#                  families passed --test), to exercise the rollback.
+#                  families passed --test), to exercise the rollback; node-apply
+#                  does the same to node-apply's commit.
 #
 # Exit codes:
 #   0 done (cleanup with nothing to remove is success)
-#   1 iptables-restore or -save failed; apply rolled back both families
+#   1 iptables-restore, -save or ip failed; apply rolled back both families; or
+#     (node-apply) NODE_LOCAL_ADDRESS is already on the node but not ours
 #   2 usage or invalid setting (unknown command, bad BIND_PORT, bad resolv.conf, ...)
 #   3 missing privilege (not root / no CAP_NET_ADMIN, or no CAP_NET_RAW for legacy)
 #   4 missing tool or no usable iptables backend
@@ -69,6 +106,9 @@ PATH="$PATH:/usr/sbin:/sbin"
 
 CHAIN=DOT_SIDECAR_OUTPUT
 JUMP_COMMENT=dot-sidecar/capture-dns
+NODE_CHAIN=DOT_SIDECAR_NODE
+NODE_LABEL=lo:dot-sidecar # an address label must start with its device's name
+WHERE="the pod's network namespace" # for messages; the node-* commands change it
 RESTORE_WAIT=10 # seconds to wait for the xtables lock (legacy; nft ignores it)
 
 EX_FAIL=1
@@ -86,12 +126,17 @@ die() {
 
 usage() {
 	cat <<'EOF'
-usage: dns-redirect.sh [apply|cleanup|dry-run|help]
-  apply    redirect outgoing DNS (UDP/TCP port 53) to the sidecar (default)
-  cleanup  remove exactly what apply added
-  dry-run  print the iptables-restore input apply would use (no root needed)
+usage: dns-redirect.sh [apply|cleanup|dry-run|node-apply|node-cleanup|node-dry-run|help]
+  apply         redirect outgoing DNS (UDP/TCP port 53) to the sidecar (default)
+  cleanup       remove exactly what apply added
+  dry-run       print the iptables-restore input apply would use (no root needed)
+  node-apply    node-level mode: NODE_LOCAL_ADDRESS on lo, and DNAT of its port 53
+                to its BIND_PORT for pods and the node itself
+  node-cleanup  remove exactly what node-apply added
+  node-dry-run  print what node-apply would do (no root needed)
 settings (env): BIND_PORT SIDECAR_UID SIDECAR_GID REDIRECT_MODE RESOLV_CONF
-                IPTABLES_MODE IPV6_MODE; see the header of this script
+                IPTABLES_MODE IPV6_MODE NODE_LOCAL_ADDRESS; see the header of
+                this script
 EOF
 }
 
@@ -105,6 +150,7 @@ RESOLV_CONF=${RESOLV_CONF:-/etc/resolv.conf}
 IPTABLES_MODE=${IPTABLES_MODE:-auto}
 IPV6_MODE=${IPV6_MODE:-auto}
 IF_INET6=${DOT_SIDECAR_IF_INET6:-/proc/net/if_inet6}
+NODE_LOCAL_ADDRESS=${NODE_LOCAL_ADDRESS:-169.254.20.53}
 TEST_FAIL=${DOT_SIDECAR_TEST_FAIL:-}
 
 # is_uint: a decimal without sign or leading zeros (the shell would read 010 as
@@ -143,8 +189,8 @@ validate_settings() {
 	*) die $EX_USAGE "IPV6_MODE=$IPV6_MODE: want auto, on or off" ;;
 	esac
 	case $TEST_FAIL in
-	'' | ipv4-apply | ipv6-apply) ;;
-	*) die $EX_USAGE "DOT_SIDECAR_TEST_FAIL=$TEST_FAIL: want ipv4-apply or ipv6-apply" ;;
+	'' | ipv4-apply | ipv6-apply | node-apply) ;;
+	*) die $EX_USAGE "DOT_SIDECAR_TEST_FAIL=$TEST_FAIL: want ipv4-apply, ipv6-apply or node-apply" ;;
 	esac
 }
 
@@ -298,7 +344,7 @@ require_cap() {
 		done </proc/self/status
 	fi
 	if [ -z "$capeff" ]; then
-		[ "$(id -u)" = 0 ] || die $EX_PRIV "must run as root with CAP_$2 in the pod's network namespace"
+		[ "$(id -u)" = 0 ] || die $EX_PRIV "must run as root with CAP_$2 in $WHERE"
 		return 0
 	fi
 	[ $((0x$capeff >> $1 & 1)) = 1 ] || die $EX_PRIV "missing CAP_$2 (uid $(id -u)): $3"
@@ -307,7 +353,7 @@ require_cap() {
 # NET_ADMIN for any change to netfilter; NET_RAW for the legacy backend, whose
 # tools talk to the kernel through a raw socket (nft uses netlink only).
 require_net_admin() {
-	require_cap 12 NET_ADMIN "run as root with capabilities NET_ADMIN and NET_RAW in the pod's network namespace"
+	require_cap 12 NET_ADMIN "run as root with capabilities NET_ADMIN and NET_RAW in $WHERE"
 }
 require_net_raw_for() {
 	[ "$1" != legacy ] || require_cap 13 NET_RAW "the legacy iptables backend needs it (add NET_RAW to the init container)"
@@ -455,9 +501,9 @@ rollback() {
 	die $EX_FAIL "rolled back: no dot-sidecar rules remain in any family"
 }
 
-cmd_cleanup() {
-	require_base_tools
-	decide_ipv6
+# cleanup_backends sets backends, those cleanup looks in (every installed one
+# with IPTABLES_MODE=auto), and checks the privileges they need.
+cleanup_backends() {
 	case $IPTABLES_MODE in
 	auto) backends= && for b in nft legacy; do has_backend "$b" && backends="$backends $b"; done ;;
 	*)
@@ -471,20 +517,210 @@ cmd_cleanup() {
 	for b in $backends; do
 		require_net_raw_for "$b"
 	done
+}
+
+# cleanup_in family backend: remove, unless auto finds the backend unusable.
+cleanup_in() {
+	if [ "$IPTABLES_MODE" = auto ] && ! "$(tool "$1" "$2" save)" >/dev/null 2>&1; then
+		return 0 # backend unusable here (e.g. no nf_tables): nothing of ours in it
+	fi
+	remove "$1" "$2"
+}
+
+cmd_cleanup() {
+	require_base_tools
+	decide_ipv6
+	cleanup_backends
 	status=0
 	for b in $backends; do
 		for f in 4 6; do
 			if [ "$f" = 6 ] && [ "$DO_V6" = no ]; then
 				continue
 			fi
-			if [ "$IPTABLES_MODE" = auto ] && ! "$(tool "$f" "$b" save)" >/dev/null 2>&1; then
-				continue # backend unusable here (e.g. no nf_tables): nothing of ours in it
-			fi
-			remove "$f" "$b" || status=$EX_FAIL
+			cleanup_in "$f" "$b" || status=$EX_FAIL
 		done
 	done
 	[ "$status" = 0 ] || die $EX_FAIL "cleanup incomplete"
 	log "cleanup done (backends:$backends)"
+}
+
+# --- node-level mode --------------------------------------------------------
+
+# validate_node_settings: NODE_LOCAL_ADDRESS is a unicast IPv4 address that a
+# DNAT in PREROUTING can target (not 127/8: the kernel drops packets from
+# outside to it as martians), and BIND_PORT one the sidecar binds unprivileged.
+validate_node_settings() {
+	a=$NODE_LOCAL_ADDRESS
+	case $a in
+	*:*) die $EX_USAGE "NODE_LOCAL_ADDRESS=$a: node mode is IPv4 only (README: node-level mode)" ;;
+	*[!0-9.]* | *..* | .* | *. | '') die $EX_USAGE "NODE_LOCAL_ADDRESS=$a is not an IPv4 address" ;;
+	esac
+	# shellcheck disable=SC2086 # splitting on dots is the point; globbing is off
+	set -f && oldifs=$IFS && IFS=. && set -- $a && IFS=$oldifs && set +f
+	[ $# = 4 ] || die $EX_USAGE "NODE_LOCAL_ADDRESS=$a is not an IPv4 address (want four decimal octets)"
+	for o in "$@"; do
+		{ is_uint "$o" && [ "$o" -le 255 ]; } ||
+			die $EX_USAGE "NODE_LOCAL_ADDRESS=$a: octet '$o' is not 0-255 without leading zeros"
+	done
+	if [ "$1" = 0 ] || [ "$1" = 127 ] || [ "$1" -ge 224 ]; then
+		die $EX_USAGE "NODE_LOCAL_ADDRESS=$a: want a unicast address outside 0/8 and 127/8 (default 169.254.20.53)"
+	fi
+	[ "$BIND_PORT" != 53 ] ||
+		die $EX_USAGE "BIND_PORT=53: node mode forwards port 53 to BIND_PORT, a port the non-root sidecar can bind (default 5053)"
+}
+
+require_ip() {
+	command -v ip >/dev/null 2>&1 || die $EX_TOOL "missing tool: ip (Debian package iproute2)"
+}
+
+# node_jump built-in-chain reason: a jump to our chain, as iptables-save prints it.
+node_jump() {
+	rule "$1" "$2" "-d $NODE_LOCAL_ADDRESS/32" "-j $NODE_CHAIN"
+}
+
+node_chain_body() {
+	for p in udp tcp; do
+		rule "$NODE_CHAIN" "node-dnat-$p" "-d $NODE_LOCAL_ADDRESS/32 -p $p -m $p --dport 53" \
+			"-j DNAT --to-destination $NODE_LOCAL_ADDRESS:$BIND_PORT"
+	done
+}
+
+# node_jump_lines nat-state: keeps, in each built-in chain, the first jump that
+# is exactly the wanted one; prints "-D" for every other jump to our chain
+# (copies, a former NODE_LOCAL_ADDRESS) and "-I ... 1" for a wanted one missing.
+node_jump_lines() {
+	want_pre=$(node_jump PREROUTING node-dns-from-pods)
+	want_out=$(node_jump OUTPUT node-dns-from-node)
+	have_pre=no have_out=no
+	while IFS= read -r l; do
+		if [ -z "$l" ]; then
+			continue
+		elif [ "$l" = "$want_pre" ] && [ $have_pre = no ]; then
+			have_pre=yes
+		elif [ "$l" = "$want_out" ] && [ $have_out = no ]; then
+			have_out=yes
+		else
+			printf -- '-D %s\n' "${l#-A }"
+		fi
+	done <<JUMPS
+$(printf '%s\n' "$1" | jumps)
+JUMPS
+	[ $have_pre = yes ] || printf -- '-I PREROUTING 1 %s\n' "${want_pre#-A PREROUTING }"
+	[ $have_out = yes ] || printf -- '-I OUTPUT 1 %s\n' "${want_out#-A OUTPUT }"
+}
+
+# node_payload nat-state: the restore input of node-apply.
+node_payload() {
+	printf '*nat\n:%s - [0:0]\n' "$NODE_CHAIN"
+	node_chain_body
+	node_jump_lines "$1"
+	printf 'COMMIT\n'
+}
+
+# node_addr_add_args: the ip arguments that put the address on lo, labelled.
+node_addr_add_args() {
+	printf -- '-4 addr add %s/32 dev lo label %s' "$NODE_LOCAL_ADDRESS" "$NODE_LABEL"
+}
+
+# our_addresses: every address/len of lo labelled ours, one a line.
+our_addresses() {
+	ip -4 -o addr show dev lo label "$NODE_LABEL" | sed -n 's|.* inet \([0-9.]*/[0-9]*\) .*|\1|p'
+}
+
+# node_address sets ADDED (yes when this run put the address on lo). It refuses
+# an address the node has that we did not add: node-cleanup would never remove
+# it, and whoever added it may.
+node_address() {
+	ADDED=no
+	mine=$(our_addresses) || die $EX_FAIL "ip cannot list the addresses of lo"
+	for old in $mine; do
+		[ "$old" != "$NODE_LOCAL_ADDRESS/32" ] || continue
+		out=$(ip -4 addr del "$old" dev lo 2>&1) || die $EX_FAIL "removing our former address $old from lo: $out"
+		log "address: removed our former $old from lo"
+	done
+	case " $(printf '%s ' "$mine")" in
+	*" $NODE_LOCAL_ADDRESS/32 "*)
+		log "address: $NODE_LOCAL_ADDRESS/32 already on lo ($NODE_LABEL)"
+		return 0
+		;;
+	esac
+	held=$(ip -4 -o addr show to "$NODE_LOCAL_ADDRESS/32") || die $EX_FAIL "ip cannot list this node's addresses"
+	if [ -n "$held" ]; then
+		die $EX_FAIL "NODE_LOCAL_ADDRESS=$NODE_LOCAL_ADDRESS is already on this node without our label $NODE_LABEL, so it is not ours (choose another address, or remove it): $(printf '%s\n' "$held" | sed 's/ *valid_lft.*//; s/\\$//')"
+	fi
+	# shellcheck disable=SC2046 # the arguments are words without spaces
+	out=$(ip $(node_addr_add_args) 2>&1) || die $EX_FAIL "ip $(node_addr_add_args): $out"
+	ADDED=yes
+	log "address: added $NODE_LOCAL_ADDRESS/32 on lo ($NODE_LABEL)"
+}
+
+cmd_node_dry_run() {
+	echo "# dot-sidecar dns-redirect node-dry-run: what 'node-apply' does on a node that"
+	echo "# holds none of it yet. A re-run adds the address and each jump only when"
+	echo "# missing, and declares (and so flushes) only $NODE_CHAIN."
+	echo "# NODE_LOCAL_ADDRESS=$NODE_LOCAL_ADDRESS BIND_PORT=$BIND_PORT IPTABLES_MODE=$IPTABLES_MODE"
+	echo "# ==== address: ip ===="
+	echo "ip $(node_addr_add_args)"
+	echo "# ==== IPv4: iptables-restore --noflush ===="
+	node_payload ""
+	echo "# ==== IPv6: not touched: node mode is IPv4 only ===="
+}
+
+cmd_node_apply() {
+	require_base_tools
+	require_ip
+	require_net_admin
+	choose_backend
+	require_net_raw_for "$BACKEND"
+	# --test first: rules the kernel rejects leave the node untouched.
+	st=$(nat_state 4 "$BACKEND") || die $EX_FAIL "cannot read current rules with $(tool 4 "$BACKEND" save)"
+	if ! out=$(node_payload "$st" | restore 4 "$BACKEND" --test); then
+		die $EX_FAIL "IPv4 ($BACKEND): iptables-restore --test rejected our rules, nothing applied: $out"
+	fi
+	node_address
+	st=$(nat_state 4 "$BACKEND") || node_undo "cannot read current rules"
+	p=$(node_payload "$st")
+	if [ "$TEST_FAIL" = node-apply ]; then
+		p=$(printf '%s\n' "$p" | sed "s/^COMMIT\$/-A DOT_SIDECAR_NO_CHAIN -j RETURN\nCOMMIT/")
+	fi
+	if ! out=$(printf '%s\n' "$p" | restore 4 "$BACKEND"); then
+		node_undo "$out"
+	fi
+	st=$(nat_state 4 "$BACKEND") || die $EX_FAIL "IPv4: cannot read back rules"
+	printf '%s\n' "$st" | ours | while IFS= read -r l; do log "IPv4 ($BACKEND): $l"; done
+	log "applied: DNS to $NODE_LOCAL_ADDRESS:53 (UDP+TCP, from pods and from the node) now goes to $NODE_LOCAL_ADDRESS:$BIND_PORT; IPv6 not touched"
+}
+
+# node_undo message: the rules did not commit (iptables-restore then changes
+# nothing); take the address back if this run added it.
+node_undo() {
+	log "IPv4 ($BACKEND): applying failed: $1"
+	if [ "$ADDED" = yes ]; then
+		out=$(ip -4 addr del "$NODE_LOCAL_ADDRESS/32" dev lo 2>&1) ||
+			die $EX_FAIL "rollback incomplete: $NODE_LOCAL_ADDRESS/32 stays on lo ($out); run node-cleanup"
+	fi
+	die $EX_FAIL "rolled back: no rule changed, and an address this run added is gone again"
+}
+
+cmd_node_cleanup() {
+	require_base_tools
+	require_ip
+	cleanup_backends
+	status=0
+	for b in $backends; do
+		cleanup_in 4 "$b" || status=$EX_FAIL
+	done
+	mine=$(our_addresses) || die $EX_FAIL "ip cannot list the addresses of lo"
+	for a in $mine; do
+		if out=$(ip -4 addr del "$a" dev lo 2>&1); then
+			log "address: removed $a from lo"
+		else
+			log "address: removing $a from lo failed: $out"
+			status=$EX_FAIL
+		fi
+	done
+	[ "$status" = 0 ] || die $EX_FAIL "node-cleanup incomplete"
+	log "node-cleanup done (backends:$backends)"
 }
 
 # --- main -------------------------------------------------------------------
@@ -496,6 +732,10 @@ cmd=${1:-apply}
 }
 case $cmd in
 apply | cleanup | dry-run) ;;
+node-apply | node-cleanup | node-dry-run)
+	CHAIN=$NODE_CHAIN # jumps, ours and remove work on the node chain
+	WHERE="the node's network namespace"
+	;;
 help | -h | --help)
 	usage
 	exit 0
@@ -510,4 +750,12 @@ case $cmd in
 apply) cmd_apply ;;
 cleanup) cmd_cleanup ;;
 dry-run) cmd_dry_run ;;
+node-*)
+	validate_node_settings
+	case $cmd in
+	node-apply) cmd_node_apply ;;
+	node-cleanup) cmd_node_cleanup ;;
+	node-dry-run) cmd_node_dry_run ;;
+	esac
+	;;
 esac
