@@ -21,17 +21,19 @@ LABEL org.opencontainers.image.title="dot-sidecar" \
       org.opencontainers.image.description="Encrypts a Kubernetes pod's DNS: DNS-over-TLS sidecar with an iptables init step" \
       org.opencontainers.image.version="${VERSION}"
 # iptables ships both backends (xtables-nft-multi and xtables-legacy-multi);
-# ca-certificates verifies public DoT upstreams. dash, sed and grep for the
-# scripts are already in the base.
+# iproute2's ip puts the node-level mode's address on lo (dns-redirect.sh
+# node-apply); ca-certificates verifies public DoT upstreams. dash, sed and
+# grep for the scripts are already in the base.
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iptables ca-certificates \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iptables iproute2 ca-certificates \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
 COPY --from=build /out/dot-sidecar /usr/local/bin/dot-sidecar
 COPY --chmod=0755 entrypoint.sh /opt/dot-sidecar/entrypoint.sh
 COPY --chmod=0755 iptables/dns-redirect.sh /opt/dot-sidecar/iptables/dns-redirect.sh
 # Numeric, so runAsNonRoot can verify it; equal to dns-redirect.sh's default
-# SIDECAR_UID, whose traffic the redirect exempts. The iptables init container
-# overrides it to root with NET_ADMIN and NET_RAW.
+# SIDECAR_UID, whose traffic the redirect exempts. The iptables init containers
+# (per pod, and the node-level mode's) override it to root with NET_ADMIN and
+# NET_RAW.
 USER 10053:10053
 EXPOSE 5053/udp 5053/tcp 9253
 ENTRYPOINT ["/opt/dot-sidecar/entrypoint.sh"]

@@ -165,7 +165,9 @@ func TestDockerfile(t *testing.T) {
 				apt = r
 			}
 		}
-		for _, want := range []string{"apt-get update", "--no-install-recommends", " iptables ", " ca-certificates ", "rm -rf /var/lib/apt/lists/*"} {
+		// iproute2: dns-redirect.sh node-apply, run by manifests/node's init
+		// container, needs ip (TestNodeModeInNamespaces runs it).
+		for _, want := range []string{"apt-get update", "--no-install-recommends", " iptables ", " iproute2 ", " ca-certificates ", "rm -rf /var/lib/apt/lists/*"} {
 			if !strings.Contains(apt, want) {
 				t.Errorf("apt RUN %q lacks %q (one layer: update, install, clean)", apt, want)
 			}
