@@ -134,7 +134,30 @@ func startUnboundForwarder(u upstreamInfo, t tools, dir string, port int) ([]str
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return nil, nil, err
 	}
-	return []string{t["unbound"], "-d", "-d", "-c", path}, nil, nil
+	bin, err := unconfined(t["unbound"], dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	return []string{bin, "-d", "-d", "-c", path}, nil, nil
+}
+
+// unconfined returns a program path that no AppArmor profile attaches to.
+// Debian's profile for /usr/sbin/unbound confines it to /etc/unbound, so
+// where AppArmor is enabled a copy in dir runs instead and can read its
+// configuration there (the same binary, so the figures are Unbound's).
+func unconfined(bin, dir string) (string, error) {
+	if b, err := os.ReadFile("/sys/module/apparmor/parameters/enabled"); err != nil || !strings.HasPrefix(string(b), "Y") {
+		return bin, nil
+	}
+	data, err := os.ReadFile(bin)
+	if err != nil {
+		return "", fmt.Errorf("copying %s out of AppArmor's reach: %w", bin, err)
+	}
+	cp := filepath.Join(dir, filepath.Base(bin))
+	if err := os.WriteFile(cp, data, 0o755); err != nil {
+		return "", fmt.Errorf("copying %s out of AppArmor's reach: %w", bin, err)
+	}
+	return cp, nil
 }
 
 func startStubby(u upstreamInfo, t tools, dir string, port int) ([]string, []string, error) {
