@@ -2,7 +2,6 @@ package manifests
 
 import (
 	"fmt"
-	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -234,30 +233,29 @@ func TestSidecarContainer(t *testing.T) {
 				if !cfg.BindAddressExplicit() || len(addrs) != 1 || !addrs[0].IsLinkLocalUnicast() {
 					t.Errorf("%s: BIND_ADDRESS %v, want one node-local (link-local) address set explicitly", where, addrs)
 				}
-				na := p.container(t, nodeAddressName)
-				if v, _ := lookup(p.env(t, na), "NODE_LOCAL_ADDRESS"); len(addrs) == 1 && v != addrs[0].String() {
-					t.Errorf("%s: node-address gives the node %q, the sidecar binds %v", where, v, addrs)
+				ni := p.container(t, nodeInitName)
+				if v, _ := lookup(p.env(t, ni), "NODE_LOCAL_ADDRESS"); len(addrs) == 1 && v != addrs[0].String() {
+					t.Errorf("%s: %s gives the node %q, the sidecar binds %v", where, nodeInitName, v, addrs)
 				}
 			}
-			// A port below 1024 on the host network needs NET_BIND_SERVICE,
-			// and nothing else; otherwise nothing at all.
-			wantCaps := []corev1.Capability(nil)
+			// No sidecar gets a capability, the node-level one included: a
+			// non-root process cannot use an added capability (Kubernetes
+			// grants no ambient ones, and no_new_privs voids file
+			// capabilities), so every sidecar listens on an unprivileged port
+			// (the node-level mode DNATs port 53 to it: TestInitSteps).
+			if len(caps) > 0 {
+				t.Errorf("%s: adds capabilities %v; a non-root sidecar could not use them", where, caps)
+			}
 			if cfg.BindPort < 1024 {
-				wantCaps = []corev1.Capability{"NET_BIND_SERVICE"}
-			}
-			if !slices.Equal(caps, wantCaps) {
-				t.Errorf("%s: adds capabilities %v, want %v for port %d", where, caps, wantCaps, cfg.BindPort)
-			}
-			if p.mode != "node" && cfg.BindPort < 1024 {
-				t.Errorf("%s: a per-pod sidecar listens on loopback, on an unprivileged port; got %d", where, cfg.BindPort)
+				t.Errorf("%s: listens on port %d; without capabilities a non-root process cannot bind below 1024", where, cfg.BindPort)
 			}
 		})
 	}
 }
 
 // TestInitSteps checks the iptables and check init containers (and the
-// node-level mode's address step): what they run, their identity, and that
-// they agree with the sidecar on the port and the UID that matter.
+// node-level mode's init step): what they run, their identity, and that they
+// agree with the sidecar on the port, the address and the UID that matter.
 func TestInitSteps(t *testing.T) {
 	t.Parallel()
 	for _, p := range dotSidecarPods(t) {
@@ -266,15 +264,7 @@ func TestInitSteps(t *testing.T) {
 			sideCfg := loadSettings(t, p.env(t, side))
 			sideUID := *side.SecurityContext.RunAsUser
 			if p.mode == "node" {
-				c := p.container(t, nodeAddressName)
-				where := p.where + " " + c.Name
-				restricted(t, where, c, true)
-				limited(t, where, c)
-				if addr, ok := lookup(p.env(t, c), "NODE_LOCAL_ADDRESS"); !ok {
-					t.Errorf("%s: NODE_LOCAL_ADDRESS not set", where)
-				} else if a, err := netip.ParseAddr(addr); err != nil || !a.IsLinkLocalUnicast() {
-					t.Errorf("%s: NODE_LOCAL_ADDRESS %q is not a link-local address", where, addr)
-				}
+				checkNodeInit(t, p, sideCfg)
 				return
 			}
 
@@ -338,10 +328,10 @@ func TestInitSteps(t *testing.T) {
 }
 
 // TestOnlyTheNetworkStepsGetPrivileges goes through every container of every
-// overlay: the iptables step adds exactly NET_ADMIN and NET_RAW, the
-// node-level address step exactly NET_ADMIN, the node-level sidecar at most
-// NET_BIND_SERVICE (TestSidecarContainer), and no other container adds any
-// capability or runs as root.
+// overlay: the iptables step and the node-level init step add exactly
+// NET_ADMIN and NET_RAW (NET_RAW for nodes on the legacy iptables backend), and
+// no other container, the node-level sidecar included, adds any capability or
+// runs as root.
 func TestOnlyTheNetworkStepsGetPrivileges(t *testing.T) {
 	t.Parallel()
 	for _, dir := range overlayNames() {
@@ -366,13 +356,8 @@ func TestOnlyTheNetworkStepsGetPrivileges(t *testing.T) {
 					switch {
 					case ours && c.Name == iptablesName:
 						want = []corev1.Capability{"NET_ADMIN", "NET_RAW"}
-					case ours && nodeMode && c.Name == nodeAddressName:
-						want = []corev1.Capability{"NET_ADMIN"}
-					case ours && nodeMode && c.Name == sidecarName:
-						want = add // TestSidecarContainer: NET_BIND_SERVICE alone, for port 53
-						if len(add) > 0 && !slices.Equal(add, []corev1.Capability{"NET_BIND_SERVICE"}) {
-							t.Errorf("%s: adds %v", where, add)
-						}
+					case ours && nodeMode && c.Name == nodeInitName:
+						want = []corev1.Capability{"NET_ADMIN", "NET_RAW"}
 					}
 					if !slices.Equal(add, want) {
 						t.Errorf("%s: adds capabilities %v, want %v", where, add, want)

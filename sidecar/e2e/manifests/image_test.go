@@ -30,9 +30,10 @@ func TestManifestsAgreeWithImage(t *testing.T) {
 				}
 				where := p.where + " " + c.Name
 				switch c.Name {
-				case nodeAddressName:
-					// A shell script of its own (the image has a shell); not a
-					// subcommand of the entrypoint.
+				case nodeInitName:
+					// The image's iptables script itself, run directly (not a
+					// subcommand of the entrypoint): checkNodeInit holds it to
+					// the Dockerfile and to the script's commands.
 					continue
 				case iptablesName, checkName, sidecarName:
 				default:

@@ -23,10 +23,10 @@ import (
 
 // The containers dot-sidecar brings into a pod, by name.
 const (
-	iptablesName    = "dot-sidecar-iptables" // init: redirects port 53 (entrypoint.sh init)
-	sidecarName     = "dot-sidecar"          // the relay
-	checkName       = "dot-sidecar-check"    // init: proves capture (entrypoint.sh check)
-	nodeAddressName = "node-address"         // init of the node-level DaemonSet
+	iptablesName = "dot-sidecar-iptables"  // init: redirects port 53 (entrypoint.sh init)
+	sidecarName  = "dot-sidecar"           // the relay
+	checkName    = "dot-sidecar-check"     // init: proves capture (entrypoint.sh check)
+	nodeInitName = "dot-sidecar-node-init" // init of the node-level DaemonSet (dns-redirect.sh node-apply)
 )
 
 // expectation says what one overlay must render. Every workload of the
@@ -277,8 +277,8 @@ func TestInitContainerOrder(t *testing.T) {
 			}
 			for _, id := range want.node {
 				spec := findWorkload(t, objs, id).Template.Spec
-				if got := containerNames(spec.InitContainers); !slices.Equal(got, []string{nodeAddressName}) {
-					t.Errorf("%s: init containers %v, want [%s]", id, got, nodeAddressName)
+				if got := containerNames(spec.InitContainers); !slices.Equal(got, []string{nodeInitName}) {
+					t.Errorf("%s: init containers %v, want [%s]", id, got, nodeInitName)
 				}
 				if got := containerNames(spec.Containers); !slices.Equal(got, []string{sidecarName}) {
 					t.Errorf("%s: containers %v, want [%s]", id, got, sidecarName)
