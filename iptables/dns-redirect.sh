@@ -633,20 +633,22 @@ our_addresses() {
 node_address() {
 	ADDED=no
 	mine=$(our_addresses) || die $EX_FAIL "ip cannot list the addresses of lo"
+	have=no
+	case " $(printf '%s ' "$mine")" in *" $NODE_LOCAL_ADDRESS/32 "*) have=yes ;; esac
+	if [ $have = no ]; then
+		held=$(ip -4 -o addr show to "$NODE_LOCAL_ADDRESS/32") || die $EX_FAIL "ip cannot list this node's addresses"
+		if [ -n "$held" ]; then
+			die $EX_FAIL "NODE_LOCAL_ADDRESS=$NODE_LOCAL_ADDRESS is already on this node without our label $NODE_LABEL, so it is not ours (choose another address, or remove it): $(printf '%s\n' "$held" | sed 's/ *valid_lft.*//; s/\\$//')"
+		fi
+	fi
 	for old in $mine; do
 		[ "$old" != "$NODE_LOCAL_ADDRESS/32" ] || continue
 		out=$(ip -4 addr del "$old" dev lo 2>&1) || die $EX_FAIL "removing our former address $old from lo: $out"
 		log "address: removed our former $old from lo"
 	done
-	case " $(printf '%s ' "$mine")" in
-	*" $NODE_LOCAL_ADDRESS/32 "*)
+	if [ $have = yes ]; then
 		log "address: $NODE_LOCAL_ADDRESS/32 already on lo ($NODE_LABEL)"
 		return 0
-		;;
-	esac
-	held=$(ip -4 -o addr show to "$NODE_LOCAL_ADDRESS/32") || die $EX_FAIL "ip cannot list this node's addresses"
-	if [ -n "$held" ]; then
-		die $EX_FAIL "NODE_LOCAL_ADDRESS=$NODE_LOCAL_ADDRESS is already on this node without our label $NODE_LABEL, so it is not ours (choose another address, or remove it): $(printf '%s\n' "$held" | sed 's/ *valid_lft.*//; s/\\$//')"
 	fi
 	# shellcheck disable=SC2046 # the arguments are words without spaces
 	out=$(ip $(node_addr_add_args) 2>&1) || die $EX_FAIL "ip $(node_addr_add_args): $out"

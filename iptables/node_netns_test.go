@@ -280,6 +280,11 @@ func TestNodeModeInNamespaces(t *testing.T) {
 
 		t.Run(backend+"/address-not-ours", func(t *testing.T) {
 			lab := newNodeLab(t)
+			// Applied before with another address: a refused run must not
+			// have removed it either.
+			if res := lab.node.script(t, append([]string{"NODE_LOCAL_ADDRESS=169.254.20.54"}, mode...), nil, "node-apply"); res.code != 0 {
+				t.Fatalf("node-apply: %s", res.stderr)
+			}
 			lab.node.must(t, "ip", "addr", "add", nodeLocal+"/32", "dev", "veth-pod")
 			before := lab.node.nodeState(t)
 			res := lab.node.script(t, mode, nil, "node-apply")
