@@ -65,6 +65,11 @@ func FuzzServe(f *testing.F) {
 			if len(r.reply) > limit {
 				t.Fatalf("%v: reply of %d bytes, limit %d", p, len(r.reply), limit)
 			}
+			// The local upstream answers EDNS queries with an OPT record,
+			// which a truncated answer must keep.
+			if q, _ := dnswire.Parse(msg); r.truncated && (!reply.Truncated || q.HasOPT && reply.IsEdns0() == nil) {
+				t.Fatalf("%v: truncated reply with TC=%v OPT=%v, want TC and, for EDNS, the OPT record", p, reply.Truncated, reply.IsEdns0())
+			}
 		}
 	})
 }
@@ -86,10 +91,14 @@ func (*answerUpstream) Close() error { return nil }
 // FuzzRelay feeds arbitrary upstream answers to the handler: whatever comes
 // back, the client gets a structurally sound response with its ID, no OPT
 // record unless it sent one, within its UDP size.
+//
+// The seeds stay under 1 KB on purpose: the fuzzer minimises every input
+// that finds new coverage, in time quadratic in its size, and with 5 KB
+// seeds a 60-second run did nothing but minimise.
 func FuzzRelay(f *testing.F) {
 	up := newLocalUpstream()
 	up.fuzzing = true
-	for _, name := range []string{"www.example.", "big.example.", "addopt.example.", "optmid.example.", "servfail.example."} {
+	for _, name := range []string{"www.example.", "mid.example.", "addopt.example.", "optmid.example.", "servfail.example."} {
 		for _, edns := range []bool{false, true} {
 			q := newQuery(name, dns.TypeTXT)
 			if edns {
@@ -100,6 +109,9 @@ func FuzzRelay(f *testing.F) {
 				f.Fatal(err)
 			}
 			f.Add(resp, edns, uint16(1232))
+			if edns {
+				f.Add(resp, edns, uint16(512)) // truncated, OPT kept
+			}
 		}
 	}
 	answers := &answerUpstream{}
@@ -111,8 +123,18 @@ func FuzzRelay(f *testing.F) {
 			q.SetEdns0(size, false)
 		}
 		qb := packed(t, q)
+		// What a client can decode from the upstream's answer, it must be
+		// able to decode from ours: cutting, stripping and truncating must
+		// leave every compression pointer valid.
+		upm, upErr := dnswire.Parse(resp)
+		decodable := upErr == nil && new(dns.Msg).Unpack(resp[:upm.End]) == nil
 		for _, p := range []proto{protoUDP, protoTCP} {
 			r := s.answer(qb, p)
+			if decodable && r.err == nil {
+				if err := new(dns.Msg).Unpack(r.reply); err != nil {
+					t.Fatalf("%v: the upstream's answer decodes, the reply does not: %v\n% x", p, err, r.reply)
+				}
+			}
 			m, err := dnswire.Parse(r.reply)
 			if err != nil {
 				t.Fatalf("%v: reply is not a DNS message: %v\n% x", p, err, r.reply)
@@ -130,6 +152,9 @@ func FuzzRelay(f *testing.F) {
 			}
 			if len(r.reply) > limit {
 				t.Fatalf("%v: reply of %d bytes, limit %d", p, len(r.reply), limit)
+			}
+			if r.truncated && (!m.Truncated() || edns && upErr == nil && upm.HasOPT && !m.HasOPT) {
+				t.Fatalf("%v: truncated reply with TC=%v OPT=%v, want TC and, for EDNS, the OPT record", p, m.Truncated(), m.HasOPT)
 			}
 		}
 	})

@@ -17,6 +17,7 @@ import (
 // the question's name chooses what happens:
 //
 //	big      an answer of about 4 KB (TXT records): truncated over UDP
+//	mid      an answer of about 570 bytes: truncated only without EDNS
 //	huge     an answer of about 60 KB (the most DoT can carry, nearly)
 //	servfail an upstream SERVFAIL carrying the upstream's own EDE 3
 //	addopt   an answer with an OPT record even when the query had none
@@ -136,6 +137,8 @@ func (u *localUpstream) Exchange(ctx context.Context, query []byte) ([]byte, err
 		return []byte{1, 2, 3}, nil
 	case "big":
 		txt(40, 100) // ~4.6 KB
+	case "mid":
+		txt(7, 60) // ~570 B: small enough for the fuzzer's minimizer
 	case "huge":
 		txt(250, 230) // ~60 KB
 	case "servfail":
