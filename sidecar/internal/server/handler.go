@@ -129,7 +129,11 @@ func (s *Server) relay(msg []byte, qm *dnswire.Message, resp []byte, p proto) re
 		if p != protoUDP {
 			return s.fail(msg, qm, fmt.Errorf("%w: %d bytes", upstream.ErrBadResponse, len(resp)))
 		}
-		r.reply, r.truncated = s.truncate(msg, qm, resp, rm.Rcode(), limit), true
+		r.reply = s.truncate(msg, qm, resp, rm.Rcode(), limit)
+		// An answer the upstream did not compress may fit whole once
+		// compressed: it is not truncated then, and says so (no TC).
+		h, _ := dnswire.ParseHeader(r.reply)
+		r.truncated = h.Truncated()
 	}
 	return r
 }

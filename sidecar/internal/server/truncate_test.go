@@ -90,3 +90,32 @@ func TestTruncateFallback(t *testing.T) {
 		t.Fatalf("fallback answer %v (%d bytes), want TC, the question and OPT", got, len(out))
 	}
 }
+
+// TestTruncateOnlyWhenCut covers an upstream answer that is too big for the
+// client only because the upstream did not compress it: compressed, every
+// record fits, so the client gets them all, without TC, and nothing counts
+// as truncated.
+func TestTruncateOnlyWhenCut(t *testing.T) {
+	const name = "a-rather-long-label-for-compression.example."
+	q := newQuery(name, dns.TypeA)
+	r := new(dns.Msg)
+	r.SetReply(q)
+	for i := range 12 {
+		r.Answer = append(r.Answer, &dns.A{Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: []byte{192, 0, 2, byte(i)}})
+	}
+	r.Compress = false
+	up := &answerUpstream{resp: packed(t, r)}
+	if len(up.resp) <= 512 {
+		t.Fatalf("uncompressed answer of %d bytes: want more than 512", len(up.resp))
+	}
+	s := newUnstarted(t, Options{Upstream: up})
+	res := s.answer(packed(t, q), protoUDP)
+	got := new(dns.Msg)
+	if err := got.Unpack(res.reply); err != nil {
+		t.Fatal(err)
+	}
+	if len(res.reply) > 512 || got.Truncated || len(got.Answer) != len(r.Answer) || res.truncated {
+		t.Fatalf("answer of %d bytes, TC=%v, %d of %d records, counted as truncated: %v; want all records in 512 bytes, no TC, not counted",
+			len(res.reply), got.Truncated, len(got.Answer), len(r.Answer), res.truncated)
+	}
+}
