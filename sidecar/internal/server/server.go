@@ -147,6 +147,10 @@ type Server struct {
 
 	inflight atomic.Int64 // queries read and not yet answered, both transports
 	tcpOpen  atomic.Int64
+
+	// writeCutoff (Unix nanoseconds, 0: none) is the latest deadline any TCP
+	// write may have, set when Shutdown's context ends (see cutWrites).
+	writeCutoff atomic.Int64
 }
 
 // admit counts a query in flight, or reports that MaxInFlight are already.
@@ -359,6 +363,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		case <-drained: // done just in time
 		default:
 			s.cancel()
+			s.cutWrites(time.Now().Add(shutdownWriteGrace))
 			<-drained
 			err = fmt.Errorf("shutdown cut in-flight queries short: %w", ctx.Err())
 		}
@@ -373,3 +378,19 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 var aLongTimeAgo = time.Unix(1, 0)
+
+// shutdownWriteGrace is how long the answers still owed when Shutdown's
+// context ends (mostly SERVFAIL) have to reach their TCP clients: plenty for
+// a client that reads, and a bound for one that does not, whose blocked
+// write would otherwise hold Shutdown for up to TCPIdleTimeout.
+const shutdownWriteGrace = 100 * time.Millisecond
+
+// cutWrites makes every TCP write, in progress or to come, end by t.
+func (s *Server) cutWrites(t time.Time) {
+	s.writeCutoff.Store(t.UnixNano())
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		_ = c.nc.SetWriteDeadline(t)
+	}
+}

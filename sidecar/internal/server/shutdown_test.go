@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -148,5 +149,56 @@ func TestAliveReportsDeadLoop(t *testing.T) {
 			ts.mu.Unlock()
 			waitFor(t, "Alive to report the dead loop", func() bool { return ts.Alive() != nil })
 		})
+	}
+}
+
+// TestShutdownClientNotReading checks that a TCP client that reads none of
+// its answers cannot hold Shutdown past its context: once the context ends,
+// a write blocked on the client's full window gives up at once instead of
+// waiting out TCPIdleTimeout.
+func TestShutdownClientNotReading(t *testing.T) {
+	const idle = 30 * time.Second // far beyond the test's patience
+	ts := startServer(t, Options{TCPIdleTimeout: idle, QueryTimeout: idle})
+	// A tiny receive buffer on the client and send buffer on the server make
+	// one 60 KB answer block the server's write for sure.
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 1024)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	c, err := d.Dial("tcp", ts.addr(t, "tcp", loopback4).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	waitFor(t, "the server to track the connection", func() bool {
+		ts.mu.Lock()
+		defer ts.mu.Unlock()
+		for sc := range ts.conns {
+			if err := sc.nc.SetWriteBuffer(1024); err != nil {
+				t.Fatal(err)
+			}
+			return true
+		}
+		return false
+	})
+	if err := writeMsg(c, "tcp", packed(t, newQuery("huge.example.", dns.TypeTXT))); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the query to reach the upstream", func() bool { return len(ts.up.received()) == 1 })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err = ts.Shutdown(ctx)
+	if elapsed := time.Since(start); elapsed > 3*time.Second {
+		t.Fatalf("Shutdown took %v with a %v context: held by a client that does not read", elapsed, 200*time.Millisecond)
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Shutdown = %v, want the context's deadline", err)
 	}
 }

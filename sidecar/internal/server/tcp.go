@@ -207,7 +207,13 @@ func (c *tcpConn) write(reply []byte) {
 	c.wbuf = binary.BigEndian.AppendUint16(c.wbuf[:0], uint16(len(reply)))
 	c.wbuf = append(c.wbuf, reply...)
 	// A client that does not read its answers is idle too.
-	_ = c.nc.SetWriteDeadline(time.Now().Add(c.s.opts.TCPIdleTimeout))
+	dl := time.Now().Add(c.s.opts.TCPIdleTimeout).UnixNano()
+	_ = c.nc.SetWriteDeadline(time.Unix(0, dl))
+	// Checked after setting ours: a cutoff stored later is applied by
+	// cutWrites after this, so the earlier deadline always wins.
+	if co := c.s.writeCutoff.Load(); co != 0 && co < dl {
+		_ = c.nc.SetWriteDeadline(time.Unix(0, co))
+	}
 	if _, err := c.nc.Write(c.wbuf); err != nil {
 		c.broken = true
 		c.s.log.Debug("writing a TCP answer failed; closing the connection", "client", c.from, "err", err)
