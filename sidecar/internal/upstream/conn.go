@@ -40,8 +40,8 @@ type request struct {
 	id    uint16 // the caller's ID, restored on the answer
 
 	// Set by the connection that carries the request, under its mu.
-	upID  uint16 // the ID on the wire
-	reads uint64 // the connection's response count when the request was queued
+	upID    uint16 // the ID on the wire
+	answers uint64 // the connection's answer count when the request was queued
 
 	done chan result
 }
@@ -65,7 +65,7 @@ type conn struct {
 
 	load    atomic.Int32  // queries in flight, read lock-free by the picker
 	closing atomic.Bool   // retired or dead: the picker skips it
-	reads   atomic.Uint64 // responses read, for spotting a silent connection
+	answers atomic.Uint64 // responses matched to a query: proof the upstream serves on it
 
 	mu        sync.Mutex
 	inflight  map[uint16]*request // by the ID on the wire
@@ -76,6 +76,7 @@ type conn struct {
 	retired   bool                // no new queries; closes once drained
 	retiredAt time.Time
 	dead      bool
+	cause     error       // why it died, once dead
 	idleSince time.Time   // when inflight last became empty
 	trust     *trustState // the trust the connection was last verified against
 
@@ -138,7 +139,7 @@ func (c *conn) send(req *request) bool {
 	}
 	id := c.nextID()
 	req.upID = id
-	req.reads = c.reads.Load()
+	req.answers = c.answers.Load()
 	c.inflight[id] = req
 	c.load.Store(int32(len(c.inflight)))
 	// The length prefix and the message go out in the same write.
@@ -236,6 +237,26 @@ func (c *conn) closeIfIdle(now time.Time, idleFor time.Duration) bool {
 	return idle
 }
 
+// lost kills c after a failure of the connection itself: a read or write
+// error, or a drain cut short. What its queries get depends on whether c
+// ever served. A connection that answered before and then died is the
+// normal end of a pooled connection (upstreams close idle or busy ones,
+// RFC 7858 §3.4): ErrConnClosed, and Exchange resends the queries on a fresh
+// one. A connection that never answered anything means the upstream took
+// the handshake and dropped us (at its connection limit, or broken): that is
+// the upstream failing, so ErrUnreachable, which a Group counts against it
+// and which Exchange does not resend (resending would only dial again at
+// once). Every query caught gets the same error value, so a Group counts the
+// death of one connection once, however many queries it carried.
+func (c *conn) lost(err error) {
+	kind := ErrConnClosed
+	if c.answers.Load() == 0 {
+		kind = ErrUnreachable
+		err = fmt.Errorf("new connection lost before any answer: %w", err)
+	}
+	c.shutdown(fmt.Errorf("%w: %w", kind, err), true)
+}
+
 // shutdown kills the connection once: it fails every query in flight with
 // cause (ErrConnClosed-wrapped causes are resent by Exchange) and leaves the
 // socket to the writer goroutine to close, outside any mutex. hard skips the
@@ -247,6 +268,7 @@ func (c *conn) shutdown(cause error, hard bool) {
 		return
 	}
 	c.dead = true
+	c.cause = cause
 	c.closing.Store(true)
 	orphans := c.inflight
 	c.inflight = nil
@@ -286,7 +308,7 @@ func (c *conn) writeLoop() {
 		// One deadline and one TLS write for everything queued so far.
 		_ = c.tc.SetWriteDeadline(time.Now().Add(writeTimeout))
 		if _, err := c.tc.Write(buf); err != nil {
-			c.shutdown(fmt.Errorf("%w: writing to %s: %w", ErrConnClosed, c.d.name, err), true)
+			c.lost(fmt.Errorf("writing to %s: %w", c.d.name, err))
 			c.closeSocket()
 			return
 		}
@@ -314,10 +336,9 @@ func (c *conn) readLoop() {
 			default:
 				c.d.log.Debug("upstream connection lost", "upstream", c.d.name, "error", err)
 			}
-			c.shutdown(fmt.Errorf("%w: reading from %s: %w", ErrConnClosed, c.d.name, err), true)
+			c.lost(fmt.Errorf("reading from %s: %w", c.d.name, err))
 			return
 		}
-		c.reads.Add(1)
 		c.deliver(msg)
 	}
 }
@@ -359,6 +380,7 @@ func (c *conn) deliver(msg []byte) {
 	}
 	closeNow, wasFull := c.removeLocked(req.upID)
 	c.mu.Unlock()
+	c.answers.Add(1)
 	setMsgID(msg, req.id)
 	req.done <- result{msg: msg}
 	c.afterRemove(closeNow, wasFull)
@@ -382,8 +404,15 @@ func (c *conn) isDead() bool {
 	return c.dead
 }
 
-// silentSince reports whether c has read no response at all since req was
+// silentSince reports whether c has answered no query at all since req was
 // queued on it.
-func (c *conn) silentSince(req *request) bool { return c.reads.Load() == req.reads }
+func (c *conn) silentSince(req *request) bool { return c.answers.Load() == req.answers }
+
+// deathCause is why c died (nil while it lives).
+func (c *conn) deathCause() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cause
+}
 
 func (c *conn) localAddr() net.Addr { return c.tc.LocalAddr() }

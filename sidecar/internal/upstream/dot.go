@@ -162,10 +162,12 @@ func setDefault[T int | time.Duration](v *T, def T) {
 func (d *DoT) Name() string { return d.name }
 
 // Exchange sends query on a pooled connection and waits for its answer. A
-// connection dying under the query (the upstream closed or reset it) is not
-// the caller's problem: the query is sent again on another, up to
-// maxAttempts sends within ctx; only then does Exchange fail, with an error
-// wrapping ErrConnClosed. A ctx without deadline gets QueryTimeout.
+// pooled connection that had served and dies under the query (the upstream
+// closed or reset it) is not the caller's problem: the query is sent again
+// on another, up to maxAttempts sends within ctx; only then does Exchange
+// fail, with an error wrapping ErrConnClosed. A new connection that dies
+// before answering anything fails the query at once with ErrUnreachable:
+// the upstream is not serving. A ctx without deadline gets QueryTimeout.
 func (d *DoT) Exchange(ctx context.Context, query []byte) ([]byte, error) {
 	qEnd, err := questionEnd(query)
 	if err != nil {

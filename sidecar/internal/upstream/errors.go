@@ -9,16 +9,21 @@ import (
 // Error from these with errors.Is, in one place.
 var (
 	// ErrUnreachable: the upstream could not be reached (dial refused or timed
-	// out, no route). Answers get EDE 22 (No Reachable Authority).
+	// out, no route), or it completed the TLS handshake and then closed or
+	// reset the connection before answering anything on it (a server at its
+	// connection limit, or broken). Counts against the upstream's health.
+	// Answers get EDE 22 (No Reachable Authority).
 	ErrUnreachable = errors.New("upstream unreachable")
 	// ErrTLS: the TLS handshake or certificate verification failed. Answers
 	// get EDE 23 (Network Error). Never retried in plaintext.
 	ErrTLS = errors.New("upstream TLS failure")
 	// ErrPinMismatch wraps ErrTLS: the verified chain holds no pinned key.
 	ErrPinMismatch = fmt.Errorf("%w: no pinned key in the verified chain", ErrTLS)
-	// ErrConnClosed: a pooled connection died under a query (the upstream
-	// closed or reset it). The query is resent on a fresh connection and the
-	// upstream is not blamed.
+	// ErrConnClosed: a pooled connection that had answered queries before
+	// died under a query (the upstream closed or reset it, RFC 7858 §3.4).
+	// The query is resent on a fresh connection and the upstream is not
+	// blamed. A connection that dies before answering anything is
+	// ErrUnreachable instead.
 	ErrConnClosed = errors.New("upstream connection closed")
 	// ErrAllDown: every upstream is marked down; answers get SERVFAIL at once
 	// with EDE 22.

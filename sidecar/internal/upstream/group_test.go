@@ -481,16 +481,16 @@ func TestGroupRetryBounds(t *testing.T) {
 		r := newRig(t, 1, GroupOptions{MaxAttempts: 2, BaseDelay: time.Millisecond}, nil)
 		r.ups[0].srv.Behavior.ResetAfter.Store(1)
 		_, _, err := r.query(ctxTimeout(t, 2*time.Second), "a.example.")
-		if !errors.Is(err, ErrConnClosed) {
-			t.Fatalf("error %v, want ErrConnClosed", err)
+		if !errors.Is(err, ErrUnreachable) {
+			t.Fatalf("error %v, want ErrUnreachable", err)
 		}
 		if got := r.counter(r.m.Retries, 0); got != 1 {
 			t.Errorf("retries_total = %v, want 1 (2 attempts)", got)
 		}
-		// Each attempt is one DoT Exchange, which resends on fresh
-		// connections up to its own limit.
-		if got := r.ups[0].srv.Queries(); got != 2*maxAttempts {
-			t.Errorf("server saw %d sends, want %d", got, 2*maxAttempts)
+		// Each attempt is one DoT Exchange; a new connection reset before
+		// answering is not resent within it.
+		if got := r.ups[0].srv.Queries(); got != 2 {
+			t.Errorf("server saw %d sends, want 2", got)
 		}
 	})
 	t.Run("deadline", func(t *testing.T) {
@@ -511,21 +511,61 @@ func TestGroupRetryBounds(t *testing.T) {
 	})
 }
 
-// Connections the upstream closes under queries are not held against it,
-// even at MaxFails 1; the queries are answered by another upstream.
+// Pooled connections that the upstream closes under queries after serving
+// on them are not held against it, even at MaxFails 1: the queries are
+// resent on fresh connections and answered by that same upstream.
 func TestGroupConnClosedNotCounted(t *testing.T) {
 	r := newRig(t, 2, GroupOptions{Policy: Sequential, MaxFails: 1}, nil)
-	r.ups[0].srv.Behavior.ResetAfter.Store(1)
-	for i := range 10 {
-		if who := r.mustQuery(2*time.Second, fmt.Sprintf("c%d.example.", i)); who != 1 {
-			t.Fatalf("answered by upstream %d, want 1", who)
+	// Every connection answers two queries and is reset on reading the third.
+	r.ups[0].srv.Behavior.ResetAfter.Store(3)
+	for i := range 12 {
+		if who := r.mustQuery(2*time.Second, fmt.Sprintf("c%d.example.", i)); who != 0 {
+			t.Fatalf("answered by upstream %d, want 0", who)
 		}
 	}
 	if r.health(0) != 1 || r.g.members[0].fails.Load() != 0 {
 		t.Errorf("upstream 0 blamed for closed connections: health %v, fails %d", r.health(0), r.g.members[0].fails.Load())
 	}
-	if got := r.counter(r.m.Failovers, 0); got != 10 {
-		t.Errorf("failovers_total{upstream 0} = %v, want 10", got)
+	if got := r.counter(r.m.RequestsResent, 0); got == 0 {
+		t.Error("requests_resent_total = 0; the resets did not bite")
+	}
+	if got := r.counter(r.m.Failovers, 0); got != 0 {
+		t.Errorf("failovers_total{upstream 0} = %v, want 0", got)
+	}
+}
+
+// An upstream that completes the TLS handshake and then drops every
+// connection before answering is failing: it is marked down after MaxFails
+// attempts (one connection each, no dial loop), and its queries are
+// answered by the other upstream meanwhile.
+func TestGroupUpstreamDroppingNewConnectionsMarkedDown(t *testing.T) {
+	tests := []struct {
+		name string
+		set  func(b *dnstest.Behavior)
+	}{
+		{"hang up after the handshake", func(b *dnstest.Behavior) { b.HangUp.Store(true) }},
+		{"reset on the first query", func(b *dnstest.Behavior) { b.ResetAfter.Store(1) }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// No probe during the test: its dials would blur the count.
+			r := newRig(t, 2, GroupOptions{Policy: Sequential, ProbeInterval: time.Hour}, nil)
+			tt.set(&r.ups[0].srv.Behavior)
+			for i := range 10 {
+				if who := r.mustQuery(2*time.Second, fmt.Sprintf("d%d.example.", i)); who != 1 {
+					t.Fatalf("query %d answered by upstream %d, want 1", i, who)
+				}
+			}
+			if r.health(0) != 0 {
+				t.Fatalf("upstream 0 still up after 10 queries; %d failures counted", r.g.members[0].fails.Load())
+			}
+			if got := r.counter(r.m.Failovers, 0); got != 3 {
+				t.Errorf("failovers_total{upstream 0} = %v, want 3 (HEALTH_MAX_FAILS)", got)
+			}
+			if got := r.ups[0].srv.Accepted(); got != 3 {
+				t.Errorf("upstream 0 accepted %d connections, want 3 (one per attempt)", got)
+			}
+		})
 	}
 }
 

@@ -145,8 +145,14 @@ func (d *DoT) runDial(dl *dialState) {
 	case closed:
 		dl.err = ErrClosed // c still holds its slot; shutdown below frees it
 	case c.isDead():
-		// The upstream hung up at once; removeConn has freed the slot, and
-		// whoever waits will dial again.
+		// The upstream completed the handshake and hung up at once (at its
+		// connection limit, or broken); removeConn has freed the slot. The
+		// queries waiting for this dial get that as its error (the conn's
+		// own, ErrUnreachable, one value for all of them), rather than each
+		// dialing again at once: a hang-up per handshake would otherwise be
+		// a dial loop until their deadlines.
+		dl.err = c.deathCause()
+		d.noGrowUntil.Store(time.Now().Add(growBackoff).UnixNano())
 	default:
 		d.publishLocked(append(slices.Clone(d.activeConns()), c))
 		d.log.Debug("upstream connection open", "upstream", d.name, "local", c.localAddr().String(),
@@ -283,6 +289,6 @@ func (d *DoT) housekeep(now time.Time) {
 	}
 	d.mu.Unlock()
 	for _, c := range overdue {
-		c.shutdown(fmt.Errorf("%w: retired connection to %s still draining after %s", ErrConnClosed, d.name, drainGrace), true)
+		c.lost(fmt.Errorf("retired connection to %s still draining after %s", d.name, drainGrace))
 	}
 }

@@ -51,25 +51,97 @@ func TestUpstreamDropsConnectionsUnderLoad(t *testing.T) {
 	}
 }
 
-// A connection that dies under every send: Exchange gives up after
-// maxAttempts with ErrConnClosed (not the upstream's fault).
-func TestGivesUpWithErrConnClosed(t *testing.T) {
-	srv := dnstest.New(t, dnstest.Options{})
-	srv.Behavior.ResetAfter.Store(1)
-	d := newTestDoT(t, srv, nil)
-	_, err := d.Exchange(ctxTimeout(t, 5*time.Second), packQuery(t, "x.example.", dns.TypeA))
-	if !errors.Is(err, ErrConnClosed) {
-		t.Fatalf("Exchange error %v, want ErrConnClosed", err)
+// An upstream that completes the TLS handshake and then drops every
+// connection before answering (a server at its connection limit, or broken)
+// is failing, not closing pooled connections: each query fails at once with
+// ErrUnreachable, which a Group counts, after one connection and no resend,
+// rather than dialing again and again until its deadline.
+func TestNewConnectionDroppedIsUnreachable(t *testing.T) {
+	tests := []struct {
+		name      string
+		set       func(b *dnstest.Behavior)
+		wantSends int64 // queries the server reads per Exchange
+	}{
+		{"hang up after the handshake", func(b *dnstest.Behavior) { b.HangUp.Store(true) }, 0},
+		{"reset on the first query", func(b *dnstest.Behavior) { b.ResetAfter.Store(1) }, 1},
 	}
-	if got := srv.Queries(); got != maxAttempts {
-		t.Errorf("server got %d sends, want %d", got, maxAttempts)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := dnstest.New(t, dnstest.Options{})
+			tt.set(&srv.Behavior)
+			d := newTestDoT(t, srv, nil)
+			const n = 3
+			for i := range n {
+				_, err := d.Exchange(ctxTimeout(t, 2*time.Second), packQuery(t, "h.example.", dns.TypeA))
+				if !errors.Is(err, ErrUnreachable) || errors.Is(err, ErrConnClosed) {
+					t.Fatalf("query %d: %v, want ErrUnreachable (and not ErrConnClosed)", i, err)
+				}
+			}
+			if got := srv.Accepted(); got != n {
+				t.Errorf("server accepted %d connections for %d queries, want one each", got, n)
+			}
+			if got := srv.Queries(); got != n*tt.wantSends {
+				t.Errorf("server read %d queries, want %d (no resends)", got, n*tt.wantSends)
+			}
+			if got := counterValue(d.m.resent); got != 0 {
+				t.Errorf("requests_resent_total = %v, want 0", got)
+			}
+			eventually(t, 2*time.Second, "every dead connection to be forgotten", func() bool {
+				return poolConsistent(d) && d.total.Load() == 0 && len(d.activeConns()) == 0 && counterValue(d.m.open) == 0
+			})
+			srv.Behavior.HangUp.Store(false)
+			srv.Behavior.ResetAfter.Store(0)
+			if _, err := d.Exchange(ctxTimeout(t, 2*time.Second), packQuery(t, "h.example.", dns.TypeA)); err != nil {
+				t.Fatalf("Exchange once the upstream behaves: %v", err)
+			}
+		})
 	}
-	if got := counterValue(d.m.resent); got != maxAttempts-1 {
-		t.Errorf("requests_resent_total = %v, want %d", got, maxAttempts-1)
+}
+
+// A connection that has answered before and dies under a query is the
+// normal end of a pooled connection: the query is resent on a fresh one
+// without the caller noticing. Only if the fresh connection dies too before
+// answering anything does the query fail, with ErrUnreachable.
+func TestServedConnectionDying(t *testing.T) {
+	tests := []struct {
+		name       string
+		resetAfter int32 // set once the first connection has answered one query
+		wantErr    error // nil: answered
+	}{
+		{"resent and answered on a fresh connection", 2, nil},
+		{"the fresh connection dies too", 1, ErrUnreachable},
 	}
-	eventually(t, 2*time.Second, "every dead connection to be forgotten", func() bool {
-		return poolConsistent(d) && d.total.Load() == 0 && counterValue(d.m.open) == 0
-	})
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := dnstest.New(t, dnstest.Options{})
+			d := newTestDoT(t, srv, nil)
+			if _, err := d.Exchange(ctxTimeout(t, 2*time.Second), packQuery(t, "warm.example.", dns.TypeA)); err != nil {
+				t.Fatal(err)
+			}
+			srv.Behavior.ResetAfter.Store(tt.resetAfter)
+			q := packQuery(t, "x.example.", dns.TypeA)
+			resp, err := d.Exchange(ctxTimeout(t, 2*time.Second), q)
+			switch {
+			case tt.wantErr == nil && err == nil:
+				if err := checkAnswer(resp, q); err != nil {
+					t.Fatal(err)
+				}
+			case tt.wantErr == nil || !errors.Is(err, tt.wantErr):
+				t.Fatalf("Exchange: %v, want %v", err, tt.wantErr)
+			}
+			if errors.Is(err, ErrConnClosed) {
+				t.Errorf("Exchange: %v; a connection that never answered is not a pooled one closing", err)
+			}
+			// The warm query, then the query on the served connection and
+			// once more on a fresh one.
+			if got := srv.Queries(); got != 3 {
+				t.Errorf("server read %d queries, want 3", got)
+			}
+			if got := counterValue(d.m.resent); got != 1 {
+				t.Errorf("requests_resent_total = %v, want 1", got)
+			}
+		})
+	}
 }
 
 func TestMismatchedResponsesDropped(t *testing.T) {
@@ -294,28 +366,6 @@ func TestNewDoTValidates(t *testing.T) {
 			_ = d.Close()
 			t.Errorf("%s: NewDoT accepted %+v", name, opts)
 		}
-	}
-}
-
-// An upstream that hangs up right after every handshake: the query is tried
-// maxAttempts times, fails with ErrConnClosed, and leaves no dead connection
-// behind in the pool.
-func TestUpstreamHangsUpAfterHandshake(t *testing.T) {
-	srv := dnstest.New(t, dnstest.Options{})
-	srv.Behavior.HangUp.Store(true)
-	d := newTestDoT(t, srv, nil)
-	for range 5 {
-		_, err := d.Exchange(ctxTimeout(t, 2*time.Second), packQuery(t, "h.example.", dns.TypeA))
-		if !errors.Is(err, ErrConnClosed) && !errors.Is(err, ErrUnreachable) {
-			t.Fatalf("Exchange error %v, want ErrConnClosed or ErrUnreachable", err)
-		}
-	}
-	eventually(t, 2*time.Second, "every dead connection to be forgotten", func() bool {
-		return poolConsistent(d) && d.total.Load() == 0 && len(d.activeConns()) == 0
-	})
-	srv.Behavior.HangUp.Store(false)
-	if _, err := d.Exchange(ctxTimeout(t, 2*time.Second), packQuery(t, "h.example.", dns.TypeA)); err != nil {
-		t.Fatalf("Exchange once the upstream behaves: %v", err)
 	}
 }
 
