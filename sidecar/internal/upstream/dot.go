@@ -233,7 +233,13 @@ func (d *DoT) await(ctx context.Context, c *conn, req *request, sent time.Time) 
 	case <-ctx.Done():
 	}
 	if c.cancel(req) {
-		if c.silentSince(req) && time.Since(sent) >= silentAfter {
+		if !c.silentSince(req) {
+			// The connection answered other queries meanwhile: the upstream
+			// is up and this name is slow. Said so, so that one slow name
+			// cannot get a healthy upstream marked down.
+			return nil, fmt.Errorf("no answer from %s: %w: %w", d.name, ErrSlowAnswer, ctx.Err())
+		}
+		if time.Since(sent) >= silentAfter {
 			c.retire("no response within " + time.Since(sent).Round(time.Millisecond).String())
 		}
 		return nil, fmt.Errorf("no answer from %s: %w", d.name, ctx.Err())

@@ -25,6 +25,12 @@ var (
 	// blamed. A connection that dies before answering anything is
 	// ErrUnreachable instead.
 	ErrConnClosed = errors.New("upstream connection closed")
+	// ErrSlowAnswer wraps the context's error when a query timed out on a
+	// connection that answered other queries while this one waited: the
+	// upstream is up, and this name is slow to resolve (long recursion, a
+	// lame delegation). A Group retries it elsewhere but does not hold it
+	// against the upstream's health. Answers get EDE 22, like any timeout.
+	ErrSlowAnswer = errors.New("upstream answering other queries, but not this one in time")
 	// ErrAllDown: every upstream is marked down; answers get SERVFAIL at once
 	// with EDE 22.
 	ErrAllDown = errors.New("all upstreams are down")

@@ -226,6 +226,12 @@ func (g *Group) attempt(ctx context.Context, query []byte, idx, attempt int) ([]
 		// Connections the upstream closed under the query (normal, RFC 7858
 		// §3.4; the DoT has resent on fresh ones already), shutdown, or a
 		// query nothing could be sent for: nothing to hold against it.
+	case errors.Is(err, ErrSlowAnswer):
+		// Timed out while the upstream answered other queries on the same
+		// connection: a slow name, not a sick upstream. Counting these would
+		// let a client asking a few slow names (A and AAAA, search-list
+		// expansions, its own retries: all time out together) take a
+		// healthy upstream out, for everyone.
 	case errors.Is(ctx.Err(), context.Canceled):
 		// The client went away, or we are shutting down.
 	case errors.Is(err, context.DeadlineExceeded) && budget >= 0 && budget < minJudgedBudget:

@@ -73,9 +73,13 @@ func (g *Group) succeeded(m *member) {
 // query: otherwise a single refused or timed-out dial under load would mark
 // an upstream down at once, and with one upstream turn a blip into SERVFAIL
 // for everyone. So the same error value, seen by an attempt begun before it
-// was counted, is not counted again. Timeouts are each query's own
-// observation and each count: an upstream that lets every query time out
-// under load is down, and must leave the rotation quickly.
+// was counted, is not counted again (a connection that dies before
+// answering anything hands one error value to all its queries too).
+// Timeouts are each query's own observation and each count, unless the
+// connection answered other queries while this one waited (ErrSlowAnswer,
+// not counted): an upstream that lets every query time out is down, and
+// must leave the rotation quickly; one that answers everything but a slow
+// name is up.
 func (g *Group) failed(m *member, err error, started time.Time) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
