@@ -73,6 +73,7 @@ type conn struct {
 	rng       *rand.ChaCha8       // unpredictable upstream IDs
 	idBits    uint64              // unused random bits from rng
 	idLeft    int                 // IDs left in idBits
+	abandoned *idQuarantine       // IDs of queries given up on lately; nil until the first
 	retired   bool                // no new queries; closes once drained
 	retiredAt time.Time
 	dead      bool
@@ -113,7 +114,8 @@ func (c *conn) start() {
 	go c.writeLoop()
 }
 
-// nextID returns an ID unused among the in-flight queries. Called with mu held.
+// nextID returns an ID unused among the in-flight queries and not abandoned
+// lately. Called with mu held.
 func (c *conn) nextID() uint16 {
 	for {
 		if c.idLeft == 0 {
@@ -123,9 +125,43 @@ func (c *conn) nextID() uint16 {
 		id := uint16(c.idBits)
 		c.idBits >>= 16
 		c.idLeft--
-		if _, busy := c.inflight[id]; !busy {
+		if _, busy := c.inflight[id]; !busy && (c.abandoned == nil || !c.abandoned.has(id)) {
 			return id
 		}
+	}
+}
+
+// quarantineLen is how many of a connection's most recently abandoned IDs
+// stay out of use. The answer to a query given up on may still come. Had a
+// new query for the same question drawn that ID meanwhile, the late answer
+// would match it by ID and question (RFC 7766 §7) and be delivered as its
+// answer, although it was made for another client's message, with that
+// message's EDNS flags and options (DO, CD, cookies, client subnet). With at
+// most 16384 in flight, at least 45056 IDs stay free, so drawing one stays
+// cheap.
+const quarantineLen = 4096
+
+// idQuarantine is a set of abandoned IDs that forgets the oldest first.
+type idQuarantine struct {
+	set  [1 << 16 / 64]uint64 // bit per ID
+	ring [quarantineLen]uint16
+	next int // ring slot to fill next
+	full bool
+}
+
+func (q *idQuarantine) has(id uint16) bool { return q.set[id>>6]&(1<<(id&63)) != 0 }
+
+// add quarantines id, which nextID has kept out of the set, so no ID is in
+// the ring twice and evicting one never frees another copy early.
+func (q *idQuarantine) add(id uint16) {
+	if q.full {
+		old := q.ring[q.next]
+		q.set[old>>6] &^= 1 << (old & 63)
+	}
+	q.ring[q.next] = id
+	q.set[id>>6] |= 1 << (id & 63)
+	if q.next++; q.next == quarantineLen {
+		q.next, q.full = 0, true
 	}
 }
 
@@ -170,6 +206,10 @@ func (c *conn) cancel(req *request) bool {
 		return false
 	}
 	closeNow, wasFull := c.removeLocked(req.upID)
+	if c.abandoned == nil {
+		c.abandoned = new(idQuarantine)
+	}
+	c.abandoned.add(req.upID)
 	c.mu.Unlock()
 	c.afterRemove(closeNow, wasFull)
 	return true

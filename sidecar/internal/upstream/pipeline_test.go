@@ -150,3 +150,72 @@ func TestMaxInFlightPerConn(t *testing.T) {
 		t.Errorf("server saw up to %d queries outstanding on the connection, want 4", got)
 	}
 }
+
+// The answer to a query given up on may still arrive. It must not reach a
+// later query that drew the same upstream ID and asks the same question:
+// it was made for another client's message (here another EDNS buffer size;
+// in life other DO, CD, cookie or client-subnet options). IDs of abandoned
+// queries stay out of use for a while.
+func TestLateAnswerNotDeliveredToReusedID(t *testing.T) {
+	ids := make(chan uint16, 16)
+	srv := dnstest.New(t, dnstest.Options{Handler: func(q *dns.Msg) *dns.Msg {
+		ids <- q.Id
+		return dnstest.DefaultHandler(q)
+	}})
+	srv.Behavior.SetDelay(300 * time.Millisecond)
+	d := newTestDoT(t, srv, func(o *DoTOptions) { o.PoolSize = 1 })
+	query := func(size uint16) []byte {
+		q := new(dns.Msg)
+		q.SetQuestion("late.example.", dns.TypeA)
+		q.SetEdns0(size, false)
+		return mustPack(t, q)
+	}
+
+	// A is sent, then given up on before its answer comes.
+	ctx := newExpiringCtx()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := d.Exchange(ctx, query(1232))
+		errc <- err
+	}()
+	idA := <-ids
+	ctx.expire()
+	if err := <-errc; !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("query A: %v, want DeadlineExceeded", err)
+	}
+	// Make A's ID the next ones the connection draws, as chance may.
+	c := d.activeConns()[0]
+	c.mu.Lock()
+	c.idBits, c.idLeft = uint64(idA)*0x0001_0001_0001_0001, 4
+	c.mu.Unlock()
+
+	// B asks the same question with another buffer size and is in flight
+	// when A's late answer arrives.
+	resp, err := d.Exchange(ctxTimeout(t, 2*time.Second), query(4096))
+	if err != nil {
+		t.Fatalf("query B: %v", err)
+	}
+	r := new(dns.Msg)
+	if err := r.Unpack(resp); err != nil {
+		t.Fatal(err)
+	}
+	if opt := r.IsEdns0(); opt == nil || opt.UDPSize() != 4096 {
+		t.Errorf("query B got the answer made for query A (OPT %v)", opt)
+	}
+	if idB := <-ids; idB == idA {
+		t.Errorf("query B went out with abandoned query A's ID %d", idA)
+	}
+	eventually(t, 2*time.Second, "A's late answer to be dropped", func() bool { return counterValue(d.m.mismatched) == 1 })
+}
+
+func TestIDQuarantineForgetsOldestFirst(t *testing.T) {
+	var q idQuarantine
+	for i := range quarantineLen + 10 {
+		q.add(uint16(i * 7))
+	}
+	for i := range quarantineLen + 10 {
+		if got, want := q.has(uint16(i*7)), i >= 10; got != want {
+			t.Fatalf("has(%d) = %v, want %v", i*7, got, want)
+		}
+	}
+}
