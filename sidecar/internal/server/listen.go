@@ -64,6 +64,15 @@ func (s *Server) bindOnce() (udp []*net.UDPConn, tcp []*net.TCPListener, skipped
 			if lerr == nil && port == 0 {
 				port = int(u.LocalAddr().(*net.UDPAddr).Port)
 			}
+			if lerr == nil && a.IsUnspecified() {
+				// Answers must leave from the address each query was
+				// sent to (pktinfo_linux.go).
+				if err := enablePktinfo(u, !a.Is4()); err != nil {
+					_ = u.Close()
+					closeAll()
+					return nil, nil, nil, fmt.Errorf("listening on %s port %d: reading destination addresses: %w", a, port, err)
+				}
+			}
 		}
 		if lerr == nil && wantTCP {
 			l, lerr = net.ListenTCP("tcp"+family, net.TCPAddrFromAddrPort(netip.AddrPortFrom(a, uint16(port))))

@@ -18,6 +18,7 @@ type udpQuery struct {
 	conn *net.UDPConn
 	from netip.AddrPort
 	msg  []byte
+	oob  []byte // on a wildcard socket: sets the answer's source (pktinfo_linux.go)
 }
 
 // Most queries are well under 512 bytes; larger ones grow their buffer and
@@ -30,15 +31,29 @@ const (
 var udpQueryPool = sync.Pool{New: func() any { return &udpQuery{msg: make([]byte, 0, pooledMsgSize)} }}
 
 // readUDP reads datagrams until Shutdown and answers each in its own
-// goroutine: the upstream's latency must not hold the reader.
-func (s *Server) readUDP(c *net.UDPConn) {
+// goroutine: the upstream's latency must not hold the reader. On a wildcard
+// socket (wild) it also reads each datagram's destination address, which
+// becomes its answer's source.
+func (s *Server) readUDP(c *net.UDPConn, wild bool) {
 	defer s.loops.Done()
 	// A whole datagram always fits, so that an oversized one is seen whole
 	// (and answered FORMERR or relayed) rather than silently cut.
 	buf := make([]byte, dnswire.MaxMsgSize)
+	var oob, info []byte
+	if wild {
+		oob, info = make([]byte, 2*pktinfoSize), make([]byte, 0, pktinfoSize)
+	}
 	var backoff time.Duration
 	for {
-		n, from, err := c.ReadFromUDPAddrPort(buf)
+		var n, oobn int
+		var from netip.AddrPort
+		var err error
+		if wild {
+			n, oobn, _, from, err = c.ReadMsgUDPAddrPort(buf, oob)
+			info = replyPktinfo(info, oob[:oobn])
+		} else {
+			n, from, err = c.ReadFromUDPAddrPort(buf)
+		}
 		if err != nil {
 			if s.closing.Load() {
 				return
@@ -58,11 +73,11 @@ func (s *Server) readUDP(c *net.UDPConn) {
 			continue
 		}
 		if !s.admit() {
-			s.shedUDP(c, from, buf[:n])
+			s.shedUDP(c, from, buf[:n], info)
 			continue
 		}
 		q := udpQueryPool.Get().(*udpQuery)
-		q.conn, q.from, q.msg = c, from, append(q.msg[:0], buf[:n]...)
+		q.conn, q.from, q.msg, q.oob = c, from, append(q.msg[:0], buf[:n]...), append(q.oob[:0], info...)
 		s.queries.Add(1)
 		go s.serveUDP(q)
 	}
@@ -75,7 +90,7 @@ func (s *Server) serveUDP(q *udpQuery) {
 	// trust the metrics to include it.
 	s.m.done(protoUDP, start, &r)
 	if r.reply != nil {
-		if _, err := q.conn.WriteToUDPAddrPort(r.reply, q.from); err != nil {
+		if err := writeUDP(q.conn, r.reply, q.from, q.oob); err != nil {
 			s.log.Debug("writing a UDP answer failed", "client", q.from, "err", err)
 		}
 	}
@@ -90,14 +105,24 @@ func (s *Server) serveUDP(q *udpQuery) {
 
 // shedUDP answers, from the reader itself, a query that came when the server
 // was full: a local answer costs less than a goroutine.
-func (s *Server) shedUDP(c *net.UDPConn, from netip.AddrPort, msg []byte) {
+func (s *Server) shedUDP(c *net.UDPConn, from netip.AddrPort, msg, oob []byte) {
 	start := time.Now()
 	r := s.shed(msg, protoUDP)
 	s.m.done(protoUDP, start, &r)
 	if r.reply != nil {
-		_, _ = c.WriteToUDPAddrPort(r.reply, from)
+		_ = writeUDP(c, r.reply, from, oob)
 	}
 	s.logQuery(protoUDP, from, msg, start, &r)
+}
+
+// writeUDP sends an answer, with the control message oob when there is one.
+func writeUDP(c *net.UDPConn, b []byte, to netip.AddrPort, oob []byte) error {
+	if len(oob) > 0 {
+		_, _, err := c.WriteMsgUDPAddrPort(b, oob, to)
+		return err
+	}
+	_, err := c.WriteToUDPAddrPort(b, to)
+	return err
 }
 
 // logQuery writes the per-query line, at Debug only: at any other level it

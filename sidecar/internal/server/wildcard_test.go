@@ -1,0 +1,118 @@
+//go:build linux
+
+package server
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os/exec"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/testenv"
+	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
+)
+
+// inNetns runs f on a thread moved into a new network namespace whose
+// loopback is up (127.0.0.0/8 and ::1), with the extra lo addresses given,
+// so that a test may bind wildcard addresses without exposing a port on the
+// host. The thread is never handed back, so the namespace dies with it.
+func inNetns(t *testing.T, extra []string, f func() error) {
+	t.Helper()
+	testenv.RequireRoot(t)
+	testenv.RequireTools(t, "ip")
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // no Unlock: the thread exits with the goroutine
+		errc <- func() error {
+			if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+				return fmt.Errorf("unshare: %w", err)
+			}
+			// A child forked from this thread starts in its namespace.
+			cmds := [][]string{{"link", "set", "lo", "up"}}
+			for _, a := range extra {
+				cmds = append(cmds, []string{"addr", "add", a, "dev", "lo", "nodad"})
+			}
+			for _, c := range cmds {
+				if out, err := exec.Command("ip", c...).CombinedOutput(); err != nil {
+					return fmt.Errorf("ip %v: %w: %s", c, err, out)
+				}
+			}
+			return f()
+		}()
+	}()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestUDPWildcardAnswersFromQueriedAddress binds the unspecified addresses
+// and sends queries to an address other than the one the kernel would pick
+// as the source of the answer (127.0.0.2, answered toward 127.0.0.1; an
+// extra IPv6 address, answered toward ::1). A client only accepts an answer
+// from the address it asked (a connected socket, as resolvers use, drops
+// the rest; so would conntrack's reverse NAT after an iptables REDIRECT),
+// so the answer must leave from the address the query was sent to.
+func TestUDPWildcardAnswersFromQueriedAddress(t *testing.T) {
+	const extra6 = "fd00:53::53"
+	s := newUnstarted(t, Options{
+		BindAddrs:    []netip.Addr{netip.IPv4Unspecified(), netip.IPv6Unspecified()},
+		BindExplicit: true,
+		Proto:        "udp",
+	})
+	inNetns(t, []string{extra6 + "/128"}, func() error {
+		if err := s.Start(); err != nil {
+			return fmt.Errorf("Start: %w", err)
+		}
+		defer s.Shutdown(context.Background())
+		port := s.Addrs()[0].(*net.UDPAddr).Port
+		for _, tc := range []struct{ from, to string }{
+			{"127.0.0.1", "127.0.0.2"},
+			{"127.0.0.1", "127.0.0.1"},
+			{"::1", extra6},
+			{"::1", "::1"},
+		} {
+			// A query for the canary is answered locally, so a lost answer
+			// can only be the server's doing.
+			if err := askFrom(tc.from, netip.AddrPortFrom(netip.MustParseAddr(tc.to), uint16(port))); err != nil {
+				return fmt.Errorf("from %s to %s: %w", tc.from, tc.to, err)
+			}
+		}
+		return nil
+	})
+}
+
+// askFrom sends the canary query from a UDP socket bound to from and
+// connected to to, and checks the answer.
+func askFrom(from string, to netip.AddrPort) error {
+	local := &net.UDPAddr{IP: net.ParseIP(from)}
+	c, err := net.DialUDP("udp", local, net.UDPAddrFromAddrPort(to))
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	q := newQuery(CanaryName, dns.TypeTXT)
+	wire, err := q.Pack()
+	if err != nil {
+		return err
+	}
+	if _, err := c.Write(wire); err != nil {
+		return err
+	}
+	// The answer comes at once or never; a second is ample.
+	_ = c.SetReadDeadline(time.Now().Add(time.Second))
+	buf := make([]byte, 512)
+	n, err := c.Read(buf)
+	if err != nil {
+		return fmt.Errorf("no answer: %w", err)
+	}
+	r := new(dns.Msg)
+	if err := r.Unpack(buf[:n]); err != nil || r.Id != q.Id || len(r.Answer) != 1 {
+		return fmt.Errorf("answer %v (%v)", r, err)
+	}
+	return nil
+}
