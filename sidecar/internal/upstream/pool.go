@@ -207,23 +207,37 @@ func (d *DoT) notify() {
 
 // retired moves c from the usable connections to the draining ones. If c was
 // busy and nothing else is usable, a replacement is dialed at once (pool
-// permitting) rather than by the next query.
+// permitting) rather than by the next query. If the pool has no room for
+// one (PoolSize 1, or every connection retired at once: they reach MaxAge
+// in the same tick when the second was dialed moments after the first, and
+// a trust change retires them all), every new query would wait for a drain,
+// which a single slow name stretches to drainGrace and beyond; so the
+// connection retired first is closed now instead, its queries resent on the
+// replacement.
 func (d *DoT) retired(c *conn, busy bool) {
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	active := d.activeConns()
 	if i := slices.Index(active, c); i >= 0 {
 		d.publishLocked(slices.Delete(slices.Clone(active), i, i+1))
 	}
 	if c.isDead() {
+		d.mu.Unlock()
 		return // already closed and removed
 	}
 	d.draining = append(d.draining, c)
-	if busy && !d.closed && len(d.activeConns()) == 0 && d.dialing == nil &&
-		int(d.total.Load()) < d.opts.PoolSize {
-		d.startDialLocked()
+	var evict *conn
+	if busy && !d.closed && len(d.activeConns()) == 0 && d.dialing == nil {
+		if int(d.total.Load()) < d.opts.PoolSize {
+			d.startDialLocked()
+		} else {
+			evict = d.draining[0]
+		}
 	}
 	d.notifyLocked()
+	d.mu.Unlock()
+	if evict != nil {
+		evict.lost(fmt.Errorf("retired connection to %s closed to make room for a replacement", d.name))
+	}
 }
 
 // removeConn forgets c, which has died, and frees its slot.

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -303,6 +305,74 @@ func TestMaxAgeDrainsInFlight(t *testing.T) {
 	}
 	if got := counterValue(d.m.resent); got != 0 {
 		t.Errorf("requests_resent_total = %v; a retired connection must drain, not drop its queries", got)
+	}
+}
+
+// Retiring the last usable connection while the pool has no room for a
+// replacement must not make new queries wait for the drain, which a slow
+// name in flight stretches to drainGrace (1s) and more: the connection
+// retired first is closed at once, its queries resent, and new queries are
+// answered on a replacement right away.
+func TestRetiringEveryConnectionDoesNotStall(t *testing.T) {
+	tests := []struct {
+		name     string
+		poolSize int
+		maxAge   time.Duration // 0: retired by hand, all at once
+	}{
+		{"pool of 1 at max age", 1, 200 * time.Millisecond},
+		{"pool of 2 retired at once", 2, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var slowSeen atomic.Int64
+			srv := dnstest.New(t, dnstest.Options{Handler: func(q *dns.Msg) *dns.Msg {
+				if len(q.Question) == 1 && strings.HasPrefix(q.Question[0].Name, "slow") {
+					slowSeen.Add(1)
+					return nil
+				}
+				return dnstest.DefaultHandler(q)
+			}})
+			d := newTestDoT(t, srv, func(o *DoTOptions) { o.PoolSize = tt.poolSize; o.MaxAge = tt.maxAge })
+			if tt.poolSize > 1 {
+				if _, err := d.Exchange(ctxTimeout(t, 2*time.Second), packQuery(t, "warm.example.", dns.TypeA)); err != nil {
+					t.Fatal(err)
+				}
+				d.grow()
+				eventually(t, 2*time.Second, "the pool to fill", func() bool { return len(d.activeConns()) == tt.poolSize })
+			}
+			// A slow query in flight on every connection.
+			for i := range tt.poolSize {
+				go func() { _, _ = d.Exchange(ctxTimeout(t, 5*time.Second), packQuery(t, fmt.Sprintf("slow%d.example.", i), dns.TypeA)) }()
+				eventually(t, 2*time.Second, "the slow query to reach the upstream", func() bool { return slowSeen.Load() == int64(i+1) })
+			}
+			conns := d.activeConns()
+			if len(conns) != tt.poolSize {
+				t.Fatalf("%d connections, want %d", len(conns), tt.poolSize)
+			}
+			if tt.maxAge == 0 {
+				for _, c := range conns {
+					c.retire("test")
+				}
+			}
+			eventually(t, 2*time.Second, "every connection to be retired", func() bool {
+				for _, c := range conns {
+					if !c.closing.Load() {
+						return false
+					}
+				}
+				return true
+			})
+			// Well under drainGrace: a query waiting for the drain fails.
+			start := time.Now()
+			q := packQuery(t, "fast.example.", dns.TypeA)
+			resp, err := d.Exchange(ctxTimeout(t, drainGrace*6/10), q)
+			if err == nil {
+				err = checkAnswer(resp, q)
+			}
+			if err != nil {
+				t.Fatalf("query after every connection was retired: %v (after %s)", err, time.Since(start).Round(time.Millisecond))
+			}
+		})
 	}
 }
 
