@@ -60,6 +60,7 @@ func runServe(ctx context.Context, args, environ []string, stdout, stderr io.Wri
 		TCPIdleTimeout: cfg.TCPIdleTimeout,
 		TCPMaxConns:    cfg.TCPMaxConns,
 		TCPMaxInFlight: cfg.TCPMaxInflight,
+		MaxInFlight:    cfg.MaxInflight,
 		Logger:         log,
 		Registerer:     reg,
 	})

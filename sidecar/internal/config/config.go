@@ -63,6 +63,7 @@ type Config struct {
 	TCPIdleTimeout time.Duration `env:"TCP_IDLE_TIMEOUT" envDefault:"10s" valid:">0" help:"idle time after which a client TCP connection is closed"`
 	TCPMaxConns    int           `env:"TCP_MAX_CONNS" envDefault:"1000" valid:"1.." help:"most client TCP connections open at once; more are refused"`
 	TCPMaxInflight int           `env:"TCP_MAX_INFLIGHT" envDefault:"128" valid:"1.." help:"most queries in flight on one client TCP connection"`
+	MaxInflight    int           `env:"MAX_INFLIGHT" envDefault:"8192" valid:"1.." help:"most client queries in flight over all listeners; past it a query gets SERVFAIL at once, which bounds memory under a flood"`
 
 	UpstreamPoolSize    int           `env:"UPSTREAM_POOL_SIZE" envDefault:"2" valid:"1..64" help:"persistent TLS connections per upstream (1-64)"`
 	UpstreamIdleTimeout time.Duration `env:"UPSTREAM_IDLE_TIMEOUT" envDefault:"30s" valid:">0" help:"idle time after which an upstream connection is closed"`
