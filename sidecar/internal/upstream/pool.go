@@ -29,13 +29,32 @@ const (
 )
 
 type dialState struct {
-	finished bool // guarded by DoT.mu
+	finished bool // guarded by DoT.mu, like the fields below
 	err      error
+	conn     *conn // what a successful dial produced
+}
+
+// failure is why a finished dial left its waiters nothing to use, or nil: the
+// dial's error, or the death of its connection if the upstream dropped it
+// before answering anything. A connection that served and then closed is a
+// pooled one ending normally; its waiters may dial again. Called with
+// DoT.mu held.
+func (dl *dialState) failure() error {
+	if dl.err != nil {
+		return dl.err
+	}
+	if dl.conn != nil {
+		if cause := dl.conn.deathCause(); errors.Is(cause, ErrUnreachable) {
+			return cause
+		}
+	}
+	return nil
 }
 
 // acquire registers req on a connection with room, dialing one if none is
 // open. It returns when req is queued for sending.
 func (d *DoT) acquire(ctx context.Context, req *request) (*conn, error) {
+	var dl *dialState // the dial this query last waited for
 	for {
 		if c := d.pick(); c != nil && c.send(req) {
 			if c.load.Load() >= growAt && int(d.total.Load()) < d.opts.PoolSize {
@@ -50,9 +69,22 @@ func (d *DoT) acquire(ctx context.Context, req *request) (*conn, error) {
 			return nil, ErrClosed
 		}
 		c := d.pick()
-		dl := d.dialing
-		if c == nil && dl == nil && int(d.total.Load()) < d.opts.PoolSize {
-			dl = d.startDialLocked()
+		if c == nil && dl != nil && dl.finished {
+			// The dial this query waited for is over and left it nothing:
+			// it failed, or the upstream dropped the new connection before
+			// answering anything. Failing with that beats dialing again at
+			// once, which against an upstream that hangs up on every
+			// handshake would loop until the deadline.
+			if err := dl.failure(); err != nil {
+				d.mu.Unlock()
+				return nil, err
+			}
+		}
+		if c == nil {
+			dl = d.dialing
+			if dl == nil && int(d.total.Load()) < d.opts.PoolSize {
+				dl = d.startDialLocked()
+			}
 		}
 		wait := d.changed
 		d.mu.Unlock()
@@ -66,14 +98,6 @@ func (d *DoT) acquire(ctx context.Context, req *request) (*conn, error) {
 		case <-wait:
 		case <-ctx.Done():
 			return nil, fmt.Errorf("waiting for a connection to %s: %w", d.name, ctx.Err())
-		}
-		if dl != nil {
-			d.mu.Lock()
-			finished, err := dl.finished, dl.err
-			d.mu.Unlock()
-			if finished && err != nil {
-				return nil, err
-			}
 		}
 	}
 }
@@ -135,7 +159,7 @@ func (d *DoT) runDial(dl *dialState) {
 	}
 	d.mu.Lock()
 	d.dialing = nil
-	dl.finished = true
+	dl.finished, dl.conn = true, c
 	closed := d.closed
 	switch {
 	case err != nil:

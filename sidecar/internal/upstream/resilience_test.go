@@ -72,7 +72,9 @@ func TestNewConnectionDroppedIsUnreachable(t *testing.T) {
 			srv := dnstest.New(t, dnstest.Options{})
 			tt.set(&srv.Behavior)
 			d := newTestDoT(t, srv, nil)
-			const n = 3
+			// Many rounds: a connection dropped between being published and
+			// being used is a race that only some rounds hit.
+			const n = 50
 			for i := range n {
 				_, err := d.Exchange(ctxTimeout(t, 2*time.Second), packQuery(t, "h.example.", dns.TypeA))
 				if !errors.Is(err, ErrUnreachable) || errors.Is(err, ErrConnClosed) {
@@ -342,7 +344,9 @@ func TestRetiringEveryConnectionDoesNotStall(t *testing.T) {
 			}
 			// A slow query in flight on every connection.
 			for i := range tt.poolSize {
-				go func() { _, _ = d.Exchange(ctxTimeout(t, 5*time.Second), packQuery(t, fmt.Sprintf("slow%d.example.", i), dns.TypeA)) }()
+				go func() {
+					_, _ = d.Exchange(ctxTimeout(t, 5*time.Second), packQuery(t, fmt.Sprintf("slow%d.example.", i), dns.TypeA))
+				}()
 				eventually(t, 2*time.Second, "the slow query to reach the upstream", func() bool { return slowSeen.Load() == int64(i+1) })
 			}
 			conns := d.activeConns()
