@@ -209,6 +209,9 @@ func (d *DoT) exchange(ctx context.Context, req *request) ([]byte, error) {
 			return nil, err
 		}
 		if ctx.Err() != nil {
+			if errors.Is(err, ctx.Err()) {
+				return nil, err // await said both already
+			}
 			return nil, fmt.Errorf("no answer from %s: %w (%w)", d.name, ctx.Err(), err)
 		}
 		if attempt >= maxAttempts {
@@ -245,10 +248,13 @@ func (d *DoT) await(ctx context.Context, c *conn, req *request, sent time.Time) 
 		return nil, fmt.Errorf("no answer from %s: %w", d.name, ctx.Err())
 	}
 	// The answer (or the connection's death) raced the deadline and is being
-	// handed over right now; an answer that made it is worth returning.
+	// handed over right now; an answer that made it is worth returning. A
+	// death is reported along with the deadline: whether the connection was
+	// a pooled one closing (ErrConnClosed) decides whether a Group counts
+	// the failure against the upstream.
 	r := <-req.done
 	if r.err != nil {
-		return nil, fmt.Errorf("no answer from %s: %w", d.name, ctx.Err())
+		return nil, fmt.Errorf("no answer from %s: %w (%w)", d.name, ctx.Err(), r.err)
 	}
 	return r.msg, nil
 }

@@ -521,3 +521,25 @@ func TestTrustUpdatesUnderLoad(t *testing.T) {
 		t.Error("a query reached the server under a trust that rejects it")
 	}
 }
+
+// When the deadline and the death of a pooled connection arrive together,
+// the error still says the connection closed: a Group must not count a
+// pooled connection closing as the upstream timing out.
+func TestDeadlineRacingConnectionDeath(t *testing.T) {
+	srv := dnstest.New(t, dnstest.Options{})
+	d := newTestDoT(t, srv, nil)
+	c := &conn{d: d, inflight: make(map[uint16]*request)} // req is no longer in flight on it
+	req := &request{done: make(chan result, 1)}
+	ctx, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancel()
+	closed := fmt.Errorf("%w: reading: EOF", ErrConnClosed)
+	// Both the deadline and the result are ready; select picks either, so
+	// many rounds go through the deadline's side.
+	for i := range 64 {
+		req.done <- result{err: closed}
+		_, err := d.await(ctx, c, req, time.Now())
+		if !errors.Is(err, ErrConnClosed) {
+			t.Fatalf("round %d: %v; the connection's death was lost", i, err)
+		}
+	}
+}
