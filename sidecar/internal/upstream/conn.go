@@ -359,10 +359,17 @@ func (c *conn) writeLoop() {
 }
 
 func (c *conn) closeSocket() {
-	if !c.hard.Load() {
-		_ = c.tc.SetWriteDeadline(time.Now().Add(closeNotifyTimeout))
+	if c.hard.Load() {
+		_ = c.tc.Close() // the socket is closed already; this releases the TLS side
+		return
 	}
+	// The polite close sends close_notify first. crypto/tls gives that alert
+	// a write deadline of 5 s of its own, overriding any set here, so an
+	// upstream that stopped reading would hold this goroutine (and Close,
+	// which waits for it) that long; the socket is closed under it instead.
+	t := time.AfterFunc(closeNotifyTimeout, func() { _ = c.tc.NetConn().Close() })
 	_ = c.tc.Close()
+	t.Stop()
 }
 
 func (c *conn) readLoop() {

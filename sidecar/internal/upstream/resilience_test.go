@@ -2,9 +2,12 @@ package upstream
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -541,5 +544,81 @@ func TestDeadlineRacingConnectionDeath(t *testing.T) {
 		if !errors.Is(err, ErrConnClosed) {
 			t.Fatalf("round %d: %v; the connection's death was lost", i, err)
 		}
+	}
+}
+
+// stuckConn passes I/O through until stick is called; from then on writes
+// block, as on a socket whose peer stopped reading, until the write
+// deadline passes or the connection is closed.
+type stuckConn struct {
+	net.Conn
+	stuck  atomic.Bool
+	closed chan struct{}
+	once   sync.Once
+
+	mu       sync.Mutex
+	deadline time.Time
+}
+
+func (s *stuckConn) SetWriteDeadline(t time.Time) error {
+	s.mu.Lock()
+	s.deadline = t
+	s.mu.Unlock()
+	return s.Conn.SetWriteDeadline(t)
+}
+
+func (s *stuckConn) SetDeadline(t time.Time) error {
+	_ = s.SetWriteDeadline(t)
+	return s.Conn.SetDeadline(t)
+}
+
+func (s *stuckConn) Write(b []byte) (int, error) {
+	if !s.stuck.Load() {
+		return s.Conn.Write(b)
+	}
+	s.mu.Lock()
+	dl := s.deadline
+	s.mu.Unlock()
+	var timeout <-chan time.Time
+	if !dl.IsZero() {
+		t := time.NewTimer(time.Until(dl))
+		defer t.Stop()
+		timeout = t.C
+	}
+	select {
+	case <-s.closed:
+		return 0, net.ErrClosed
+	case <-timeout:
+		return 0, os.ErrDeadlineExceeded
+	}
+}
+
+func (s *stuckConn) Close() error {
+	s.once.Do(func() { close(s.closed) })
+	return s.Conn.Close()
+}
+
+// A graceful close sends close_notify; an upstream that stopped reading
+// holds it for at most closeNotifyTimeout, not the 5 s crypto/tls allows
+// itself (Close, and so the sidecar's shutdown, waits for it).
+func TestCloseNotifyBounded(t *testing.T) {
+	srv := dnstest.New(t, dnstest.Options{})
+	d := newTestDoT(t, srv, nil)
+	raw, err := net.Dial("tcp", srv.Addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := &stuckConn{Conn: raw, closed: make(chan struct{})}
+	defer sc.Close()
+	tc := tls.Client(sc, &tls.Config{RootCAs: srv.CAPool, ServerName: srv.ServerName, MinVersion: tls.VersionTLS12})
+	if err := tc.HandshakeContext(ctxTimeout(t, 2*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	sc.stuck.Store(true)
+	c := &conn{d: d, tc: tc}
+	start := time.Now()
+	c.closeSocket()
+	if took := time.Since(start); took > closeNotifyTimeout+time.Second {
+		t.Errorf("graceful close toward a peer that stopped reading took %s, want about %s", took.Round(time.Millisecond), closeNotifyTimeout)
 	}
 }
