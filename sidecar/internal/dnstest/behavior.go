@@ -43,8 +43,9 @@ type Behavior struct {
 	DelayNanos atomic.Int64
 	// Drop: read and count queries, never answer them.
 	Drop atomic.Bool
-	// CloseAfter > 0: after answering the Nth query of a connection, close it
-	// (TLS close_notify then FIN); queries already sent behind it are lost.
+	// CloseAfter > 0: after answering the Nth query of a connection (and
+	// every earlier one, delayed answers included), close it (TLS
+	// close_notify then FIN); queries sent behind the Nth are never read.
 	CloseAfter atomic.Int32
 	// ResetAfter > 0: on reading the Nth query of a connection, reset it
 	// (RST) without answering it or anything still pending.

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"net"
 	"testing"
 	"time"
@@ -158,5 +159,48 @@ func TestCloseIdempotentAndStopsServing(t *testing.T) {
 	}
 	if _, err := net.DialTimeout("tcp", s.Addr.String(), time.Second); err == nil {
 		t.Error("still accepting after Close")
+	}
+}
+
+// CloseAfter closes a connection after the Nth answer has gone out, also
+// when answers are delayed: queries behind the Nth are not answered.
+func TestCloseAfterAnswersFirst(t *testing.T) {
+	for _, delay := range []time.Duration{0, 50 * time.Millisecond} {
+		t.Run(delay.String(), func(t *testing.T) {
+			s := New(t, Options{})
+			s.Behavior.CloseAfter.Store(2)
+			s.Behavior.SetDelay(delay)
+			conn, err := tls.Dial("tcp", s.Addr.String(), &tls.Config{RootCAs: s.CAPool, ServerName: s.ServerName})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+			dc := &dns.Conn{Conn: conn}
+			for i := range 3 {
+				q := new(dns.Msg)
+				q.SetQuestion(fmt.Sprintf("q%d.example.", i), dns.TypeA)
+				if err := dc.WriteMsg(q); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// Delayed answers may come in either order.
+			got := map[string]bool{}
+			for i := range 2 {
+				r, err := dc.ReadMsg()
+				if err != nil {
+					t.Fatalf("answer %d: %v", i, err)
+				}
+				if len(r.Question) == 1 {
+					got[r.Question[0].Name] = true
+				}
+			}
+			if !got["q0.example."] || !got["q1.example."] {
+				t.Fatalf("answers for %v, want q0 and q1", got)
+			}
+			if r, err := dc.ReadMsg(); err == nil {
+				t.Fatalf("a third answer after CloseAfter 2: %v", r.Question)
+			}
+		})
 	}
 }

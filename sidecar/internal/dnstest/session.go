@@ -36,13 +36,14 @@ var closeFrame = new(frame)
 // produces answers, and a writer that coalesces them. Delayed answers each
 // get a timer goroutine; fine for a test server.
 type session struct {
-	s    *Server
-	raw  net.Conn
-	tc   *tls.Conn
-	out  chan *frame
-	quit chan struct{} // closed when either side ends
-	once sync.Once
-	wg   sync.WaitGroup
+	s       *Server
+	raw     net.Conn
+	tc      *tls.Conn
+	out     chan *frame
+	quit    chan struct{} // closed when either side ends
+	once    sync.Once
+	wg      sync.WaitGroup
+	delayed sync.WaitGroup // answers waiting out DelayNanos
 
 	n     int32    // queries read on this connection
 	batch []*frame // answers held for ReverseBatch
@@ -92,7 +93,14 @@ func (c *session) readLoop() bool {
 		}
 		if ca := b.CloseAfter.Load(); ca > 0 && c.n >= ca {
 			c.flushBatch()
-			c.enqueue(closeFrame)
+			// Close after the answers, delayed ones included: they are
+			// already owed.
+			c.wg.Add(1)
+			go func() {
+				defer c.wg.Done()
+				c.delayed.Wait()
+				c.enqueue(closeFrame)
+			}()
 			return true
 		}
 	}
@@ -212,8 +220,10 @@ func (c *session) send(f *frame) {
 		return
 	}
 	c.wg.Add(1)
+	c.delayed.Add(1)
 	go func() {
 		defer c.wg.Done()
+		defer c.delayed.Done()
 		t := time.NewTimer(d)
 		defer t.Stop()
 		select {
