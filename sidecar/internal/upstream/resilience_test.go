@@ -404,26 +404,47 @@ func TestRetiringEveryConnectionDoesNotStall(t *testing.T) {
 	}
 }
 
+// Close fails what is in flight with ErrClosed at once, whether the query
+// waits for its answer or for the dial of its connection (the dial is cut
+// short), and Exchange keeps failing with ErrClosed afterwards.
 func TestCloseFailsInFlight(t *testing.T) {
-	srv := dnstest.New(t, dnstest.Options{})
-	srv.Behavior.Drop.Store(true)
-	d := newTestDoT(t, srv, nil)
-	errc := make(chan error, 1)
-	go func() {
-		_, err := d.Exchange(ctxTimeout(t, 5*time.Second), packQuery(t, "c.example.", dns.TypeA))
-		errc <- err
-	}()
-	eventually(t, 2*time.Second, "the query to reach the server", func() bool { return srv.Queries() == 1 })
-	if err := d.Close(); err != nil {
-		t.Fatal(err)
+	tests := []struct {
+		name    string
+		set     func(b *dnstest.Behavior)
+		waiting func(srv *dnstest.Server) bool // the query is where the case wants it
+	}{
+		{"waiting for the answer", func(b *dnstest.Behavior) { b.Drop.Store(true) },
+			func(srv *dnstest.Server) bool { return srv.Queries() == 1 }},
+		{"waiting for the dial", func(b *dnstest.Behavior) { b.BlackHole.Store(true) },
+			func(srv *dnstest.Server) bool { return srv.Accepted() == 1 }},
 	}
-	if err := <-errc; !errors.Is(err, ErrClosed) {
-		t.Fatalf("in-flight Exchange: %v, want ErrClosed", err)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := dnstest.New(t, dnstest.Options{})
+			tt.set(&srv.Behavior)
+			d := newTestDoT(t, srv, func(o *DoTOptions) { o.DialTimeout = 10 * time.Second })
+			errc := make(chan error, 1)
+			go func() {
+				_, err := d.Exchange(ctxTimeout(t, 10*time.Second), packQuery(t, "c.example.", dns.TypeA))
+				errc <- err
+			}()
+			eventually(t, 2*time.Second, "the query to be "+tt.name, func() bool { return tt.waiting(srv) })
+			start := time.Now()
+			if err := d.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-errc; !errors.Is(err, ErrClosed) {
+				t.Fatalf("in-flight Exchange: %v, want ErrClosed", err)
+			}
+			if took := time.Since(start); took > 2*time.Second {
+				t.Errorf("Close and the in-flight query took %s", took)
+			}
+			if _, err := d.Exchange(ctxTimeout(t, time.Second), packQuery(t, "c.example.", dns.TypeA)); !errors.Is(err, ErrClosed) {
+				t.Fatalf("Exchange after Close: %v, want ErrClosed", err)
+			}
+			eventually(t, 2*time.Second, "the server to see the connection close", func() bool { return srv.Open() == 0 })
+		})
 	}
-	if _, err := d.Exchange(ctxTimeout(t, time.Second), packQuery(t, "c.example.", dns.TypeA)); !errors.Is(err, ErrClosed) {
-		t.Fatalf("Exchange after Close: %v, want ErrClosed", err)
-	}
-	eventually(t, 2*time.Second, "the server to see the connection close", func() bool { return srv.Open() == 0 })
 }
 
 func TestBadQuery(t *testing.T) {
