@@ -42,12 +42,72 @@ func inNetns(t *testing.T, extra []string, f func() error) {
 					return fmt.Errorf("ip %v: %w: %s", c, err, out)
 				}
 			}
+			// The kernel finishes adding an address in the background: even
+			// with nodad, an IPv6 address stays tentative, without its local
+			// route, until a work item runs after `ip` has returned. A
+			// datagram sent to it meanwhile is lost, so wait until one
+			// makes the round trip.
+			for _, a := range extra {
+				if err := awaitUsable(netip.MustParsePrefix(a).Addr()); err != nil {
+					return err
+				}
+			}
 			return f()
 		}()
 	}()
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
+}
+
+// awaitUsable waits until a datagram from the loopback address of a's
+// family reaches a, and one from a comes back.
+func awaitUsable(a netip.Addr) error {
+	lo := netip.IPv6Loopback()
+	if a.Is4() {
+		lo = netip.MustParseAddr("127.0.0.1")
+	}
+	deadline := time.Now().Add(ioTimeout)
+	for {
+		err := roundTrip(lo, a)
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("address %s still unusable: %w", a, err)
+		}
+	}
+}
+
+// roundTrip sends a datagram from a socket on from to one on to and back.
+func roundTrip(from, to netip.Addr) error {
+	srv, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(to, 0)))
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	cl, err := net.DialUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(from, 0)), srv.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	// Each try waits a little for its datagram; the loop bounds the total.
+	deadline := time.Now().Add(20 * time.Millisecond)
+	_ = srv.SetReadDeadline(deadline)
+	_ = cl.SetReadDeadline(deadline)
+	buf := make([]byte, 16)
+	if _, err := cl.Write([]byte("ping")); err != nil {
+		return err
+	}
+	_, peer, err := srv.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		return err
+	}
+	if _, err := srv.WriteToUDPAddrPort([]byte("pong"), peer); err != nil {
+		return err
+	}
+	_, err = cl.Read(buf)
+	return err
 }
 
 // TestUDPWildcardAnswersFromQueriedAddress binds the unspecified addresses
