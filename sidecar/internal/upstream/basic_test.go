@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"testing"
-	"time"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnstest"
 	"github.com/miekg/dns"
@@ -22,7 +21,7 @@ func TestExchangeBasic(t *testing.T) {
 	q.SetQuestion("Example.COM.", dns.TypeA)
 	q.SetEdns0(1232, true)
 	wire, _ := q.Pack()
-	resp, err := d.Exchange(ctxTimeout(t, 2*time.Second), wire)
+	resp, err := d.Exchange(ctxTimeout(t, answerTimeout), wire)
 	if err != nil {
 		t.Fatalf("Exchange: %v", err)
 	}
@@ -48,7 +47,7 @@ func TestExchangeIPv6Upstream(t *testing.T) {
 		t.Errorf("Name() = %q, want %q", d.Name(), want)
 	}
 	q := packQuery(t, "v6.example.", dns.TypeA)
-	resp, err := d.Exchange(ctxTimeout(t, 2*time.Second), q)
+	resp, err := d.Exchange(ctxTimeout(t, answerTimeout), q)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -82,7 +82,7 @@ func TestGroupRecovery(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := newRig(t, tt.n, GroupOptions{Policy: Sequential}, nil)
-			r.mustQuery(time.Second, "warm.example.")
+			r.mustQuery(answerTimeout, "warm.example.")
 			r.ups[0].gate.kill()
 			r.driveDown(0, 5*time.Second, tt.n > 1)
 			// After three failed probes (waits of about 125, 250 and 500 ms)
@@ -93,7 +93,7 @@ func TestGroupRecovery(t *testing.T) {
 			r.ups[0].gate.open(t)
 			back := time.Now()
 			for i := 0; ; i++ {
-				who, _, err := r.query(ctxTimeout(t, time.Second), fmt.Sprintf("r%d.example.", i))
+				who, _, err := r.query(ctxTimeout(t, answerTimeout), fmt.Sprintf("r%d.example.", i))
 				if who == 0 {
 					break
 				}
@@ -177,7 +177,7 @@ func TestGroupSharedDialFailureCountsOnce(t *testing.T) {
 func TestGroupProbeSingleFlight(t *testing.T) {
 	const probeTimeout = 200 * time.Millisecond
 	r := newRig(t, 2, GroupOptions{Policy: Sequential, ProbeInterval: 20 * time.Millisecond, ProbeTimeout: probeTimeout}, nil)
-	r.mustQuery(time.Second, "warm.example.")
+	r.mustQuery(answerTimeout, "warm.example.")
 	r.ups[0].silent.Store(true)
 	// Queries still in flight on the silent upstream when it is marked down
 	// fail after it, and each would start a probe if probes were not single.
@@ -208,7 +208,7 @@ func TestGroupProbeSingleFlight(t *testing.T) {
 // puts it back at once, without waiting for the probe.
 func TestGroupAnswerBringsUpstreamBack(t *testing.T) {
 	r := newRig(t, 2, GroupOptions{Policy: Sequential, MaxFails: 1, ProbeInterval: time.Hour}, nil)
-	r.mustQuery(time.Second, "warm.example.")
+	r.mustQuery(answerTimeout, "warm.example.")
 	r.ups[0].srv.Behavior.SetDelay(300 * time.Millisecond)
 	slow := make(chan int, 1)
 	go func() {
@@ -263,7 +263,7 @@ func TestGroupSlowNameNotCounted(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { _ = g.Close() })
-			if _, err := g.Exchange(ctxTimeout(t, 2*time.Second), packQuery(t, "warm.example.", dns.TypeA)); err != nil {
+			if _, err := g.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "warm.example.", dns.TypeA)); err != nil {
 				t.Fatal(err)
 			}
 
@@ -279,7 +279,7 @@ func TestGroupSlowNameNotCounted(t *testing.T) {
 			eventually(t, 2*time.Second, "the slow queries to reach the upstream", func() bool { return slowSeen.Load() == slow })
 			if tt.otherLoad {
 				for i := range 3 {
-					if _, err := g.Exchange(ctxTimeout(t, 2*time.Second), packQuery(t, fmt.Sprintf("fast%d.example.", i), dns.TypeA)); err != nil {
+					if _, err := g.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, fmt.Sprintf("fast%d.example.", i), dns.TypeA)); err != nil {
 						t.Fatal(err)
 					}
 				}

@@ -56,7 +56,7 @@ func TestPipelinedAnsweredInReverseOrder(t *testing.T) {
 	d := newTestDoT(t, srv, func(o *DoTOptions) { o.PoolSize = 1 })
 	// The server answers nothing until it holds 100 queries, so all 100 are
 	// in flight on one connection at once, and come back last first.
-	ok, err := runQueries(t, d, 100, 100, 5*time.Second)
+	ok, err := runQueries(t, d, 100, 100, answerTimeout)
 	if err != nil || ok != 100 {
 		t.Fatalf("%d/100 answered right; first error: %v", ok, err)
 	}
@@ -75,7 +75,7 @@ func TestSplitReads(t *testing.T) {
 	srv := dnstest.New(t, dnstest.Options{})
 	srv.Behavior.SplitWrites.Store(true)
 	d := newTestDoT(t, srv, nil)
-	ok, err := runQueries(t, d, 200, 20, 5*time.Second)
+	ok, err := runQueries(t, d, 200, 20, answerTimeout)
 	if err != nil || ok != 200 {
 		t.Fatalf("%d/200 answered right; first error: %v", ok, err)
 	}
@@ -89,7 +89,7 @@ func TestPoolStaysWithinSizeUnderLoad(t *testing.T) {
 			// out: a failed dial is one more connection for the server to
 			// count, though never more than PoolSize at once.
 			d := newTestDoT(t, srv, func(o *DoTOptions) { o.PoolSize = size; o.DialTimeout = 10 * time.Second })
-			ok, err := runQueries(t, d, 10000, 256, 10*time.Second)
+			ok, err := runQueries(t, d, 10000, 256, answerTimeout)
 			if err != nil || ok != 10000 {
 				t.Fatalf("%d/10000 answered right; first error: %v", ok, err)
 			}
@@ -144,7 +144,7 @@ func TestMaxInFlightPerConn(t *testing.T) {
 	srv.Behavior.ReverseBatch.Store(4)
 	srv.Behavior.SetDelay(20 * time.Millisecond)
 	d := newTestDoT(t, srv, func(o *DoTOptions) { o.PoolSize = 1; o.MaxInFlightPerConn = 4 })
-	ok, err := runQueries(t, d, 40, 20, 5*time.Second)
+	ok, err := runQueries(t, d, 40, 20, answerTimeout)
 	if err != nil || ok != 40 {
 		t.Fatalf("%d/40 answered right; first error: %v", ok, err)
 	}
@@ -196,7 +196,7 @@ func TestLateAnswerNotDeliveredToReusedID(t *testing.T) {
 
 	// B asks the same question with another buffer size and is in flight
 	// when A's late answer arrives.
-	resp, err := d.Exchange(ctxTimeout(t, 2*time.Second), query(4096))
+	resp, err := d.Exchange(ctxTimeout(t, answerTimeout), query(4096))
 	if err != nil {
 		t.Fatalf("query B: %v", err)
 	}

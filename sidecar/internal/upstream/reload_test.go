@@ -164,7 +164,7 @@ func (rr *reloadRig) run(t *testing.T) {
 func (rr *reloadRig) query(t *testing.T) error {
 	t.Helper()
 	q := packQuery(t, "reload.example.", 1)
-	resp, err := rr.g.Exchange(ctxTimeout(t, 2*time.Second), q)
+	resp, err := rr.g.Exchange(ctxTimeout(t, answerTimeout), q)
 	if err != nil {
 		return err
 	}

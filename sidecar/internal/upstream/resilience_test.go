@@ -40,7 +40,7 @@ func TestUpstreamDropsConnectionsUnderLoad(t *testing.T) {
 			// 16 in flight, fewer than the 50 a connection lives for: a
 			// query resent on a fresh connection is among its first and is
 			// answered.
-			ok, err := runQueries(t, d, 1000, 16, 5*time.Second)
+			ok, err := runQueries(t, d, 1000, 16, answerTimeout)
 			if err != nil || ok != 1000 {
 				t.Fatalf("%d/1000 answered right; first error: %v", ok, err)
 			}
@@ -79,7 +79,7 @@ func TestNewConnectionDroppedIsUnreachable(t *testing.T) {
 			// being used is a race that only some rounds hit.
 			const n = 50
 			for i := range n {
-				_, err := d.Exchange(ctxTimeout(t, 2*time.Second), packQuery(t, "h.example.", dns.TypeA))
+				_, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "h.example.", dns.TypeA))
 				if !errors.Is(err, ErrUnreachable) || errors.Is(err, ErrConnClosed) {
 					t.Fatalf("query %d: %v, want ErrUnreachable (and not ErrConnClosed)", i, err)
 				}
@@ -98,7 +98,7 @@ func TestNewConnectionDroppedIsUnreachable(t *testing.T) {
 			})
 			srv.Behavior.HangUp.Store(false)
 			srv.Behavior.ResetAfter.Store(0)
-			if _, err := d.Exchange(ctxTimeout(t, 2*time.Second), packQuery(t, "h.example.", dns.TypeA)); err != nil {
+			if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "h.example.", dns.TypeA)); err != nil {
 				t.Fatalf("Exchange once the upstream behaves: %v", err)
 			}
 		})
@@ -122,12 +122,12 @@ func TestServedConnectionDying(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := dnstest.New(t, dnstest.Options{})
 			d := newTestDoT(t, srv, nil)
-			if _, err := d.Exchange(ctxTimeout(t, 2*time.Second), packQuery(t, "warm.example.", dns.TypeA)); err != nil {
+			if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "warm.example.", dns.TypeA)); err != nil {
 				t.Fatal(err)
 			}
 			srv.Behavior.ResetAfter.Store(tt.resetAfter)
 			q := packQuery(t, "x.example.", dns.TypeA)
-			resp, err := d.Exchange(ctxTimeout(t, 2*time.Second), q)
+			resp, err := d.Exchange(ctxTimeout(t, answerTimeout), q)
 			switch {
 			case tt.wantErr == nil && err == nil:
 				if err := checkAnswer(resp, q); err != nil {
@@ -256,7 +256,7 @@ func TestQueryTimeoutDefault(t *testing.T) {
 func TestSilentConnectionRetired(t *testing.T) {
 	srv := dnstest.New(t, dnstest.Options{})
 	d := newTestDoT(t, srv, nil)
-	if _, err := d.Exchange(ctxTimeout(t, time.Second), packQuery(t, "s.example.", dns.TypeA)); err != nil {
+	if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "s.example.", dns.TypeA)); err != nil {
 		t.Fatal(err)
 	}
 	srv.Behavior.Drop.Store(true)
@@ -275,7 +275,7 @@ func TestSilentConnectionRetired(t *testing.T) {
 	}
 	eventually(t, 2*time.Second, "the silent connection to close", func() bool { return srv.Open() == 0 })
 	srv.Behavior.Drop.Store(false)
-	if _, err := d.Exchange(ctxTimeout(t, time.Second), packQuery(t, "s.example.", dns.TypeA)); err != nil {
+	if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "s.example.", dns.TypeA)); err != nil {
 		t.Fatal(err)
 	}
 	if srv.Accepted() != 2 {
@@ -295,14 +295,14 @@ func TestConnectionLifetime(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := dnstest.New(t, dnstest.Options{})
 			d := newTestDoT(t, srv, tt.mod)
-			if _, err := d.Exchange(ctxTimeout(t, time.Second), packQuery(t, "l.example.", dns.TypeA)); err != nil {
+			if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "l.example.", dns.TypeA)); err != nil {
 				t.Fatal(err)
 			}
 			eventually(t, 3*time.Second, "the connection to close", func() bool { return srv.Open() == 0 })
 			if got := counterValue(d.m.open); got != 0 {
 				t.Errorf("connections_open = %v after close", got)
 			}
-			if _, err := d.Exchange(ctxTimeout(t, time.Second), packQuery(t, "l.example.", dns.TypeA)); err != nil {
+			if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "l.example.", dns.TypeA)); err != nil {
 				t.Fatalf("Exchange after close: %v", err)
 			}
 			// 2, or more if a stall outlasted MaxAge between a dial and its use.
@@ -319,13 +319,13 @@ func TestMaxAgeDrainsInFlight(t *testing.T) {
 	const maxAge = 500 * time.Millisecond
 	srv := dnstest.New(t, dnstest.Options{})
 	d := newTestDoT(t, srv, func(o *DoTOptions) { o.MaxAge = maxAge; o.PoolSize = 2 })
-	if _, err := d.Exchange(ctxTimeout(t, time.Second), packQuery(t, "warm.example.", dns.TypeA)); err != nil {
+	if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "warm.example.", dns.TypeA)); err != nil {
 		t.Fatal(err)
 	}
 	// All 8 are on the connection long before it reaches MaxAge, and
 	// answered after.
 	srv.Behavior.SetDelay(maxAge + 250*time.Millisecond)
-	ok, err := runQueries(t, d, 8, 8, 3*time.Second)
+	ok, err := runQueries(t, d, 8, 8, answerTimeout)
 	if err != nil || ok != 8 {
 		t.Fatalf("%d/8 answered; first error: %v", ok, err)
 	}
@@ -360,7 +360,7 @@ func TestRetiringEveryConnectionDoesNotStall(t *testing.T) {
 			}})
 			d := newTestDoT(t, srv, func(o *DoTOptions) { o.PoolSize = tt.poolSize; o.MaxAge = tt.maxAge })
 			if tt.poolSize > 1 {
-				if _, err := d.Exchange(ctxTimeout(t, 2*time.Second), packQuery(t, "warm.example.", dns.TypeA)); err != nil {
+				if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "warm.example.", dns.TypeA)); err != nil {
 					t.Fatal(err)
 				}
 				d.grow()
@@ -545,7 +545,7 @@ func TestTrustUpdatesUnderLoad(t *testing.T) {
 		}
 		done <- nil
 	}()
-	ok, err := runQueries(t, d, 2000, 32, 2*time.Second)
+	ok, err := runQueries(t, d, 2000, 32, answerTimeout)
 	if rerr := <-done; rerr != nil {
 		t.Fatal(rerr)
 	}

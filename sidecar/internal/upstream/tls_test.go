@@ -70,7 +70,7 @@ func TestCertificateVerification(t *testing.T) {
 				}
 			})
 			q := packQuery(t, "v.example.", dns.TypeA)
-			resp, err := d.Exchange(ctxTimeout(t, 2*time.Second), q)
+			resp, err := d.Exchange(ctxTimeout(t, answerTimeout), q)
 			if tt.wantErr == nil {
 				if err != nil {
 					t.Fatalf("Exchange: %v", err)
@@ -123,7 +123,7 @@ func TestPinCheckedOnResumedSession(t *testing.T) {
 	}
 	exchange := func() error {
 		q := packQuery(t, "r.example.", dns.TypeA)
-		resp, err := d.Exchange(ctxTimeout(t, 2*time.Second), q)
+		resp, err := d.Exchange(ctxTimeout(t, answerTimeout), q)
 		if err == nil {
 			err = checkAnswer(resp, q)
 		}
@@ -224,7 +224,7 @@ func TestReverifyRetiresConnections(t *testing.T) {
 			srv := dnstest.New(t, dnstest.Options{})
 			trust := NewTrust(srv.CAPool, nil)
 			d := newTestDoT(t, srv, func(o *DoTOptions) { o.Trust = trust; o.IdleTimeout = time.Hour })
-			if _, err := d.Exchange(ctxTimeout(t, 2*time.Second), packQuery(t, "a.example.", dns.TypeA)); err != nil {
+			if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "a.example.", dns.TypeA)); err != nil {
 				t.Fatal(err)
 			}
 			trust.Update(tt.roots(srv), tt.pins(srv))
@@ -237,7 +237,7 @@ func TestReverifyRetiresConnections(t *testing.T) {
 			if tt.wantRetired {
 				eventually(t, 3*time.Second, "the connection to close", func() bool { return srv.Open() == 0 })
 			}
-			_, err := d.Exchange(ctxTimeout(t, 2*time.Second), packQuery(t, "b.example.", dns.TypeA))
+			_, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "b.example.", dns.TypeA))
 			if !errors.Is(err, tt.wantErr) || (tt.wantErr == nil && err != nil) {
 				t.Fatalf("next Exchange: %v, want %v", err, tt.wantErr)
 			}
