@@ -220,7 +220,7 @@ func TestDoTFailures(t *testing.T) {
 				if e := ede(r); e == nil || e.InfoCode != tt.ede {
 					t.Fatalf("%s: EDE %v, want %d", network, e, tt.ede)
 				}
-				if elapsed > timeout+500*time.Millisecond {
+				if elapsed > timeout+lateSlack {
 					t.Errorf("%s: SERVFAIL after %v, deadline %v", network, elapsed, timeout)
 				}
 			}
