@@ -65,6 +65,7 @@ func TestProtocolRules(t *testing.T) {
 	}{
 		{name: "response (QR set)", msg: response, silent: true, malformed: true},
 		{name: "shorter than a header", msg: good[:11], silent: true, malformed: true},
+		{name: "empty message", msg: []byte{}, silent: true, malformed: true},
 		{name: "NOTIFY", msg: withOpcode(dns.OpcodeNotify), rcode: dns.RcodeNotImplemented, wantQ: true},
 		{name: "UPDATE", msg: withOpcode(dns.OpcodeUpdate), rcode: dns.RcodeNotImplemented, wantQ: true},
 		{name: "STATUS", msg: withOpcode(dns.OpcodeStatus), rcode: dns.RcodeNotImplemented, wantQ: true},

@@ -97,6 +97,42 @@ func TestTCPIdleTimeout(t *testing.T) {
 		})
 	}
 
+	// A slowloris client sends a byte now and then, each well within the
+	// idle timeout: the timeout covers a whole message, not each read, so
+	// it is cut off after about one idle period.
+	t.Run("trickling client", func(t *testing.T) {
+		t.Parallel()
+		start := time.Now()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		stop := make(chan struct{})
+		trickled := make(chan struct{})
+		go func() {
+			defer close(trickled)
+			for range 40 { // 40 bytes of a 40-byte message: 40 × idle/3 in all
+				if _, err := c.Write([]byte{0}); err != nil {
+					return
+				}
+				select {
+				case <-time.After(idle / 3): // the pace is what is under test
+				case <-stop:
+					return
+				}
+			}
+		}()
+		defer func() { close(stop); <-trickled }()
+		if _, err := c.Write([]byte{0, 40}); err != nil {
+			t.Fatal(err)
+		}
+		_, err = readMsg(c, "tcp")
+		if elapsed := time.Since(start); !errors.Is(err, io.EOF) || elapsed < idle || elapsed > idle+lateSlack {
+			t.Fatalf("read returned %v after %v, want EOF after about %v", err, elapsed, idle)
+		}
+	})
+
 	t.Run("query in flight", func(t *testing.T) {
 		t.Parallel()
 		c, err := net.Dial("tcp", addr)
