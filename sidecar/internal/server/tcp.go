@@ -145,18 +145,18 @@ func (c *tcpConn) serve() {
 		msg = msg[:size]
 		*q = msg
 		if _, err := io.ReadFull(br, msg); err != nil {
-			tcpMsgPool.Put(q)
+			recycleTCPMsg(q)
 			return
 		}
 		if size < dnswire.HeaderLen {
-			tcpMsgPool.Put(q)
+			recycleTCPMsg(q)
 			c.s.m.malformed.Inc()
 			continue
 		}
 		select {
 		case c.sem <- struct{}{}:
 		case <-c.s.quit:
-			tcpMsgPool.Put(q)
+			recycleTCPMsg(q)
 			return
 		}
 		if !c.s.admit() {
@@ -167,7 +167,7 @@ func (c *tcpConn) serve() {
 				c.write(r.reply)
 			}
 			c.s.logQuery(protoTCP, c.from, msg, start, &r)
-			tcpMsgPool.Put(q)
+			recycleTCPMsg(q)
 			<-c.sem
 			continue
 		}
@@ -179,6 +179,15 @@ func (c *tcpConn) serve() {
 
 var tcpMsgPool = sync.Pool{New: func() any { b := make([]byte, 0, pooledMsgSize); return &b }}
 
+// recycleTCPMsg pools a message buffer again unless a large message grew it:
+// a client announcing 64 KiB and hanging up must not leave 64 KiB buffers
+// in the pool for small queries to carry.
+func recycleTCPMsg(q *[]byte) {
+	if cap(*q) <= maxPooledSize {
+		tcpMsgPool.Put(q)
+	}
+}
+
 func (c *tcpConn) answer(q *[]byte) {
 	start := time.Now()
 	r := c.s.answer(*q, protoTCP)
@@ -188,9 +197,7 @@ func (c *tcpConn) answer(q *[]byte) {
 	}
 	c.s.inflight.Add(-1)
 	c.s.logQuery(protoTCP, c.from, *q, start, &r)
-	if cap(*q) <= maxPooledSize {
-		tcpMsgPool.Put(q)
-	}
+	recycleTCPMsg(q)
 	<-c.sem
 	c.inflight.Add(-1)
 	c.queries.Done()
