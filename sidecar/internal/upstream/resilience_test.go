@@ -165,8 +165,13 @@ func TestMismatchedResponsesDropped(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := dnstest.New(t, dnstest.Options{})
-			srv.Behavior.SetMangle(tt.mangle, tt.thenAnswer)
 			d := newTestDoT(t, srv, nil)
+			// Connected first: a dial starved past the short deadline below
+			// would leave nothing sent and nothing to count.
+			if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "warm.example.", dns.TypeA)); err != nil {
+				t.Fatal(err)
+			}
+			srv.Behavior.SetMangle(tt.mangle, tt.thenAnswer)
 			const n = 20
 			for i := range n {
 				q := packQuery(t, "m.example.", dns.TypeA)
@@ -214,8 +219,13 @@ func TestDeadlineHonoured(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := dnstest.New(t, dnstest.Options{})
-			tt.set(&srv.Behavior)
 			d := newTestDoT(t, srv, nil)
+			// Connected first, so that the query is sent whatever a loaded
+			// machine does to the handshake.
+			if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "warm.example.", dns.TypeA)); err != nil {
+				t.Fatal(err)
+			}
+			tt.set(&srv.Behavior)
 			const timeout = 100 * time.Millisecond
 			start := time.Now()
 			_, err := d.Exchange(ctxTimeout(t, timeout), packQuery(t, "d.example.", dns.TypeA))
