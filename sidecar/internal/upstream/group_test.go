@@ -489,7 +489,7 @@ func TestGroupRetryBounds(t *testing.T) {
 	t.Run("attempts", func(t *testing.T) {
 		r := newRig(t, 1, GroupOptions{MaxAttempts: 2, BaseDelay: time.Millisecond}, nil)
 		r.ups[0].srv.Behavior.ResetAfter.Store(1)
-		_, _, err := r.query(ctxTimeout(t, 2*time.Second), "a.example.")
+		_, _, err := r.query(ctxTimeout(t, answerTimeout), "a.example.")
 		if !errors.Is(err, ErrUnreachable) {
 			t.Fatalf("error %v, want ErrUnreachable", err)
 		}

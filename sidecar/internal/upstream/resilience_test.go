@@ -513,7 +513,7 @@ func TestCloseUnderLoad(t *testing.T) {
 				if n == 10 {
 					started <- struct{}{}
 				}
-				_, err := d.Exchange(ctxTimeout(t, 2*time.Second), q)
+				_, err := d.Exchange(ctxTimeout(t, answerTimeout), q)
 				if err != nil {
 					errs <- err
 					return
@@ -569,7 +569,7 @@ func TestTrustUpdatesUnderLoad(t *testing.T) {
 	d.Reverify()
 	eventually(t, 3*time.Second, "the rejected connections to close", func() bool { return srv.Open() == 0 })
 	before := srv.Queries()
-	if _, err := d.Exchange(ctxTimeout(t, 2*time.Second), packQuery(t, "t.example.", dns.TypeA)); !errors.Is(err, ErrPinMismatch) {
+	if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "t.example.", dns.TypeA)); !errors.Is(err, ErrPinMismatch) {
 		t.Fatalf("Exchange under a rejecting trust: %v, want ErrPinMismatch", err)
 	}
 	if srv.Queries() != before {
@@ -663,7 +663,7 @@ func TestCloseNotifyBounded(t *testing.T) {
 	sc := &stuckConn{Conn: raw, closed: make(chan struct{})}
 	defer sc.Close()
 	tc := tls.Client(sc, &tls.Config{RootCAs: srv.CAPool, ServerName: srv.ServerName, MinVersion: tls.VersionTLS12})
-	if err := tc.HandshakeContext(ctxTimeout(t, 2*time.Second)); err != nil {
+	if err := tc.HandshakeContext(ctxTimeout(t, answerTimeout)); err != nil {
 		t.Fatal(err)
 	}
 	sc.stuck.Store(true)
