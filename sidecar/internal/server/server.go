@@ -17,9 +17,12 @@
 //     without EDNS, the advertised size with it, at least 512 and at most
 //     Options.UDPMaxSize); larger answers are truncated with TC set;
 //   - a query without OPT gets an answer without OPT;
+//   - a UDP answer leaves from the address its query was sent to, also on a
+//     wildcard bind (pktinfo_linux.go);
 //   - when no answer can be had, SERVFAIL, with an Extended DNS Error
 //     (RFC 8914) when the query carried EDNS: 23 Network Error for TLS and
-//     pin failures, 22 No Reachable Authority otherwise (see failure);
+//     pin failures, 22 No Reachable Authority otherwise (see failure); a
+//     query the upstream rejects as malformed gets FORMERR;
 //   - the canary name is answered locally (see canary.go).
 package server
 
