@@ -364,9 +364,8 @@ func TestGroupBlackHole(t *testing.T) {
 	r := newRig(t, 2, GroupOptions{Policy: Sequential, ProbeTimeout: 200 * time.Millisecond}, nil)
 	r.ups[0].srv.Behavior.BlackHole.Store(true)
 	const deadline = 2 * time.Second // half on the black hole, the rest for the retry on a loaded machine
-	// Upstream 1 connected first: the retries there have half a second or
-	// so, and
-	// a handshake on a loaded machine should not have to fit in it too.
+	// Upstream 1 connected first: a retry there has what the black hole left
+	// of the deadline, and a handshake on a loaded machine need not fit in.
 	if _, err := r.ups[1].d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "warm.example.", dns.TypeA)); err != nil {
 		t.Fatal(err)
 	}
