@@ -16,10 +16,13 @@ import (
 func (d *DoT) tlsConfig(st *trustState) *tls.Config {
 	pins := d.pinsFor(st)
 	return &tls.Config{
-		ServerName:         d.opts.ServerName,
-		RootCAs:            st.roots,
-		MinVersion:         tls.VersionTLS12,
-		NextProtos:         []string{"dot"},
+		ServerName: d.opts.ServerName,
+		RootCAs:    st.roots,
+		MinVersion: tls.VersionTLS12,
+		// No ALPN: RFC 7858 does not ask for it, common DoT clients (kdig,
+		// stubby, Unbound) send none, and a TLS front end that speaks ALPN
+		// for other protocols answers an unknown "dot" with a fatal
+		// no_application_protocol alert.
 		ClientSessionCache: d.sessions,
 		// VerifyConnection, unlike VerifyPeerCertificate, also runs when a
 		// session is resumed, so a pin change cannot be bypassed by a ticket.
