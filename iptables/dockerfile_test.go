@@ -13,6 +13,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testenv"
 )
 
 // There is no container engine where the tests run, so the image is tested
@@ -227,7 +229,7 @@ func TestStaticBuild(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(root, "sidecar", "main.go")); err != nil {
-		missing(t, "sidecar/main.go does not exist yet")
+		testenv.Missing(t, "sidecar/main.go does not exist yet")
 	}
 	cmdline := goBuildCommand(t)
 	for _, want := range []string{"CGO_ENABLED=0 ", "go build ", "-trimpath", `-ldflags "-s -w -X main.version=${VERSION}"`, "-o /out/dot-sidecar ./sidecar"} {

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testenv"
 )
 
 // These tests run the script for real, as root, in network namespaces they
@@ -142,8 +144,8 @@ func expected(t *testing.T) [2][]string {
 }
 
 func TestApplyInNamespace(t *testing.T) {
-	requireRoot(t)
-	requireTools(t, "ip", "setpriv",
+	testenv.RequireRoot(t)
+	testenv.RequireTools(t, "ip", "setpriv",
 		"iptables-nft-save", "iptables-nft-restore", "ip6tables-nft-save", "ip6tables-nft-restore",
 		"iptables-legacy-save", "iptables-legacy-restore", "ip6tables-legacy-save", "ip6tables-legacy-restore")
 	want := expected(t)

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testenv"
 )
 
 const script = "dns-redirect.sh"
@@ -60,7 +62,7 @@ func run(t *testing.T, prefix []string, env []string, name string, args ...strin
 }
 
 func TestShellcheck(t *testing.T) {
-	tools := requireTools(t, "shellcheck")
+	tools := testenv.RequireTools(t, "shellcheck")
 	for _, f := range []string{script, "../entrypoint.sh"} {
 		t.Run(filepath.Base(f), func(t *testing.T) {
 			if _, err := os.Stat(f); err != nil {

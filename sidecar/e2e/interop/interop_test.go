@@ -20,7 +20,7 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/testenv"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testenv"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/unboundtest"
 )
 

@@ -12,7 +12,7 @@ import (
 	"testing"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/config"
-	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/testenv"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testenv"
 )
 
 // projectImage is the image every dot-sidecar container runs (a fixed fact of

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/check"
-	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/testenv"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testenv"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/unboundtest"
 )
 

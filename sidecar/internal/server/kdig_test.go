@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/testenv"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testenv"
 )
 
 // TestKdigInterop asks the server with kdig (Knot's dig), a client we did

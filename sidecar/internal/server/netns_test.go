@@ -12,7 +12,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/testenv"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testenv"
 	"github.com/miekg/dns"
 	"golang.org/x/sys/unix"
 )
