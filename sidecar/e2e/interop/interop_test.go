@@ -9,10 +9,8 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -20,119 +18,24 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/testenv"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/e2etest"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/unboundtest"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testenv"
 )
 
 // binary is built once for the package by TestMain.
 var binary string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "dot-sidecar-interop-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	binary = filepath.Join(dir, "dot-sidecar")
-	build := exec.Command("go", "build", "-o", binary, "../..")
-	build.Stderr = os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building dot-sidecar:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
-
-// sidecar is a running dot-sidecar process.
-type sidecar struct {
-	cmd    *exec.Cmd
-	dns    string // 127.0.0.1:PORT
-	admin  string // 127.0.0.1:PORT
-	stderr *bytes.Buffer
-	exited chan error
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	// A port free for both UDP and TCP: the listeners share it.
-	for range 20 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err == nil {
-			u.Close()
-			return port
-		}
-	}
-	t.Fatal("no free port")
-	return 0
-}
-
-// startSidecar runs the binary with env and waits for /startupz.
-func startSidecar(t *testing.T, env ...string) *sidecar {
-	t.Helper()
-	dnsPort, adminPort := freePort(t), freePort(t)
-	s := &sidecar{
-		dns:    fmt.Sprintf("127.0.0.1:%d", dnsPort),
-		admin:  fmt.Sprintf("127.0.0.1:%d", adminPort),
-		stderr: new(bytes.Buffer),
-		exited: make(chan error, 1),
-	}
-	s.cmd = exec.Command(binary)
-	s.cmd.Env = append([]string{
-		"PATH=" + os.Getenv("PATH"),
-		"BIND_ADDRESS=127.0.0.1",
-		fmt.Sprintf("BIND_PORT=%d", dnsPort),
-		"ADMIN_ADDRESS=" + s.admin,
-		"SHUTDOWN_LAMEDUCK=0s",
-	}, env...)
-	s.cmd.Stderr = s.stderr
-	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { s.exited <- s.cmd.Wait() }()
-	t.Cleanup(func() {
-		s.cmd.Process.Kill()
-		<-s.exited
-		if t.Failed() {
-			t.Logf("dot-sidecar stderr:\n%s", s.stderr)
-		}
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		resp, err := http.Get("http://" + s.admin + "/startupz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return s
-			}
-		}
-		select {
-		case err := <-s.exited:
-			t.Fatalf("dot-sidecar exited before it was started: %v\n%s", err, s.stderr)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("dot-sidecar not started after 10s\n%s", s.stderr)
-		}
-		time.Sleep(10 * time.Millisecond) // polling interval, not a stand-in for a condition
-	}
-}
+func TestMain(m *testing.M) { os.Exit(e2etest.MainWithBinary(m, &binary)) }
 
 func TestRelayToUnbound(t *testing.T) {
 	tools := testenv.RequireTools(t, "unbound", "kdig")
 	u := unboundtest.Start(t, unboundtest.Options{Names: 10})
-	s := startSidecar(t,
+	s := e2etest.Start(t, binary,
 		fmt.Sprintf("UPSTREAMS=tls://%s#%s", u.Addr, u.ServerName),
 		"TLS_CA_FILE="+u.CAFile)
 	rec := u.Names[3]
-	host, port, _ := net.SplitHostPort(s.dns)
+	host, port, _ := net.SplitHostPort(s.DNS)
 
 	for _, tc := range []struct {
 		name string
@@ -161,7 +64,7 @@ func TestRelayToUnbound(t *testing.T) {
 			for _, r := range u.Names {
 				m := new(dns.Msg)
 				m.SetQuestion(r.Name, dns.TypeA)
-				resp, _, err := c.Exchange(m, s.dns)
+				resp, _, err := c.Exchange(m, s.DNS)
 				if err != nil {
 					t.Fatalf("%s: %v", r.Name, err)
 				}
@@ -171,7 +74,7 @@ func TestRelayToUnbound(t *testing.T) {
 			}
 			m := new(dns.Msg)
 			m.SetQuestion("missing.bench.test.", dns.TypeA)
-			resp, _, err := c.Exchange(m, s.dns)
+			resp, _, err := c.Exchange(m, s.DNS)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -182,17 +85,11 @@ func TestRelayToUnbound(t *testing.T) {
 	}
 
 	t.Run("sigterm exits 0", func(t *testing.T) {
-		if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		if err := s.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
-		select {
-		case err := <-s.exited:
-			s.exited <- err // for Cleanup
-			if err != nil {
-				t.Fatalf("exit after SIGTERM: %v", err)
-			}
-		case <-time.After(15 * time.Second):
-			t.Fatal("no exit 15s after SIGTERM")
+		if err := s.WaitExit(t, 15*time.Second); err != nil {
+			t.Fatalf("exit after SIGTERM: %v", err)
 		}
 	})
 }
@@ -203,13 +100,13 @@ func TestWrongCAGivesServfail(t *testing.T) {
 	testenv.RequireTools(t, "unbound")
 	u := unboundtest.Start(t, unboundtest.Options{Names: 1})
 	other := unboundtest.Start(t, unboundtest.Options{Names: 1})
-	s := startSidecar(t,
+	s := e2etest.Start(t, binary,
 		fmt.Sprintf("UPSTREAMS=tls://%s#%s", u.Addr, u.ServerName),
 		"TLS_CA_FILE="+other.CAFile, "RETRY_MAX_ATTEMPTS=1")
 	m := new(dns.Msg)
 	m.SetQuestion(u.Names[0].Name, dns.TypeA)
 	m.SetEdns0(1232, false)
-	resp, _, err := (&dns.Client{Timeout: 5 * time.Second}).Exchange(m, s.dns)
+	resp, _, err := (&dns.Client{Timeout: 5 * time.Second}).Exchange(m, s.DNS)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,7 +18,7 @@ func BenchmarkAllDownServfail(b *testing.B) {
 	env := upstreamEnv(b, srv)
 	_ = srv.Close() // its port now refuses connections
 	s := startSidecar(b, env...)
-	conn, err := dns.Dial("udp", s.dns)
+	conn, err := dns.Dial("udp", s.DNS)
 	if err != nil {
 		b.Fatal(err)
 	}

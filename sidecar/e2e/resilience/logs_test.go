@@ -32,7 +32,7 @@ func TestLogs(t *testing.T) {
 			const n = 10
 			for i := range n {
 				name := fmt.Sprintf("log%d.example.", i)
-				r, err := ask(s.dns, "udp", name, false, 2*time.Second)
+				r, err := ask(s.DNS, "udp", name, false, 2*time.Second)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -42,10 +42,10 @@ func TestLogs(t *testing.T) {
 			}
 			// Read the file once the process has exited: every line it was
 			// going to write is there.
-			if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			if err := s.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 				t.Fatal(err)
 			}
-			if err := s.waitExit(t, 10*time.Second); err != nil {
+			if err := s.WaitExit(t, 10*time.Second); err != nil {
 				t.Fatalf("exit: %v", err)
 			}
 			lines := readJSONLines(t, file)
@@ -73,7 +73,7 @@ func TestLogs(t *testing.T) {
 			if !started || !stopped {
 				t.Errorf("LOG_FILE lacks the start-up or the stop line (%v, %v)", started, stopped)
 			}
-			if e := s.stderr.String(); e != "" {
+			if e := s.Stderr.String(); e != "" {
 				t.Errorf("stderr not empty with LOG_FILE set:\n%s", e)
 			}
 		})

@@ -7,16 +7,11 @@
 package resilience
 
 import (
-	"bytes"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,160 +21,29 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnstest"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/e2etest"
 )
 
 // binary is built once for the package by TestMain.
 var binary string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "dot-sidecar-resilience-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	binary = filepath.Join(dir, "dot-sidecar")
-	build := exec.Command("go", "build", "-o", binary, "../..")
-	build.Stderr = os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building dot-sidecar:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(e2etest.MainWithBinary(m, &binary)) }
 
-// syncBuffer collects a process's output while tests read it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// sidecar is a running dot-sidecar process.
-type sidecar struct {
-	cmd    *exec.Cmd
-	dns    string // 127.0.0.1:PORT
-	admin  string // 127.0.0.1:PORT
-	stdout *syncBuffer
-	stderr *syncBuffer
-	exited chan struct{} // closed when the process has exited
-	err    error         // its exit status, once exited is closed
-	exitAt time.Time
-}
-
-func freePort(t testing.TB) int {
-	t.Helper()
-	// A port free for both UDP and TCP: the listeners share it.
-	for range 20 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err == nil {
-			u.Close()
-			return port
-		}
-	}
-	t.Fatal("no free port")
-	return 0
-}
+// sidecar is a running dot-sidecar process with this package's metric
+// helpers.
+type sidecar struct{ *e2etest.Sidecar }
 
 // startSidecar runs the binary with env (after the defaults, so env wins)
 // and waits for /startupz.
 func startSidecar(t testing.TB, env ...string) *sidecar {
 	t.Helper()
-	dnsPort, adminPort := freePort(t), freePort(t)
-	s := &sidecar{
-		dns:    fmt.Sprintf("127.0.0.1:%d", dnsPort),
-		admin:  fmt.Sprintf("127.0.0.1:%d", adminPort),
-		stdout: new(syncBuffer),
-		stderr: new(syncBuffer),
-		exited: make(chan struct{}),
-	}
-	s.cmd = exec.Command(binary)
-	s.cmd.Env = append([]string{
-		"PATH=" + os.Getenv("PATH"),
-		"BIND_ADDRESS=127.0.0.1",
-		fmt.Sprintf("BIND_PORT=%d", dnsPort),
-		"ADMIN_ADDRESS=" + s.admin,
-		"SHUTDOWN_LAMEDUCK=0s",
-	}, env...)
-	s.cmd.Stdout, s.cmd.Stderr = s.stdout, s.stderr
-	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		s.err = s.cmd.Wait()
-		s.exitAt = time.Now()
-		close(s.exited)
-	}()
-	t.Cleanup(func() {
-		_ = s.cmd.Process.Kill()
-		<-s.exited
-		if t.Failed() {
-			t.Logf("dot-sidecar stderr:\n%s", s.stderr)
-		}
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if code, _ := s.get("/startupz"); code == http.StatusOK {
-			return s
-		}
-		select {
-		case <-s.exited:
-			t.Fatalf("dot-sidecar exited before it was started: %v\n%s", s.err, s.stderr)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("dot-sidecar not started after 10s\n%s", s.stderr)
-		}
-		time.Sleep(10 * time.Millisecond) // polling interval
-	}
-}
-
-// get fetches an admin path; code 0 means no HTTP answer.
-func (s *sidecar) get(path string) (code int, body string) {
-	c := http.Client{Timeout: 2 * time.Second}
-	resp, err := c.Get("http://" + s.admin + path)
-	if err != nil {
-		return 0, err.Error()
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
-
-// waitExit waits for the process to exit and returns its status.
-func (s *sidecar) waitExit(t testing.TB, timeout time.Duration) error {
-	t.Helper()
-	select {
-	case <-s.exited:
-		return s.err
-	case <-time.After(timeout):
-		t.Fatalf("dot-sidecar still running %s later", timeout)
-		return nil
-	}
+	return &sidecar{e2etest.Start(t, binary, env...)}
 }
 
 // metrics scrapes /metrics.
 func (s *sidecar) metrics(t testing.TB) map[string]*dto.MetricFamily {
 	t.Helper()
-	code, body := s.get("/metrics")
+	code, body := s.Get("/metrics")
 	if code != http.StatusOK {
 		t.Fatalf("/metrics: %d %s", code, body)
 	}

@@ -31,7 +31,7 @@ func TestProbesAndMetricsAtStart(t *testing.T) {
 		{"/startupz", http.StatusOK, "ok"},
 		{"/readyz", http.StatusOK, "ok"},
 	} {
-		code, body := s.get(p.path)
+		code, body := s.Get(p.path)
 		if code != p.code || strings.TrimSpace(body) != p.body {
 			t.Errorf("GET %s: %d %q, want %d %q", p.path, code, body, p.code, p.body)
 		}
@@ -89,7 +89,7 @@ func TestProbesAndMetricsAtStart(t *testing.T) {
 		}
 	}
 
-	_, body := s.get("/metrics")
+	_, body := s.Get("/metrics")
 	problems, err := promlint.New(strings.NewReader(body)).Lint()
 	if err != nil {
 		t.Fatal(err)
@@ -104,7 +104,7 @@ func TestProbesAndMetricsAtStart(t *testing.T) {
 	for i := range 5 {
 		for _, netw := range []string{"udp", "tcp"} {
 			name := fmt.Sprintf("m%d.example.", i)
-			r, err := ask(s.dns, netw, name, false, 2*time.Second)
+			r, err := ask(s.DNS, netw, name, false, 2*time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -135,14 +135,14 @@ func TestFaultsMoveMetrics(t *testing.T) {
 		a := dnstest.New(t, dnstest.Options{})
 		b := dnstest.New(t, dnstest.Options{})
 		s := startSidecar(t, upstreamEnv(t, a, b)...)
-		if r, err := ask(s.dns, "udp", "first.example.", false, 2*time.Second); err != nil || checkA(r, "first.example.") != nil {
+		if r, err := ask(s.DNS, "udp", "first.example.", false, 2*time.Second); err != nil || checkA(r, "first.example.") != nil {
 			t.Fatalf("first query: %v %v", r, err)
 		}
 		// The primary dies: queries keep being answered by the other.
 		_ = a.Close()
 		for i := range 10 {
 			name := fmt.Sprintf("f%d.example.", i)
-			r, err := ask(s.dns, "udp", name, false, 3*time.Second)
+			r, err := ask(s.DNS, "udp", name, false, 3*time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -178,12 +178,12 @@ func TestFaultsMoveMetrics(t *testing.T) {
 			if time.Now().After(deadline) {
 				t.Fatal("second upstream not marked down")
 			}
-			_, _ = ask(s.dns, "udp", "dying.example.", false, 3*time.Second)
+			_, _ = ask(s.DNS, "udp", "dying.example.", false, 3*time.Second)
 		}
 		var slowest time.Duration
 		for i := range 20 {
 			start := time.Now()
-			r, err := ask(s.dns, "udp", fmt.Sprintf("down%d.example.", i), true, 2*time.Second)
+			r, err := ask(s.DNS, "udp", fmt.Sprintf("down%d.example.", i), true, 2*time.Second)
 			slowest = max(slowest, time.Since(start))
 			if err != nil {
 				t.Fatal(err)
@@ -196,7 +196,7 @@ func TestFaultsMoveMetrics(t *testing.T) {
 		if slowest > 500*time.Millisecond {
 			t.Errorf("all down: slowest SERVFAIL took %s, want ≤ 500ms", slowest)
 		}
-		if code, body := s.get("/readyz"); code != http.StatusOK {
+		if code, body := s.Get("/readyz"); code != http.StatusOK {
 			t.Errorf("/readyz %d %q with upstreams down and READY_REQUIRES_UPSTREAM off, want 200", code, body)
 		}
 		if v, _ := metricValue(s.metrics(t), "dot_sidecar_server_queries_total", "proto", "udp", "rcode", "SERVFAIL"); v < 20 {
@@ -209,7 +209,7 @@ func TestFaultsMoveMetrics(t *testing.T) {
 		srv := dnstest.New(t, dnstest.Options{})
 		other := dnstest.New(t, dnstest.Options{})
 		s := startSidecar(t, append(upstreamEnv(t, srv), "TLS_PINS="+other.LeafPin, "RETRY_MAX_ATTEMPTS=1")...)
-		r, err := ask(s.dns, "udp", "pinned.example.", true, 3*time.Second)
+		r, err := ask(s.DNS, "udp", "pinned.example.", true, 3*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -235,7 +235,7 @@ func TestFaultsMoveMetrics(t *testing.T) {
 		s := startSidecar(t, upstreamEnv(t, srv)...)
 		for i := range 3 {
 			name := fmt.Sprintf("mm%d.example.", i)
-			r, err := ask(s.dns, "udp", name, false, 2*time.Second)
+			r, err := ask(s.DNS, "udp", name, false, 2*time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -256,7 +256,7 @@ func TestFaultsMoveMetrics(t *testing.T) {
 		}})
 		s := startSidecar(t, upstreamEnv(t, srv)...)
 		for i := range 5 { // more than HEALTH_MAX_FAILS
-			r, err := ask(s.dns, "udp", fmt.Sprintf("sf%d.example.", i), false, 2*time.Second)
+			r, err := ask(s.DNS, "udp", fmt.Sprintf("sf%d.example.", i), false, 2*time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -296,7 +296,7 @@ func TestFaultsMoveMetrics(t *testing.T) {
 		s := startSidecar(t, upstreamEnv(t, srv)...)
 		m := new(dns.Msg)
 		m.SetQuestion("big.example.", dns.TypeTXT)
-		r, _, err := (&dns.Client{Timeout: 2 * time.Second}).Exchange(m, s.dns)
+		r, _, err := (&dns.Client{Timeout: 2 * time.Second}).Exchange(m, s.DNS)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -311,7 +311,7 @@ func TestFaultsMoveMetrics(t *testing.T) {
 		t.Parallel()
 		srv := dnstest.New(t, dnstest.Options{})
 		s := startSidecar(t, append(upstreamEnv(t, srv), "TCP_MAX_CONNS=1")...)
-		c1, err := dns.Dial("tcp", s.dns)
+		c1, err := dns.Dial("tcp", s.DNS)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -324,7 +324,7 @@ func TestFaultsMoveMetrics(t *testing.T) {
 		if _, err := c1.ReadMsg(); err != nil { // the first connection is in
 			t.Fatal(err)
 		}
-		c2, err := dns.Dial("tcp", s.dns)
+		c2, err := dns.Dial("tcp", s.DNS)
 		if err != nil {
 			t.Fatal(err)
 		}

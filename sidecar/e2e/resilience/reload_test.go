@@ -62,7 +62,7 @@ func TestTrustReloadInBinary(t *testing.T) {
 	u := upstreamName(srv)
 	query := func(name string) {
 		t.Helper()
-		r, err := ask(s.dns, "udp", name, false, 3*time.Second)
+		r, err := ask(s.DNS, "udp", name, false, 3*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -45,7 +45,7 @@ func TestSIGTERMAnswersInFlight(t *testing.T) {
 			send := func(netw string, i int) {
 				defer wg.Done()
 				name := fmt.Sprintf("%s%d.inflight.example.", netw, i)
-				r, err := ask(s.dns, netw, name, false, 10*time.Second)
+				r, err := ask(s.DNS, netw, name, false, 10*time.Second)
 				if err == nil {
 					err = checkA(r, name)
 				}
@@ -71,12 +71,12 @@ func TestSIGTERMAnswersInFlight(t *testing.T) {
 			}
 
 			sigterm := time.Now()
-			if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			if err := s.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 				t.Fatal(err)
 			}
 			// /readyz turns 503 at once; /livez stays 200.
 			for {
-				code, body := s.get("/readyz")
+				code, body := s.Get("/readyz")
 				if code == http.StatusServiceUnavailable {
 					t.Logf("/readyz %d %q %s after SIGTERM", code, body, time.Since(sigterm).Round(time.Millisecond))
 					break
@@ -86,7 +86,7 @@ func TestSIGTERMAnswersInFlight(t *testing.T) {
 				}
 				time.Sleep(5 * time.Millisecond) // polling interval
 			}
-			if code, body := s.get("/livez"); code != http.StatusOK {
+			if code, body := s.Get("/livez"); code != http.StatusOK {
 				t.Errorf("/livez %d %q while draining, want 200", code, body)
 			}
 			if tt.lameduck > 0 {
@@ -99,10 +99,10 @@ func TestSIGTERMAnswersInFlight(t *testing.T) {
 			for err := range errs {
 				t.Error(err)
 			}
-			if err := s.waitExit(t, grace+2*time.Second); err != nil {
+			if err := s.WaitExit(t, grace+2*time.Second); err != nil {
 				t.Fatalf("exit after SIGTERM: %v", err)
 			}
-			took := s.exitAt.Sub(sigterm)
+			took := s.ExitAt.Sub(sigterm)
 			t.Logf("exited %s after SIGTERM", took.Round(time.Millisecond))
 			if took > grace {
 				t.Errorf("exit %s after SIGTERM, more than SHUTDOWN_GRACE %s", took, grace)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnstest"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/e2etest"
 )
 
 // runWait runs `dot-sidecar wait` with env and args and returns its exit
@@ -19,7 +20,7 @@ func runWait(t *testing.T, env []string, args ...string) (code int, stdout, stde
 	t.Helper()
 	cmd := exec.Command(binary, append([]string{"wait"}, args...)...)
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
-	var out, errb syncBuffer
+	var out, errb e2etest.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	start := time.Now()
 	err := cmd.Run()
@@ -42,7 +43,7 @@ func TestWaitCommand(t *testing.T) {
 	t.Run("ready", func(t *testing.T) {
 		t.Parallel()
 		s := startSidecar(t, upstreamEnv(t, srv)...)
-		port := s.admin[strings.LastIndex(s.admin, ":")+1:]
+		port := s.Admin[strings.LastIndex(s.Admin, ":")+1:]
 		// A wildcard host means loopback.
 		code, out, errOut, took := runWait(t, []string{"ADMIN_ADDRESS=:" + port}, "--timeout", "5s")
 		if code != 0 || !strings.Contains(out, "ready") {
@@ -56,12 +57,12 @@ func TestWaitCommand(t *testing.T) {
 	t.Run("draining", func(t *testing.T) {
 		t.Parallel()
 		s := startSidecar(t, append(upstreamEnv(t, srv), "SHUTDOWN_LAMEDUCK=20s", "SHUTDOWN_GRACE=25s")...)
-		if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		if err := s.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
 		deadline := time.Now().Add(2 * time.Second)
 		for {
-			if code, _ := s.get("/readyz"); code == http.StatusServiceUnavailable {
+			if code, _ := s.Get("/readyz"); code == http.StatusServiceUnavailable {
 				break
 			}
 			if time.Now().After(deadline) {
@@ -69,8 +70,8 @@ func TestWaitCommand(t *testing.T) {
 			}
 			time.Sleep(5 * time.Millisecond) // polling interval
 		}
-		code, out, errOut, took := runWait(t, nil, "--admin-address", s.admin, "--timeout", "1s")
-		want := fmt.Sprintf("dot-sidecar not ready at http://%s/readyz after 1s: last status 503: shutting down", s.admin)
+		code, out, errOut, took := runWait(t, nil, "--admin-address", s.Admin, "--timeout", "1s")
+		want := fmt.Sprintf("dot-sidecar not ready at http://%s/readyz after 1s: last status 503: shutting down", s.Admin)
 		if code != 1 || !strings.Contains(errOut, want) {
 			t.Fatalf("exit %d, stdout %q, stderr %q; want 1 and %q", code, out, errOut, want)
 		}
@@ -81,7 +82,7 @@ func TestWaitCommand(t *testing.T) {
 
 	t.Run("nothing listening", func(t *testing.T) {
 		t.Parallel()
-		addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		addr := fmt.Sprintf("127.0.0.1:%d", e2etest.FreePort(t))
 		code, out, errOut, _ := runWait(t, []string{"ADMIN_ADDRESS=" + addr}, "--timeout", "1s")
 		if code != 1 || !strings.Contains(errOut, "not ready at http://"+addr+"/readyz after 1s") ||
 			!strings.Contains(errOut, "connection refused") {
