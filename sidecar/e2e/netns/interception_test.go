@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/check"
-	"github.com/dot-sidecar/dot-sidecar/sidecar/testenv"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/unboundtest"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testenv"
 )
 
 const (

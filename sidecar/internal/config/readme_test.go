@@ -13,8 +13,8 @@ import (
 	"testing"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/config"
-	"github.com/dot-sidecar/dot-sidecar/sidecar/testenv"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/testpki"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testenv"
 )
 
 // settingsSection returns the lines of README.md's settings section.

@@ -49,8 +49,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/testenv"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/testpki"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testenv"
 )
 
 // Options describe the server to start. The zero value is a one-thread server
