@@ -64,6 +64,10 @@ type Behavior struct {
 	// SplitWrites: send each length prefix one byte per TLS record, and the
 	// message in two more, to exercise the client's framing.
 	SplitWrites atomic.Bool
+	// Nagle: write answers with Nagle's algorithm on (no TCP_NODELAY), as
+	// Unbound does on its TLS port, so that an answer waits for the previous
+	// one's ACK. Takes effect on new connections.
+	Nagle atomic.Bool
 }
 
 // SetDelay delays every answer by d (0: no delay).

@@ -274,6 +274,9 @@ func (s *Server) serveConn(raw net.Conn) {
 			}
 		}
 	}
+	if tcp, ok := raw.(*net.TCPConn); ok && s.Behavior.Nagle.Load() {
+		_ = tcp.SetNoDelay(false)
+	}
 	tc := tls.Server(raw, s.tlsConf)
 	_ = raw.SetDeadline(time.Now().Add(handshakeTimeout))
 	if err := tc.Handshake(); err != nil {
