@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -339,6 +340,12 @@ func (c *conn) writeLoop() {
 			c.closeSocket()
 			return
 		}
+		// The query that woke us is usually one of several made runnable
+		// together (a batch of datagrams, a burst on a TCP client): let them
+		// queue their frames first, so that one TLS record and one write
+		// carry them all. Without this the writer, handed the CPU first,
+		// writes each query alone.
+		runtime.Gosched()
 		c.mu.Lock()
 		buf, c.pending = c.pending, buf[:0]
 		c.mu.Unlock()
