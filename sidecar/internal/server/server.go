@@ -271,10 +271,10 @@ func (s *Server) Start() error {
 	// several readers keep one ready while another hands a query off.
 	readers := runtime.GOMAXPROCS(0)
 	for _, c := range udp {
-		wild := isWildcard(c)
+		u := newUDPSocket(c)
 		for range readers {
 			s.loops.Add(1)
-			go s.readUDP(c, wild)
+			go s.readUDP(u)
 		}
 	}
 	for _, l := range tcp {

@@ -13,12 +13,16 @@ import (
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
 )
 
-// udpQuery carries one datagram from a reader to the goroutine answering it.
+// udpQuery carries one datagram from a reader to the goroutine answering it,
+// and its answer to the socket's batch writer (udpbatch.go), which releases
+// it once sent.
 type udpQuery struct {
-	conn *net.UDPConn
-	from netip.AddrPort
-	msg  []byte
-	oob  []byte // on a wildcard socket: sets the answer's source (pktinfo_linux.go)
+	sock  *udpSocket
+	addr  *net.UDPAddr   // the client, as the batch reader parsed it
+	from  netip.AddrPort // the same, for logs
+	msg   []byte
+	oob   []byte    // on a wildcard socket: sets the answer's source (pktinfo_linux.go)
+	reply [1][]byte // the answer, as the writer's iovec
 }
 
 // Most queries are well under 512 bytes; larger ones grow their buffer and
@@ -30,56 +34,66 @@ const (
 
 var udpQueryPool = sync.Pool{New: func() any { return &udpQuery{msg: make([]byte, 0, pooledMsgSize)} }}
 
-// readUDP reads datagrams until Shutdown and answers each in its own
-// goroutine: the upstream's latency must not hold the reader. On a wildcard
-// socket (wild) it also reads each datagram's destination address, which
-// becomes its answer's source.
-func (s *Server) readUDP(c *net.UDPConn, wild bool) {
+func releaseUDPQuery(q *udpQuery) {
+	if cap(q.msg) > maxPooledSize {
+		return
+	}
+	q.sock, q.addr, q.msg, q.oob, q.reply[0] = nil, nil, q.msg[:0], q.oob[:0], nil
+	udpQueryPool.Put(q)
+}
+
+// readUDP reads datagrams until Shutdown, up to udpBatch per system call,
+// and answers each in its own goroutine: the upstream's latency must not hold
+// the reader. On a wildcard socket it also reads each datagram's destination
+// address, which becomes its answer's source.
+func (s *Server) readUDP(u *udpSocket) {
 	defer s.loops.Done()
-	// A whole datagram always fits, so that an oversized one is seen whole
-	// (and answered FORMERR or relayed) rather than silently cut.
-	buf := make([]byte, dnswire.MaxMsgSize)
-	var oob, info []byte
-	if wild {
-		oob, info = make([]byte, 2*pktinfoSize), make([]byte, 0, pktinfoSize)
+	ms := u.newReadBatch()
+	var info []byte
+	if u.wild {
+		info = make([]byte, 0, pktinfoSize)
 	}
 	var backoff time.Duration
 	for {
-		var n, oobn int
-		var from netip.AddrPort
-		var err error
-		if wild {
-			n, oobn, _, from, err = c.ReadMsgUDPAddrPort(buf, oob)
-			info = replyPktinfo(info, oob[:oobn])
-		} else {
-			n, from, err = c.ReadFromUDPAddrPort(buf)
-		}
+		n, err := u.bc.ReadBatch(ms, 0)
 		if err != nil {
 			if s.closing.Load() {
 				return
 			}
 			if errors.Is(err, net.ErrClosed) {
-				s.loopDied(fmt.Errorf("reading UDP on %s: %w", c.LocalAddr(), err))
+				s.loopDied(fmt.Errorf("reading UDP on %s: %w", u.c.LocalAddr(), err))
 				return
 			}
 			backoff = nextBackoff(backoff)
-			s.log.Warn("reading a UDP query failed", "addr", c.LocalAddr(), "err", err, "retry_in", backoff)
+			s.log.Warn("reading a UDP query failed", "addr", u.c.LocalAddr(), "err", err, "retry_in", backoff)
 			time.Sleep(backoff)
 			continue
 		}
 		backoff = 0
-		if n < dnswire.HeaderLen {
-			s.m.malformed.Inc() // no header: nothing to answer
-			continue
+		for i := range ms[:n] {
+			m := &ms[i]
+			addr, ok := m.Addr.(*net.UDPAddr)
+			if !ok {
+				continue
+			}
+			msg := m.Buffers[0][:m.N]
+			if len(msg) < dnswire.HeaderLen {
+				s.m.malformed.Inc() // no header: nothing to answer
+				continue
+			}
+			if u.wild {
+				info = replyPktinfo(info, m.OOB[:m.NN])
+			}
+			if !s.admit() {
+				s.shedUDP(u.c, addr.AddrPort(), msg, info)
+				continue
+			}
+			q := udpQueryPool.Get().(*udpQuery)
+			q.sock, q.addr, q.from = u, addr, addr.AddrPort()
+			q.msg, q.oob = append(q.msg[:0], msg...), append(q.oob[:0], info...)
+			s.queries.Add(1)
+			go s.serveUDP(q)
 		}
-		if !s.admit() {
-			s.shedUDP(c, from, buf[:n], info)
-			continue
-		}
-		q := udpQueryPool.Get().(*udpQuery)
-		q.conn, q.from, q.msg, q.oob = c, from, append(q.msg[:0], buf[:n]...), append(q.oob[:0], info...)
-		s.queries.Add(1)
-		go s.serveUDP(q)
 	}
 }
 
@@ -89,17 +103,14 @@ func (s *Server) serveUDP(q *udpQuery) {
 	// Counted before the write, so that a client holding an answer can
 	// trust the metrics to include it.
 	s.m.done(protoUDP, start, &r)
+	s.logQuery(protoUDP, q.from, q.msg, start, &r)
 	if r.reply != nil {
-		if err := writeUDP(q.conn, r.reply, q.from, q.oob); err != nil {
-			s.log.Debug("writing a UDP answer failed", "client", q.from, "err", err)
-		}
+		q.reply[0] = r.reply
+		q.sock.send(s, q) // the writer releases q once the answer is out
+	} else {
+		releaseUDPQuery(q)
 	}
 	s.inflight.Add(-1)
-	s.logQuery(protoUDP, q.from, q.msg, start, &r)
-	if cap(q.msg) <= maxPooledSize {
-		q.conn, q.msg = nil, q.msg[:0]
-		udpQueryPool.Put(q)
-	}
 	s.queries.Done()
 }
 

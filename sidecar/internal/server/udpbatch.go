@@ -1,0 +1,133 @@
+package server
+
+import (
+	"net"
+	"runtime"
+	"sync"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+)
+
+// A relay's cost per query is mostly system calls, so UDP queries are read
+// and answers written several per call (recvmmsg and sendmmsg on Linux,
+// through golang.org/x/net; one per call elsewhere). Batches form only under
+// load: a read returns what is queued, at least one datagram, and never waits
+// for more; a write sends what is ready, and never waits for more either.
+
+// udpBatch is the most datagrams one system call reads or writes.
+const udpBatch = 16
+
+// batchConn reads and writes several datagrams per call. ipv4.PacketConn and
+// ipv6.PacketConn both have these methods (their Message types are one).
+type batchConn interface {
+	ReadBatch(ms []ipv4.Message, flags int) (int, error)
+	WriteBatch(ms []ipv4.Message, flags int) (int, error)
+}
+
+// udpSocket is one UDP listener and the answers queued on it.
+type udpSocket struct {
+	c    *net.UDPConn
+	bc   batchConn
+	wild bool // bound to 0.0.0.0 or ::, see pktinfo_linux.go
+
+	mu       sync.Mutex
+	queue    []*udpQuery // answers waiting for the writer
+	flushing bool        // a goroutine is writing queue out
+
+	// Owned by the goroutine that is flushing.
+	spare []*udpQuery
+	msgs  []ipv4.Message
+}
+
+func newUDPSocket(c *net.UDPConn) *udpSocket {
+	u := &udpSocket{c: c, wild: isWildcard(c)}
+	if a, ok := c.LocalAddr().(*net.UDPAddr); ok && a.IP.To4() != nil {
+		u.bc = ipv4.NewPacketConn(c)
+	} else {
+		u.bc = ipv6.NewPacketConn(c)
+	}
+	return u
+}
+
+// newReadBatch returns a reader's messages. Each holds a whole datagram, so
+// that an oversized one is seen whole (and answered FORMERR or relayed)
+// rather than silently cut; the kernel writes, and so the process touches,
+// only the pages datagrams fill.
+func (u *udpSocket) newReadBatch() []ipv4.Message {
+	buf := make([]byte, udpBatch*dnswire.MaxMsgSize)
+	var oob []byte
+	if u.wild {
+		oob = make([]byte, udpBatch*2*pktinfoSize)
+	}
+	ms := make([]ipv4.Message, udpBatch)
+	for i := range ms {
+		ms[i].Buffers = [][]byte{buf[i*dnswire.MaxMsgSize : (i+1)*dnswire.MaxMsgSize : (i+1)*dnswire.MaxMsgSize]}
+		if u.wild {
+			ms[i].OOB = oob[i*2*pktinfoSize : (i+1)*2*pktinfoSize : (i+1)*2*pktinfoSize]
+		}
+	}
+	return ms
+}
+
+// send queues q's answer. The first goroutine to find no write in progress
+// becomes the writer: it yields once, so that the answers made ready with its
+// own (a TLS read delivers several) queue behind it, then writes batches
+// until the queue is empty. Everyone else returns at once. No goroutine is
+// woken for this, and the writer is a query goroutine, so Shutdown, which
+// waits for those, also waits for every queued answer to be written.
+func (u *udpSocket) send(s *Server, q *udpQuery) {
+	u.mu.Lock()
+	u.queue = append(u.queue, q)
+	if u.flushing {
+		u.mu.Unlock()
+		return
+	}
+	u.flushing = true
+	spare := u.spare
+	u.mu.Unlock()
+
+	runtime.Gosched()
+	for {
+		u.mu.Lock()
+		batch := u.queue
+		if len(batch) == 0 {
+			u.flushing = false
+			u.spare = spare
+			u.mu.Unlock()
+			return
+		}
+		u.queue = spare[:0]
+		u.mu.Unlock()
+		u.write(s, batch)
+		for i, q := range batch {
+			releaseUDPQuery(q)
+			batch[i] = nil
+		}
+		spare = batch
+	}
+}
+
+// write sends the answers of batch, udpBatch per call. A datagram the kernel
+// refuses is skipped (the client will retry, as after any loss).
+func (u *udpSocket) write(s *Server, batch []*udpQuery) {
+	for len(batch) > 0 {
+		n := min(len(batch), udpBatch)
+		ms := u.msgs[:0]
+		for _, q := range batch[:n] {
+			ms = append(ms, ipv4.Message{Buffers: q.reply[:], OOB: q.oob, Addr: q.addr})
+		}
+		u.msgs = ms
+		for len(ms) > 0 {
+			sent, err := u.bc.WriteBatch(ms, 0)
+			if err != nil && sent < len(ms) {
+				s.log.Debug("writing a UDP answer failed", "client", ms[sent].Addr, "err", err)
+				sent++
+			}
+			ms = ms[min(sent, len(ms)):]
+		}
+		clear(u.msgs)
+		batch = batch[n:]
+	}
+}
