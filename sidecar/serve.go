@@ -26,6 +26,7 @@ func runServe(ctx context.Context, args, environ []string, stdout, stderr io.Wri
 	if err != nil {
 		return fail(stderr, exitConfig, err)
 	}
+	setProcs(environ)
 	log, logCloser, err := cfg.NewLogger(stderr)
 	if err != nil {
 		return fail(stderr, exitConfig, err)
