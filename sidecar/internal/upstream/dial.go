@@ -64,7 +64,7 @@ func (d *DoT) dial() (*conn, error) {
 		}
 		return nil, fmt.Errorf("%w: dialing %s: %w", ErrUnreachable, d.name, err)
 	}
-	tc := tls.Client(quickAck(raw), d.tlsConfig(st))
+	tc := tls.Client(wrapConn(raw), d.tlsConfig(st))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		_ = raw.Close()
 		if d.ctx.Err() != nil {
