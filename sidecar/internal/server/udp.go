@@ -18,11 +18,10 @@ import (
 // it once sent.
 type udpQuery struct {
 	sock  *udpSocket
-	addr  *net.UDPAddr   // the client, as the batch reader parsed it
-	from  netip.AddrPort // the same, for logs
+	from  netip.AddrPort
 	msg   []byte
-	oob   []byte    // on a wildcard socket: sets the answer's source (pktinfo_linux.go)
-	reply [1][]byte // the answer, as the writer's iovec
+	oob   []byte // on a wildcard socket: sets the answer's source (pktinfo_linux.go)
+	reply []byte
 }
 
 // Most queries are well under 512 bytes; larger ones grow their buffer and
@@ -38,7 +37,7 @@ func releaseUDPQuery(q *udpQuery) {
 	if cap(q.msg) > maxPooledSize {
 		return
 	}
-	q.sock, q.addr, q.msg, q.oob, q.reply[0] = nil, nil, q.msg[:0], q.oob[:0], nil
+	q.sock, q.msg, q.oob, q.reply = nil, q.msg[:0], q.oob[:0], nil
 	udpQueryPool.Put(q)
 }
 
@@ -49,13 +48,14 @@ func releaseUDPQuery(q *udpQuery) {
 func (s *Server) readUDP(u *udpSocket) {
 	defer s.loops.Done()
 	ms := u.newReadBatch()
+	rd := newBatchIO(u.c)
 	var info []byte
 	if u.wild {
 		info = make([]byte, 0, pktinfoSize)
 	}
 	var backoff time.Duration
 	for {
-		n, err := u.bc.ReadBatch(ms, 0)
+		n, err := rd.readBatch(ms)
 		if err != nil {
 			if s.closing.Load() {
 				return
@@ -72,24 +72,20 @@ func (s *Server) readUDP(u *udpSocket) {
 		backoff = 0
 		for i := range ms[:n] {
 			m := &ms[i]
-			addr, ok := m.Addr.(*net.UDPAddr)
-			if !ok {
-				continue
-			}
-			msg := m.Buffers[0][:m.N]
+			msg := m.buf[:m.n]
 			if len(msg) < dnswire.HeaderLen {
 				s.m.malformed.Inc() // no header: nothing to answer
 				continue
 			}
 			if u.wild {
-				info = replyPktinfo(info, m.OOB[:m.NN])
+				info = replyPktinfo(info, m.oob[:m.oobn])
 			}
 			if !s.admit() {
-				s.shedUDP(u.c, addr.AddrPort(), msg, info)
+				s.shedUDP(u.c, m.addr, msg, info)
 				continue
 			}
 			q := udpQueryPool.Get().(*udpQuery)
-			q.sock, q.addr, q.from = u, addr, addr.AddrPort()
+			q.sock, q.from = u, m.addr
 			q.msg, q.oob = append(q.msg[:0], msg...), append(q.oob[:0], info...)
 			s.queries.Add(1)
 			go s.serveUDP(q)
@@ -105,7 +101,7 @@ func (s *Server) serveUDP(q *udpQuery) {
 	s.m.done(protoUDP, start, &r)
 	s.logQuery(protoUDP, q.from, q.msg, start, &r)
 	if r.reply != nil {
-		q.reply[0] = r.reply
+		q.reply = r.reply
 		q.sock.send(s, q) // the writer releases q once the answer is out
 	} else {
 		releaseUDPQuery(q)

@@ -2,34 +2,41 @@ package server
 
 import (
 	"net"
+	"net/netip"
 	"runtime"
 	"sync"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
-	"golang.org/x/net/ipv4"
-	"golang.org/x/net/ipv6"
 )
 
 // A relay's cost per query is mostly system calls, so UDP queries are read
-// and answers written several per call (recvmmsg and sendmmsg on Linux,
-// through golang.org/x/net; one per call elsewhere). Batches form only under
-// load: a read returns what is queued, at least one datagram, and never waits
-// for more; a write sends what is ready, and never waits for more either.
+// and answers written several per call (recvmmsg and sendmmsg on Linux, see
+// udpio_linux.go; one per call elsewhere). Batches form only under load: a
+// read returns what is queued, at least one datagram, and never waits for
+// more; a write sends what is ready, and never waits for more either.
 
 // udpBatch is the most datagrams one system call reads or writes.
 const udpBatch = 16
 
-// batchConn reads and writes several datagrams per call. ipv4.PacketConn and
-// ipv6.PacketConn both have these methods (their Message types are one).
-type batchConn interface {
-	ReadBatch(ms []ipv4.Message, flags int) (int, error)
-	WriteBatch(ms []ipv4.Message, flags int) (int, error)
+// udpMsg is one datagram of a batch.
+type udpMsg struct {
+	buf  []byte         // read: room for a datagram; write: the datagram
+	n    int            // read: the datagram's length
+	oob  []byte         // read: room for control messages; write: the one to send, if any
+	oobn int            // read: the control messages' length
+	addr netip.AddrPort // read: the sender; write: the destination
+}
+
+// batchIO reads and writes batches of datagrams on one socket. Each reader
+// and the writer have their own (newBatchIO), as it keeps scratch space.
+type batchIO interface {
+	readBatch(ms []udpMsg) (int, error)
+	writeBatch(ms []udpMsg) (int, error)
 }
 
 // udpSocket is one UDP listener and the answers queued on it.
 type udpSocket struct {
 	c    *net.UDPConn
-	bc   batchConn
 	wild bool // bound to 0.0.0.0 or ::, see pktinfo_linux.go
 
 	mu       sync.Mutex
@@ -37,35 +44,31 @@ type udpSocket struct {
 	flushing bool        // a goroutine is writing queue out
 
 	// Owned by the goroutine that is flushing.
+	w     batchIO
 	spare []*udpQuery
-	msgs  []ipv4.Message
+	msgs  []udpMsg
 }
 
 func newUDPSocket(c *net.UDPConn) *udpSocket {
-	u := &udpSocket{c: c, wild: isWildcard(c)}
-	if a, ok := c.LocalAddr().(*net.UDPAddr); ok && a.IP.To4() != nil {
-		u.bc = ipv4.NewPacketConn(c)
-	} else {
-		u.bc = ipv6.NewPacketConn(c)
-	}
-	return u
+	return &udpSocket{c: c, wild: isWildcard(c), w: newBatchIO(c)}
 }
 
 // newReadBatch returns a reader's messages. Each holds a whole datagram, so
 // that an oversized one is seen whole (and answered FORMERR or relayed)
 // rather than silently cut; the kernel writes, and so the process touches,
 // only the pages datagrams fill.
-func (u *udpSocket) newReadBatch() []ipv4.Message {
-	buf := make([]byte, udpBatch*dnswire.MaxMsgSize)
+func (u *udpSocket) newReadBatch() []udpMsg {
+	const size = dnswire.MaxMsgSize
+	buf := make([]byte, udpBatch*size)
 	var oob []byte
 	if u.wild {
 		oob = make([]byte, udpBatch*2*pktinfoSize)
 	}
-	ms := make([]ipv4.Message, udpBatch)
+	ms := make([]udpMsg, udpBatch)
 	for i := range ms {
-		ms[i].Buffers = [][]byte{buf[i*dnswire.MaxMsgSize : (i+1)*dnswire.MaxMsgSize : (i+1)*dnswire.MaxMsgSize]}
+		ms[i].buf = buf[i*size : (i+1)*size : (i+1)*size]
 		if u.wild {
-			ms[i].OOB = oob[i*2*pktinfoSize : (i+1)*2*pktinfoSize : (i+1)*2*pktinfoSize]
+			ms[i].oob = oob[i*2*pktinfoSize : (i+1)*2*pktinfoSize : (i+1)*2*pktinfoSize]
 		}
 	}
 	return ms
@@ -116,13 +119,13 @@ func (u *udpSocket) write(s *Server, batch []*udpQuery) {
 		n := min(len(batch), udpBatch)
 		ms := u.msgs[:0]
 		for _, q := range batch[:n] {
-			ms = append(ms, ipv4.Message{Buffers: q.reply[:], OOB: q.oob, Addr: q.addr})
+			ms = append(ms, udpMsg{buf: q.reply, oob: q.oob, addr: q.from})
 		}
 		u.msgs = ms
 		for len(ms) > 0 {
-			sent, err := u.bc.WriteBatch(ms, 0)
+			sent, err := u.w.writeBatch(ms)
 			if err != nil && sent < len(ms) {
-				s.log.Debug("writing a UDP answer failed", "client", ms[sent].Addr, "err", err)
+				s.log.Debug("writing a UDP answer failed", "client", ms[sent].addr, "err", err)
 				sent++
 			}
 			ms = ms[min(sent, len(ms)):]
