@@ -42,7 +42,7 @@ func (s *Server) acceptTCP(l *net.TCPListener) {
 			_ = nc.Close()
 			continue
 		}
-		c := &tcpConn{s: s, nc: nc, sem: make(chan struct{}, s.opts.TCPMaxInFlight)}
+		c := &tcpConn{s: s, nc: nc, rw: clientIO(nc), sem: make(chan struct{}, s.opts.TCPMaxInFlight)}
 		if !s.track(c) {
 			s.tcpOpen.Add(-1)
 			_ = nc.Close()
@@ -79,6 +79,7 @@ func (s *Server) untrack(c *tcpConn) {
 type tcpConn struct {
 	s    *Server
 	nc   *net.TCPConn
+	rw   io.ReadWriter // nc's reads and writes (tcpio_linux.go)
 	from netip.AddrPort
 
 	mu      sync.Mutex // orders stopReading against the reader's deadline changes
@@ -122,7 +123,7 @@ func (c *tcpConn) serve() {
 		_ = c.nc.Close()
 		c.s.untrack(c)
 	}()
-	br := bufio.NewReaderSize(c.nc, 4096)
+	br := bufio.NewReaderSize(c.rw, 4096)
 	var prefix [2]byte
 	for {
 		if !c.armRead() {
@@ -221,7 +222,7 @@ func (c *tcpConn) write(reply []byte) {
 	if co := c.s.writeCutoff.Load(); co != 0 && co < dl {
 		_ = c.nc.SetWriteDeadline(time.Unix(0, co))
 	}
-	if _, err := c.nc.Write(c.wbuf); err != nil {
+	if _, err := c.rw.Write(c.wbuf); err != nil {
 		c.broken = true
 		c.s.log.Debug("writing a TCP answer failed; closing the connection", "client", c.from, "err", err)
 		_ = c.nc.Close() // wakes the reader
