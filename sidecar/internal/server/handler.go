@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"errors"
 	"fmt"
 
@@ -67,9 +66,7 @@ func (s *Server) decide(msg []byte, p proto, refuse error) result {
 		s.m.overloaded.Inc()
 		return s.fail(msg, &m, refuse)
 	}
-	ctx, cancel := context.WithTimeout(s.base, s.opts.QueryTimeout)
-	resp, err := s.up.Exchange(ctx, msg[:m.End])
-	cancel()
+	resp, err := s.up.Exchange(s.deadlines.get(), msg[:m.End])
 	if err != nil {
 		return s.fail(msg, &m, err)
 	}

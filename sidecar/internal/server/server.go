@@ -131,9 +131,10 @@ type Server struct {
 
 	// base parents every query's context; Shutdown cancels it when its own
 	// context ends before the queries do, so that they end in SERVFAIL.
-	base   context.Context
-	cancel context.CancelFunc
-	quit   chan struct{} // closed when Shutdown starts
+	base      context.Context
+	cancel    context.CancelFunc
+	deadlines deadlines     // query contexts, children of base (deadline.go)
+	quit      chan struct{} // closed when Shutdown starts
 
 	state   atomic.Int32
 	closing atomic.Bool
@@ -237,6 +238,7 @@ func New(opts Options) (*Server, error) {
 		conns: make(map[*tcpConn]struct{}),
 	}
 	s.base, s.cancel = context.WithCancel(context.Background())
+	s.deadlines = deadlines{base: s.base, timeout: opts.QueryTimeout}
 	reg := opts.Registerer
 	if reg == nil {
 		reg = prometheus.NewRegistry()
