@@ -30,7 +30,7 @@ func renderReport(cfg config, rows []row, targets []*live, startup []time.Durati
 		"by an nftables counter of SYNs at the upstream side on a DoT port of the relay's own; 0 means the relay reused " +
 		"connections it already had.\n")
 	b.WriteString("- TLS conns open (peak): the most connections the relay held established to the upstream at once, " +
-		"counted from /proc every 50 ms during each run (a sample, unlike the column before), the most of any run.\n")
+		"counted from /proc every " + connSampleInterval.String() + " during each run (a sample, unlike the column before), the most of any run.\n")
 	b.WriteString("- upstream queries/answer: queries the upstream received over TLS (unbound-control num.query.tls) per answer " +
 		"dnsperf got, unlimited-rate runs; below 1 would mean a cache answered, above 1 retries or health checks.\n")
 	if len(startup) > 0 {
