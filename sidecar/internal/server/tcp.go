@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/rawconn"
 )
 
 // acceptTCP accepts connections until Shutdown closes the listener.
@@ -42,7 +43,7 @@ func (s *Server) acceptTCP(l *net.TCPListener) {
 			_ = nc.Close()
 			continue
 		}
-		c := &tcpConn{s: s, nc: nc, rw: clientIO(nc), sem: make(chan struct{}, s.opts.TCPMaxInFlight)}
+		c := &tcpConn{s: s, nc: nc, rw: rawconn.Wrap(nc, false), sem: make(chan struct{}, s.opts.TCPMaxInFlight)}
 		if !s.track(c) {
 			s.tcpOpen.Add(-1)
 			_ = nc.Close()

@@ -17,7 +17,7 @@ import (
 // The calls go through syscall.RawConn, whose readiness waiting and
 // deadlines are the netpoller's, but are made with RawSyscall: the socket is
 // non-blocking, so they never wait, and a regular system call costs a relay
-// more in the Go scheduler's bookkeeping than the call itself (see sockConn
+// more in the Go scheduler's bookkeeping than the call itself (see rawconn.Conn
 // in package upstream: the monitor thread polling every 20 us, P hand-offs).
 type mmsgIO struct {
 	rc    syscall.RawConn

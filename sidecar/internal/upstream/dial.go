@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"syscall"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/rawconn"
 )
 
 // tlsConfig is built per dial from one snapshot of the Trust, so the roots
@@ -64,7 +66,7 @@ func (d *DoT) dial() (*conn, error) {
 		}
 		return nil, fmt.Errorf("%w: dialing %s: %w", ErrUnreachable, d.name, err)
 	}
-	tc := tls.Client(wrapConn(raw), d.tlsConfig(st))
+	tc := tls.Client(rawconn.Wrap(raw, true), d.tlsConfig(st))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		_ = raw.Close()
 		if d.ctx.Err() != nil {

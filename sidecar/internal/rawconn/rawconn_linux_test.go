@@ -1,4 +1,4 @@
-package upstream
+package rawconn
 
 import (
 	"bytes"
@@ -10,9 +10,9 @@ import (
 	"time"
 )
 
-// sockPair returns a sockConn dialed to a loopback listener and the
+// sockPair returns a Conn dialed to a loopback listener and the
 // accepted end, both closed when the test ends.
-func sockPair(t *testing.T) (*sockConn, *net.TCPConn) {
+func sockPair(t *testing.T) (*Conn, *net.TCPConn) {
 	t.Helper()
 	l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -28,9 +28,9 @@ func sockPair(t *testing.T) (*sockConn, *net.TCPConn) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = c.Close(); _ = peer.Close() })
-	s, ok := wrapConn(c).(*sockConn)
+	s, ok := Wrap(c, true).(*Conn)
 	if !ok {
-		t.Fatal("wrapConn did not wrap a *net.TCPConn")
+		t.Fatal("Wrap did not wrap a *net.TCPConn")
 	}
 	return s, peer
 }
@@ -41,9 +41,9 @@ func sockPair(t *testing.T) (*sockConn, *net.TCPConn) {
 func TestSockConnContract(t *testing.T) {
 	tests := []struct {
 		name string
-		run  func(t *testing.T, s *sockConn, peer *net.TCPConn)
+		run  func(t *testing.T, s *Conn, peer *net.TCPConn)
 	}{
-		{"large write the peer reads slowly arrives whole", func(t *testing.T, s *sockConn, peer *net.TCPConn) {
+		{"large write the peer reads slowly arrives whole", func(t *testing.T, s *Conn, peer *net.TCPConn) {
 			// Far more than the socket buffers hold, so the write meets
 			// EAGAIN and partial writes and must wait for the reader.
 			want := make([]byte, 8<<20)
@@ -65,7 +65,7 @@ func TestSockConnContract(t *testing.T) {
 				t.Fatalf("peer read %d bytes, not what was written", len(b))
 			}
 		}},
-		{"read returns what the peer wrote, then EOF", func(t *testing.T, s *sockConn, peer *net.TCPConn) {
+		{"read returns what the peer wrote, then EOF", func(t *testing.T, s *Conn, peer *net.TCPConn) {
 			if _, err := peer.Write([]byte("hello")); err != nil {
 				t.Fatal(err)
 			}
@@ -76,7 +76,7 @@ func TestSockConnContract(t *testing.T) {
 				t.Fatalf("ReadAll = %q, %v", b, err)
 			}
 		}},
-		{"read deadline is a timeout", func(t *testing.T, s *sockConn, _ *net.TCPConn) {
+		{"read deadline is a timeout", func(t *testing.T, s *Conn, _ *net.TCPConn) {
 			_ = s.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
 			_, err := s.Read(make([]byte, 10))
 			var ne net.Error
@@ -84,7 +84,7 @@ func TestSockConnContract(t *testing.T) {
 				t.Fatalf("Read after the deadline = %v; want a timeout", err)
 			}
 		}},
-		{"write deadline is a timeout when the peer does not read", func(t *testing.T, s *sockConn, _ *net.TCPConn) {
+		{"write deadline is a timeout when the peer does not read", func(t *testing.T, s *Conn, _ *net.TCPConn) {
 			_ = s.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 			n, err := s.Write(make([]byte, 64<<20))
 			var ne net.Error
@@ -92,7 +92,7 @@ func TestSockConnContract(t *testing.T) {
 				t.Fatalf("Write to a peer that does not read = %d, %v; want a timeout", n, err)
 			}
 		}},
-		{"write to a reset connection fails with its errno", func(t *testing.T, s *sockConn, peer *net.TCPConn) {
+		{"write to a reset connection fails with its errno", func(t *testing.T, s *Conn, peer *net.TCPConn) {
 			_ = peer.SetLinger(0)
 			_ = peer.Close() // RST
 			_ = s.SetDeadline(time.Now().Add(5 * time.Second))
@@ -106,7 +106,7 @@ func TestSockConnContract(t *testing.T) {
 				t.Fatalf("error %v is not a *net.OpError for write", err)
 			}
 		}},
-		{"read on a closed connection says so", func(t *testing.T, s *sockConn, _ *net.TCPConn) {
+		{"read on a closed connection says so", func(t *testing.T, s *Conn, _ *net.TCPConn) {
 			_ = s.Close()
 			if _, err := s.Read(make([]byte, 1)); !errors.Is(err, net.ErrClosed) {
 				t.Fatalf("Read after Close = %v; want net.ErrClosed", err)
