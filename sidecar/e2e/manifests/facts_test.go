@@ -32,7 +32,7 @@ type imageFacts struct {
 // developer's machine and fails it under CI, where every file must exist.
 func readImageFacts(t *testing.T) imageFacts {
 	t.Helper()
-	root := repoRoot(t)
+	root := testenv.RepoRoot(t)
 	read := func(rel string) string {
 		b, err := os.ReadFile(filepath.Join(root, rel))
 		if os.IsNotExist(err) {

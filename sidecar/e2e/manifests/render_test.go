@@ -15,6 +15,8 @@ import (
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 	"sigs.k8s.io/yaml"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testenv"
 )
 
 // object is one rendered Kubernetes object, decoded strictly into its typed
@@ -43,27 +45,7 @@ var customKinds = map[string]bool{
 	"monitoring.coreos.com/v1/PodMonitor": true,
 }
 
-// repoRoot is the directory holding go.mod, found from the test's working
-// directory (the package's own directory under `go test`).
-func repoRoot(t testing.TB) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("go.mod not found above the test's directory")
-		}
-		dir = parent
-	}
-}
-
-func manifestsDir(t testing.TB) string { return filepath.Join(repoRoot(t), "manifests") }
+func manifestsDir(t testing.TB) string { return filepath.Join(testenv.RepoRoot(t), "manifests") }
 
 type rendering struct {
 	once    sync.Once

@@ -29,7 +29,7 @@ func TestInterception(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireTools(t, "ip", "iptables", "ip6tables", "iptables-legacy", "iptables-nft",
 		"ip6tables-legacy", "ip6tables-nft", "unbound", "unbound-control", "kdig", "tcpdump", "getent", "setpriv", "sysctl")
-	root := moduleRoot(t)
+	root := testenv.RepoRoot(t)
 	runInterception(t, root, "./sidecar", filepath.Join(root, "entrypoint.sh"))
 }
 

@@ -23,26 +23,6 @@ func lookPath(name string) string {
 	return name
 }
 
-// moduleRoot is the directory holding go.mod, found upwards from the
-// package directory `go test` runs in.
-func moduleRoot(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("go.mod not found above the test's directory")
-		}
-		dir = parent
-	}
-}
-
 // sharedDir is a directory the unprivileged UIDs of the test can read and
 // traverse (t.TempDir is 0700 under a 0700 parent, unreadable to the
 // sidecar's UID, which must load its CA file and binary from it). With keep,
