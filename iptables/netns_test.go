@@ -57,6 +57,20 @@ func (n *netns) script(t *testing.T, env []string, wrap []string, args ...string
 	return run(t, prefix, append([]string{"DOT_SIDECAR_IF_INET6=/proc/net/if_inet6"}, env...), script, args...)
 }
 
+// privCase runs a script command under a wrapper that takes privileges
+// away and expects exitPriv with msg on stderr.
+type privCase struct {
+	name string
+	wrap []string
+	msg  string
+}
+
+// Wrappers that take away what the script needs.
+var (
+	asNobody        = []string{"setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"}
+	withoutNetAdmin = []string{"setpriv", "--bounding-set", "-net_admin"}
+)
+
 func fams() []string { return []string{"iptables", "ip6tables"} }
 
 // nat returns the nat table of one family and backend as iptables-save prints
@@ -290,20 +304,12 @@ func TestApplyInNamespace(t *testing.T) {
 		t.Run(backend+"/privileges", func(t *testing.T) {
 			n := newNetns(t)
 			before := n.state(t, backend)
-			cases := []struct {
-				name string
-				wrap []string
-				msg  string
-			}{
-				{"non-root", []string{"setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"}, "missing CAP_NET_ADMIN"},
-				{"root without NET_ADMIN", []string{"setpriv", "--bounding-set", "-net_admin"}, "missing CAP_NET_ADMIN"},
+			cases := []privCase{
+				{"non-root", asNobody, "missing CAP_NET_ADMIN"},
+				{"root without NET_ADMIN", withoutNetAdmin, "missing CAP_NET_ADMIN"},
 			}
 			if backend == "legacy" {
-				cases = append(cases, struct {
-					name string
-					wrap []string
-					msg  string
-				}{"root without NET_RAW", []string{"setpriv", "--bounding-set", "-net_raw"}, "missing CAP_NET_RAW"})
+				cases = append(cases, privCase{"root without NET_RAW", []string{"setpriv", "--bounding-set", "-net_raw"}, "missing CAP_NET_RAW"})
 			}
 			for _, tc := range cases {
 				for _, cmd := range []string{"apply", "cleanup"} {

@@ -321,21 +321,13 @@ func TestNodeModeInNamespaces(t *testing.T) {
 		t.Run(backend+"/privileges", func(t *testing.T) {
 			lab := newNodeLab(t)
 			before := lab.node.nodeState(t)
-			cases := []struct {
-				name string
-				wrap []string
-				msg  string
-			}{
-				{"non-root", []string{"setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"}, "missing CAP_NET_ADMIN"},
+			cases := []privCase{
+				{"non-root", asNobody, "missing CAP_NET_ADMIN"},
 				{"as the sidecar", asSidecar, "missing CAP_NET_ADMIN"},
-				{"root without NET_ADMIN", []string{"setpriv", "--bounding-set", "-net_admin"}, "missing CAP_NET_ADMIN"},
+				{"root without NET_ADMIN", withoutNetAdmin, "missing CAP_NET_ADMIN"},
 			}
 			if backend == "legacy" {
-				cases = append(cases, struct {
-					name string
-					wrap []string
-					msg  string
-				}{"root with NET_ADMIN alone", []string{"setpriv", "--inh-caps=-all", "--bounding-set=-all,+net_admin"}, "missing CAP_NET_RAW"})
+				cases = append(cases, privCase{"root with NET_ADMIN alone", []string{"setpriv", "--inh-caps=-all", "--bounding-set=-all,+net_admin"}, "missing CAP_NET_RAW"})
 			}
 			for _, tc := range cases {
 				for _, cmd := range []string{"node-apply", "node-cleanup"} {
