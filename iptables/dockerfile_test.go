@@ -14,7 +14,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/testenv"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
 )
 
 // There is no container engine where the tests run, so the image is tested
@@ -229,7 +229,7 @@ func TestStaticBuild(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(root, "sidecar", "main.go")); err != nil {
-		testenv.Missing(t, "sidecar/main.go does not exist yet")
+		testkit.Missing(t, "sidecar/main.go does not exist yet")
 	}
 	cmdline := goBuildCommand(t)
 	for _, want := range []string{"CGO_ENABLED=0 ", "go build ", "-trimpath", `-ldflags "-s -w -X main.version=${VERSION}"`, "-o /out/dot-sidecar ./sidecar"} {

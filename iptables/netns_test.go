@@ -10,7 +10,7 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/testenv"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
 )
 
 // These tests run the script for real, as root, in network namespaces they
@@ -158,8 +158,8 @@ func expected(t *testing.T) [2][]string {
 }
 
 func TestApplyInNamespace(t *testing.T) {
-	testenv.RequireRoot(t)
-	testenv.RequireTools(t, "ip", "setpriv",
+	testkit.RequireRoot(t)
+	testkit.RequireTools(t, "ip", "setpriv",
 		"iptables-nft-save", "iptables-nft-restore", "ip6tables-nft-save", "ip6tables-nft-restore",
 		"iptables-legacy-save", "iptables-legacy-restore", "ip6tables-legacy-save", "ip6tables-legacy-restore")
 	want := expected(t)

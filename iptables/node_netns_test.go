@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/testenv"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
 )
 
 // The node-level mode for real: a "node" network namespace and a "pod"
@@ -162,8 +162,8 @@ func (s nodeState) equal(o nodeState) bool {
 }
 
 func TestNodeModeInNamespaces(t *testing.T) {
-	testenv.RequireRoot(t)
-	testenv.RequireTools(t, "ip", "setpriv",
+	testkit.RequireRoot(t)
+	testkit.RequireTools(t, "ip", "setpriv",
 		"iptables-nft-save", "iptables-nft-restore", "ip6tables-nft-save", "ip6tables-nft-restore",
 		"iptables-legacy-save", "iptables-legacy-restore", "ip6tables-legacy-save", "ip6tables-legacy-restore")
 	bin := helperBinary(t)

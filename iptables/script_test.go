@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/testenv"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
 )
 
 const script = "dns-redirect.sh"
@@ -62,7 +62,7 @@ func run(t *testing.T, prefix []string, env []string, name string, args ...strin
 }
 
 func TestShellcheck(t *testing.T) {
-	tools := testenv.RequireTools(t, "shellcheck")
+	tools := testkit.RequireTools(t, "shellcheck")
 	for _, f := range []string{script, "../entrypoint.sh"} {
 		t.Run(filepath.Base(f), func(t *testing.T) {
 			if _, err := os.Stat(f); err != nil {

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/unboundtest"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/unboundtest"
 )
 
 // measure runs the rounds, interleaving targets within each protocol and run

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/unboundtest"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/unboundtest"
 )
 
 // live is a started target.

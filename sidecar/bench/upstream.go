@@ -12,7 +12,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/unboundtest"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/unboundtest"
 )
 
 // startUpstream starts the one DoT upstream every relay forwards to: Unbound,

@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/unboundtest"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/unboundtest"
 )
 
 // checkVerification starts every relay once more, told to expect a server

@@ -18,20 +18,20 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/e2etest"
-	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/unboundtest"
-	"github.com/dot-sidecar/dot-sidecar/sidecar/testenv"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/bintest"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/unboundtest"
 )
 
 // binary is built once for the package by TestMain.
 var binary string
 
-func TestMain(m *testing.M) { os.Exit(e2etest.MainWithBinary(m, &binary)) }
+func TestMain(m *testing.M) { os.Exit(bintest.MainWithBinary(m, &binary)) }
 
 func TestRelayToUnbound(t *testing.T) {
-	tools := testenv.RequireTools(t, "unbound", "kdig")
+	tools := testkit.RequireTools(t, "unbound", "kdig")
 	u := unboundtest.Start(t, unboundtest.Options{Names: 10})
-	s := e2etest.Start(t, binary,
+	s := bintest.Start(t, binary,
 		fmt.Sprintf("UPSTREAMS=tls://%s#%s", u.Addr, u.ServerName),
 		"TLS_CA_FILE="+u.CAFile)
 	rec := u.Names[3]
@@ -97,10 +97,10 @@ func TestRelayToUnbound(t *testing.T) {
 // A wrong CA is a verification failure: SERVFAIL with EDE 23, and never an
 // answer from anywhere else.
 func TestWrongCAGivesServfail(t *testing.T) {
-	testenv.RequireTools(t, "unbound")
+	testkit.RequireTools(t, "unbound")
 	u := unboundtest.Start(t, unboundtest.Options{Names: 1})
 	other := unboundtest.Start(t, unboundtest.Options{Names: 1})
-	s := e2etest.Start(t, binary,
+	s := bintest.Start(t, binary,
 		fmt.Sprintf("UPSTREAMS=tls://%s#%s", u.Addr, u.ServerName),
 		"TLS_CA_FILE="+other.CAFile, "RETRY_MAX_ATTEMPTS=1")
 	m := new(dns.Msg)

@@ -12,7 +12,7 @@ import (
 	"testing"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/config"
-	"github.com/dot-sidecar/dot-sidecar/sidecar/testenv"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
 )
 
 // projectImage is the image every dot-sidecar container runs (a fixed fact of
@@ -32,11 +32,11 @@ type imageFacts struct {
 // developer's machine and fails it under CI, where every file must exist.
 func readImageFacts(t *testing.T) imageFacts {
 	t.Helper()
-	root := testenv.RepoRoot(t)
+	root := testkit.RepoRoot(t)
 	read := func(rel string) string {
 		b, err := os.ReadFile(filepath.Join(root, rel))
 		if os.IsNotExist(err) {
-			testenv.Missing(t, rel+" does not exist yet (the image's files; the manifests are checked against them)")
+			testkit.Missing(t, rel+" does not exist yet (the image's files; the manifests are checked against them)")
 		}
 		if err != nil {
 			t.Fatal(err)

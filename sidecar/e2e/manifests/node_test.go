@@ -16,7 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/config"
-	"github.com/dot-sidecar/dot-sidecar/sidecar/testenv"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
 )
 
 // The node-level mode's init step runs iptables/dns-redirect.sh node-apply
@@ -29,7 +29,7 @@ const scriptRel = "iptables/dns-redirect.sh"
 // whether that COPY makes it executable (the init step execs it directly).
 func scriptInImage(t *testing.T) (dest string, executable bool) {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(testenv.RepoRoot(t), "Dockerfile"))
+	b, err := os.ReadFile(filepath.Join(testkit.RepoRoot(t), "Dockerfile"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +58,7 @@ var usageLine = regexp.MustCompile(`(?m)^usage: dns-redirect\.sh \[([a-z|-]+)\]$
 // scriptCommands returns the commands dns-redirect.sh accepts, from its usage.
 func scriptCommands(t *testing.T) map[string]bool {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(testenv.RepoRoot(t), scriptRel))
+	b, err := os.ReadFile(filepath.Join(testkit.RepoRoot(t), scriptRel))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +80,7 @@ func scriptCommands(t *testing.T) map[string]bool {
 // container would see) and returns its output.
 func nodeDryRun(t *testing.T, env []string) string {
 	t.Helper()
-	cmd := exec.Command("/bin/sh", filepath.Join(testenv.RepoRoot(t), scriptRel), "node-dry-run")
+	cmd := exec.Command("/bin/sh", filepath.Join(testkit.RepoRoot(t), scriptRel), "node-dry-run")
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

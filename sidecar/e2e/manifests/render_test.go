@@ -16,7 +16,7 @@ import (
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 	"sigs.k8s.io/yaml"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/testenv"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
 )
 
 // object is one rendered Kubernetes object, decoded strictly into its typed
@@ -45,7 +45,7 @@ var customKinds = map[string]bool{
 	"monitoring.coreos.com/v1/PodMonitor": true,
 }
 
-func manifestsDir(t testing.TB) string { return filepath.Join(testenv.RepoRoot(t), "manifests") }
+func manifestsDir(t testing.TB) string { return filepath.Join(testkit.RepoRoot(t), "manifests") }
 
 type rendering struct {
 	once    sync.Once

@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/check"
-	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/unboundtest"
-	"github.com/dot-sidecar/dot-sidecar/sidecar/testenv"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/unboundtest"
 )
 
 const (
@@ -26,10 +26,10 @@ const (
 // TestInterception runs the whole scenario once per iptables backend, each in
 // namespaces of its own and in parallel.
 func TestInterception(t *testing.T) {
-	testenv.RequireRoot(t)
-	testenv.RequireTools(t, "ip", "iptables", "ip6tables", "iptables-legacy", "iptables-nft",
+	testkit.RequireRoot(t)
+	testkit.RequireTools(t, "ip", "iptables", "ip6tables", "iptables-legacy", "iptables-nft",
 		"ip6tables-legacy", "ip6tables-nft", "unbound", "unbound-control", "kdig", "tcpdump", "getent", "setpriv", "sysctl")
-	root := testenv.RepoRoot(t)
+	root := testkit.RepoRoot(t)
 	runInterception(t, root, "./sidecar", filepath.Join(root, "entrypoint.sh"))
 }
 

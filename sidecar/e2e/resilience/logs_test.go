@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnstest"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
 )
 
 // LOG_FORMAT=json writes one JSON object a line; LOG_FILE takes the logs

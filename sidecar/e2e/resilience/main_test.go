@@ -1,5 +1,5 @@
 // Package resilience runs the dot-sidecar binary, built from this tree,
-// against in-process DNS-over-TLS servers (sidecar/internal/dnstest) and
+// against in-process DNS-over-TLS servers (sidecar/testkit/dnstest) and
 // checks what operators rely on when things go wrong: failover and fast
 // SERVFAIL when upstreams die, graceful shutdown with queries in flight,
 // the probe endpoints and metrics, the wait command, logs, and trust files
@@ -20,24 +20,24 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnstest"
-	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/e2etest"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/bintest"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
 )
 
 // binary is built once for the package by TestMain.
 var binary string
 
-func TestMain(m *testing.M) { os.Exit(e2etest.MainWithBinary(m, &binary)) }
+func TestMain(m *testing.M) { os.Exit(bintest.MainWithBinary(m, &binary)) }
 
 // sidecar is a running dot-sidecar process with this package's metric
 // helpers.
-type sidecar struct{ *e2etest.Sidecar }
+type sidecar struct{ *bintest.Sidecar }
 
 // startSidecar runs the binary with env (after the defaults, so env wins)
 // and waits for /startupz.
 func startSidecar(t testing.TB, env ...string) *sidecar {
 	t.Helper()
-	return &sidecar{e2etest.Start(t, binary, env...)}
+	return &sidecar{bintest.Start(t, binary, env...)}
 }
 
 // metrics scrapes /metrics.

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnstest"
-	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/testpki"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/testpki"
 )
 
 // k8sVolume mimics a Secret or ConfigMap volume: files reached through the

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnstest"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
 )
 
 // SIGTERM with hundreds of queries in flight: /readyz turns 503 at once,

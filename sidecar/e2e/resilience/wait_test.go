@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnstest"
-	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/e2etest"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/bintest"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
 )
 
 // runWait runs `dot-sidecar wait` with env and args and returns its exit
@@ -20,7 +20,7 @@ func runWait(t *testing.T, env []string, args ...string) (code int, stdout, stde
 	t.Helper()
 	cmd := exec.Command(binary, append([]string{"wait"}, args...)...)
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
-	var out, errb e2etest.Buffer
+	var out, errb bintest.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	start := time.Now()
 	err := cmd.Run()
@@ -82,7 +82,7 @@ func TestWaitCommand(t *testing.T) {
 
 	t.Run("nothing listening", func(t *testing.T) {
 		t.Parallel()
-		addr := fmt.Sprintf("127.0.0.1:%d", e2etest.FreePort(t))
+		addr := fmt.Sprintf("127.0.0.1:%d", bintest.FreePort(t))
 		code, out, errOut, _ := runWait(t, []string{"ADMIN_ADDRESS=" + addr}, "--timeout", "1s")
 		if code != 1 || !strings.Contains(errOut, "not ready at http://"+addr+"/readyz after 1s") ||
 			!strings.Contains(errOut, "connection refused") {

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/config"
-	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/testpki"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/testpki"
 )
 
 // pin returns a well-formed pin (base64 of 32 bytes) derived from seed.

@@ -13,14 +13,14 @@ import (
 	"testing"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/config"
-	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/testpki"
-	"github.com/dot-sidecar/dot-sidecar/sidecar/testenv"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/testpki"
 )
 
 // settingsSection returns the lines of README.md's settings section.
 func settingsSection(t *testing.T) []string {
 	t.Helper()
-	dir := testenv.RepoRoot(t)
+	dir := testkit.RepoRoot(t)
 	data, err := os.ReadFile(filepath.Join(dir, "README.md"))
 	if err != nil {
 		t.Fatal(err)
@@ -152,7 +152,7 @@ func TestREADMEPinCommand(t *testing.T) {
 	if !strings.Contains(command, "cert.pem") {
 		t.Fatal("README shows no openssl pin command reading cert.pem")
 	}
-	tools := testenv.RequireTools(t, "openssl", "base64", "sh")
+	tools := testkit.RequireTools(t, "openssl", "base64", "sh")
 	ca, err := testpki.NewCA("openssl CA")
 	if err != nil {
 		t.Fatal(err)

@@ -11,7 +11,7 @@ import (
 	"testing"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/config"
-	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/testpki"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/testpki"
 )
 
 // verifies reports whether pool accepts a leaf issued by ca for dns.example.

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnstest"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/upstream"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 )

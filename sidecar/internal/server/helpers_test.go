@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
-	"github.com/dot-sidecar/dot-sidecar/sidecar/testenv"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
@@ -124,7 +124,7 @@ func have6() bool {
 func need6(t testing.TB) {
 	t.Helper()
 	if !have6() {
-		testenv.Missing(t, "this host has no IPv6 loopback address ::1")
+		testkit.Missing(t, "this host has no IPv6 loopback address ::1")
 	}
 }
 

@@ -8,14 +8,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/testenv"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
 )
 
 // TestKdigInterop asks the server with kdig (Knot's dig), a client we did
 // not write: a truncated UDP answer makes it retry over TCP on its own and
 // get all 40 records; EDNS version 1 gets BADVERS; the canary answers.
 func TestKdigInterop(t *testing.T) {
-	kdig := testenv.RequireTools(t, "kdig")["kdig"]
+	kdig := testkit.RequireTools(t, "kdig")["kdig"]
 	ts := startServer(t, Options{})
 	addr := ts.addr(t, "udp", loopback4)
 	run := func(args ...string) string {

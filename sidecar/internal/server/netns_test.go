@@ -12,7 +12,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/testenv"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
 	"github.com/miekg/dns"
 	"golang.org/x/sys/unix"
 )
@@ -24,7 +24,7 @@ import (
 // namespace dies with it.
 func inNetnsWithoutIPv6(t *testing.T, f func() error) {
 	t.Helper()
-	testenv.RequireRoot(t)
+	testkit.RequireRoot(t)
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // no Unlock: the thread exits with the goroutine

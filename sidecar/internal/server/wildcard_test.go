@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/testenv"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
 	"github.com/miekg/dns"
 	"golang.org/x/sys/unix"
 )
@@ -23,8 +23,8 @@ import (
 // host. The thread is never handed back, so the namespace dies with it.
 func inNetns(t *testing.T, extra []string, f func() error) {
 	t.Helper()
-	testenv.RequireRoot(t)
-	testenv.RequireTools(t, "ip")
+	testkit.RequireRoot(t)
+	testkit.RequireTools(t, "ip")
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // no Unlock: the thread exits with the goroutine

@@ -15,7 +15,7 @@ import (
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnstest"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
 )
 
 // gate is a TCP relay on a fixed loopback port in front of a dnstest

@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnstest"
-	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/testpki"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/testpki"
 	"github.com/miekg/dns"
 )
 

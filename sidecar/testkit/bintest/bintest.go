@@ -1,8 +1,8 @@
-// Package e2etest builds the dot-sidecar binary from this tree and runs it
+// Package bintest builds the dot-sidecar binary from this tree and runs it
 // the way an operator would, for the end-to-end test packages under
 // sidecar/e2e: each builds the binary once in TestMain, then starts it with
 // settings in its environment and waits for /startupz.
-package e2etest
+package bintest
 
 import (
 	"bytes"
@@ -22,7 +22,7 @@ import (
 // MainWithBinary builds ./sidecar into a temporary directory, stores its
 // path in *binary, runs the tests and removes it. Use it from TestMain:
 //
-//	func TestMain(m *testing.M) { os.Exit(e2etest.MainWithBinary(m, &binary)) }
+//	func TestMain(m *testing.M) { os.Exit(bintest.MainWithBinary(m, &binary)) }
 func MainWithBinary(m *testing.M, binary *string) int {
 	dir, err := os.MkdirTemp("", "dot-sidecar-e2e-")
 	if err != nil {

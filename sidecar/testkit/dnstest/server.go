@@ -21,7 +21,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/testpki"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/testpki"
 	"github.com/miekg/dns"
 )
 

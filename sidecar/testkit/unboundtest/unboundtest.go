@@ -49,8 +49,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/testpki"
-	"github.com/dot-sidecar/dot-sidecar/sidecar/testenv"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/testpki"
 )
 
 // Options describe the server to start. The zero value is a one-thread server
@@ -148,7 +148,7 @@ func Start(t testing.TB, opts Options) *Server {
 	if len(opts.Prefix) > 0 && opts.DialContext == nil {
 		names = append(names, "kdig")
 	}
-	paths := testenv.RequireTools(t, names...)
+	paths := testkit.RequireTools(t, names...)
 	if opts.Unbound == "" {
 		opts.Unbound = paths["unbound"]
 	}

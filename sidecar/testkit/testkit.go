@@ -1,8 +1,8 @@
-// Package testenv decides what a test does when the machine lacks something it
+// Package testkit decides what a test does when the machine lacks something it
 // needs. On a developer's machine with only Go, such tests skip and say what is
 // missing; under CI (CI=true) a missing tool or privilege is a failure, never a
 // skip, because CI installs everything the suite needs.
-package testenv
+package testkit
 
 import (
 	"os"

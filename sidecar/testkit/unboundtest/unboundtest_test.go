@@ -10,7 +10,7 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/testpki"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/testpki"
 )
 
 func TestServerAnswersOverDoT(t *testing.T) {
