@@ -17,37 +17,31 @@ import (
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/testpki"
 )
 
-// settingsSection returns the lines of README.md's settings section.
-func settingsSection(t *testing.T) []string {
+// settingsDoc returns the lines of docs/settings.md, the settings reference.
+func settingsDoc(t *testing.T) []string {
 	t.Helper()
-	dir := testkit.RepoRoot(t)
-	data, err := os.ReadFile(filepath.Join(dir, "README.md"))
+	data, err := os.ReadFile(filepath.Join(testkit.RepoRoot(t), "docs", "settings.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	text := string(data)
-	start := strings.Index(text, "<!-- section:settings -->")
-	end := strings.Index(text, "<!-- /section:settings -->")
-	if start < 0 || end < start {
-		t.Fatal("README.md has no settings section")
-	}
-	return strings.Split(text[start:end], "\n")
+	return strings.Split(string(data), "\n")
 }
 
 var tableRow = regexp.MustCompile("^\\| `([A-Z0-9_]+)` \\| `(--[a-z0-9-]+)` \\| (?:`([^`]*)`|\\(none\\)) \\| .+ \\|$")
 
-// TestREADMESettingsTable keeps the README's tables in step with Config: the
-// same variables, in the same order, with the same flags and defaults.
-func TestREADMESettingsTable(t *testing.T) {
+// TestSettingsDocTable keeps the tables of docs/settings.md in step with
+// Config: the same variables, in the same order, with the same flags and
+// defaults. Every table row of the file is a setting.
+func TestSettingsDocTable(t *testing.T) {
 	type row struct{ env, flag, def string }
 	var got, want []row
-	for _, line := range settingsSection(t) {
+	for _, line := range settingsDoc(t) {
 		if !strings.HasPrefix(line, "| `") {
 			continue
 		}
 		m := tableRow.FindStringSubmatch(line)
 		if m == nil {
-			t.Errorf("README settings row not in the form | `VAR` | `--flag` | `default` or (none) | meaning |:\n%s", line)
+			t.Errorf("docs/settings.md row not in the form | `VAR` | `--flag` | `default` or (none) | meaning |:\n%s", line)
 			continue
 		}
 		got = append(got, row{m[1], m[2], m[3]})
@@ -62,48 +56,48 @@ func TestREADMESettingsTable(t *testing.T) {
 	if reflect.DeepEqual(got, want) {
 		return
 	}
-	inREADME := make(map[string]row)
+	inDoc := make(map[string]row)
 	for _, r := range got {
-		inREADME[r.env] = r
+		inDoc[r.env] = r
 	}
 	inCode := make(map[string]bool)
 	for _, w := range want {
 		inCode[w.env] = true
-		r, ok := inREADME[w.env]
+		r, ok := inDoc[w.env]
 		def := "(none)"
 		if w.def != "" {
 			def = "`" + w.def + "`"
 		}
 		switch {
 		case !ok:
-			t.Errorf("README lacks | `%s` | `%s` | %s | ... |", w.env, w.flag, def)
+			t.Errorf("docs/settings.md lacks | `%s` | `%s` | %s | ... |", w.env, w.flag, def)
 		case r != w:
-			t.Errorf("README row for %s says flag %s, default %q; the code says %s, %s", w.env, r.flag, r.def, w.flag, def)
+			t.Errorf("docs/settings.md row for %s says flag %s, default %q; the code says %s, %s", w.env, r.flag, r.def, w.flag, def)
 		}
 	}
 	for _, r := range got {
 		if !inCode[r.env] {
-			t.Errorf("README lists %s, which config.Config does not have", r.env)
+			t.Errorf("docs/settings.md lists %s, which config.Config does not have", r.env)
 		}
 	}
 	if !t.Failed() {
-		t.Errorf("README rows are not in the order of config.Config's fields")
+		t.Errorf("docs/settings.md rows are not in the order of config.Config's fields")
 	}
 }
 
-// TestREADMEExamples runs what the settings section shows: its UPSTREAMS
+// TestSettingsDocExamples runs what docs/settings.md shows: its UPSTREAMS
 // examples must load, its error lines must be the errors Load gives, and its
 // pins file must parse.
-func TestREADMEExamples(t *testing.T) {
-	lines := settingsSection(t)
-	var upstreams, errorLines int
+func TestSettingsDocExamples(t *testing.T) {
+	lines := settingsDoc(t)
+	var upstreams, errorLines, pinFiles int
 	errLine := regexp.MustCompile(`^    invalid (\S+) "([^"]*)": `)
 	for i, line := range lines {
 		if v, ok := strings.CutPrefix(line, "    UPSTREAMS="); ok {
 			upstreams++
 			v = strings.Trim(v, "'")
 			if _, err := config.Load(nil, []string{"UPSTREAMS=" + v}); err != nil {
-				t.Errorf("README example %q: %v", line, err)
+				t.Errorf("docs/settings.md example %q: %v", line, err)
 			}
 		}
 		if m := errLine.FindStringSubmatch(line); m != nil {
@@ -116,10 +110,11 @@ func TestREADMEExamples(t *testing.T) {
 			}
 			_, err := config.Load(args, environ)
 			if want := strings.TrimPrefix(line, "    "); err == nil || err.Error() != want {
-				t.Errorf("README shows\n  %s\nbut Load says\n  %v", want, err)
+				t.Errorf("docs/settings.md shows\n  %s\nbut Load says\n  %v", want, err)
 			}
 		}
 		if strings.Contains(line, "holds one pin a line") {
+			pinFiles++
 			var block []string
 			for _, l := range lines[i+1:] {
 				if strings.HasPrefix(l, "    ") {
@@ -130,27 +125,28 @@ func TestREADMEExamples(t *testing.T) {
 			}
 			pins, err := config.ParsePins(strings.NewReader(strings.Join(block, "\n")))
 			if err != nil || len(pins) != 2 {
-				t.Errorf("README pins file example: %d pins, %v", len(pins), err)
+				t.Errorf("docs/settings.md pins file example: %d pins, %v", len(pins), err)
 			}
 		}
 	}
-	if upstreams < 3 || errorLines < 3 {
-		t.Errorf("found %d UPSTREAMS examples and %d error lines in the README, want at least 3 of each", upstreams, errorLines)
+	if upstreams < 3 || errorLines < 3 || pinFiles != 1 {
+		t.Errorf("found %d UPSTREAMS examples, %d error lines and %d pins file examples in docs/settings.md, want at least 3, 3 and 1", upstreams, errorLines, pinFiles)
 	}
 }
 
-// TestREADMEPinCommand runs the README's openssl command on a certificate made
-// by testpki and checks that ParsePin reads its output as the SHA-256 of the
-// certificate's SubjectPublicKeyInfo, which is what the upstream compares.
-func TestREADMEPinCommand(t *testing.T) {
+// TestSettingsDocPinCommand runs the openssl command of docs/settings.md on a
+// certificate made by testpki and checks that ParsePin reads its output as
+// the SHA-256 of the certificate's SubjectPublicKeyInfo, which is what the
+// upstream compares.
+func TestSettingsDocPinCommand(t *testing.T) {
 	var command string
-	for _, line := range settingsSection(t) {
+	for _, line := range settingsDoc(t) {
 		if c, ok := strings.CutPrefix(line, "    openssl x509 -pubkey"); ok {
 			command = "openssl x509 -pubkey" + c
 		}
 	}
 	if !strings.Contains(command, "cert.pem") {
-		t.Fatal("README shows no openssl pin command reading cert.pem")
+		t.Fatal("docs/settings.md shows no openssl pin command reading cert.pem")
 	}
 	tools := testkit.RequireTools(t, "openssl", "base64", "sh")
 	ca, err := testpki.NewCA("openssl CA")
@@ -178,9 +174,9 @@ func TestREADMEPinCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	if want := sha256.Sum256(leaf.Cert.RawSubjectPublicKeyInfo); got != want {
-		t.Errorf("README command gives pin %x, want %x", got, want)
+		t.Errorf("docs/settings.md command gives pin %x, want %x", got, want)
 	}
 	if testpki.Pin(leaf.Cert) != strings.TrimSpace(string(out)) {
-		t.Error("testpki.Pin disagrees with the README command")
+		t.Error("testpki.Pin disagrees with the docs/settings.md command")
 	}
 }
