@@ -5,8 +5,14 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
 )
 
 func TestFlags(t *testing.T) {
@@ -68,5 +74,47 @@ func TestHelp(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("help lacks %s:\n%s", want, out.String())
 		}
+	}
+}
+
+// The README quotes the demo's output; the quote must be what the demo
+// prints for the same port, path and pin, line for line and in order.
+func TestReadmeQuotesTheDemo(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join(testkit.RepoRoot(t), "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, after, ok := strings.Cut(string(data), "It prints, with its own port, path and pin:\n")
+	if !ok {
+		t.Fatal("README.md quotes no demo output")
+	}
+	var quote []string
+	for _, l := range strings.Split(after, "\n") {
+		if l != "" && !strings.HasPrefix(l, "    ") {
+			break
+		}
+		quote = append(quote, strings.TrimPrefix(l, "    "))
+	}
+	var pin string
+	for _, l := range quote {
+		if p, ok := strings.CutPrefix(strings.TrimSpace(l), "TLS_PINS="); ok {
+			pin = p
+		}
+	}
+	dir := "/tmp/dot-sidecar-demo-1234"
+	u := &upstream{Addr: netip.MustParseAddrPort("127.0.0.1:8853"), CAFile: dir + "/ca.pem", Pin: pin}
+	var out strings.Builder
+	writeInstructions(&out, instructionsFor(u, defaultSidecarPort, dir))
+	printed := strings.Split(out.String(), "\n")
+	next := 0
+	for _, q := range quote {
+		i := slices.Index(printed[next:], q)
+		if i < 0 {
+			t.Fatalf("README.md quotes %q; the demo prints, from there on:\n%s", q, strings.Join(printed[next:], "\n"))
+		}
+		next += i + 1
+	}
+	if pin == "" || len(quote) < 10 {
+		t.Errorf("the README's quote is too short to show the commands (%d lines, pin %q)", len(quote), pin)
 	}
 }
