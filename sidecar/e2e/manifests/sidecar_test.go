@@ -13,6 +13,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/admin"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/server"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/upstream"
 )
@@ -108,8 +109,8 @@ func exportedMetrics(t *testing.T) map[string]family {
 // registers metrics here: no query is ever sent.
 type idleUpstream struct{}
 
-func (idleUpstream) Exchange(ctx context.Context, _ []byte) ([]byte, error) {
-	return nil, upstream.ErrClosed
+func (idleUpstream) Exchange(context.Context, dnswire.Msg) (dnswire.Msg, error) {
+	return dnswire.Msg{}, upstream.ErrClosed
 }
 func (idleUpstream) Name() string { return "idle" }
 func (idleUpstream) Close() error { return nil }

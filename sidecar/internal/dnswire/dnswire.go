@@ -1,13 +1,19 @@
-// Package dnswire reads the few parts of a DNS message that a relay needs (the
-// header, the first question and the EDNS OPT record) straight from the wire
-// format of RFC 1035 and RFC 6891, without allocating, and writes the short
-// replies a relay produces by itself.
+// Package dnswire is the one place that reads and writes the DNS wire format
+// (RFC 1035, RFC 6891) for the sidecar: the server parses each client query
+// with it once, the upstream clients send that parsed query and hand back an
+// answer they have parsed and matched to it once, and the server turns that
+// answer into the client's reply without reading it again.
 //
-// A relay only forwards most messages, so decoding every record into objects
-// and encoding them again (what a general DNS library does) would waste most
-// of the time spent per query. Parse walks the whole message once to prove
-// its structure sound and records offsets into the caller's buffer; it never
+// A relay forwards most messages untouched, so decoding every record into
+// objects and encoding them again, as a general DNS library does, would waste
+// most of the time spent per query. Parse walks a whole message once to prove
+// its structure sound and records offsets into the caller's buffer: the
+// header, the first question and the OPT record. It allocates nothing, never
 // follows compression pointers and never copies.
+//
+// The rare slow paths (truncating an answer for UDP record by record,
+// removing an OPT record from the middle of a message, printing a name) use
+// miekg/dns, in miekg.go only, so that a move to its version 2 stays there.
 package dnswire
 
 import (
@@ -15,18 +21,37 @@ import (
 	"errors"
 )
 
-// Sizes and codes of the wire format used by this package and its callers.
+// Sizes of the wire format.
 const (
 	HeaderLen  = 12    // fixed DNS header
 	MinUDPSize = 512   // largest UDP message a client without EDNS accepts
 	MaxMsgSize = 65535 // largest message the TCP length prefix can frame
 	maxNameLen = 255   // wire length of an uncompressed name, root included
+)
 
+// Codes the sidecar uses. The names follow RFC 1035, RFC 6891 and RFC 8914.
+const (
+	OpcodeQuery = 0
+
+	RcodeSuccess        = 0
+	RcodeFormatError    = 1
+	RcodeServerFailure  = 2
+	RcodeNameError      = 3
+	RcodeNotImplemented = 4
+	RcodeRefused        = 5
+	RcodeBadVers        = 16 // needs the OPT record's upper bits
+	RcodeBadCookie      = 23 // the highest code with a name of its own
+
+	TypeNS    = 2
 	TypeTXT   = 16
 	TypeOPT   = 41
 	ClassINET = 1
 
 	OptionEDE = 15 // Extended DNS Error, RFC 8914
+
+	EDEOther                = 0
+	EDENoReachableAuthority = 22
+	EDENetworkError         = 23
 
 	flagQR = 1 << 15
 	flagAA = 1 << 10
@@ -40,6 +65,7 @@ const (
 // Errors returned by Parse. Each means the message is malformed.
 var (
 	ErrShort       = errors.New("dnswire: message shorter than a DNS header")
+	ErrLong        = errors.New("dnswire: message longer than 65535 bytes")
 	ErrTruncated   = errors.New("dnswire: message ends inside a record")
 	ErrLabel       = errors.New("dnswire: bad label in a name")
 	ErrPointer     = errors.New("dnswire: compression pointer out of range")
@@ -57,21 +83,6 @@ type Header struct {
 	ARCount uint16
 }
 
-// ParseHeader reads the header at the start of b.
-func ParseHeader(b []byte) (Header, error) {
-	if len(b) < HeaderLen {
-		return Header{}, ErrShort
-	}
-	return Header{
-		ID:      binary.BigEndian.Uint16(b[0:]),
-		Flags:   binary.BigEndian.Uint16(b[2:]),
-		QDCount: binary.BigEndian.Uint16(b[4:]),
-		ANCount: binary.BigEndian.Uint16(b[6:]),
-		NSCount: binary.BigEndian.Uint16(b[8:]),
-		ARCount: binary.BigEndian.Uint16(b[10:]),
-	}, nil
-}
-
 // Response reports whether the QR bit is set.
 func (h Header) Response() bool { return h.Flags&flagQR != 0 }
 
@@ -87,61 +98,124 @@ func (h Header) RecursionDesired() bool { return h.Flags&flagRD != 0 }
 // Rcode returns the low four bits of the response code held in the header.
 func (h Header) Rcode() int { return int(h.Flags & 0xF) }
 
-// Message holds what Parse learned about a message: offsets into the parsed
-// buffer, valid only as long as that buffer is.
-type Message struct {
+// Msg is one DNS message in wire format together with what Parse learned
+// about it. It is a small value (64 bytes) meant to be passed by value: from
+// the listener through the upstream clients and back, a query and its answer
+// are each parsed once and then carried as a Msg.
+//
+// The offsets point into the buffer Parse was given, which the Msg shares
+// and does not own: they stay valid as long as the bytes are not changed
+// other than through Msg's own methods (SetID, RemoveOPT). The embedded
+// Header is a copy read from the wire; change the ID with SetID, which keeps
+// both in step.
+type Msg struct {
 	Header
+	wire []byte
 
-	// The first question. QEnd is 0 when the message has none or it could not
-	// be read; QNameStart:QNameEnd spans its name, never compressed.
-	QNameStart, QNameEnd, QEnd int
-	QType, QClass              uint16
+	// The first question, whose name starts right after the header and is
+	// never compressed (a pointer there could only loop). qEnd is 0 when
+	// the message has none or it could not be read.
+	qNameEnd, qEnd uint16
+	qType, qClass  uint16
 
-	// The OPT record (RFC 6891), when HasOPT. OPTStart:OPTEnd spans the whole
-	// record.
-	HasOPT           bool
-	OPTStart, OPTEnd int
-	UDPSize          uint16
-	ExtRcode         uint8
-	Version          uint8
-	EDNSFlags        uint16
+	// The OPT record (RFC 6891), when hasOPT: optStart:optEnd spans it.
+	optStart, optEnd uint16
+	udpSize          uint16
+	ednsFlags        uint16
+	extRcode         uint8
+	version          uint8
+	hasOPT           bool
 
-	// End is the offset just past the last record counted in the header;
-	// anything after it is trailing garbage.
-	End int
-
-	maxPtr int // farthest compression pointer target
+	// end is the offset just past the last record the header counts, and
+	// 0 until Parse has accepted the whole message.
+	end    uint16
+	maxPtr uint16 // farthest compression pointer target
 }
 
-// DO reports whether the query asked for DNSSEC records (the DO bit).
-func (m *Message) DO() bool { return m.HasOPT && m.EDNSFlags&flagDO != 0 }
+// Valid reports whether Parse accepted the whole message. A Msg that Parse
+// rejected still holds what was read before the failure, so that a FORMERR
+// reply can echo the header and question.
+func (m *Msg) Valid() bool { return m.end != 0 }
+
+// Wire returns the message's bytes: cut just past its last record when it
+// is Valid (trailing bytes are not part of it), as given to Parse otherwise.
+func (m *Msg) Wire() []byte {
+	if m.end == 0 {
+		return m.wire
+	}
+	return m.wire[:m.end]
+}
+
+// QName returns the first question's name in wire form, spelled as sent
+// (letter case included), or nil when there is no readable question.
+func (m *Msg) QName() []byte {
+	if m.qEnd == 0 {
+		return nil
+	}
+	return m.wire[HeaderLen:m.qNameEnd]
+}
+
+// QType returns the first question's type (0 when there is none).
+func (m *Msg) QType() uint16 { return m.qType }
+
+// QClass returns the first question's class (0 when there is none).
+func (m *Msg) QClass() uint16 { return m.qClass }
+
+// HasOPT reports whether the message carries an OPT record (EDNS).
+func (m *Msg) HasOPT() bool { return m.hasOPT }
+
+// UDPSize returns the payload size the OPT record advertises (0 without one).
+func (m *Msg) UDPSize() uint16 { return m.udpSize }
+
+// EDNSVersion returns the OPT record's version (0 without one).
+func (m *Msg) EDNSVersion() uint8 { return m.version }
+
+// DO reports whether the message asks for DNSSEC records (the DO bit).
+func (m *Msg) DO() bool { return m.hasOPT && m.ednsFlags&flagDO != 0 }
 
 // Rcode returns the full response code: the header's four bits extended by
 // the OPT record's eight (RFC 6891 §6.1.3).
-func (m *Message) Rcode() int {
-	if m.HasOPT {
-		return int(m.ExtRcode)<<4 | m.Header.Rcode()
+func (m *Msg) Rcode() int {
+	if m.hasOPT {
+		return int(m.extRcode)<<4 | m.Header.Rcode()
 	}
 	return m.Header.Rcode()
 }
 
+// SetID overwrites the message's ID, in the bytes and in the Header.
+func (m *Msg) SetID(id uint16) {
+	binary.BigEndian.PutUint16(m.wire, id)
+	m.ID = id
+}
+
 // Parse checks the structure of the whole message in b and records where its
-// first question and OPT record are. It does not allocate.
+// first question and OPT record are. It does not allocate. The Msg shares b.
 //
-// When it fails, the returned Message still holds the header and what was
-// read before the failure (the first question, the OPT record unless there
-// were two), so that a FORMERR reply can echo them.
-func Parse(b []byte) (Message, error) {
-	var m Message
-	h, err := ParseHeader(b)
-	if err != nil {
-		return m, err
+// When it fails, the returned Msg is not Valid but still holds the header
+// and what was read before the failure (the first question, the OPT record
+// unless there were two), so that a FORMERR reply can echo them.
+func Parse(b []byte) (Msg, error) {
+	m := Msg{wire: b}
+	if len(b) < HeaderLen {
+		return m, ErrShort
 	}
-	m.Header = h
+	m.Header = Header{
+		ID:      binary.BigEndian.Uint16(b[0:]),
+		Flags:   binary.BigEndian.Uint16(b[2:]),
+		QDCount: binary.BigEndian.Uint16(b[4:]),
+		ANCount: binary.BigEndian.Uint16(b[6:]),
+		NSCount: binary.BigEndian.Uint16(b[8:]),
+		ARCount: binary.BigEndian.Uint16(b[10:]),
+	}
+	if len(b) > MaxMsgSize {
+		// Past this, offsets would not fit the Msg, and no transport the
+		// sidecar speaks carries such a message.
+		return m, ErrLong
+	}
+	maxPtr := 0
 	off := HeaderLen
-	for i := 0; i < int(h.QDCount); i++ {
-		start := off
-		end, compressed, err := skipName(b, off, &m.maxPtr)
+	for i := 0; i < int(m.QDCount); i++ {
+		end, compressed, err := skipName(b, off, &maxPtr)
 		if err != nil {
 			return m, err
 		}
@@ -154,18 +228,17 @@ func Parse(b []byte) (Message, error) {
 			if compressed {
 				return m, ErrPointer
 			}
-			m.QNameStart, m.QNameEnd = start, end
-			m.QType = binary.BigEndian.Uint16(b[end:])
-			m.QClass = binary.BigEndian.Uint16(b[end+2:])
-			m.QEnd = end + 4
+			m.qNameEnd, m.qEnd = uint16(end), uint16(end+4)
+			m.qType = binary.BigEndian.Uint16(b[end:])
+			m.qClass = binary.BigEndian.Uint16(b[end+2:])
 		}
 		off = end + 4
 	}
-	answers := int(h.ANCount) + int(h.NSCount)
-	records := answers + int(h.ARCount)
+	answers := int(m.ANCount) + int(m.NSCount)
+	records := answers + int(m.ARCount)
 	for i := 0; i < records; i++ {
 		start := off
-		end, _, err := skipName(b, off, &m.maxPtr)
+		end, _, err := skipName(b, off, &maxPtr)
 		if err != nil {
 			return m, err
 		}
@@ -186,23 +259,23 @@ func Parse(b []byte) (Message, error) {
 		off = rdata + rdlen
 	}
 	// A pointer into trailing garbage would break when the message is cut
-	// to End.
-	if m.maxPtr >= off {
+	// to its end.
+	if maxPtr >= off {
 		return m, ErrPointer
 	}
-	m.End = off
+	m.end, m.maxPtr = uint16(off), uint16(maxPtr)
 	return m, nil
 }
 
 // readOPT records the OPT record at b[start:] whose fixed fields begin at end.
-func (m *Message) readOPT(b []byte, start, end, rdata, rdlen int, misplaced bool) error {
+func (m *Msg) readOPT(b []byte, start, end, rdata, rdlen int, misplaced bool) error {
 	// The owner must be the root name and the record must sit in the
 	// additional section (RFC 6891 §6.1.1).
 	if misplaced || end != start+1 || b[start] != 0 {
 		return ErrOPT
 	}
-	if m.HasOPT {
-		m.HasOPT = false // neither is the message's OPT record
+	if m.hasOPT {
+		m.hasOPT = false // neither is the message's OPT record
 		return ErrMultipleOPT
 	}
 	// Options are TLVs that must fill the RDATA exactly.
@@ -215,12 +288,12 @@ func (m *Message) readOPT(b []byte, start, end, rdata, rdlen int, misplaced bool
 			return ErrOPT
 		}
 	}
-	m.HasOPT = true
-	m.OPTStart, m.OPTEnd = start, rdata+rdlen
-	m.UDPSize = binary.BigEndian.Uint16(b[end+2:])
-	m.ExtRcode = b[end+4]
-	m.Version = b[end+5]
-	m.EDNSFlags = binary.BigEndian.Uint16(b[end+6:])
+	m.hasOPT = true
+	m.optStart, m.optEnd = uint16(start), uint16(rdata+rdlen)
+	m.udpSize = binary.BigEndian.Uint16(b[end+2:])
+	m.extRcode = b[end+4]
+	m.version = b[end+5]
+	m.ednsFlags = binary.BigEndian.Uint16(b[end+6:])
 	return nil
 }
 
@@ -264,20 +337,38 @@ func skipName(b []byte, off int, maxPtr *int) (int, bool, error) {
 }
 
 // EqualName reports whether name (the wire form of an uncompressed name, as
-// spanned by QNameStart:QNameEnd) equals want, ignoring ASCII case as DNS
-// does. want should be lower case.
+// QName returns) equals want, ignoring ASCII case as DNS does. want must be
+// lower case.
 func EqualName(name, want []byte) bool {
 	if len(name) != len(want) {
 		return false
 	}
 	for i, c := range name {
-		// Length bytes are below 64, so they never look like letters.
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		if c != want[i] {
+		if lower(c) != want[i] {
 			return false
 		}
 	}
 	return true
+}
+
+// equalFold compares two uncompressed wire names ignoring ASCII case.
+func equalFold(a, b []byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if lower(a[i]) != lower(b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// lower folds an ASCII letter to lower case. Length bytes are below 64, so
+// they never look like letters.
+func lower(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
 }

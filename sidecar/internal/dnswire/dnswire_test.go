@@ -3,6 +3,7 @@ package dnswire
 import (
 	"bytes"
 	"errors"
+	"reflect"
 	"testing"
 
 	"github.com/miekg/dns"
@@ -51,35 +52,35 @@ func TestParse(t *testing.T) {
 		name    string
 		msg     []byte
 		wantErr error
-		check   func(t *testing.T, m Message, b []byte)
+		check   func(t *testing.T, m Msg, b []byte)
 	}{
 		{
 			name: "plain query",
 			msg:  pack(t, query("Example.COM.", dns.TypeAAAA)),
-			check: func(t *testing.T, m Message, b []byte) {
-				if m.ID != 0x1234 || m.QDCount != 1 || m.HasOPT || m.Response() || m.Opcode() != 0 || !m.RecursionDesired() {
+			check: func(t *testing.T, m Msg, b []byte) {
+				if m.ID != 0x1234 || m.QDCount != 1 || m.HasOPT() || m.Response() || m.Opcode() != 0 || !m.RecursionDesired() {
 					t.Errorf("header/OPT wrong: %+v", m)
 				}
-				if m.QType != dns.TypeAAAA || m.QClass != dns.ClassINET {
+				if m.QType() != dns.TypeAAAA || m.QClass() != dns.ClassINET {
 					t.Errorf("question wrong: %+v", m)
 				}
-				if !EqualName(b[m.QNameStart:m.QNameEnd], []byte("\x07example\x03com\x00")) {
-					t.Errorf("name %q does not fold-match", b[m.QNameStart:m.QNameEnd])
+				if !EqualName(m.QName(), []byte("\x07example\x03com\x00")) {
+					t.Errorf("name %q does not fold-match", m.QName())
 				}
-				if m.End != len(b) || m.QEnd != len(b) {
-					t.Errorf("End=%d QEnd=%d, want %d", m.End, m.QEnd, len(b))
+				if len(m.Wire()) != len(b) || int(m.qEnd) != len(b) {
+					t.Errorf("end=%d qEnd=%d, want %d", len(m.Wire()), m.qEnd, len(b))
 				}
 			},
 		},
 		{
 			name: "EDNS query with DO, cookie and an unknown option",
 			msg:  pack(t, withEDNS(query("example.org.", dns.TypeTXT), 4096, true, cookie, unknown)),
-			check: func(t *testing.T, m Message, b []byte) {
-				if !m.HasOPT || m.UDPSize != 4096 || !m.DO() || m.Version != 0 || m.Rcode() != 0 {
+			check: func(t *testing.T, m Msg, b []byte) {
+				if !m.HasOPT() || m.UDPSize() != 4096 || !m.DO() || m.EDNSVersion() != 0 || m.Rcode() != 0 {
 					t.Errorf("OPT wrong: %+v", m)
 				}
-				if m.OPTEnd != len(b) || b[m.OPTStart] != 0 {
-					t.Errorf("OPT span %d:%d in %d bytes", m.OPTStart, m.OPTEnd, len(b))
+				if int(m.optEnd) != len(b) || b[m.optStart] != 0 {
+					t.Errorf("OPT span %d:%d in %d bytes", m.optStart, m.optEnd, len(b))
 				}
 			},
 		},
@@ -90,9 +91,9 @@ func TestParse(t *testing.T) {
 				m.IsEdns0().SetVersion(1)
 				return pack(t, m)
 			}(),
-			check: func(t *testing.T, m Message, _ []byte) {
-				if m.Version != 1 {
-					t.Errorf("version %d, want 1", m.Version)
+			check: func(t *testing.T, m Msg, _ []byte) {
+				if m.EDNSVersion() != 1 {
+					t.Errorf("version %d, want 1", m.EDNSVersion())
 				}
 			},
 		},
@@ -103,8 +104,8 @@ func TestParse(t *testing.T) {
 				m.Rcode = dns.RcodeBadCookie
 				return pack(t, m)
 			}(),
-			check: func(t *testing.T, m Message, b []byte) {
-				if !m.Response() || m.ANCount != 20 || m.NSCount != 1 || !m.HasOPT || m.End != len(b) {
+			check: func(t *testing.T, m Msg, b []byte) {
+				if !m.Response() || m.ANCount != 20 || m.NSCount != 1 || !m.HasOPT() || len(m.Wire()) != len(b) {
 					t.Errorf("response parsed wrong: %+v", m)
 				}
 				if m.Rcode() != dns.RcodeBadCookie {
@@ -115,17 +116,17 @@ func TestParse(t *testing.T) {
 		{
 			name: "trailing garbage is left outside End",
 			msg:  append(pack(t, query("a.", dns.TypeA)), 1, 2, 3),
-			check: func(t *testing.T, m Message, b []byte) {
-				if m.End != len(b)-3 {
-					t.Errorf("End=%d, want %d", m.End, len(b)-3)
+			check: func(t *testing.T, m Msg, b []byte) {
+				if len(m.Wire()) != len(b)-3 {
+					t.Errorf("end=%d, want %d", len(m.Wire()), len(b)-3)
 				}
 			},
 		},
 		{
 			name: "no question",
 			msg:  []byte{0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
-			check: func(t *testing.T, m Message, _ []byte) {
-				if m.QEnd != 0 || m.End != HeaderLen {
+			check: func(t *testing.T, m Msg, _ []byte) {
+				if m.QName() != nil || len(m.Wire()) != HeaderLen {
 					t.Errorf("empty message parsed wrong: %+v", m)
 				}
 			},
@@ -203,52 +204,50 @@ func TestParseKeepsQuestionOnLaterError(t *testing.T) {
 	if !errors.Is(err, ErrTruncated) {
 		t.Fatalf("err = %v, want ErrTruncated", err)
 	}
-	if m.QEnd != len(b) || m.QType != dns.TypeMX {
+	if int(m.qEnd) != len(b) || m.QType() != dns.TypeMX || m.Valid() {
 		t.Fatalf("question lost: %+v", m)
 	}
 }
 
 func TestAppendReply(t *testing.T) {
-	q := withEDNS(query("MiXeD.example.", dns.TypeA), 4096, true)
+	q := withEDNS(query("MiXeD.example.", dns.TypeTXT), 4096, true)
 	q.CheckingDisabled = true
-	qb := pack(t, q)
-	qm, err := Parse(qb)
+	qm, err := Parse(pack(t, q))
 	if err != nil {
 		t.Fatal(err)
 	}
-	noQuestion := []byte{0xAB, 0xCD, 0x28, 0, 0, 2, 0, 0, 0, 0, 0, 0}
-	nqm, _ := Parse(noQuestion)
+	nqm, _ := Parse([]byte{0xAB, 0xCD, 0x28, 0, 0, 2, 0, 0, 0, 0, 0, 0})
+	txt := TXT(7, "hello")
 
 	tests := []struct {
 		name      string
-		msg       []byte
-		m         Message
-		rcode     int
-		tc        bool
-		edns      *EDNS
+		m         Msg
+		r         Reply
 		wantQ     bool
-		wantOpt   bool
 		wantEDE   uint16
 		wantText  string
+		wantTXT   bool
 		wantRcode int
 	}{
-		{name: "SERVFAIL with EDE", msg: qb, m: qm, rcode: dns.RcodeServerFailure, edns: &EDNS{UDPSize: 1232, DO: true, HasEDE: true, EDE: 22, EDEText: "no upstream answered"}, wantQ: true, wantOpt: true, wantEDE: 22, wantText: "no upstream answered", wantRcode: dns.RcodeServerFailure},
-		{name: "BADVERS", msg: qb, m: qm, rcode: dns.RcodeBadVers, edns: &EDNS{UDPSize: 1232}, wantQ: true, wantOpt: true, wantRcode: dns.RcodeBadVers},
-		{name: "FORMERR without OPT", msg: qb, m: qm, rcode: dns.RcodeFormatError, wantQ: true, wantRcode: dns.RcodeFormatError},
-		{name: "truncated", msg: qb, m: qm, rcode: dns.RcodeSuccess, tc: true, edns: &EDNS{UDPSize: 1232}, wantQ: true, wantOpt: true, wantRcode: dns.RcodeSuccess},
-		{name: "two questions: none echoed", msg: noQuestion, m: nqm, rcode: dns.RcodeFormatError, wantRcode: dns.RcodeFormatError},
+		{name: "SERVFAIL with EDE", m: qm, r: Reply{Rcode: dns.RcodeServerFailure, EDNS: &EDNS{UDPSize: 1232, DO: true, HasEDE: true, EDE: 22, EDEText: "no upstream answered"}},
+			wantQ: true, wantEDE: 22, wantText: "no upstream answered", wantRcode: dns.RcodeServerFailure},
+		{name: "BADVERS", m: qm, r: Reply{Rcode: dns.RcodeBadVers, EDNS: &EDNS{UDPSize: 1232}}, wantQ: true, wantRcode: dns.RcodeBadVers},
+		{name: "FORMERR without OPT", m: qm, r: Reply{Rcode: dns.RcodeFormatError}, wantQ: true, wantRcode: dns.RcodeFormatError},
+		{name: "truncated", m: qm, r: Reply{Truncated: true, EDNS: &EDNS{UDPSize: 1232}}, wantQ: true, wantRcode: dns.RcodeSuccess},
+		{name: "authoritative TXT", m: qm, r: Reply{Authoritative: true, Answer: []Record{txt}, EDNS: &EDNS{UDPSize: 1232}}, wantQ: true, wantTXT: true},
+		{name: "two questions: none echoed, no answer", m: nqm, r: Reply{Rcode: dns.RcodeFormatError, Answer: []Record{txt}}, wantRcode: dns.RcodeFormatError},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			out := AppendReply(nil, tt.msg, &tt.m, tt.rcode, tt.tc, tt.edns)
+			out := AppendReply(nil, &tt.m, tt.r)
 			r := new(dns.Msg)
 			if err := r.Unpack(out); err != nil {
 				t.Fatalf("reply does not unpack: %v (% x)", err, out)
 			}
-			if r.Id != tt.m.ID || !r.Response || !r.RecursionAvailable || r.Opcode != tt.m.Opcode() {
+			if r.Id != tt.m.ID || !r.Response || !r.RecursionAvailable || r.Opcode != tt.m.Opcode() || r.Authoritative != tt.r.Authoritative {
 				t.Errorf("header wrong: %v", r.MsgHdr)
 			}
-			if r.RecursionDesired != tt.m.RecursionDesired() || r.CheckingDisabled != (tt.m.Flags&flagCD != 0) || r.Truncated != tt.tc {
+			if r.RecursionDesired != tt.m.RecursionDesired() || r.CheckingDisabled != (tt.m.Flags&flagCD != 0) || r.Truncated != tt.r.Truncated {
 				t.Errorf("copied flags wrong: %v", r.MsgHdr)
 			}
 			if r.Rcode != tt.wantRcode {
@@ -260,14 +259,22 @@ func TestAppendReply(t *testing.T) {
 			if tt.wantQ && r.Question[0].Name != "MiXeD.example." {
 				t.Errorf("question name %q: case must be kept", r.Question[0].Name)
 			}
+			if tt.wantTXT {
+				rr, ok := r.Answer[0].(*dns.TXT)
+				if len(r.Answer) != 1 || !ok || rr.Hdr.Name != "MiXeD.example." || rr.Hdr.Class != dns.ClassINET || rr.Hdr.Ttl != 7 || len(rr.Txt) != 1 || rr.Txt[0] != "hello" {
+					t.Errorf("answer %v, want one TXT \"hello\" owned by the question's name", r.Answer)
+				}
+			} else if len(r.Answer) != 0 {
+				t.Errorf("answer %v, want none", r.Answer)
+			}
 			opt := r.IsEdns0()
-			if tt.wantOpt != (opt != nil) {
-				t.Fatalf("OPT %v, want present=%v", opt, tt.wantOpt)
+			if (tt.r.EDNS != nil) != (opt != nil) {
+				t.Fatalf("OPT %v, want present=%v", opt, tt.r.EDNS != nil)
 			}
 			if opt == nil {
 				return
 			}
-			if opt.UDPSize() != tt.edns.UDPSize || opt.Do() != tt.edns.DO || opt.Version() != 0 {
+			if opt.UDPSize() != tt.r.EDNS.UDPSize || opt.Do() != tt.r.EDNS.DO || opt.Version() != 0 {
 				t.Errorf("OPT wrong: %v", opt)
 			}
 			var ede *dns.EDNS0_EDE
@@ -289,36 +296,61 @@ func TestAppendReply(t *testing.T) {
 	}
 }
 
-func TestStripOPT(t *testing.T) {
-	last := withEDNS(query("example.com.", dns.TypeA), 1232, false)
+func TestRemoveOPT(t *testing.T) {
+	last := withEDNS(query("example.com.", dns.TypeA), 1232, true)
 	last.Response = true
 	last.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: "example.com.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 5}, A: []byte{192, 0, 2, 1}}}
-	lb := pack(t, last)
-	m, err := Parse(lb)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, ok := StripOPT(lb, &m)
-	if !ok {
-		t.Fatal("OPT as last record not stripped")
-	}
-	r := new(dns.Msg)
-	if err := r.Unpack(out); err != nil {
-		t.Fatalf("stripped message does not unpack: %v", err)
-	}
-	if r.IsEdns0() != nil || len(r.Extra) != 0 || len(r.Answer) != 1 {
-		t.Fatalf("strip left %v", r)
-	}
-
 	notLast := last.Copy()
 	notLast.Extra = append(notLast.Extra, &dns.A{Hdr: dns.RR_Header{Name: "example.com.", Rrtype: dns.TypeA, Class: dns.ClassINET}, A: []byte{192, 0, 2, 2}})
-	nb := pack(t, notLast)
-	nm, err := Parse(nb)
-	if err != nil {
-		t.Fatal(err)
+	// A pointer that lands in the OPT record (found by fuzzing) would
+	// dangle once the record is cut, so the message is encoded again.
+	pointerIntoOPT := []byte{
+		0, 1, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 1,
+		1, 'a', 0, 0, 1, 0, 1, // question a. A IN
+		0xC0, 35, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1, // answer whose owner points at offset 35
+		0, 0, 41, 4, 0xD0, 0, 0, 0, 0, 0, 0, // OPT at 35
 	}
-	if _, ok := StripOPT(nb, &nm); ok {
-		t.Fatal("StripOPT claimed to strip an OPT record that is not last")
+	for _, tt := range []struct {
+		name    string
+		msg     []byte
+		inPlace bool
+		extra   int // records left in the additional section
+	}{
+		{"last record: cut in place", pack(t, last), true, 0},
+		{"before another record: encoded again", pack(t, notLast), false, 1},
+		{"pointer into the OPT record: encoded again", pointerIntoOPT, false, 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := Parse(tt.msg)
+			if err != nil || !m.HasOPT() {
+				t.Fatalf("Parse: %v, OPT %v", err, m.HasOPT())
+			}
+			if err := m.RemoveOPT(); err != nil {
+				t.Fatal(err)
+			}
+			out := m.Wire()
+			if inPlace := &out[0] == &tt.msg[0]; inPlace != tt.inPlace {
+				t.Errorf("in place: %v, want %v", inPlace, tt.inPlace)
+			}
+			if m.HasOPT() || !m.Valid() || m.Rcode() != 0 || m.DO() {
+				t.Errorf("Msg after RemoveOPT: %+v", m)
+			}
+			if again, err := Parse(out); err != nil || again.HasOPT() || again.Header != m.Header {
+				t.Errorf("result parses as %+v, %v; Msg says %+v", again.Header, err, m.Header)
+			}
+			r := new(dns.Msg)
+			if err := r.Unpack(out); err != nil {
+				t.Fatalf("result does not unpack: %v", err)
+			}
+			if r.IsEdns0() != nil || len(r.Extra) != tt.extra || len(r.Answer) != 1 {
+				t.Fatalf("RemoveOPT left %v", r)
+			}
+		})
+	}
+	noOPT, _ := Parse(pack(t, query("a.", dns.TypeA)))
+	before := noOPT
+	if err := noOPT.RemoveOPT(); err != nil || !reflect.DeepEqual(noOPT, before) {
+		t.Errorf("RemoveOPT without an OPT record: %v, %+v", err, noOPT)
 	}
 }
 
@@ -326,7 +358,7 @@ func TestParseDoesNotAllocate(t *testing.T) {
 	b := pack(t, withEDNS(query("www.example.com.", dns.TypeA), 1232, true))
 	allocs := testing.AllocsPerRun(100, func() {
 		m, err := Parse(b)
-		if err != nil || !m.HasOPT {
+		if err != nil || !m.HasOPT() {
 			t.Fatal("parse failed")
 		}
 	})
@@ -342,26 +374,5 @@ func BenchmarkParse(b *testing.B) {
 		if _, err := Parse(msg); err != nil {
 			b.Fatal(err)
 		}
-	}
-}
-
-// TestStripOPTPointerIntoOPT: a pointer that lands in the OPT record (found
-// by fuzzing) would dangle once the record is cut, so StripOPT declines.
-func TestStripOPTPointerIntoOPT(t *testing.T) {
-	msg := []byte{
-		0, 1, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 1,
-		1, 'a', 0, 0, 1, 0, 1, // question a. A IN
-		0xC0, 35, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1, // answer whose owner points at offset 35
-		0, 0, 41, 4, 0xD0, 0, 0, 0, 0, 0, 0, // OPT at 35
-	}
-	m, err := Parse(msg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if m.OPTStart != 35 {
-		t.Fatalf("OPT at %d, want 35", m.OPTStart)
-	}
-	if _, ok := StripOPT(msg, &m); ok {
-		t.Fatal("StripOPT cut an OPT record a pointer refers to")
 	}
 }

@@ -1,10 +1,18 @@
 package dnswire
 
 import (
+	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/miekg/dns"
 )
+
+// parsed is what Parse learned about m, without the buffer it shares.
+func parsed(m Msg) Msg {
+	m.wire = nil
+	return m
+}
 
 // FuzzDNSWire feeds arbitrary bytes to Parse: it must never panic, the
 // offsets it reports must lie inside the message, and where miekg/dns also
@@ -22,39 +30,106 @@ func FuzzDNSWire(f *testing.F) {
 	f.Add([]byte{0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xC0, 0x0C, 0, 1, 0, 1})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := Parse(b)
-		if err != nil {
-			return
-		}
-		if m.End < HeaderLen || m.End > len(b) {
-			t.Fatalf("End %d outside message of %d bytes", m.End, len(b))
-		}
-		// The message cut to End (what a relay forwards) is the same message.
-		if cut, err := Parse(b[:m.End]); err != nil || cut != m {
-			t.Fatalf("message cut to End parses as %+v, %v; whole: %+v", cut, err, m)
-		}
-		if m.QDCount > 0 && !(HeaderLen <= m.QNameStart && m.QNameStart < m.QNameEnd && m.QNameEnd+4 == m.QEnd && m.QEnd <= m.End) {
-			t.Fatalf("question span %d:%d:%d outside message", m.QNameStart, m.QNameEnd, m.QEnd)
-		}
-		if m.HasOPT && !(m.QEnd <= m.OPTStart && m.OPTStart+11 <= m.OPTEnd && m.OPTEnd <= m.End) {
-			t.Fatalf("OPT span %d:%d outside message", m.OPTStart, m.OPTEnd)
-		}
-		// A reply built from what Parse found must be a valid message.
-		reply := AppendReply(nil, b, &m, dns.RcodeServerFailure, false, &EDNS{UDPSize: 1232, HasEDE: true, EDE: 22})
+		// A reply built from what Parse found, valid or not, must be a
+		// valid message.
+		reply := AppendReply(nil, &m, Reply{Rcode: dns.RcodeServerFailure, EDNS: &EDNS{UDPSize: 1232, HasEDE: true, EDE: 22}})
 		if err := new(dns.Msg).Unpack(reply); err != nil {
 			t.Fatalf("reply built from a parsed message does not unpack: %v", err)
+		}
+		if err != nil {
+			if m.Valid() {
+				t.Fatalf("Parse failed (%v) but the Msg is Valid", err)
+			}
+			return
+		}
+		end := len(m.Wire())
+		if !m.Valid() || end < HeaderLen || end > len(b) {
+			t.Fatalf("end %d outside message of %d bytes", end, len(b))
+		}
+		// The message cut to its end (what a relay forwards) is the same
+		// message.
+		if cut, err := Parse(b[:end]); err != nil || !reflect.DeepEqual(parsed(cut), parsed(m)) {
+			t.Fatalf("message cut to its end parses as %+v, %v; whole: %+v", cut, err, m)
+		}
+		if m.QDCount > 0 && !(HeaderLen < m.qNameEnd && m.qNameEnd+4 == m.qEnd && int(m.qEnd) <= end) {
+			t.Fatalf("question span %d:%d:%d outside message", HeaderLen, m.qNameEnd, m.qEnd)
+		}
+		if m.HasOPT() && !(m.qEnd <= m.optStart && m.optStart+11 <= m.optEnd && int(m.optEnd) <= end) {
+			t.Fatalf("OPT span %d:%d outside message", m.optStart, m.optEnd)
 		}
 
 		ref := new(dns.Msg)
 		if ref.Unpack(b) != nil {
 			return // miekg/dns is stricter about record data; nothing to compare
 		}
-		if len(ref.Question) > 0 && (ref.Question[0].Qtype != m.QType || ref.Question[0].Qclass != m.QClass) {
-			t.Fatalf("question %v, parsed type %d class %d", ref.Question[0], m.QType, m.QClass)
+		if len(ref.Question) > 0 && (ref.Question[0].Qtype != m.QType() || ref.Question[0].Qclass != m.QClass()) {
+			t.Fatalf("question %v, parsed type %d class %d", ref.Question[0], m.QType(), m.QClass())
 		}
-		if opt := ref.IsEdns0(); opt != nil && m.HasOPT {
-			if opt.UDPSize() != m.UDPSize || opt.Version() != m.Version || opt.Do() != m.DO() {
-				t.Fatalf("OPT %v, parsed size %d version %d DO %v", opt, m.UDPSize, m.Version, m.DO())
+		if opt := ref.IsEdns0(); opt != nil && m.HasOPT() {
+			if opt.UDPSize() != m.UDPSize() || opt.Version() != m.EDNSVersion() || opt.Do() != m.DO() {
+				t.Fatalf("OPT %v, parsed size %d version %d DO %v", opt, m.UDPSize(), m.EDNSVersion(), m.DO())
 			}
+		}
+		// Removing the OPT record leaves a message that decodes as before,
+		// less that record.
+		if m.HasOPT() {
+			want := len(ref.Extra) - 1
+			if err := m.RemoveOPT(); err != nil {
+				return // miekg/dns could not encode it again
+			}
+			out := new(dns.Msg)
+			if err := out.Unpack(m.Wire()); err != nil || out.IsEdns0() != nil || len(out.Extra) != want || len(out.Answer) != len(ref.Answer) {
+				t.Fatalf("after RemoveOPT: %v, %v", err, out)
+			}
+		}
+	})
+}
+
+// FuzzSameQuestion checks the matching of answers to queries on arbitrary
+// bytes: it never panics, a query's own echo (QR set) always matches it,
+// and it agrees with miekg/dns wherever miekg can decode both messages.
+func FuzzSameQuestion(f *testing.F) {
+	q := new(dns.Msg)
+	q.SetQuestion("www.example.com.", dns.TypeA)
+	q.SetEdns0(1232, true)
+	query, _ := q.Pack()
+	r := new(dns.Msg)
+	r.SetReply(q)
+	r.Question[0].Name = "WWW.example.COM."
+	resp, _ := r.Pack()
+	f.Add(query, resp)
+	f.Add(query, query)
+	f.Add([]byte{0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 1, 'a', 0, 0, 1, 0, 1, 0xc0, 12, 0, 1, 0, 1},
+		[]byte{0, 1, 0x80, 0, 0, 2, 0, 0, 0, 0, 0, 0, 1, 'A', 0, 0, 1, 0, 1, 1, 'a', 0, 0, 1, 0, 1})
+	f.Fuzz(func(t *testing.T, query, resp []byte) {
+		qm, err := Parse(query)
+		rm, _ := Parse(resp)
+		got := rm.Answers(&qm)
+		if err != nil || qm.QDCount != 1 {
+			if got && qm.QDCount != 1 {
+				t.Fatalf("matched a query of %d questions", qm.QDCount)
+			}
+			return
+		}
+
+		echo := append([]byte(nil), qm.Wire()...)
+		echo[2] |= flagQR >> 8
+		em, err := Parse(echo)
+		if err != nil || !em.Answers(&qm) {
+			t.Fatalf("query does not match its own echo (%v): %x", err, query)
+		}
+
+		// miekg/dns stops quietly where a message ends; compare only
+		// messages both parsers read in full.
+		var qd, rd dns.Msg
+		if qd.Unpack(query) != nil || rd.Unpack(resp) != nil || len(rd.Question) != int(rm.QDCount) || !rm.Valid() {
+			return
+		}
+		want := rd.Response && len(rd.Question) == 1 &&
+			qd.Question[0].Qtype == rd.Question[0].Qtype && qd.Question[0].Qclass == rd.Question[0].Qclass &&
+			strings.EqualFold(qd.Question[0].Name, rd.Question[0].Name)
+		if got != want {
+			t.Fatalf("Answers = %v, miekg/dns says %v\nquery %x\nresp  %x\n%v\n%v", got, want, query, resp, qd.Question, rd.Question)
 		}
 	})
 }

@@ -1,6 +1,41 @@
 package dnswire
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"errors"
+	"math"
+	"strings"
+)
+
+// Reply describes a reply that a relay writes by itself, to a query it
+// parsed: an error, a truncated answer's stand-in, or a locally owned name.
+type Reply struct {
+	Rcode int
+	// Truncated sets TC, which sends the client to TCP.
+	Truncated bool
+	// Authoritative sets AA, for names the relay itself owns.
+	Authoritative bool
+	// Answer records, each owned by the question's name.
+	Answer []Record
+	// EDNS adds an OPT record when not nil. An Rcode above 15 needs one to
+	// carry its upper bits.
+	EDNS *EDNS
+}
+
+// Record is an answer record owned by the question's name, of the
+// question's class.
+type Record struct {
+	Type uint16
+	TTL  uint32
+	Data []byte // RDATA in wire form
+}
+
+// TXT returns a TXT record holding text as its single character-string.
+// text is cut to 255 bytes, the most one string holds.
+func TXT(ttl uint32, text string) Record {
+	text = text[:min(len(text), math.MaxUint8)]
+	return Record{Type: TypeTXT, TTL: ttl, Data: append([]byte{byte(len(text))}, text...)}
+}
 
 // EDNS describes the OPT record of a reply that a relay writes by itself.
 type EDNS struct {
@@ -15,35 +50,47 @@ type EDNS struct {
 	EDEText string
 }
 
-// AppendReply appends to dst a reply to the query msg (as parsed into m)
-// that carries no records of its own: a header with rcode, the query's
-// question when m holds exactly one question that could be read, and an OPT
-// record when edns is not nil. The ID, opcode and the RD and CD bits come
-// from the query; RA is set because the relay offers recursion through its
-// upstreams. An rcode above 15 needs an OPT record to carry its upper bits.
-func AppendReply(dst, msg []byte, m *Message, rcode int, truncated bool, edns *EDNS) []byte {
-	flags := uint16(flagQR|flagRA) | m.Flags&(0xF<<11|flagRD|flagCD) | uint16(rcode&0xF)
-	if truncated {
+// AppendReply appends to dst the reply r to the query q (Valid or not): a
+// header, q's question when q holds exactly one question that could be read
+// (its name spelled as sent), r's answer records, and an OPT record when
+// r.EDNS is not nil. The ID, opcode and the RD and CD bits come from the
+// query (RFC 4035 §3.2.2 for CD); RA is set because the relay offers
+// recursion through its upstreams.
+func AppendReply(dst []byte, q *Msg, r Reply) []byte {
+	flags := uint16(flagQR|flagRA) | q.Flags&(0xF<<11|flagRD|flagCD) | uint16(r.Rcode&0xF)
+	if r.Truncated {
 		flags |= flagTC
 	}
-	var qd, ar uint16
-	question := m.QDCount == 1 && m.QEnd > 0
-	if question {
-		qd = 1
+	if r.Authoritative {
+		flags |= flagAA
 	}
-	if edns != nil {
+	question := q.QDCount == 1 && q.qEnd != 0
+	var qd, an, ar uint16
+	if question {
+		qd, an = 1, uint16(len(r.Answer))
+	}
+	if r.EDNS != nil {
 		ar = 1
 	}
-	dst = binary.BigEndian.AppendUint16(dst, m.ID)
+	dst = binary.BigEndian.AppendUint16(dst, q.ID)
 	dst = binary.BigEndian.AppendUint16(dst, flags)
 	dst = binary.BigEndian.AppendUint16(dst, qd)
-	dst = append(dst, 0, 0, 0, 0)
+	dst = binary.BigEndian.AppendUint16(dst, an)
+	dst = append(dst, 0, 0)
 	dst = binary.BigEndian.AppendUint16(dst, ar)
 	if question {
-		dst = append(dst, msg[m.QNameStart:m.QEnd]...)
+		dst = append(dst, q.wire[HeaderLen:q.qEnd]...)
+		for _, rr := range r.Answer {
+			dst = append(dst, q.QName()...)
+			dst = binary.BigEndian.AppendUint16(dst, rr.Type)
+			dst = binary.BigEndian.AppendUint16(dst, q.qClass)
+			dst = binary.BigEndian.AppendUint32(dst, rr.TTL)
+			dst = binary.BigEndian.AppendUint16(dst, uint16(len(rr.Data)))
+			dst = append(dst, rr.Data...)
+		}
 	}
-	if edns != nil {
-		dst = appendOPT(dst, rcode, edns)
+	if r.EDNS != nil {
+		dst = appendOPT(dst, r.Rcode, r.EDNS)
 	}
 	return dst
 }
@@ -78,18 +125,42 @@ func appendOPT(dst []byte, rcode int, e *EDNS) []byte {
 	return dst
 }
 
-// SetID overwrites the message ID of msg, which must hold a header.
-func SetID(msg []byte, id uint16) { binary.BigEndian.PutUint16(msg, id) }
-
-// StripOPT removes the OPT record from msg (parsed into m) in place and
-// returns the shortened message. It succeeds only when the OPT record is the
-// last record, the usual place, and no compression pointer points into it;
-// otherwise removing it would break pointers, so it reports false and
-// leaves msg alone.
-func StripOPT(msg []byte, m *Message) ([]byte, bool) {
-	if !m.HasOPT || m.OPTEnd != m.End || m.ARCount == 0 || m.maxPtr >= m.OPTStart {
-		return msg, false
+// NewQuery returns a parsed query with RD set for name (in presentation
+// form, such as "example.com." or "."), type qtype, class IN, without EDNS.
+func NewQuery(id uint16, name string, qtype uint16) (Msg, error) {
+	b := binary.BigEndian.AppendUint16(make([]byte, 0, HeaderLen+len(name)+6), id)
+	b = append(b, flagRD>>8, 0, 0, 1, 0, 0, 0, 0, 0, 0)
+	b, err := AppendName(b, name)
+	if err != nil {
+		return Msg{}, err
 	}
-	binary.BigEndian.PutUint16(msg[10:], m.ARCount-1)
-	return msg[:m.OPTStart], true
+	b = binary.BigEndian.AppendUint16(b, qtype)
+	b = binary.BigEndian.AppendUint16(b, ClassINET)
+	return Parse(b)
+}
+
+// ErrName: a name AppendName cannot encode.
+var ErrName = errors.New("dnswire: not an encodable domain name")
+
+// AppendName appends the wire form of name, in presentation form with or
+// without its final dot ("." is the root). Escapes (\. and \DDD) are not
+// supported: names that need them are refused with ErrName, as are empty
+// labels and labels or names over the limits of RFC 1035 §2.3.4.
+func AppendName(dst []byte, name string) ([]byte, error) {
+	name = strings.TrimSuffix(name, ".")
+	start := len(dst)
+	if name != "" {
+		for label := range strings.SplitSeq(name, ".") {
+			if label == "" || len(label) > 63 || strings.ContainsRune(label, '\\') {
+				return dst[:start], ErrName
+			}
+			dst = append(dst, byte(len(label)))
+			dst = append(dst, label...)
+		}
+	}
+	dst = append(dst, 0)
+	if len(dst)-start > maxNameLen {
+		return dst[:start], ErrName
+	}
+	return dst, nil
 }

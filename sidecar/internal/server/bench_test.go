@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/upstream"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
 	"github.com/miekg/dns"
@@ -18,14 +19,14 @@ import (
 
 // staticUpstream answers every query at once with a copy of one prepared
 // answer: as cheap as an upstream can be, so that the benchmarks measure the
-// server alone. Like a real upstream it returns a fresh buffer per answer.
+// server alone. Like a real upstream it returns a fresh buffer per answer,
+// parsed and matched to the query.
 type staticUpstream struct{ answer []byte }
 
-func (u *staticUpstream) Exchange(_ context.Context, q []byte) ([]byte, error) {
+func (u *staticUpstream) Exchange(_ context.Context, q dnswire.Msg) (dnswire.Msg, error) {
 	out := make([]byte, len(u.answer))
 	copy(out, u.answer)
-	copy(out, q[:2])
-	return out, nil
+	return answerTo(&q, out)
 }
 func (*staticUpstream) Name() string { return "static" }
 func (*staticUpstream) Close() error { return nil }

@@ -1,9 +1,6 @@
 package server
 
-import (
-	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
-	"github.com/miekg/dns"
-)
+import "github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
 
 // The canary proves interception: `dot-sidecar check` asks for it from the
 // application's side, and only the sidecar answers it (the name is under
@@ -19,37 +16,22 @@ const (
 // canaryWire is CanaryName in lower-case wire form.
 var canaryWire = []byte("\x06canary\x0bdot-sidecar\x07invalid\x00")
 
-func isCanary(msg []byte, m *dnswire.Message) bool {
-	return dnswire.EqualName(msg[m.QNameStart:m.QNameEnd], canaryWire)
-}
+// canaryTXT is the canary's answer to TXT queries. TTL 0: no cache between
+// the application and the sidecar should remember which sidecar answered.
+var canaryTXT = dnswire.TXT(0, CanaryText)
 
-// canary answers the canary name: one TXT record with TTL 0 for class IN
-// type TXT, NOERROR with no records for any other type.
-func (s *Server) canary(msg []byte, m *dnswire.Message) result {
-	// The client's spelling of the name is echoed, case included.
-	name, _, err := dns.UnpackDomainName(msg, m.QNameStart)
-	if err != nil {
-		return s.local(msg, m, dns.RcodeFormatError, noEDE, "")
+func isCanary(q *dnswire.Msg) bool { return dnswire.EqualName(q.QName(), canaryWire) }
+
+// canary answers the canary name with authority: one TXT record for class
+// IN type TXT, NOERROR with no records for any other type. The client's
+// spelling of the name is echoed, case included.
+func (s *Server) canary(q *dnswire.Msg) result {
+	rep := dnswire.Reply{Authoritative: true}
+	if q.QType() == dnswire.TypeTXT && q.QClass() == dnswire.ClassINET {
+		rep.Answer = []dnswire.Record{canaryTXT}
 	}
-	r := new(dns.Msg)
-	r.Id = m.ID
-	r.Response = true
-	r.Authoritative = true
-	r.RecursionDesired = m.RecursionDesired()
-	r.RecursionAvailable = true
-	r.Question = []dns.Question{{Name: name, Qtype: m.QType, Qclass: m.QClass}}
-	if m.QType == dns.TypeTXT && m.QClass == dns.ClassINET {
-		r.Answer = []dns.RR{&dns.TXT{
-			Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: 0},
-			Txt: []string{CanaryText},
-		}}
+	if q.HasOPT() {
+		rep.EDNS = &dnswire.EDNS{UDPSize: uint16(s.opts.UDPMaxSize), DO: q.DO()}
 	}
-	if m.HasOPT {
-		r.SetEdns0(uint16(s.opts.UDPMaxSize), m.DO())
-	}
-	out, err := r.Pack()
-	if err != nil {
-		return s.local(msg, m, dns.RcodeServerFailure, noEDE, "")
-	}
-	return result{reply: out, rcode: dns.RcodeSuccess}
+	return result{reply: dnswire.AppendReply(nil, q, rep), rcode: dnswire.RcodeSuccess}
 }

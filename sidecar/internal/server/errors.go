@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/upstream"
-	"github.com/miekg/dns"
 )
 
 // errOverloaded: MaxInFlight queries were in flight when the query came.
@@ -24,18 +24,18 @@ var errOverloaded = errors.New("too many queries in flight")
 // errors nobody foresaw) is 22 No Reachable Authority: no usable answer
 // could be had in time.
 func failure(err error) (rcode int, ede int, text string) {
-	rcode, ede = dns.RcodeServerFailure, int(dns.ExtendedErrorCodeNoReachableAuthority)
+	rcode, ede = dnswire.RcodeServerFailure, dnswire.EDENoReachableAuthority
 	switch {
 	case errors.Is(err, upstream.ErrBadQuery):
-		return dns.RcodeFormatError, noEDE, ""
+		return dnswire.RcodeFormatError, noEDE, ""
 	case errors.Is(err, errOverloaded):
 		// The sidecar's own state, not the upstream's: no code of RFC 8914
 		// says "busy", so Other, with the reason in the text.
-		return rcode, int(dns.ExtendedErrorCodeOther), "sidecar overloaded"
+		return rcode, dnswire.EDEOther, "sidecar overloaded"
 	case errors.Is(err, upstream.ErrPinMismatch):
-		return rcode, int(dns.ExtendedErrorCodeNetworkError), "upstream key not pinned"
+		return rcode, dnswire.EDENetworkError, "upstream key not pinned"
 	case errors.Is(err, upstream.ErrTLS):
-		return rcode, int(dns.ExtendedErrorCodeNetworkError), "upstream TLS failure"
+		return rcode, dnswire.EDENetworkError, "upstream TLS failure"
 	case errors.Is(err, context.DeadlineExceeded):
 		return rcode, ede, "upstream did not answer in time"
 	case errors.Is(err, upstream.ErrAllDown):

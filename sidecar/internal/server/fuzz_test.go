@@ -58,7 +58,7 @@ func FuzzServe(f *testing.F) {
 			limit := dnswire.MaxMsgSize
 			if p == protoUDP {
 				limit = dnswire.MinUDPSize
-				if q, err := dnswire.Parse(msg); err == nil && q.HasOPT {
+				if q, err := dnswire.Parse(msg); err == nil && q.HasOPT() {
 					limit = s.udpLimit(&q)
 				}
 			}
@@ -67,7 +67,7 @@ func FuzzServe(f *testing.F) {
 			}
 			// The local upstream answers EDNS queries with an OPT record,
 			// which a truncated answer must keep.
-			if q, _ := dnswire.Parse(msg); r.truncated && (!reply.Truncated || q.HasOPT && reply.IsEdns0() == nil) {
+			if q, _ := dnswire.Parse(msg); r.truncated && (!reply.Truncated || q.HasOPT() && reply.IsEdns0() == nil) {
 				t.Fatalf("%v: truncated reply with TC=%v OPT=%v, want TC and, for EDNS, the OPT record", p, reply.Truncated, reply.IsEdns0())
 			}
 		}
@@ -75,12 +75,12 @@ func FuzzServe(f *testing.F) {
 }
 
 // answerUpstream answers every query with a copy of the same bytes, whatever
-// they are, ID included: a broken or hostile upstream. The server must
-// still give the client its own ID.
+// they are: a broken or hostile upstream, behind the checks every upstream
+// client makes (answerTo).
 type answerUpstream struct{ resp []byte }
 
-func (u *answerUpstream) Exchange(context.Context, []byte) ([]byte, error) {
-	return append([]byte(nil), u.resp...), nil
+func (u *answerUpstream) Exchange(_ context.Context, q dnswire.Msg) (dnswire.Msg, error) {
+	return answerTo(&q, append([]byte(nil), u.resp...))
 }
 func (*answerUpstream) Name() string { return "fixed" }
 func (*answerUpstream) Close() error { return nil }
@@ -101,13 +101,17 @@ func FuzzRelay(f *testing.F) {
 			if edns {
 				q.SetEdns0(1232, true)
 			}
-			resp, err := up.Exchange(f.Context(), packed(f, q))
+			qm, err := dnswire.Parse(packed(f, q))
 			if err != nil {
 				f.Fatal(err)
 			}
-			f.Add(resp, edns, uint16(1232))
+			resp, err := up.Exchange(f.Context(), qm)
+			if err != nil {
+				f.Fatal(err)
+			}
+			f.Add(resp.Wire(), edns, uint16(1232))
 			if edns {
-				f.Add(resp, edns, uint16(512)) // truncated, OPT kept
+				f.Add(resp.Wire(), edns, uint16(512)) // truncated, OPT kept
 			}
 		}
 	}
@@ -124,7 +128,7 @@ func FuzzRelay(f *testing.F) {
 		// able to decode from ours: cutting, stripping and truncating must
 		// leave every compression pointer valid.
 		upm, upErr := dnswire.Parse(resp)
-		decodable := upErr == nil && new(dns.Msg).Unpack(resp[:upm.End]) == nil
+		decodable := upErr == nil && new(dns.Msg).Unpack(upm.Wire()) == nil
 		for _, p := range []proto{protoUDP, protoTCP} {
 			r := s.answer(qb, p)
 			if decodable && r.err == nil {
@@ -139,7 +143,7 @@ func FuzzRelay(f *testing.F) {
 			if m.ID != q.Id || !m.Response() {
 				t.Fatalf("%v: reply header %+v", p, m.Header)
 			}
-			if m.HasOPT && !edns {
+			if m.HasOPT() && !edns {
 				t.Fatalf("%v: OPT in the reply to a query without one", p)
 			}
 			limit := dnswire.MaxMsgSize
@@ -150,8 +154,8 @@ func FuzzRelay(f *testing.F) {
 			if len(r.reply) > limit {
 				t.Fatalf("%v: reply of %d bytes, limit %d", p, len(r.reply), limit)
 			}
-			if r.truncated && (!m.Truncated() || edns && upErr == nil && upm.HasOPT && !m.HasOPT) {
-				t.Fatalf("%v: truncated reply with TC=%v OPT=%v, want TC and, for EDNS, the OPT record", p, m.Truncated(), m.HasOPT)
+			if r.truncated && (!m.Truncated() || edns && upErr == nil && upm.HasOPT() && !m.HasOPT()) {
+				t.Fatalf("%v: truncated reply with TC=%v OPT=%v, want TC and, for EDNS, the OPT record", p, m.Truncated(), m.HasOPT())
 			}
 		}
 	})

@@ -284,7 +284,7 @@ func newUnstarted(t testing.TB, opts Options) *Server {
 	return s
 }
 
-func mustParse(t testing.TB, b []byte) dnswire.Message {
+func mustParse(t testing.TB, b []byte) dnswire.Msg {
 	t.Helper()
 	m, err := dnswire.Parse(b)
 	if err != nil {

@@ -3,8 +3,9 @@ package server
 import (
 	"time"
 
-	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
 )
 
 const (
@@ -15,11 +16,11 @@ const (
 // initRcodes are the response codes whose series exist from the start. The
 // label stays bounded: codes are named by rcodeName, unknown ones "OTHER".
 var initRcodes = []int{
-	dns.RcodeSuccess, dns.RcodeFormatError, dns.RcodeServerFailure, dns.RcodeNameError,
-	dns.RcodeNotImplemented, dns.RcodeRefused, dns.RcodeBadVers,
+	dnswire.RcodeSuccess, dnswire.RcodeFormatError, dnswire.RcodeServerFailure, dnswire.RcodeNameError,
+	dnswire.RcodeNotImplemented, dnswire.RcodeRefused, dnswire.RcodeBadVers,
 }
 
-const maxRcode = dns.RcodeBadCookie // highest code with a name of its own
+const maxRcode = dnswire.RcodeBadCookie // highest code with a name of its own
 
 type metrics struct {
 	queries    *prometheus.CounterVec
@@ -111,10 +112,7 @@ func (m *metrics) done(p proto, start time.Time, r *result) {
 }
 
 func rcodeName(rc int) string {
-	if rc == dns.RcodeBadVers {
-		return "BADVERS" // miekg/dns names 16 after its TSIG meaning, BADSIG
-	}
-	if n, ok := dns.RcodeToString[rc]; ok && rc <= maxRcode {
+	if n, ok := dnswire.RcodeName(rc); ok && rc <= maxRcode {
 		return n
 	}
 	return "OTHER"

@@ -180,12 +180,12 @@ func TestUpstreamAnswersPassThrough(t *testing.T) {
 				if r.Rcode != tc.rcode {
 					t.Fatalf("rcode %s, want %s", dns.RcodeToString[r.Rcode], dns.RcodeToString[tc.rcode])
 				}
-				want, err := ts.up.Exchange(t.Context(), packed(t, q))
+				want, err := ts.up.Exchange(t.Context(), mustParse(t, packed(t, q)))
 				if err != nil {
 					t.Fatal(err)
 				}
-				if !bytes.Equal(raw, want) {
-					t.Errorf("answer\n% x\nwant the upstream's bytes\n% x", raw, want)
+				if !bytes.Equal(raw, want.Wire()) {
+					t.Errorf("answer\n% x\nwant the upstream's bytes\n% x", raw, want.Wire())
 				}
 				if tc.rcode == dns.RcodeServerFailure && (ede(r) == nil || ede(r).InfoCode != dns.ExtendedErrorCodeDNSBogus) {
 					t.Errorf("EDE %v, want the upstream's own", ede(r))

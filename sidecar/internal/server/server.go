@@ -5,8 +5,8 @@
 // The handler forwards the client's own bytes and reads only the header,
 // question and OPT record of queries and answers (package dnswire), so that
 // unknown EDNS options and flags pass through unharmed and a relayed query
-// costs no decoding. miekg/dns is used only off the common path: to truncate
-// an answer too big for a UDP client and to build the canary's answer.
+// costs no decoding: each query is parsed once here, and each answer once,
+// by the upstream client that read it.
 //
 // What clients get:
 //   - a message with QR set gets no answer; an opcode other than QUERY gets

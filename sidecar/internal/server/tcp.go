@@ -168,7 +168,7 @@ func (c *tcpConn) serve() {
 			if r.reply != nil {
 				c.write(r.reply)
 			}
-			c.s.logQuery(protoTCP, c.from, msg, start, &r)
+			c.s.logQuery(protoTCP, c.from, start, &r)
 			recycleTCPMsg(q)
 			<-c.sem
 			continue
@@ -198,7 +198,7 @@ func (c *tcpConn) answer(q *[]byte) {
 		c.write(r.reply)
 	}
 	c.s.inflight.Add(-1)
-	c.s.logQuery(protoTCP, c.from, *q, start, &r)
+	c.s.logQuery(protoTCP, c.from, start, &r)
 	recycleTCPMsg(q)
 	<-c.sem
 	c.inflight.Add(-1)

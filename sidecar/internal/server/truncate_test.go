@@ -74,20 +74,25 @@ func TestTruncation(t *testing.T) {
 func TestTruncateFallback(t *testing.T) {
 	s := newUnstarted(t, Options{})
 	q := ednsQuery("x.example.", dns.TypeA, 1232)
-	qb, _ := q.Pack()
-	// An answer miekg/dns cannot decode: cut in the middle of a record.
+	qm := mustParse(t, packed(t, q))
+	// An answer whose structure is sound but whose TXT data miekg/dns
+	// cannot decode: the last character-string claims more than is left.
 	r := new(dns.Msg)
 	r.SetReply(q)
-	r.Answer = []dns.RR{&dns.TXT{Hdr: dns.RR_Header{Name: "x.example.", Rrtype: dns.TypeTXT, Class: dns.ClassINET}, Txt: []string{string(make([]byte, 250)), string(make([]byte, 250)), string(make([]byte, 250))}}}
-	rb, _ := r.Pack()
-	qm := mustParse(t, qb)
-	out := s.truncate(qb, &qm, rb[:600], dns.RcodeSuccess, 512)
+	rb := packed(t, r)
+	rb[7] = 1 // ANCOUNT
+	rdata := make([]byte, 600)
+	rdata[0], rdata[256], rdata[512] = 255, 255, 255
+	rb = append(rb, 0xC0, 12, 0, byte(dns.TypeTXT), 0, 1, 0, 0, 0, 60, byte(len(rdata)>>8), byte(len(rdata)))
+	rb = append(rb, rdata...)
+	ans := mustParse(t, rb)
+	out, tc := s.truncate(&qm, &ans, 512)
 	got := new(dns.Msg)
 	if err := got.Unpack(out); err != nil {
 		t.Fatalf("fallback answer does not unpack: %v", err)
 	}
-	if !got.Truncated || got.Id != q.Id || len(got.Question) != 1 || got.IsEdns0() == nil || len(out) > 512 {
-		t.Fatalf("fallback answer %v (%d bytes), want TC, the question and OPT", got, len(out))
+	if !tc || !got.Truncated || got.Id != q.Id || len(got.Question) != 1 || got.IsEdns0() == nil || len(out) > 512 {
+		t.Fatalf("fallback answer %v (%d bytes, TC %v), want TC, the question and OPT", got, len(out), tc)
 	}
 }
 

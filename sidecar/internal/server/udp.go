@@ -99,7 +99,7 @@ func (s *Server) serveUDP(q *udpQuery) {
 	// Counted before the write, so that a client holding an answer can
 	// trust the metrics to include it.
 	s.m.done(protoUDP, start, &r)
-	s.logQuery(protoUDP, q.from, q.msg, start, &r)
+	s.logQuery(protoUDP, q.from, start, &r)
 	if r.reply != nil {
 		q.reply = r.reply
 		q.sock.send(s, q) // the writer releases q once the answer is out
@@ -119,7 +119,7 @@ func (s *Server) shedUDP(c *net.UDPConn, from netip.AddrPort, msg, oob []byte) {
 	if r.reply != nil {
 		_ = writeUDP(c, r.reply, from, oob)
 	}
-	s.logQuery(protoUDP, from, msg, start, &r)
+	s.logQuery(protoUDP, from, start, &r)
 }
 
 // writeUDP sends an answer, with the control message oob when there is one.
@@ -134,7 +134,7 @@ func writeUDP(c *net.UDPConn, b []byte, to netip.AddrPort, oob []byte) error {
 
 // logQuery writes the per-query line, at Debug only: at any other level it
 // costs one check.
-func (s *Server) logQuery(p proto, from netip.AddrPort, msg []byte, start time.Time, r *result) {
+func (s *Server) logQuery(p proto, from netip.AddrPort, start time.Time, r *result) {
 	if !s.log.Enabled(context.Background(), slog.LevelDebug) {
 		return
 	}
@@ -143,8 +143,8 @@ func (s *Server) logQuery(p proto, from netip.AddrPort, msg []byte, start time.T
 		slog.String("client", from.String()),
 		slog.Duration("duration", time.Since(start)),
 	}
-	if m, err := dnswire.Parse(msg); err == nil || m.QEnd > 0 {
-		attrs = append(attrs, slog.Int("id", int(m.ID)), slog.String("qname", qname(msg, &m)), slog.Int("qtype", int(m.QType)))
+	if q := &r.query; q.Valid() || q.QName() != nil {
+		attrs = append(attrs, slog.Int("id", int(q.ID)), slog.String("qname", q.QNameText()), slog.Int("qtype", int(q.QType())))
 	}
 	switch {
 	case r.reply == nil:

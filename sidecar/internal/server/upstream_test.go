@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/upstream"
 	"github.com/miekg/dns"
 )
@@ -22,7 +23,7 @@ import (
 //	servfail an upstream SERVFAIL carrying the upstream's own EDE 3
 //	addopt   an answer with an OPT record even when the query had none
 //	optmid   the same, with a record after the OPT record
-//	garbage  three bytes that are no DNS message
+//	garbage  three bytes that are no DNS message (ErrBadResponse, see answerTo)
 //	err-X    the error wrapping upstream.ErrX (see errorsByLabel)
 //	slow     no answer until the query's context ends
 //	hold*    no answer until the test releases it (see held)
@@ -81,23 +82,21 @@ func (u *localUpstream) received() [][]byte {
 	return append([][]byte(nil), u.queries...)
 }
 
-func (u *localUpstream) Exchange(ctx context.Context, query []byte) ([]byte, error) {
+func (u *localUpstream) Exchange(ctx context.Context, query dnswire.Msg) (dnswire.Msg, error) {
 	if !u.fuzzing {
 		u.mu.Lock()
-		u.queries = append(u.queries, append([]byte(nil), query...))
+		u.queries = append(u.queries, append([]byte(nil), query.Wire()...))
 		u.mu.Unlock()
 	}
 
 	q := new(dns.Msg)
-	if err := q.Unpack(query); err != nil || len(q.Question) != 1 {
-		r := new(dns.Msg)
-		r.Id, r.Response, r.Rcode = binaryID(query), true, dns.RcodeFormatError
-		return r.Pack()
+	if err := q.Unpack(query.Wire()); err != nil || len(q.Question) != 1 {
+		return dnswire.Msg{}, fmt.Errorf("%w: %v", upstream.ErrBadQuery, err)
 	}
 	name := strings.ToLower(q.Question[0].Name)
 	label, _, _ := strings.Cut(name, ".")
 	if err, ok := errorsByLabel[label]; ok {
-		return nil, err
+		return dnswire.Msg{}, err
 	}
 	r := new(dns.Msg)
 	r.SetReply(q)
@@ -118,23 +117,23 @@ func (u *localUpstream) Exchange(ctx context.Context, query []byte) ([]byte, err
 		kind = "hold" // hold-N: many distinct held queries
 	}
 	if u.fuzzing && (kind == "slow" || kind == "hold") {
-		return nil, context.DeadlineExceeded
+		return dnswire.Msg{}, context.DeadlineExceeded
 	}
 	switch kind {
 	case "slow":
 		<-ctx.Done()
-		return nil, fmt.Errorf("waiting for the answer: %w", ctx.Err())
+		return dnswire.Msg{}, fmt.Errorf("waiting for the answer: %w", ctx.Err())
 	case "hold":
 		h := held{name: name, release: make(chan struct{})}
 		u.arrived <- h
 		select {
 		case <-h.release:
 		case <-ctx.Done():
-			return nil, fmt.Errorf("waiting for the answer: %w", ctx.Err())
+			return dnswire.Msg{}, fmt.Errorf("waiting for the answer: %w", ctx.Err())
 		}
 		r.Answer = append(r.Answer, rr(1))
 	case "garbage":
-		return []byte{1, 2, 3}, nil
+		return answerTo(&query, []byte{1, 2, 3})
 	case "big":
 		txt(40, 100) // ~4.6 KB
 	case "mid":
@@ -166,12 +165,24 @@ func (u *localUpstream) Exchange(ctx context.Context, query []byte) ([]byte, err
 		r.Extra = append(r.Extra, rr(2))
 	}
 	r.Compress = true
-	return r.Pack()
+	b, err := r.Pack()
+	if err != nil {
+		return dnswire.Msg{}, err
+	}
+	return answerTo(&query, b)
 }
 
-func binaryID(b []byte) uint16 {
-	if len(b) < 2 {
-		return 0
+// answerTo does with b what an upstream client does with what it reads
+// before returning it as the answer to q: it must parse whole and answer
+// q's question (or it is ErrBadResponse), and it gets q's ID.
+func answerTo(q *dnswire.Msg, b []byte) (dnswire.Msg, error) {
+	ans, err := dnswire.Parse(b)
+	switch {
+	case !ans.Answers(q):
+		return dnswire.Msg{}, fmt.Errorf("%w: %w", upstream.ErrBadResponse, dnswire.ErrNotAnswer)
+	case err != nil:
+		return dnswire.Msg{}, fmt.Errorf("%w: %w", upstream.ErrBadResponse, err)
 	}
-	return uint16(b[0])<<8 | uint16(b[1])
+	ans.SetID(q.ID)
+	return ans, nil
 }

@@ -5,8 +5,9 @@ import (
 	"net"
 	"testing"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
 	"github.com/miekg/dns"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
 )
 
 func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
@@ -20,16 +21,16 @@ func TestExchangeBasic(t *testing.T) {
 	q := new(dns.Msg)
 	q.SetQuestion("Example.COM.", dns.TypeA)
 	q.SetEdns0(1232, true)
-	wire, _ := q.Pack()
-	resp, err := d.Exchange(ctxTimeout(t, answerTimeout), wire)
+	query := parseMsg(t, q)
+	resp, err := d.Exchange(ctxTimeout(t, answerTimeout), query)
 	if err != nil {
 		t.Fatalf("Exchange: %v", err)
 	}
-	if err := checkAnswer(resp, wire); err != nil {
+	if err := checkAnswer(resp, query); err != nil {
 		t.Fatal(err)
 	}
 	r := new(dns.Msg)
-	_ = r.Unpack(resp)
+	_ = r.Unpack(resp.Wire())
 	if opt := r.IsEdns0(); opt == nil || opt.UDPSize() != 1232 || !opt.Do() {
 		t.Errorf("EDNS not echoed: %v", r.Extra)
 	}

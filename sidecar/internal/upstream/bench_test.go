@@ -9,8 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
 	"github.com/miekg/dns"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
 )
 
 func processCPU() time.Duration {
@@ -33,7 +35,7 @@ func BenchmarkExchange(b *testing.B) {
 			d := newTestDoT(b, srv, nil)
 			// A pool of distinct queries: the same question each time would
 			// flatter the matcher.
-			queries := make([][]byte, 1024)
+			queries := make([]dnswire.Msg, 1024)
 			for i := range queries {
 				queries[i] = packQuery(b, fmt.Sprintf("host%d.bench.example.", i), dns.TypeA)
 			}

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
 )
 
 const (
@@ -36,9 +38,7 @@ const (
 // channel has room for exactly one result, and exactly one party sends it:
 // whoever removes the request from a connection's in-flight table.
 type request struct {
-	query []byte // the caller's message; read only while registered
-	qEnd  int    // end of its question section
-	id    uint16 // the caller's ID, restored on the answer
+	query dnswire.Msg // the caller's query; its bytes are read only while registered
 
 	// Set by the connection that carries the request, under its mu.
 	upID    uint16 // the ID on the wire
@@ -48,7 +48,7 @@ type request struct {
 }
 
 type result struct {
-	msg []byte
+	ans dnswire.Msg
 	err error
 }
 
@@ -181,11 +181,9 @@ func (c *conn) send(req *request) bool {
 	c.load.Store(int32(len(c.inflight)))
 	// The length prefix and the message go out in the same write.
 	signal := len(c.pending) == 0
-	n := len(req.query)
+	n := len(req.query.Wire())
 	c.pending = append(c.pending, byte(n>>8), byte(n))
-	off := len(c.pending)
-	c.pending = append(c.pending, req.query...)
-	setMsgID(c.pending[off:], id)
+	c.pending = req.query.AppendTo(c.pending, id)
 	c.mu.Unlock()
 	if signal {
 		// Only the query that finds the queue empty wakes the writer; later
@@ -397,8 +395,6 @@ func (c *conn) readLoop() {
 	}
 }
 
-var errShortFrame = errors.New("frame shorter than a DNS header")
-
 func (c *conn) readFrame(br *bufio.Reader) ([]byte, error) {
 	if _, err := io.ReadFull(br, c.lenBuf[:]); err != nil {
 		return nil, err
@@ -415,40 +411,50 @@ func (c *conn) readFrame(br *bufio.Reader) ([]byte, error) {
 	return msg, nil
 }
 
-// deliver hands msg to the query it answers. A response whose ID and question
-// match nothing in flight is dropped and counted: it may be a late answer to
-// a query given up on, or something worse, and is never forwarded.
+// deliver parses msg, the one time anything reads it, and hands it to the
+// query it answers, with that query's ID. A response whose ID and question
+// match nothing in flight is dropped and counted: it may be a late answer
+// to a query given up on, or something worse, and is never forwarded. One
+// that matches a query but does not parse whole fails that query with
+// ErrBadResponse.
 func (c *conn) deliver(msg []byte) {
-	if len(msg) < headerLen {
-		c.mismatch(msg, errShortFrame)
+	// Parsed before taking mu: the walk over the records needs nothing of
+	// the query.
+	ans, perr := dnswire.Parse(msg)
+	if errors.Is(perr, dnswire.ErrShort) {
+		c.mismatch(&ans, perr)
 		return
 	}
 	c.mu.Lock()
-	req := c.inflight[msgID(msg)]
-	// The question is compared under mu: only while registered is req.query
-	// sure to be the caller's unchanged message.
-	if req == nil || !sameQuestion(req.query, req.qEnd, msg) {
+	req := c.inflight[ans.ID]
+	// The question is compared under mu: only while registered is the
+	// query's buffer sure to hold the caller's unchanged message.
+	if req == nil || !ans.Answers(&req.query) {
 		c.mu.Unlock()
-		c.mismatch(msg, nil)
+		c.mismatch(&ans, dnswire.ErrNotAnswer)
 		return
 	}
 	closeNow, wasFull := c.removeLocked(req.upID)
 	c.mu.Unlock()
 	c.answers.Add(1)
-	setMsgID(msg, req.id)
-	req.done <- result{msg: msg}
+	ans.SetID(req.query.ID)
+	r := result{ans: ans}
+	if perr != nil {
+		r.err = fmt.Errorf("%w from %s: %w", ErrBadResponse, c.d.name, perr)
+	}
+	req.done <- r
 	c.afterRemove(closeNow, wasFull)
 }
 
-func (c *conn) mismatch(msg []byte, err error) {
+func (c *conn) mismatch(ans *dnswire.Msg, why error) {
 	c.d.m.mismatched.Inc()
 	if c.d.log.Enabled(context.Background(), slog.LevelDebug) {
 		id := -1
-		if len(msg) >= 2 {
-			id = int(msgID(msg))
+		if len(ans.Wire()) >= dnswire.HeaderLen {
+			id = int(ans.ID)
 		}
 		c.d.log.Debug("dropping upstream response that matches no query in flight",
-			"upstream", c.d.name, "id", id, "len", len(msg), "error", err)
+			"upstream", c.d.name, "id", id, "len", len(ans.Wire()), "error", why)
 	}
 }
 

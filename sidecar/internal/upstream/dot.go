@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
 )
 
 // DoTOptions configures a DNS-over-TLS upstream (RFC 7858). Zero durations
@@ -161,20 +163,19 @@ func setDefault[T int | time.Duration](v *T, def T) {
 // Name is "ADDR:PORT#SERVERNAME", e.g. "1.1.1.1:853#cloudflare-dns.com".
 func (d *DoT) Name() string { return d.name }
 
-// Exchange sends query on a pooled connection and waits for its answer. A
+// Exchange sends q on a pooled connection and waits for its answer. A
 // pooled connection that had served and dies under the query (the upstream
 // closed or reset it) is not the caller's problem: the query is sent again
 // on another, up to maxAttempts sends within ctx; only then does Exchange
 // fail, with an error wrapping ErrConnClosed. A new connection that dies
 // before answering anything fails the query at once with ErrUnreachable:
 // the upstream is not serving. A ctx without deadline gets QueryTimeout.
-func (d *DoT) Exchange(ctx context.Context, query []byte) ([]byte, error) {
-	qEnd, err := questionEnd(query)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrBadQuery, err)
+func (d *DoT) Exchange(ctx context.Context, q dnswire.Msg) (dnswire.Msg, error) {
+	if err := checkQuery(&q); err != nil {
+		return dnswire.Msg{}, err
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("query for %s: %w", d.name, err)
+		return dnswire.Msg{}, fmt.Errorf("query for %s: %w", d.name, err)
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -182,40 +183,55 @@ func (d *DoT) Exchange(ctx context.Context, query []byte) ([]byte, error) {
 		defer cancel()
 	}
 	req := reqPool.Get().(*request)
-	req.query, req.qEnd, req.id = query, qEnd, msgID(query)
-	msg, err := d.exchange(ctx, req)
+	req.query = q
+	ans, err := d.exchange(ctx, req)
 	// Every path out of exchange has taken req's result or withdrawn req, so
 	// its channel is empty and no connection refers to it.
-	req.query = nil
+	req.query = dnswire.Msg{}
 	if len(req.done) == 0 { // always, by the protocol above; a stale answer must never reach another query
 		reqPool.Put(req)
 	}
-	return msg, err
+	return ans, err
 }
 
-func (d *DoT) exchange(ctx context.Context, req *request) ([]byte, error) {
+// checkQuery refuses what Exchange cannot send and match an answer to: a
+// message Parse did not accept, or one without exactly one question (the
+// only kind a QUERY carries in practice, RFC 9619).
+func checkQuery(q *dnswire.Msg) error {
+	switch {
+	case !q.Valid():
+		return fmt.Errorf("%w: not a parsed DNS message", ErrBadQuery)
+	case q.QDCount != 1:
+		return fmt.Errorf("%w: %d questions", ErrBadQuery, q.QDCount)
+	}
+	return nil
+}
+
+func (d *DoT) exchange(ctx context.Context, req *request) (dnswire.Msg, error) {
 	start := time.Now()
 	for attempt := 1; ; attempt++ {
 		c, err := d.acquire(ctx, req)
 		if err != nil {
-			return nil, err
+			return dnswire.Msg{}, err
 		}
-		msg, err := d.await(ctx, c, req, time.Now())
-		if err == nil {
-			d.m.observe(rcode(msg), time.Since(start).Seconds())
-			return msg, nil
+		ans, err := d.await(ctx, c, req, time.Now())
+		if err == nil || errors.Is(err, ErrBadResponse) {
+			// A malformed answer is an answer all the same: timed, and
+			// final (another send would get the same).
+			d.m.observe(ans.Header.Rcode(), time.Since(start).Seconds())
+			return ans, err
 		}
 		if !errors.Is(err, ErrConnClosed) {
-			return nil, err
+			return dnswire.Msg{}, err
 		}
 		if ctx.Err() != nil {
 			if errors.Is(err, ctx.Err()) {
-				return nil, err // await said both already
+				return dnswire.Msg{}, err // await said both already
 			}
-			return nil, fmt.Errorf("no answer from %s: %w (%w)", d.name, ctx.Err(), err)
+			return dnswire.Msg{}, fmt.Errorf("no answer from %s: %w (%w)", d.name, ctx.Err(), err)
 		}
 		if attempt >= maxAttempts {
-			return nil, fmt.Errorf("giving up on %s after %d sends: %w", d.name, attempt, err)
+			return dnswire.Msg{}, fmt.Errorf("giving up on %s after %d sends: %w", d.name, attempt, err)
 		}
 		d.m.resent.Inc()
 		if d.log.Enabled(ctx, slog.LevelDebug) {
@@ -229,10 +245,10 @@ func (d *DoT) exchange(ctx context.Context, req *request) ([]byte, error) {
 // knowing it (a NAT or conntrack entry that expired, a half-open socket).
 const silentAfter = time.Second
 
-func (d *DoT) await(ctx context.Context, c *conn, req *request, sent time.Time) ([]byte, error) {
+func (d *DoT) await(ctx context.Context, c *conn, req *request, sent time.Time) (dnswire.Msg, error) {
 	select {
 	case r := <-req.done:
-		return r.msg, r.err
+		return r.ans, r.err
 	case <-ctx.Done():
 	}
 	if c.cancel(req) {
@@ -240,12 +256,12 @@ func (d *DoT) await(ctx context.Context, c *conn, req *request, sent time.Time) 
 			// The connection answered other queries meanwhile: the upstream
 			// is up and this name is slow. Said so, so that one slow name
 			// cannot get a healthy upstream marked down.
-			return nil, fmt.Errorf("no answer from %s: %w: %w", d.name, ErrSlowAnswer, ctx.Err())
+			return dnswire.Msg{}, fmt.Errorf("no answer from %s: %w: %w", d.name, ErrSlowAnswer, ctx.Err())
 		}
 		if time.Since(sent) >= silentAfter {
 			c.retire("no response within " + time.Since(sent).Round(time.Millisecond).String())
 		}
-		return nil, fmt.Errorf("no answer from %s: %w", d.name, ctx.Err())
+		return dnswire.Msg{}, fmt.Errorf("no answer from %s: %w", d.name, ctx.Err())
 	}
 	// The answer (or the connection's death) raced the deadline and is being
 	// handed over right now; an answer that made it is worth returning. A
@@ -253,10 +269,10 @@ func (d *DoT) await(ctx context.Context, c *conn, req *request, sent time.Time) 
 	// a pooled one closing (ErrConnClosed) decides whether a Group counts
 	// the failure against the upstream.
 	r := <-req.done
-	if r.err != nil {
-		return nil, fmt.Errorf("no answer from %s: %w (%w)", d.name, ctx.Err(), r.err)
+	if r.err != nil && !errors.Is(r.err, ErrBadResponse) {
+		return dnswire.Msg{}, fmt.Errorf("no answer from %s: %w (%w)", d.name, ctx.Err(), r.err)
 	}
-	return r.msg, nil
+	return r.ans, r.err
 }
 
 // Close closes every connection at once; queries in flight fail with

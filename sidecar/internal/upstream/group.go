@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/sethvargo/go-retry"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
 )
 
 // GroupOptions configures a Group. Zero values take the documented defaults.
@@ -112,18 +114,18 @@ func (g *Group) Name() string {
 // when READY_REQUIRES_UPSTREAM is set.
 func (g *Group) Healthy() bool { return g.healthyCount() > 0 }
 
-// Exchange sends query to the upstream the policy picks and, on a transport
+// Exchange sends q to the upstream the policy picks and, on a transport
 // failure, to the next healthy one after a backoff, bounded by ctx's
 // deadline and by MaxAttempts. When every upstream is down it fails at once
 // with ErrAllDown.
-func (g *Group) Exchange(ctx context.Context, query []byte) ([]byte, error) {
+func (g *Group) Exchange(ctx context.Context, q dnswire.Msg) (dnswire.Msg, error) {
 	idx := g.first()
 	if idx < 0 {
-		return nil, ErrAllDown
+		return dnswire.Msg{}, ErrAllDown
 	}
 	// The first attempt runs outside the retry machinery so that the common
 	// case allocates no backoff.
-	resp, err := g.attempt(ctx, query, idx, 1)
+	resp, err := g.attempt(ctx, q, idx, 1)
 	if err == nil || !retryable(ctx, err) || g.opts.MaxAttempts == 1 {
 		return resp, err
 	}
@@ -138,16 +140,16 @@ func (g *Group) Exchange(ctx context.Context, query []byte) ([]byte, error) {
 	// like the others, so its wait happens here.
 	wait, stop := b.Next()
 	if stop {
-		return nil, err
+		return dnswire.Msg{}, err
 	}
 	if !sleepCtx(ctx, wait) {
-		return nil, fmt.Errorf("%w (last error: %w)", ctx.Err(), err)
+		return dnswire.Msg{}, fmt.Errorf("%w (last error: %w)", ctx.Err(), err)
 	}
-	resp, err = retry.DoValue(ctx, b, func(ctx context.Context) ([]byte, error) {
+	resp, err = retry.DoValue(ctx, b, func(ctx context.Context) (dnswire.Msg, error) {
 		next := g.nextHealthy(prev + 1)
 		if next < 0 {
 			// Everyone went down under us; the last failure says why.
-			return nil, fmt.Errorf("%w (last error: %w)", ErrAllDown, lastErr)
+			return dnswire.Msg{}, fmt.Errorf("%w (last error: %w)", ErrAllDown, lastErr)
 		}
 		attempts++
 		to := g.members[next]
@@ -159,11 +161,11 @@ func (g *Group) Exchange(ctx context.Context, query []byte) ([]byte, error) {
 			g.log.Debug("retrying query", "from", g.members[prev].name, "to", to.name, "attempt", attempts, "err", lastErr)
 		}
 		prev = next
-		r, err := g.attempt(ctx, query, next, attempts)
+		r, err := g.attempt(ctx, q, next, attempts)
 		if err != nil {
 			lastErr = err
 			if retryable(ctx, err) {
-				return nil, retry.RetryableError(err)
+				return dnswire.Msg{}, retry.RetryableError(err)
 			}
 		}
 		return r, err
@@ -171,7 +173,7 @@ func (g *Group) Exchange(ctx context.Context, query []byte) ([]byte, error) {
 	if err != nil && ctx.Err() != nil && !errors.Is(err, lastErr) {
 		// The deadline ran out while backing off: report what went wrong,
 		// which decides the Extended DNS Error, along with the deadline.
-		return nil, fmt.Errorf("%w (last error: %w)", err, lastErr)
+		return dnswire.Msg{}, fmt.Errorf("%w (last error: %w)", err, lastErr)
 	}
 	return resp, err
 }
@@ -201,7 +203,7 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 }
 
 // attempt sends one try to member idx and keeps its health accounting.
-func (g *Group) attempt(ctx context.Context, query []byte, idx, attempt int) ([]byte, error) {
+func (g *Group) attempt(ctx context.Context, q dnswire.Msg, idx, attempt int) (dnswire.Msg, error) {
 	m := g.members[idx]
 	actx, budget := ctx, time.Duration(-1)
 	if dl, ok := ctx.Deadline(); ok {
@@ -218,9 +220,10 @@ func (g *Group) attempt(ctx context.Context, query []byte, idx, attempt int) ([]
 		}
 	}
 	started := time.Now()
-	resp, err := m.up.Exchange(actx, query)
+	resp, err := m.up.Exchange(actx, q)
 	switch {
-	case err == nil:
+	case err == nil, errors.Is(err, ErrBadResponse):
+		// An answer, even one that does not parse, shows the upstream up.
 		g.succeeded(m)
 	case errors.Is(err, ErrConnClosed), errors.Is(err, ErrClosed), errors.Is(err, ErrBadQuery):
 		// Connections the upstream closed under the query (normal, RFC 7858
@@ -243,9 +246,11 @@ func (g *Group) attempt(ctx context.Context, query []byte, idx, attempt int) ([]
 }
 
 // retryable tells transport failures, worth another upstream, from
-// outcomes that another attempt cannot change.
+// outcomes that another attempt cannot change. A malformed answer is final
+// like any answer: the upstream did answer.
 func retryable(ctx context.Context, err error) bool {
-	return ctx.Err() == nil && !errors.Is(err, ErrClosed) && !errors.Is(err, ErrBadQuery)
+	return ctx.Err() == nil && !errors.Is(err, ErrClosed) && !errors.Is(err, ErrBadQuery) &&
+		!errors.Is(err, ErrBadResponse)
 }
 
 func (g *Group) healthyCount() int {

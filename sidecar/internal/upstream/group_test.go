@@ -15,6 +15,7 @@ import (
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
 )
 
@@ -214,7 +215,11 @@ func newRig(t testing.TB, n int, opts GroupOptions, dot func(i int, o *DoTOption
 func (r *rig) query(ctx context.Context, name string) (who, rcode int, err error) {
 	q := new(dns.Msg)
 	q.SetQuestion(dns.Fqdn(name), dns.TypeA)
-	wire, err := q.Pack()
+	b, err := q.Pack()
+	if err != nil {
+		return -1, 0, err
+	}
+	wire, err := dnswire.Parse(b)
 	if err != nil {
 		return -1, 0, err
 	}
@@ -223,7 +228,7 @@ func (r *rig) query(ctx context.Context, name string) (who, rcode int, err error
 		return -1, 0, err
 	}
 	m := new(dns.Msg)
-	if err := m.Unpack(resp); err != nil {
+	if err := m.Unpack(resp.Wire()); err != nil {
 		return -1, 0, fmt.Errorf("unpacking answer: %w", err)
 	}
 	if m.Id != q.Id || len(m.Question) != 1 || m.Question[0] != q.Question[0] {

@@ -3,14 +3,16 @@ package upstream
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sethvargo/go-retry"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
 )
 
 // member is one upstream of a Group with its health.
@@ -131,8 +133,9 @@ func (g *Group) markUpLocked(m *member, why string) {
 
 // probe sends "NS ." until the upstream answers, backing off exponentially
 // with jitter from ProbeInterval/8 up to ProbeInterval, then puts it back.
-// Any well-formed answer counts, whatever its rcode: the probe asks whether
-// the upstream is reachable, not whether the root zone resolves. Once the
+// Any answer to the probe counts, whatever its rcode, even one that does not
+// parse: the probe asks whether the upstream is reachable, not whether the
+// root zone resolves. Once the
 // backoff has reached its cap, an upstream that returns is seen within
 // ProbeInterval plus one round trip, and the probe leaves a verified
 // connection in its pool for the first query.
@@ -155,6 +158,9 @@ func (g *Group) probe(m *member) {
 		ctx, cancel := context.WithTimeout(g.ctx, g.opts.ProbeTimeout)
 		_, err := m.up.Exchange(ctx, probeQuery())
 		cancel()
+		if errors.Is(err, ErrBadResponse) {
+			err = nil // an answer all the same: the upstream is reachable
+		}
 		if g.ctx.Err() != nil || errors.Is(err, ErrClosed) {
 			g.stopProbing(m)
 			return
@@ -181,14 +187,12 @@ func (g *Group) stopProbing(m *member) {
 	m.mu.Unlock()
 }
 
-func probeQuery() []byte {
-	m := new(dns.Msg)
-	m.SetQuestion(".", dns.TypeNS)
-	m.Id = dns.Id()
-	m.RecursionDesired = true
-	b, err := m.Pack()
+// probeQuery is "NS ." with RD set. Its ID is the probe's own: each
+// connection puts an ID of its own on the wire.
+func probeQuery() dnswire.Msg {
+	q, err := dnswire.NewQuery(uint16(rand.Uint32()), ".", dnswire.TypeNS)
 	if err != nil {
-		panic(err) // a fixed, valid message always packs
+		panic(err) // the root name always encodes
 	}
-	return b
+	return q
 }

@@ -8,10 +8,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
 )
 
 // testLogger discards unless UPSTREAM_TEST_LOG=1, which prints debug logs.
@@ -44,26 +46,40 @@ func newTestDoT(t testing.TB, srv *dnstest.Server, mod func(*DoTOptions)) *DoT {
 	return d
 }
 
-func packQuery(t testing.TB, name string, qtype uint16) []byte {
+// packQuery returns a parsed query for name and qtype with a random ID.
+func packQuery(t testing.TB, name string, qtype uint16) dnswire.Msg {
 	t.Helper()
 	q := new(dns.Msg)
 	q.SetQuestion(dns.Fqdn(name), qtype)
-	b, err := q.Pack()
+	return parseMsg(t, q)
+}
+
+// parseMsg packs m and parses it, as the server does with a client's query.
+func parseMsg(t testing.TB, m *dns.Msg) dnswire.Msg {
+	t.Helper()
+	b, err := m.Pack()
 	if err != nil {
 		t.Fatalf("packing query: %v", err)
 	}
-	return b
+	q, err := dnswire.Parse(b)
+	if err != nil {
+		t.Fatalf("parsing query: %v", err)
+	}
+	return q
 }
 
-// checkAnswer unpacks resp and checks that it answers query (same ID and
-// question) with dnstest's default A record.
-func checkAnswer(resp, query []byte) error {
+// checkAnswer checks that resp answers query (same ID and question) with
+// dnstest's default A record, and that the Msg agrees with its bytes.
+func checkAnswer(resp, query dnswire.Msg) error {
 	q, r := new(dns.Msg), new(dns.Msg)
-	if err := q.Unpack(query); err != nil {
+	if err := q.Unpack(query.Wire()); err != nil {
 		return err
 	}
-	if err := r.Unpack(resp); err != nil {
+	if err := r.Unpack(resp.Wire()); err != nil {
 		return err
+	}
+	if !resp.Valid() || resp.ID != r.Id || !resp.Answers(&query) {
+		return errorf("answer's Msg %+v does not say what its bytes do", resp.Header)
 	}
 	if r.Id != q.Id {
 		return errorf("ID %d, want %d", r.Id, q.Id)

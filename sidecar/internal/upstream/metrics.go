@@ -4,8 +4,9 @@ import (
 	"strconv"
 	"sync/atomic"
 
-	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
 )
 
 // Metrics holds this package's collectors. One Metrics serves every upstream;
@@ -33,8 +34,8 @@ const (
 // start; others appear when first seen (the header holds only 16 values, so
 // the label stays bounded).
 var initRcodes = []int{
-	dns.RcodeSuccess, dns.RcodeFormatError, dns.RcodeServerFailure,
-	dns.RcodeNameError, dns.RcodeNotImplemented, dns.RcodeRefused,
+	dnswire.RcodeSuccess, dnswire.RcodeFormatError, dnswire.RcodeServerFailure,
+	dnswire.RcodeNameError, dnswire.RcodeNotImplemented, dnswire.RcodeRefused,
 }
 
 // NewMetrics builds the collectors and registers them on reg. It panics if
@@ -90,7 +91,7 @@ func (m *Metrics) Init(upstream string) {
 }
 
 func rcodeLabel(rc int) string {
-	if s, ok := dns.RcodeToString[rc]; ok {
+	if s, ok := dnswire.RcodeName(rc); ok {
 		return s
 	}
 	return strconv.Itoa(rc)

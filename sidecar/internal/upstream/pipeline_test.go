@@ -9,8 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
 	"github.com/miekg/dns"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
 )
 
 // runQueries sends n distinct A queries from conc goroutines and returns the
@@ -169,11 +171,11 @@ func TestLateAnswerNotDeliveredToReusedID(t *testing.T) {
 	}})
 	srv.Behavior.SetDelay(300 * time.Millisecond)
 	d := newTestDoT(t, srv, func(o *DoTOptions) { o.PoolSize = 1 })
-	query := func(size uint16) []byte {
+	query := func(size uint16) dnswire.Msg {
 		q := new(dns.Msg)
 		q.SetQuestion("late.example.", dns.TypeA)
 		q.SetEdns0(size, false)
-		return mustPack(t, q)
+		return parseMsg(t, q)
 	}
 
 	// A is sent, then given up on before its answer comes.
@@ -201,7 +203,7 @@ func TestLateAnswerNotDeliveredToReusedID(t *testing.T) {
 		t.Fatalf("query B: %v", err)
 	}
 	r := new(dns.Msg)
-	if err := r.Unpack(resp); err != nil {
+	if err := r.Unpack(resp.Wire()); err != nil {
 		t.Fatal(err)
 	}
 	if opt := r.IsEdns0(); opt == nil || opt.UDPSize() != 4096 {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
 	"github.com/miekg/dns"
 )
@@ -187,8 +188,8 @@ func TestMismatchedResponsesDropped(t *testing.T) {
 					if err := checkAnswer(resp, q); err != nil {
 						t.Fatalf("query %d: %v", i, err)
 					}
-				} else if !errors.Is(err, context.DeadlineExceeded) || resp != nil {
-					t.Fatalf("query %d: got %d bytes, error %v; want DeadlineExceeded", i, len(resp), err)
+				} else if !errors.Is(err, context.DeadlineExceeded) || resp.Wire() != nil {
+					t.Fatalf("query %d: got %d bytes, error %v; want DeadlineExceeded", i, len(resp.Wire()), err)
 				}
 				if !tt.thenAnswer {
 					break // one timeout shows it; more only slow the test
@@ -460,12 +461,21 @@ func TestCloseFailsInFlight(t *testing.T) {
 func TestBadQuery(t *testing.T) {
 	srv := dnstest.New(t, dnstest.Options{})
 	d := newTestDoT(t, srv, nil)
-	good := packQuery(t, "q.example.", dns.TypeA)
-	for name, q := range map[string][]byte{
-		"empty":           nil,
-		"short header":    good[:11],
-		"cut in question": good[:len(good)-3],
-		"too long":        make([]byte, 65536),
+	gm := packQuery(t, "q.example.", dns.TypeA)
+	good := gm.Wire()
+	parse := func(b []byte) dnswire.Msg {
+		m, _ := dnswire.Parse(b)
+		return m
+	}
+	two := new(dns.Msg)
+	two.Question = []dns.Question{{Name: "a.", Qtype: dns.TypeA, Qclass: dns.ClassINET}, {Name: "b.", Qtype: dns.TypeA, Qclass: dns.ClassINET}}
+	for name, q := range map[string]dnswire.Msg{
+		"zero Msg":        {},
+		"short header":    parse(good[:11]),
+		"cut in question": parse(good[:len(good)-3]),
+		"too long":        parse(append(good, make([]byte, 65536)...)),
+		"no question":     parse(good[:12]),
+		"two questions":   parseMsg(t, two),
 	} {
 		if _, err := d.Exchange(ctxTimeout(t, time.Second), q); !errors.Is(err, ErrBadQuery) {
 			t.Errorf("%s: %v, want ErrBadQuery", name, err)
