@@ -603,3 +603,41 @@ func TestNewGroupValidates(t *testing.T) {
 		}
 	}
 }
+
+// An answer to the query that does not parse is the upstream's answer all
+// the same, as when the server found it malformed: the query fails with
+// ErrBadResponse at once, is not retried elsewhere, and does not count
+// against the upstream. It is no mismatch either: it answered the query.
+func TestGroupMalformedAnswerIsFinal(t *testing.T) {
+	cut := func(dst, q []byte) []byte {
+		out := dnstest.ReflectRaw(dst, q)
+		return out[:len(out)-2] // the A record's data cut short
+	}
+	r := newRig(t, 2, GroupOptions{Policy: Sequential, MaxFails: 1}, nil)
+	bad := dnstest.New(t, dnstest.Options{Raw: cut})
+	d := newTestDoT(t, bad, func(o *DoTOptions) { o.Metrics = r.m })
+	g, err := NewGroup(GroupOptions{Upstreams: []Upstream{d, r.ups[1].d}, MaxFails: 1, Logger: testLogger(), Metrics: r.m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = g.Close() })
+	const n = 5
+	for i := range n {
+		q := packQuery(t, fmt.Sprintf("cut%d.example.", i), dns.TypeA)
+		if _, err := g.Exchange(ctxTimeout(t, answerTimeout), q); !errors.Is(err, ErrBadResponse) || !errors.Is(err, dnswire.ErrTruncated) {
+			t.Fatalf("query %d: %v, want ErrBadResponse for a record cut short", i, err)
+		}
+	}
+	if !g.Healthy() || g.members[0].down.Load() || g.members[0].fails.Load() != 0 {
+		t.Errorf("the upstream was counted as failing for malformed answers")
+	}
+	if got := r.ups[1].srv.Queries(); got != 0 {
+		t.Errorf("the other upstream got %d queries; a malformed answer was retried", got)
+	}
+	if got := counterValue(d.m.mismatched); got != 0 {
+		t.Errorf("mismatched_responses_total = %v, want 0", got)
+	}
+	if got := bad.Queries(); got != n {
+		t.Errorf("upstream got %d queries, want %d (no resends)", got, n)
+	}
+}
