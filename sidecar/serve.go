@@ -205,6 +205,7 @@ func newUpstreams(cfg *config.Config, log *slog.Logger, m *upstream.Metrics) (*u
 		BaseDelay:     cfg.RetryBaseDelay,
 		MaxFails:      cfg.HealthMaxFails,
 		ProbeInterval: cfg.HealthCheckInterval,
+		ProbeTimeout:  config.HealthProbeTimeout,
 		Logger:        log,
 		Metrics:       m,
 	})

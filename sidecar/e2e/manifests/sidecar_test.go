@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"sort"
 	"testing"
 	"time"
@@ -82,7 +83,10 @@ func exportedMetrics(t *testing.T) map[string]family {
 	}
 	up := upstream.NewMetrics(reg)
 	up.Init("192.0.2.1:853#dns.example")
-	if _, err := server.New(server.Options{Upstream: idleUpstream{}, Logger: log, Registerer: reg}); err != nil {
+	// server.New needs every option; their values play no part here.
+	if _, err := server.New(server.Options{BindAddrs: []netip.Addr{netip.IPv6Loopback()}, Proto: "both",
+		QueryTimeout: time.Second, UDPMaxSize: 512, TCPIdleTimeout: time.Second, TCPMaxConns: 1, TCPMaxInFlight: 1,
+		MaxInFlight: 1, Upstream: idleUpstream{}, Logger: log, Registerer: reg}); err != nil {
 		t.Fatal(err)
 	}
 	mfs, err := reg.Gather()

@@ -29,6 +29,12 @@ const (
 	LogFormatJSON = "json"
 )
 
+// HealthProbeTimeout bounds one health probe of an upstream marked down. It
+// is a default without a setting: a probe that waits longer only delays the
+// next one, and HEALTH_CHECK_INTERVAL already says how soon a returning
+// upstream is noticed.
+const HealthProbeTimeout = time.Second
+
 // Config holds every setting. Each exported field is one setting, described
 // by its tags:
 //

@@ -74,10 +74,9 @@ func BenchmarkUDPRelay(b *testing.B) {
 func BenchmarkUDPRelayDoT(b *testing.B) {
 	q, _ := benchQuery(b)
 	ds := dnstest.New(b, dnstest.Options{Raw: dnstest.ReflectRaw})
-	d, err := upstream.NewDoT(upstream.DoTOptions{
-		Addr: ds.Addr, ServerName: ds.ServerName, Trust: upstream.NewTrust(ds.CAPool, nil),
-		Logger: slog.New(slog.DiscardHandler), Metrics: upstream.NewMetrics(prometheus.NewRegistry()),
-	})
+	opts := testDoTOptions(ds, slog.New(slog.DiscardHandler))
+	opts.PoolSize = 2 // pipelined over two connections, as the sidecar runs
+	d, err := upstream.NewDoT(opts)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -86,10 +85,10 @@ func BenchmarkUDPRelayDoT(b *testing.B) {
 }
 
 func benchUDP(b *testing.B, q []byte, up upstream.Upstream) {
-	s, err := New(Options{
+	s, err := New(testOptions(Options{
 		BindAddrs: []netip.Addr{loopback4}, BindExplicit: true, Proto: "udp",
 		Upstream: up, Logger: slog.New(slog.DiscardHandler), Registerer: prometheus.NewRegistry(),
-	})
+	}))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -111,7 +111,7 @@ func TestBind(t *testing.T) {
 // answer where the host has IPv6, and 127.0.0.1 alone answers where it has
 // not.
 func TestBindDefaultList(t *testing.T) {
-	ts := startServer(t, Options{BindAddrs: []netip.Addr{}})
+	ts := startServer(t, Options{BindAddrs: defaultBindAddrs})
 	r, _ := ask(t, "udp", ts.addr(t, "udp", loopback4), newQuery("www.example.", dns.TypeA))
 	if r.Rcode != dns.RcodeSuccess {
 		t.Fatalf("answer %v", r.MsgHdr)
@@ -125,38 +125,43 @@ func TestBindDefaultList(t *testing.T) {
 	}
 }
 
+// TestNewValidates: New takes no defaults of its own, so a zero it cannot
+// use is refused like any other bad value.
 func TestNewValidates(t *testing.T) {
-	up := newLocalUpstream()
-	log := slog.New(slog.DiscardHandler)
+	valid := func() Options {
+		return testOptions(Options{BindAddrs: defaultBindAddrs, Upstream: newLocalUpstream(), Logger: slog.New(slog.DiscardHandler)})
+	}
 	tests := []struct {
 		name string
-		opts Options
+		mod  func(*Options)
 	}{
-		{"no upstream", Options{Logger: log}},
-		{"no logger", Options{Upstream: up}},
-		{"bad proto", Options{Upstream: up, Logger: log, Proto: "sctp"}},
-		{"bad port", Options{Upstream: up, Logger: log, Port: 70000}},
-		{"UDP size below 512", Options{Upstream: up, Logger: log, UDPMaxSize: 511}},
-		{"UDP size above 65535", Options{Upstream: up, Logger: log, UDPMaxSize: 65536}},
-		{"negative timeout", Options{Upstream: up, Logger: log, QueryTimeout: -1}},
-		{"negative conns", Options{Upstream: up, Logger: log, TCPMaxConns: -1}},
-		{"invalid address", Options{Upstream: up, Logger: log, BindAddrs: []netip.Addr{{}}}},
+		{"no upstream", func(o *Options) { o.Upstream = nil }},
+		{"no logger", func(o *Options) { o.Logger = nil }},
+		{"no bind address", func(o *Options) { o.BindAddrs = nil }},
+		{"invalid address", func(o *Options) { o.BindAddrs = []netip.Addr{{}} }},
+		{"no proto", func(o *Options) { o.Proto = "" }},
+		{"bad proto", func(o *Options) { o.Proto = "sctp" }},
+		{"bad port", func(o *Options) { o.Port = 70000 }},
+		{"no UDP size", func(o *Options) { o.UDPMaxSize = 0 }},
+		{"UDP size below 512", func(o *Options) { o.UDPMaxSize = 511 }},
+		{"UDP size above 65535", func(o *Options) { o.UDPMaxSize = 65536 }},
+		{"no query timeout", func(o *Options) { o.QueryTimeout = 0 }},
+		{"negative timeout", func(o *Options) { o.QueryTimeout = -1 }},
+		{"no TCP idle timeout", func(o *Options) { o.TCPIdleTimeout = 0 }},
+		{"negative conns", func(o *Options) { o.TCPMaxConns = -1 }},
+		{"no TCP in-flight limit", func(o *Options) { o.TCPMaxInFlight = 0 }},
+		{"no in-flight limit", func(o *Options) { o.MaxInFlight = 0 }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := New(tt.opts); err == nil {
-				t.Fatal("New accepted invalid options")
+			o := valid()
+			tt.mod(&o)
+			if _, err := New(o); err == nil {
+				t.Fatalf("New accepted %+v", o)
 			}
 		})
 	}
-	s, err := New(Options{Upstream: up, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	o := s.opts
-	if o.Proto != "both" || o.QueryTimeout != DefaultQueryTimeout || o.UDPMaxSize != DefaultUDPMaxSize ||
-		o.TCPIdleTimeout != DefaultTCPIdleTimeout || o.TCPMaxConns != DefaultTCPMaxConns ||
-		o.TCPMaxInFlight != DefaultTCPMaxInFlight || len(o.BindAddrs) != 2 || o.BindExplicit {
-		t.Fatalf("defaults not applied: %+v", o)
+	if _, err := New(valid()); err != nil {
+		t.Fatalf("valid options refused: %v", err)
 	}
 }

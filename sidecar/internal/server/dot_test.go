@@ -11,7 +11,6 @@ import (
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/upstream"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
 	"github.com/miekg/dns"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // These tests put the real DNS-over-TLS client (upstream.DoT) between the
@@ -65,14 +64,7 @@ func startDoTRig(t *testing.T, opts Options, mod func(*dnstest.Server, *upstream
 		return r
 	}
 	ds := dnstest.New(t, dnstest.Options{Handler: handler})
-	dopts := upstream.DoTOptions{
-		Addr:       ds.Addr,
-		ServerName: ds.ServerName,
-		Trust:      upstream.NewTrust(ds.CAPool, nil),
-		PoolSize:   1,
-		Logger:     testLogger(t),
-		Metrics:    upstream.NewMetrics(prometheus.NewRegistry()),
-	}
+	dopts := testDoTOptions(ds, testLogger(t))
 	if mod != nil {
 		mod(ds, &dopts)
 	}
@@ -177,7 +169,7 @@ func TestDoTRelay(t *testing.T) {
 			limit := 512
 			if edns != 0 {
 				q.SetEdns0(edns, false)
-				limit = DefaultUDPMaxSize
+				limit = testUDPMaxSize
 			}
 			r, raw := ask(t, "udp", rig.addr(t, "udp", loopback4), q)
 			if !r.Truncated || len(raw) > limit || (edns != 0) != (r.IsEdns0() != nil) {

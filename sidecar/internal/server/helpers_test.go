@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -13,7 +14,9 @@ import (
 	"time"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/upstream"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
@@ -26,7 +29,45 @@ func TestMain(m *testing.M) {
 var (
 	loopback4 = netip.MustParseAddr("127.0.0.1")
 	loopback6 = netip.MustParseAddr("::1")
+	// defaultBindAddrs is the sidecar's default BIND_ADDRESS list.
+	defaultBindAddrs = []netip.Addr{loopback4, loopback6}
 )
+
+// testOptions returns opts with each zero setting given the tests' own
+// value. The package has no defaults (they are the settings', package
+// config); these are the tests', in this one place. Bind addresses, the
+// upstream and the logger are the callers' to choose.
+func testOptions(opts Options) Options {
+	opts.Proto = cmp.Or(opts.Proto, "both")
+	opts.QueryTimeout = cmp.Or(opts.QueryTimeout, 2*time.Second)
+	opts.UDPMaxSize = cmp.Or(opts.UDPMaxSize, testUDPMaxSize)
+	opts.TCPIdleTimeout = cmp.Or(opts.TCPIdleTimeout, 10*time.Second)
+	opts.TCPMaxConns = cmp.Or(opts.TCPMaxConns, 1000)
+	opts.TCPMaxInFlight = cmp.Or(opts.TCPMaxInFlight, 128)
+	opts.MaxInFlight = cmp.Or(opts.MaxInFlight, 8192)
+	return opts
+}
+
+// testUDPMaxSize is the UDPMaxSize of tests that set none.
+const testUDPMaxSize = 1232
+
+// testDoTOptions are the options of a DoT client toward ds, trusting its CA,
+// with one connection, for tests that relay through the real upstream path.
+func testDoTOptions(ds *dnstest.Server, log *slog.Logger) upstream.DoTOptions {
+	return upstream.DoTOptions{
+		Addr:               ds.Addr,
+		ServerName:         ds.ServerName,
+		Trust:              upstream.NewTrust(ds.CAPool, nil),
+		PoolSize:           1,
+		DialTimeout:        2 * time.Second,
+		IdleTimeout:        30 * time.Second,
+		MaxAge:             5 * time.Minute,
+		MaxInFlightPerConn: 1024,
+		QueryTimeout:       2 * time.Second,
+		Logger:             log,
+		Metrics:            upstream.NewMetrics(prometheus.NewRegistry()),
+	}
+}
 
 // ioTimeout bounds every client read in the tests, so that a server that
 // stays silent fails a test instead of hanging it.
@@ -49,12 +90,13 @@ type testServer struct {
 	reg *prometheus.Registry
 }
 
-// startServer starts a server with opts (zero fields get test defaults:
-// 127.0.0.1, a local upstream, a test logger) and shuts it down when the
-// test ends.
+// startServer starts a server with testOptions(opts), on 127.0.0.1 unless
+// opts says otherwise, with a local upstream and a test logger unless opts
+// has its own, and shuts it down when the test ends.
 func startServer(t testing.TB, opts Options) *testServer {
 	t.Helper()
 	ts := &testServer{reg: prometheus.NewRegistry()}
+	opts = testOptions(opts)
 	if opts.BindAddrs == nil {
 		opts.BindAddrs, opts.BindExplicit = []netip.Addr{loopback4}, true
 	}
@@ -266,10 +308,15 @@ func (r *releaser) all() {
 	})
 }
 
-// newUnstarted returns a Server that is never started: for driving answer
-// directly.
+// newUnstarted returns a Server built from testOptions(opts), on the
+// default bind list unless opts has its own, that is never started: for
+// driving answer directly.
 func newUnstarted(t testing.TB, opts Options) *Server {
 	t.Helper()
+	opts = testOptions(opts)
+	if opts.BindAddrs == nil {
+		opts.BindAddrs = defaultBindAddrs
+	}
 	if opts.Upstream == nil {
 		opts.Upstream = newLocalUpstream()
 	}

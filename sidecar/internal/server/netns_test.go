@@ -68,7 +68,7 @@ func TestBindNamespaceWithoutIPv6(t *testing.T) {
 	// the namespace.
 	logs := &syncBuffer{}
 	s := newUnstarted(t, Options{Logger: newTextLogger(logs)})
-	explicit := newUnstarted(t, Options{BindAddrs: DefaultBindAddrs, BindExplicit: true})
+	explicit := newUnstarted(t, Options{BindAddrs: defaultBindAddrs, BindExplicit: true})
 	inNetnsWithoutIPv6(t, func() error {
 		if err := s.Start(); err != nil {
 			return fmt.Errorf("default list: Start: %w", err)

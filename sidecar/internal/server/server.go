@@ -42,24 +42,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Defaults applied by New to zero Options fields.
-const (
-	DefaultQueryTimeout   = 2 * time.Second
-	DefaultUDPMaxSize     = 1232 // the DNS Flag Day 2020 size: no IP fragmentation
-	DefaultTCPIdleTimeout = 10 * time.Second
-	DefaultTCPMaxConns    = 1000
-	DefaultTCPMaxInFlight = 128
-	DefaultMaxInFlight    = 8192
-	DefaultProto          = "both"
-)
-
-// DefaultBindAddrs is the bind list used when Options.BindAddrs is empty.
-var DefaultBindAddrs = []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")}
-
-// Options configures a Server. Upstream and Logger are required.
+// Options configures a Server. Every field is required but Port and
+// Registerer: the defaults are the settings' (package config), and New
+// refuses a zero it cannot use.
 type Options struct {
 	// BindAddrs are the addresses to listen on, each with UDP and/or TCP.
-	// Empty means DefaultBindAddrs (and BindExplicit false).
 	BindAddrs []netip.Addr
 	// BindExplicit tells that the operator listed BindAddrs. When false (the
 	// default list), an address the host lacks (::1 in a pod with IPv6
@@ -69,35 +56,33 @@ type Options struct {
 	// Port to listen on. 0 picks a free port, the same for every listener
 	// (tests use this; Addrs tells the port chosen).
 	Port int
-	// Proto is "udp", "tcp" or "both"; empty means "both".
+	// Proto is "udp", "tcp" or "both".
 	Proto string
 
 	// Upstream answers the queries the server does not answer itself.
 	Upstream upstream.Upstream
 
 	// QueryTimeout bounds each query from its arrival to its answer;
-	// clients get SERVFAIL when it runs out. Zero means DefaultQueryTimeout.
+	// clients get SERVFAIL when it runs out.
 	QueryTimeout time.Duration
 	// UDPMaxSize caps the EDNS payload size honoured for UDP answers (512 to
-	// 65535). Zero means DefaultUDPMaxSize.
+	// 65535).
 	UDPMaxSize int
 	// TCPIdleTimeout closes a TCP connection that has sent no query and has
-	// none in flight for that long; it also bounds each write. Zero means
-	// DefaultTCPIdleTimeout.
+	// none in flight for that long; it also bounds each write.
 	TCPIdleTimeout time.Duration
 	// TCPMaxConns bounds open TCP client connections; connections over the
-	// limit are closed at once and counted. Zero means DefaultTCPMaxConns.
+	// limit are closed at once and counted.
 	TCPMaxConns int
 	// TCPMaxInFlight bounds the queries in flight on one TCP connection; the
-	// server stops reading from a connection at the limit. Zero means
-	// DefaultTCPMaxInFlight.
+	// server stops reading from a connection at the limit.
 	TCPMaxInFlight int
 
 	// MaxInFlight bounds the queries in flight over all listeners. A query
 	// over the limit is answered SERVFAIL at once rather than parked: with a
 	// black-holed upstream, every query would otherwise hold memory for the
 	// whole QueryTimeout, and a flood could grow the sidecar past its memory
-	// limit. Zero means DefaultMaxInFlight.
+	// limit.
 	MaxInFlight int
 
 	// Logger is never nil. Per-query lines are logged at Debug only.
@@ -166,8 +151,8 @@ func (s *Server) admit() bool {
 	return true
 }
 
-// New checks opts, applies defaults and registers the metrics. It opens no
-// socket; Start does.
+// New checks opts and registers the metrics. It opens no socket; Start
+// does.
 func New(opts Options) (*Server, error) {
 	if opts.Upstream == nil {
 		return nil, errors.New("server: Options.Upstream is required")
@@ -176,7 +161,7 @@ func New(opts Options) (*Server, error) {
 		return nil, errors.New("server: Options.Logger is required")
 	}
 	if len(opts.BindAddrs) == 0 {
-		opts.BindAddrs, opts.BindExplicit = DefaultBindAddrs, false
+		return nil, errors.New("server: Options.BindAddrs is required")
 	}
 	for _, a := range opts.BindAddrs {
 		if !a.IsValid() {
@@ -187,44 +172,34 @@ func New(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("server: port %d out of range", opts.Port)
 	}
 	switch opts.Proto {
-	case "":
-		opts.Proto = DefaultProto
 	case "udp", "tcp", "both":
 	default:
 		return nil, fmt.Errorf("server: proto %q: want udp, tcp or both", opts.Proto)
 	}
 	durations := []struct {
-		v   *time.Duration
-		def time.Duration
-		n   string
+		v time.Duration
+		n string
 	}{
-		{&opts.QueryTimeout, DefaultQueryTimeout, "query timeout"},
-		{&opts.TCPIdleTimeout, DefaultTCPIdleTimeout, "TCP idle timeout"},
+		{opts.QueryTimeout, "query timeout"},
+		{opts.TCPIdleTimeout, "TCP idle timeout"},
 	}
 	for _, d := range durations {
-		if *d.v < 0 {
-			return nil, fmt.Errorf("server: negative %s %v", d.n, *d.v)
-		}
-		if *d.v == 0 {
-			*d.v = d.def
+		if d.v <= 0 {
+			return nil, fmt.Errorf("server: %s %v: want more than 0", d.n, d.v)
 		}
 	}
 	ints := []struct {
-		v        *int
-		def, min int
-		n        string
+		v, min int
+		n      string
 	}{
-		{&opts.UDPMaxSize, DefaultUDPMaxSize, 512, "UDP max size"},
-		{&opts.TCPMaxConns, DefaultTCPMaxConns, 1, "TCP max connections"},
-		{&opts.TCPMaxInFlight, DefaultTCPMaxInFlight, 1, "TCP max in-flight queries"},
-		{&opts.MaxInFlight, DefaultMaxInFlight, 1, "max in-flight queries"},
+		{opts.UDPMaxSize, 512, "UDP max size"},
+		{opts.TCPMaxConns, 1, "TCP max connections"},
+		{opts.TCPMaxInFlight, 1, "TCP max in-flight queries"},
+		{opts.MaxInFlight, 1, "max in-flight queries"},
 	}
 	for _, i := range ints {
-		if *i.v == 0 {
-			*i.v = i.def
-		}
-		if *i.v < i.min {
-			return nil, fmt.Errorf("server: %s %d below %d", i.n, *i.v, i.min)
+		if i.v < i.min {
+			return nil, fmt.Errorf("server: %s %d below %d", i.n, i.v, i.min)
 		}
 	}
 	if opts.UDPMaxSize > 65535 {

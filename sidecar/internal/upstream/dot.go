@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -15,8 +16,9 @@ import (
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
 )
 
-// DoTOptions configures a DNS-over-TLS upstream (RFC 7858). Zero durations
-// and sizes take the documented defaults.
+// DoTOptions configures a DNS-over-TLS upstream (RFC 7858). Every field is
+// required: the defaults are the settings' (package config), and NewDoT
+// refuses a zero it cannot use.
 type DoTOptions struct {
 	// Addr is the upstream's IP address and port (853 for DoT). Required. An
 	// IP literal, never a name: resolving one would need a plaintext lookup.
@@ -28,26 +30,23 @@ type DoTOptions struct {
 	// alone decide.
 	Pins [][32]byte
 	// Trust holds the roots and default pins, shared by upstreams and swapped
-	// at run time. Nil means the system roots and no default pins.
+	// at run time.
 	Trust *Trust
-	// PoolSize caps the TLS connections open or being dialed. Default 2.
+	// PoolSize caps the TLS connections open or being dialed.
 	PoolSize int
-	// DialTimeout bounds the TCP connect plus the TLS handshake. Default 2s.
-	// A query never waits for a dial past its own deadline.
+	// DialTimeout bounds the TCP connect plus the TLS handshake. A query
+	// never waits for a dial past its own deadline.
 	DialTimeout time.Duration
 	// IdleTimeout closes a connection with nothing in flight for this long.
-	// Default 30s.
 	IdleTimeout time.Duration
 	// MaxAge retires a connection this old (no new queries; it closes once
 	// its in-flight queries are done), so certificates are verified again.
-	// Default 5m.
 	MaxAge time.Duration
-	// MaxInFlightPerConn caps the queries pipelined on one connection.
-	// Default 1024, at most 16384 (IDs are 16-bit and must stay cheap to
-	// draw unused).
+	// MaxInFlightPerConn caps the queries pipelined on one connection: at
+	// most 16384 (IDs are 16-bit and must stay cheap to draw unused).
 	MaxInFlightPerConn int
 	// QueryTimeout bounds an Exchange whose context has no deadline of its
-	// own. Default 2s.
+	// own.
 	QueryTimeout time.Duration
 	// Logger receives connection events; per-query events only at Debug.
 	// Never nil.
@@ -57,13 +56,7 @@ type DoTOptions struct {
 }
 
 const (
-	defaultPoolSize     = 2
-	defaultDialTimeout  = 2 * time.Second
-	defaultIdleTimeout  = 30 * time.Second
-	defaultMaxAge       = 5 * time.Minute
-	defaultMaxInFlight  = 1024
-	maxMaxInFlight      = 16384
-	defaultQueryTimeout = 2 * time.Second
+	maxMaxInFlight = 16384
 
 	// maxAttempts bounds the sends of one query when its connections keep
 	// dying under it.
@@ -115,24 +108,21 @@ func NewDoT(opts DoTOptions) (*DoT, error) {
 	if opts.ServerName == "" {
 		return nil, fmt.Errorf("upstream %s: %w", opts.Addr, errNoServerName)
 	}
-	if opts.Logger == nil || opts.Metrics == nil {
-		return nil, errors.New("upstream: Logger and Metrics are required")
+	if opts.Trust == nil || opts.Logger == nil || opts.Metrics == nil {
+		return nil, fmt.Errorf("upstream %s: Trust, Logger and Metrics are required", opts.Addr)
 	}
-	if opts.PoolSize < 0 || opts.MaxInFlightPerConn < 0 || opts.DialTimeout < 0 || opts.IdleTimeout < 0 ||
-		opts.MaxAge < 0 || opts.QueryTimeout < 0 {
-		return nil, fmt.Errorf("upstream %s: negative pool size, limit or timeout", opts.Addr)
+	err := cmp.Or(
+		positive("PoolSize", opts.PoolSize),
+		positive("DialTimeout", opts.DialTimeout),
+		positive("IdleTimeout", opts.IdleTimeout),
+		positive("MaxAge", opts.MaxAge),
+		positive("MaxInFlightPerConn", opts.MaxInFlightPerConn),
+		positive("QueryTimeout", opts.QueryTimeout))
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: %w", opts.Addr, err)
 	}
 	if opts.MaxInFlightPerConn > maxMaxInFlight {
 		return nil, fmt.Errorf("upstream %s: MaxInFlightPerConn %d above %d", opts.Addr, opts.MaxInFlightPerConn, maxMaxInFlight)
-	}
-	setDefault(&opts.PoolSize, defaultPoolSize)
-	setDefault(&opts.DialTimeout, defaultDialTimeout)
-	setDefault(&opts.IdleTimeout, defaultIdleTimeout)
-	setDefault(&opts.MaxAge, defaultMaxAge)
-	setDefault(&opts.MaxInFlightPerConn, defaultMaxInFlight)
-	setDefault(&opts.QueryTimeout, defaultQueryTimeout)
-	if opts.Trust == nil {
-		opts.Trust = NewTrust(nil, nil)
 	}
 
 	d := &DoT{
@@ -154,10 +144,14 @@ func NewDoT(opts DoTOptions) (*DoT, error) {
 	return d, nil
 }
 
-func setDefault[T int | time.Duration](v *T, def T) {
-	if *v == 0 {
-		*v = def
+// positive refuses a size or duration that is not above zero. This
+// package's options have no defaults of their own: a zero would mean the
+// caller forgot to pass the setting.
+func positive[T int | time.Duration](name string, v T) error {
+	if v <= 0 {
+		return fmt.Errorf("%s is %v, want more than 0", name, v)
 	}
+	return nil
 }
 
 // Name is "ADDR:PORT#SERVERNAME", e.g. "1.1.1.1:853#cloudflare-dns.com".

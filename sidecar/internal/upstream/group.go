@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -14,26 +15,25 @@ import (
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
 )
 
-// GroupOptions configures a Group. Zero values take the documented defaults.
+// GroupOptions configures a Group. Every field is required (Policy's zero
+// is Sequential): the defaults are the settings' (package config).
 type GroupOptions struct {
 	// Upstreams in configuration order; at least one.
 	Upstreams []Upstream
-	// Policy chooses where each query goes first. Default Sequential.
+	// Policy chooses where each query goes first.
 	Policy Policy
 	// MaxAttempts bounds the attempts one query makes across upstreams,
-	// first try included. Default 3.
+	// first try included.
 	MaxAttempts int
 	// BaseDelay is the first backoff between attempts; it doubles at each
-	// attempt, with ±50% jitter. Default 10ms.
+	// attempt, with ±50% jitter.
 	BaseDelay time.Duration
 	// MaxFails consecutive transport failures mark an upstream down.
-	// Default 3.
 	MaxFails int
 	// ProbeInterval caps the backoff between health probes of a down
 	// upstream, so a returning upstream is noticed within about this long.
-	// Default 1s.
 	ProbeInterval time.Duration
-	// ProbeTimeout bounds one health probe. Default 1s.
+	// ProbeTimeout bounds one health probe.
 	ProbeTimeout time.Duration
 	// Logger is never nil.
 	Logger *slog.Logger
@@ -80,14 +80,15 @@ func NewGroup(opts GroupOptions) (*Group, error) {
 	if opts.Logger == nil || opts.Metrics == nil {
 		return nil, errors.New("upstream group needs a logger and metrics")
 	}
-	if opts.MaxAttempts < 0 || opts.BaseDelay < 0 || opts.MaxFails < 0 || opts.ProbeInterval < 0 || opts.ProbeTimeout < 0 {
-		return nil, errors.New("upstream group: negative attempts, fails or duration")
+	err := cmp.Or(
+		positive("MaxAttempts", opts.MaxAttempts),
+		positive("BaseDelay", opts.BaseDelay),
+		positive("MaxFails", opts.MaxFails),
+		positive("ProbeInterval", opts.ProbeInterval),
+		positive("ProbeTimeout", opts.ProbeTimeout))
+	if err != nil {
+		return nil, fmt.Errorf("upstream group: %w", err)
 	}
-	setDefault(&opts.MaxAttempts, 3)
-	setDefault(&opts.BaseDelay, 10*time.Millisecond)
-	setDefault(&opts.MaxFails, 3)
-	setDefault(&opts.ProbeInterval, time.Second)
-	setDefault(&opts.ProbeTimeout, time.Second)
 	g := &Group{opts: opts, log: opts.Logger}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	seen := make(map[string]bool)

@@ -200,7 +200,7 @@ func newRig(t testing.TB, n int, opts GroupOptions, dot func(i int, o *DoTOption
 		opts.Upstreams = append(opts.Upstreams, u.d)
 	}
 	opts.Logger, opts.Metrics = testLogger(), r.m
-	g, err := NewGroup(opts)
+	g, err := NewGroup(testGroupOptions(opts))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -589,19 +589,31 @@ func TestNewGroupValidates(t *testing.T) {
 	srv := dnstest.New(t, dnstest.Options{})
 	d := newTestDoT(t, srv, nil)
 	m := NewMetrics(prometheus.NewRegistry())
-	tests := map[string]GroupOptions{
-		"no upstreams":     {Logger: testLogger(), Metrics: m},
-		"no logger":        {Upstreams: []Upstream{d}, Metrics: m},
-		"no metrics":       {Upstreams: []Upstream{d}, Logger: testLogger()},
-		"listed twice":     {Upstreams: []Upstream{d, d}, Logger: testLogger(), Metrics: m},
-		"negative retries": {Upstreams: []Upstream{d}, Logger: testLogger(), Metrics: m, MaxAttempts: -1},
+	tests := map[string]func(*GroupOptions){
+		"no upstreams":      func(o *GroupOptions) { o.Upstreams = nil },
+		"no logger":         func(o *GroupOptions) { o.Logger = nil },
+		"no metrics":        func(o *GroupOptions) { o.Metrics = nil },
+		"listed twice":      func(o *GroupOptions) { o.Upstreams = []Upstream{d, d} },
+		"negative retries":  func(o *GroupOptions) { o.MaxAttempts = -1 },
+		"no attempts":       func(o *GroupOptions) { o.MaxAttempts = 0 },
+		"no base delay":     func(o *GroupOptions) { o.BaseDelay = 0 },
+		"no max fails":      func(o *GroupOptions) { o.MaxFails = 0 },
+		"no probe interval": func(o *GroupOptions) { o.ProbeInterval = 0 },
+		"no probe timeout":  func(o *GroupOptions) { o.ProbeTimeout = 0 },
 	}
-	for name, opts := range tests {
+	for name, mod := range tests {
+		opts := testGroupOptions(GroupOptions{Upstreams: []Upstream{d}, Logger: testLogger(), Metrics: m})
+		mod(&opts)
 		if g, err := NewGroup(opts); err == nil {
 			_ = g.Close()
 			t.Errorf("%s: NewGroup accepted %+v", name, opts)
 		}
 	}
+	g, err := NewGroup(testGroupOptions(GroupOptions{Upstreams: []Upstream{d}, Logger: testLogger(), Metrics: m}))
+	if err != nil {
+		t.Fatalf("valid options refused: %v", err)
+	}
+	_ = g.Close()
 }
 
 // An answer to the query that does not parse is the upstream's answer all
@@ -616,7 +628,7 @@ func TestGroupMalformedAnswerIsFinal(t *testing.T) {
 	r := newRig(t, 2, GroupOptions{Policy: Sequential, MaxFails: 1}, nil)
 	bad := dnstest.New(t, dnstest.Options{Raw: cut})
 	d := newTestDoT(t, bad, func(o *DoTOptions) { o.Metrics = r.m })
-	g, err := NewGroup(GroupOptions{Upstreams: []Upstream{d, r.ups[1].d}, MaxFails: 1, Logger: testLogger(), Metrics: r.m})
+	g, err := NewGroup(testGroupOptions(GroupOptions{Upstreams: []Upstream{d, r.ups[1].d}, MaxFails: 1, Logger: testLogger(), Metrics: r.m}))
 	if err != nil {
 		t.Fatal(err)
 	}

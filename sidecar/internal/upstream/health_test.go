@@ -257,8 +257,8 @@ func TestGroupSlowNameNotCounted(t *testing.T) {
 			}})
 			m := NewMetrics(prometheus.NewRegistry())
 			d := newTestDoT(t, srv, func(o *DoTOptions) { o.PoolSize = 1; o.Metrics = m })
-			g, err := NewGroup(GroupOptions{Upstreams: []Upstream{d}, MaxFails: 1, ProbeInterval: time.Hour,
-				Logger: testLogger(), Metrics: m})
+			g, err := NewGroup(testGroupOptions(GroupOptions{Upstreams: []Upstream{d}, MaxFails: 1, ProbeInterval: time.Hour,
+				Logger: testLogger(), Metrics: m}))
 			if err != nil {
 				t.Fatal(err)
 			}

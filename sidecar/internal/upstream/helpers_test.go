@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
 	"os"
@@ -24,17 +25,41 @@ func testLogger() *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
 
-// newTestDoT returns a DoT toward srv trusting srv's CA, closed at the end of
-// the test; mod adjusts the options.
+// testDoTOptions are the options every test DoT starts from: toward srv,
+// trusting srv's CA. The package has no defaults (they are the settings',
+// package config); these are the tests' own values, in this one place.
+func testDoTOptions(srv *dnstest.Server) DoTOptions {
+	return DoTOptions{
+		Addr:               srv.Addr,
+		ServerName:         srv.ServerName,
+		Trust:              NewTrust(srv.CAPool, nil),
+		PoolSize:           2,
+		DialTimeout:        2 * time.Second,
+		IdleTimeout:        30 * time.Second,
+		MaxAge:             5 * time.Minute,
+		MaxInFlightPerConn: 1024,
+		QueryTimeout:       2 * time.Second,
+		Logger:             testLogger(),
+		Metrics:            NewMetrics(prometheus.NewRegistry()),
+	}
+}
+
+// testGroupOptions returns opts with each zero setting given the tests' own
+// value (Upstreams, Logger and Metrics are the caller's).
+func testGroupOptions(opts GroupOptions) GroupOptions {
+	opts.MaxAttempts = cmp.Or(opts.MaxAttempts, 3)
+	opts.BaseDelay = cmp.Or(opts.BaseDelay, 10*time.Millisecond)
+	opts.MaxFails = cmp.Or(opts.MaxFails, 3)
+	opts.ProbeInterval = cmp.Or(opts.ProbeInterval, time.Second)
+	opts.ProbeTimeout = cmp.Or(opts.ProbeTimeout, time.Second)
+	return opts
+}
+
+// newTestDoT returns a DoT built from testDoTOptions(srv), closed at the end
+// of the test; mod adjusts the options.
 func newTestDoT(t testing.TB, srv *dnstest.Server, mod func(*DoTOptions)) *DoT {
 	t.Helper()
-	opts := DoTOptions{
-		Addr:       srv.Addr,
-		ServerName: srv.ServerName,
-		Trust:      NewTrust(srv.CAPool, nil),
-		Logger:     testLogger(),
-		Metrics:    NewMetrics(prometheus.NewRegistry()),
-	}
+	opts := testDoTOptions(srv)
 	if mod != nil {
 		mod(&opts)
 	}

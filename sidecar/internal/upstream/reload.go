@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"slices"
@@ -69,7 +70,7 @@ type ReloaderOptions struct {
 	// LoadPins parses PinsFile; required with it. It must fail on a file
 	// that holds no pin rather than turn pinning off.
 	LoadPins func(path string) ([][32]byte, error)
-	// Interval between checks. Default 5s.
+	// Interval between checks. Required.
 	Interval time.Duration
 	// Reverify, when set, is called after each change applied, so that open
 	// connections the new trust rejects are replaced at once (Group.Reverify).
@@ -117,10 +118,10 @@ func NewTrustReloader(opts ReloaderOptions) (*TrustReloader, error) {
 		return nil, errors.New("trust reloader needs a CA file or a pins file to watch")
 	case opts.CAFile != "" && opts.LoadCA == nil, opts.PinsFile != "" && opts.LoadPins == nil:
 		return nil, errors.New("trust reloader needs a parser for each file it watches")
-	case opts.Interval < 0:
-		return nil, errors.New("trust reloader: negative interval")
 	}
-	setDefault(&opts.Interval, 5*time.Second)
+	if err := positive("Interval", opts.Interval); err != nil {
+		return nil, fmt.Errorf("trust reloader: %w", err)
+	}
 	r := &TrustReloader{opts: opts}
 	st := opts.Trust.load()
 	if opts.CAFile != "" {

@@ -118,7 +118,7 @@ func newReloadRig(t *testing.T, kind string, watchCA, watchPins bool) *reloadRig
 	rr.trust = NewTrust(roots, pins)
 	m := NewMetrics(prometheus.NewRegistry())
 	rr.d = newTestDoT(t, rr.srv, func(o *DoTOptions) { o.Trust, o.Metrics = rr.trust, m })
-	g, err := NewGroup(GroupOptions{Upstreams: []Upstream{rr.d}, Logger: testLogger(), Metrics: m})
+	g, err := NewGroup(testGroupOptions(GroupOptions{Upstreams: []Upstream{rr.d}, Logger: testLogger(), Metrics: m}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -365,7 +365,7 @@ func TestTrustReloadSameTrustAndStart(t *testing.T) {
 		mnt.write(t, "pins", []byte(srv.CAPin+"\n"))
 		rm := NewReloadMetrics(prometheus.NewRegistry())
 		r, err := NewTrustReloader(ReloaderOptions{Trust: trust, PinsFile: mnt.path("pins"),
-			LoadPins: config.LoadPinsFile, Logger: testLogger(), Metrics: rm})
+			LoadPins: config.LoadPinsFile, Interval: time.Hour, Logger: testLogger(), Metrics: rm})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -381,7 +381,7 @@ func TestTrustReloadSameTrustAndStart(t *testing.T) {
 func TestNewTrustReloaderValidates(t *testing.T) {
 	base := func() ReloaderOptions {
 		return ReloaderOptions{Trust: NewTrust(nil, nil), CAFile: "/nonexistent/ca.pem", LoadCA: config.LoadCAFile,
-			Logger: testLogger(), Metrics: NewReloadMetrics(prometheus.NewRegistry())}
+			Interval: time.Second, Logger: testLogger(), Metrics: NewReloadMetrics(prometheus.NewRegistry())}
 	}
 	tests := map[string]func(*ReloaderOptions){
 		"no trust":       func(o *ReloaderOptions) { o.Trust = nil },
@@ -391,6 +391,7 @@ func TestNewTrustReloaderValidates(t *testing.T) {
 		"no CA parser":   func(o *ReloaderOptions) { o.LoadCA = nil },
 		"no pins parser": func(o *ReloaderOptions) { o.PinsFile = "/nonexistent/pins" },
 		"negative":       func(o *ReloaderOptions) { o.Interval = -time.Second },
+		"no interval":    func(o *ReloaderOptions) { o.Interval = 0 },
 	}
 	for name, mod := range tests {
 		o := base()

@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
 	"github.com/miekg/dns"
@@ -369,7 +367,12 @@ func TestRetiringEveryConnectionDoesNotStall(t *testing.T) {
 				}
 				return dnstest.DefaultHandler(q)
 			}})
-			d := newTestDoT(t, srv, func(o *DoTOptions) { o.PoolSize = tt.poolSize; o.MaxAge = tt.maxAge })
+			d := newTestDoT(t, srv, func(o *DoTOptions) {
+				o.PoolSize = tt.poolSize
+				if tt.maxAge != 0 {
+					o.MaxAge = tt.maxAge
+				}
+			})
 			if tt.poolSize > 1 {
 				if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "warm.example.", dns.TypeA)); err != nil {
 					t.Fatal(err)
@@ -494,18 +497,29 @@ func TestNewDoTValidates(t *testing.T) {
 		"no server name":     func(o *DoTOptions) { o.ServerName = "" },
 		"no logger":          func(o *DoTOptions) { o.Logger = nil },
 		"no metrics":         func(o *DoTOptions) { o.Metrics = nil },
+		"no trust":           func(o *DoTOptions) { o.Trust = nil },
 		"negative pool":      func(o *DoTOptions) { o.PoolSize = -1 },
+		"no pool":            func(o *DoTOptions) { o.PoolSize = 0 },
 		"negative timeout":   func(o *DoTOptions) { o.DialTimeout = -time.Second },
+		"no idle timeout":    func(o *DoTOptions) { o.IdleTimeout = 0 },
+		"no max age":         func(o *DoTOptions) { o.MaxAge = 0 },
+		"no in-flight":       func(o *DoTOptions) { o.MaxInFlightPerConn = 0 },
 		"in-flight too high": func(o *DoTOptions) { o.MaxInFlightPerConn = 40000 },
+		"no query timeout":   func(o *DoTOptions) { o.QueryTimeout = 0 },
 	}
 	for name, mod := range tests {
-		opts := DoTOptions{Addr: srv.Addr, ServerName: "dns.test", Logger: testLogger(), Metrics: NewMetrics(prometheus.NewRegistry())}
+		opts := testDoTOptions(srv)
 		mod(&opts)
 		if d, err := NewDoT(opts); err == nil {
 			_ = d.Close()
 			t.Errorf("%s: NewDoT accepted %+v", name, opts)
 		}
 	}
+	d, err := NewDoT(testDoTOptions(srv))
+	if err != nil {
+		t.Fatalf("valid options refused: %v", err)
+	}
+	_ = d.Close()
 }
 
 // Close while queries are in full flow: every Exchange returns (answered or
