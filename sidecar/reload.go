@@ -10,45 +10,32 @@ import (
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/upstream"
 )
 
-// startTrustReload watches TLS_CA_FILE and TLS_PINS_FILE every
-// TRUST_RELOAD_INTERVAL and applies changes to trust, then has group retire
-// the connections the new trust rejects. Its metrics are registered on reg
-// whether or not a file is watched, so dashboards see zeros rather than
-// gaps. The returned channel is closed once the watcher has stopped, after
-// ctx ends.
+// startTrustReload watches the files trust was loaded from (TLS_CA_FILE,
+// TLS_PINS_FILE) every TRUST_RELOAD_INTERVAL and applies changes to it, then
+// has group retire the connections the new trust rejects. Its metrics are
+// registered on reg whether or not a file is watched, so dashboards see
+// zeros rather than gaps. The returned channel is closed once the watcher
+// has stopped: after ctx ends, or at once when there is nothing to watch.
 func startTrustReload(ctx context.Context, cfg *config.Config, trust *upstream.Trust, group *upstream.Group,
 	reg prometheus.Registerer, log *slog.Logger) <-chan struct{} {
-	metrics := upstream.NewReloadMetrics(reg)
 	done := make(chan struct{})
-	idle := func() <-chan struct{} {
-		go func() {
-			<-ctx.Done()
-			close(done)
-		}()
-		return done
-	}
-	if cfg.TLSCAFile == "" && cfg.TLSPinsFile == "" {
-		return idle()
-	}
 	r, err := upstream.NewTrustReloader(upstream.ReloaderOptions{
-		Trust:    trust,
-		CAFile:   cfg.TLSCAFile,
-		PinsFile: cfg.TLSPinsFile,
-		LoadCA:   config.LoadCAFile,
-		LoadPins: config.LoadPinsFile,
+		Trusts:   []*upstream.Trust{trust},
 		Interval: cfg.TrustReloadInterval,
 		Reverify: group.Reverify,
 		Logger:   log,
-		Metrics:  metrics,
+		Metrics:  upstream.NewReloadMetrics(reg),
 	})
 	if err != nil {
 		// Only a wiring bug gets here; serving on the trust loaded at
 		// start-up beats not serving.
 		log.Error("trust files will not be reloaded", "err", err)
-		return idle()
+		close(done)
+		return done
 	}
-	log.Info("watching trust files for changes", "ca_file", cfg.TLSCAFile, "pins_file", cfg.TLSPinsFile,
-		"interval", cfg.TrustReloadInterval)
+	if files := r.Files(); len(files) > 0 {
+		log.Info("watching trust files for changes", "files", files, "interval", cfg.TrustReloadInterval)
+	}
 	go func() {
 		defer close(done)
 		r.Run(ctx)

@@ -26,6 +26,10 @@ func runServe(ctx context.Context, args, environ []string, stdout, stderr io.Wri
 	if err != nil {
 		return fail(stderr, exitConfig, err)
 	}
+	trust, err := loadTrust(cfg)
+	if err != nil {
+		return fail(stderr, exitConfig, err)
+	}
 	setProcs(environ)
 	log, logCloser, err := cfg.NewLogger(stderr)
 	if err != nil {
@@ -40,7 +44,7 @@ func runServe(ctx context.Context, args, environ []string, stdout, stderr io.Wri
 	if err := admin.RegisterRuntimeCollectors(reg); err != nil {
 		return fail(stderr, exitFail, err)
 	}
-	group, trust, err := newUpstreams(cfg, log, upstream.NewMetrics(reg))
+	group, err := newUpstreams(cfg, trust, log, upstream.NewMetrics(reg))
 	if err != nil {
 		return fail(stderr, exitConfig, err)
 	}
@@ -158,14 +162,27 @@ func adminAddr(adm *admin.Admin) string {
 	return adm.Addr()
 }
 
-// newUpstreams builds one DoT client per configured upstream behind a Group.
-// Upstreams without pins of their own get nil Pins so that the shared Trust's
-// default pins, which a reload can replace, apply to them.
-func newUpstreams(cfg *config.Config, log *slog.Logger, m *upstream.Metrics) (*upstream.Group, *upstream.Trust, error) {
-	trust := upstream.NewTrust(cfg.RootCAs(), cfg.DefaultPins())
+// trustSettings names the setting of each kind of trust file.
+var trustSettings = map[string]string{upstream.TrustFileCA: "TLS_CA_FILE", upstream.TrustFilePins: "TLS_PINS_FILE"}
+
+// loadTrust reads the Trust every upstream shares: TLS_CA_FILE's roots (the
+// system's without it) and the default pins, TLS_PINS or TLS_PINS_FILE's. A
+// file that cannot be used is reported like any bad setting.
+func loadTrust(cfg *config.Config) (*upstream.Trust, error) {
+	trust, err := upstream.LoadTrust(upstream.TrustSource{CAFile: cfg.TLSCAFile, Pins: cfg.TLSPins, PinsFile: cfg.TLSPinsFile})
+	if fe, ok := errors.AsType[*upstream.FileError](err); ok {
+		return nil, cfg.Invalid(trustSettings[fe.Kind], fe.Err)
+	}
+	return trust, err
+}
+
+// newUpstreams builds one DoT client per configured upstream behind a Group,
+// all verified against trust; an upstream's own pins, if any, replace the
+// trust's default ones.
+func newUpstreams(cfg *config.Config, trust *upstream.Trust, log *slog.Logger, m *upstream.Metrics) (*upstream.Group, error) {
 	policy, err := upstream.ParsePolicy(cfg.UpstreamPolicy)
 	if err != nil {
-		return nil, nil, fmt.Errorf("invalid UPSTREAM_POLICY %q: %w", cfg.UpstreamPolicy, err)
+		return nil, fmt.Errorf("invalid UPSTREAM_POLICY %q: %w", cfg.UpstreamPolicy, err)
 	}
 	var members []upstream.Upstream
 	closeAll := func() {
@@ -174,14 +191,10 @@ func newUpstreams(cfg *config.Config, log *slog.Logger, m *upstream.Metrics) (*u
 		}
 	}
 	for _, u := range cfg.Upstreams() {
-		pins := u.Pins
-		if u.DefaultPins {
-			pins = nil
-		}
 		d, err := upstream.NewDoT(upstream.DoTOptions{
 			Addr:               u.Addr,
 			ServerName:         u.ServerName,
-			Pins:               pins,
+			Pins:               u.Pins,
 			Trust:              trust,
 			PoolSize:           cfg.UpstreamPoolSize,
 			DialTimeout:        cfg.DialTimeout,
@@ -194,7 +207,7 @@ func newUpstreams(cfg *config.Config, log *slog.Logger, m *upstream.Metrics) (*u
 		})
 		if err != nil {
 			closeAll()
-			return nil, nil, fmt.Errorf("upstream %s: %w", u, err)
+			return nil, fmt.Errorf("upstream %s: %w", u, err)
 		}
 		members = append(members, d)
 	}
@@ -211,7 +224,7 @@ func newUpstreams(cfg *config.Config, log *slog.Logger, m *upstream.Metrics) (*u
 	})
 	if err != nil {
 		closeAll()
-		return nil, nil, err
+		return nil, err
 	}
-	return group, trust, nil
+	return group, nil
 }

@@ -10,7 +10,6 @@
 package config
 
 import (
-	"crypto/x509"
 	"net/netip"
 	"time"
 )
@@ -53,9 +52,11 @@ type Config struct {
 	DoTPort       int        `env:"DOT_PORT" envDefault:"853" valid:"1..65535" help:"upstream port, used when UPSTREAMS is empty"`
 	DoTServerName string     `env:"DOT_SERVER_NAME" envDefault:"cloudflare-dns.com" help:"name the upstream certificate must carry, used when UPSTREAMS is empty"`
 	// UpstreamList is UPSTREAMS as written; use Upstreams() for the effective
-	// list with pins resolved.
+	// list.
 	UpstreamList []Upstream `env:"UPSTREAMS" envDefault:"" help:"comma-separated upstreams, each tls://IP[:PORT]#SERVERNAME[;pin=BASE64]... (IPv6 in brackets, port 853 by default); when set, replaces DOT_ADDRESS, DOT_PORT and DOT_SERVER_NAME"`
 
+	// The trust files are named here and read by package upstream, which
+	// also watches them (LoadTrust, TrustReloader).
 	TLSCAFile   string     `env:"TLS_CA_FILE" envDefault:"" help:"PEM bundle of CA certificates to trust instead of the system roots; re-read when it changes"`
 	TLSPins     [][32]byte `env:"TLS_PINS" envDefault:"" help:"comma-separated SPKI pins (base64 SHA-256 of a SubjectPublicKeyInfo, leaf or CA) for upstreams without pins of their own"`
 	TLSPinsFile string     `env:"TLS_PINS_FILE" envDefault:"" help:"file of SPKI pins, one a line ('#' comments allowed), for upstreams without pins of their own; re-read when it changes; excludes TLS_PINS"`
@@ -93,32 +94,30 @@ type Config struct {
 
 	// Derived at load, not settings.
 	bindAddressExplicit bool
-	rootCAs             *x509.CertPool
-	filePins            [][32]byte
+	sources             map[string]source // by variable: what supplied each setting
 	warnings            []string
 }
+
+// source is what supplied a setting: the variable or the flag, as the
+// operator wrote it, and the value.
+type source struct{ name, value string }
 
 // BindAddressExplicit reports whether BIND_ADDRESS was set. With the default
 // list, an address the host lacks is skipped with a warning; an address the
 // operator listed must bind or the program stops.
 func (c *Config) BindAddressExplicit() bool { return c.bindAddressExplicit }
 
-// RootCAs returns the pool loaded from TLS_CA_FILE, or nil for the system
-// roots.
-func (c *Config) RootCAs() *x509.CertPool { return c.rootCAs }
-
-// DefaultPins returns the pins for upstreams without pins of their own:
-// TLS_PINS, or the TLS_PINS_FILE pins read at load, or nil.
-func (c *Config) DefaultPins() [][32]byte {
-	if len(c.TLSPins) > 0 {
-		return clonePins(c.TLSPins)
+// Invalid reports that what uses a setting refused its value after Load (a
+// trust file that cannot be read, say) the way Load reports a bad value: a
+// *SettingError naming the variable or flag that supplied it, and the value.
+// env is the setting's variable name.
+func (c *Config) Invalid(env string, reason error) error {
+	src, ok := c.sources[env]
+	if !ok {
+		panic("config: no setting " + env)
 	}
-	return clonePins(c.filePins)
+	return &SettingError{Name: src.name, Value: src.value, Reason: reason}
 }
-
-// PinsFromFile returns the pins read from TLS_PINS_FILE at load (nil when it
-// is not set).
-func (c *Config) PinsFromFile() [][32]byte { return clonePins(c.filePins) }
 
 // Warnings lists settings that are valid but probably not what the operator
 // meant (e.g. DOT_ADDRESS set alongside UPSTREAMS, which replaces it). The
@@ -126,29 +125,21 @@ func (c *Config) PinsFromFile() [][32]byte { return clonePins(c.filePins) }
 func (c *Config) Warnings() []string { return append([]string(nil), c.warnings...) }
 
 // Upstreams returns the effective upstreams: the UPSTREAMS entries, or the
-// single one that DOT_ADDRESS, DOT_PORT and DOT_SERVER_NAME describe. An
-// upstream without pins of its own gets TLS_PINS (or the TLS_PINS_FILE pins
-// read at load) and DefaultPins set. The result is a fresh copy.
+// single one that DOT_ADDRESS, DOT_PORT and DOT_SERVER_NAME describe, each
+// with its own pins only (none when the entry has none). The default pins
+// for the others are given once, by TLS_PINS or TLS_PINS_FILE. The result
+// is a fresh copy.
 func (c *Config) Upstreams() []Upstream {
-	var ups []Upstream
-	if len(c.UpstreamList) > 0 {
-		ups = make([]Upstream, len(c.UpstreamList))
-		for i, u := range c.UpstreamList {
-			u.Pins = clonePins(u.Pins)
-			ups[i] = u
-		}
-	} else {
-		ups = []Upstream{{
+	if len(c.UpstreamList) == 0 {
+		return []Upstream{{
 			Addr:       netip.AddrPortFrom(c.DoTAddress, uint16(c.DoTPort)),
 			ServerName: c.DoTServerName,
 		}}
 	}
-	def := c.DefaultPins()
-	for i := range ups {
-		if len(ups[i].Pins) == 0 && len(def) > 0 {
-			ups[i].Pins = clonePins(def)
-			ups[i].DefaultPins = true
-		}
+	ups := make([]Upstream, len(c.UpstreamList))
+	for i, u := range c.UpstreamList {
+		u.Pins = clonePins(u.Pins)
+		ups[i] = u
 	}
 	return ups
 }

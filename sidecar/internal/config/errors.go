@@ -13,14 +13,6 @@ var ErrHelp = flag.ErrHelp
 // ErrInvalid is matched (errors.Is) by every *SettingError.
 var ErrInvalid = errors.New("invalid setting")
 
-// ErrNoPins: a pins file holds no pin. An empty file is refused rather than
-// read as "pin nothing", so that truncating the file by accident (or a
-// half-written ConfigMap) never silently turns pinning off.
-var ErrNoPins = errors.New("no pins")
-
-// ErrNoCertificate: a CA file holds no PEM certificate.
-var ErrNoCertificate = errors.New("no PEM certificate")
-
 // SettingError reports a bad value. Its message is one line naming what
 // supplied the value, the variable (BIND_PORT) or the flag (--bind-port), and
 // the value itself, so an operator can find it in a manifest at once.

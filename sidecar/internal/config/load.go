@@ -230,6 +230,10 @@ func (l *loader) parse() (*Config, error) {
 		}
 	}
 	c.bindAddressExplicit = l.explicit(l.setting("BIND_ADDRESS"))
+	c.sources = make(map[string]source)
+	for _, s := range settings() {
+		c.sources[s.Env] = source{name: l.source(s), value: l.raw(s)}
+	}
 	if len(l.errs) > 0 {
 		return nil, joinOneLine(l.errs)
 	}
@@ -247,31 +251,6 @@ var domainChecks = map[string]func(c *Config, raw string) error{
 	"DOT_SERVER_NAME": func(c *Config, _ string) error {
 		name, err := parseServerName(strings.TrimSpace(c.DoTServerName))
 		c.DoTServerName = name
-		return err
-	},
-	"TLS_CA_FILE": func(c *Config, _ string) error {
-		if c.TLSCAFile == "" {
-			return nil
-		}
-		// The value already names the file: report the problem without
-		// the path that LoadCAFile adds for the reloader's logs.
-		data, err := os.ReadFile(c.TLSCAFile)
-		if err != nil {
-			return err
-		}
-		c.rootCAs, err = parseCAs(data)
-		return err
-	},
-	"TLS_PINS_FILE": func(c *Config, _ string) error {
-		if c.TLSPinsFile == "" {
-			return nil
-		}
-		f, err := os.Open(c.TLSPinsFile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		c.filePins, err = ParsePins(f)
 		return err
 	},
 	// LOG_FILE is opened by NewLogger, after Load; a path that cannot work

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/config"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/upstream"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/testpki"
 )
@@ -123,7 +124,7 @@ func TestSettingsDocExamples(t *testing.T) {
 					break
 				}
 			}
-			pins, err := config.ParsePins(strings.NewReader(strings.Join(block, "\n")))
+			pins, err := upstream.ParsePins([]byte(strings.Join(block, "\n")))
 			if err != nil || len(pins) != 2 {
 				t.Errorf("docs/settings.md pins file example: %d pins, %v", len(pins), err)
 			}

@@ -19,13 +19,11 @@ type Upstream struct {
 	// ServerName is the name the upstream's certificate must carry; it is
 	// also sent as SNI.
 	ServerName string
-	// Pins are SPKI SHA-256 pins; when not empty, a connection is accepted
-	// only if one of them matches a key of the verified chain.
+	// Pins are the entry's own SPKI SHA-256 pins; when not empty, a
+	// connection is accepted only if one of them matches a key of the
+	// verified chain. When empty, the default pins apply (TLS_PINS or
+	// TLS_PINS_FILE), if any.
 	Pins [][32]byte
-	// DefaultPins is true when Pins did not come from the entry itself but
-	// from TLS_PINS or TLS_PINS_FILE (set by Config.Upstreams). A reloader of
-	// TLS_PINS_FILE replaces the pins of exactly these upstreams.
-	DefaultPins bool
 }
 
 // Name identifies the upstream in logs and as the `upstream` metric label,

@@ -136,38 +136,38 @@ func TestParseUpstreams(t *testing.T) {
 	}
 }
 
-// TestEffectiveUpstreams checks Config.Upstreams: the list or DOT_*, and the
-// resolution of pins.
+// TestEffectiveUpstreams checks Config.Upstreams: the list or DOT_*, each
+// upstream with its own pins only, and the default pins given once.
 func TestEffectiveUpstreams(t *testing.T) {
 	_, pinsFile, _ := trustFiles(t)
 	own := "tls://9.9.9.9#q.example;pin=" + pin("own")
 	bare := "tls://[2620:fe::fe]:8853#q.example"
 	type up struct {
-		name        string
-		pins        [][32]byte
-		defaultPins bool
+		name string
+		pins [][32]byte
 	}
 	tests := []struct {
-		name    string
-		environ []string
-		want    []up
+		name     string
+		environ  []string
+		want     []up
+		defaults [][32]byte // TLS_PINS
 	}{
 		{"DOT_* over IPv6", []string{"DOT_ADDRESS=2606:4700:4700::1111", "DOT_PORT=8853", "DOT_SERVER_NAME=one.one.one.one"},
-			[]up{{"[2606:4700:4700::1111]:8853#one.one.one.one", nil, false}}},
+			[]up{{"[2606:4700:4700::1111]:8853#one.one.one.one", nil}}, nil},
 		{"DOT_* with TLS_PINS", []string{"TLS_PINS=" + pin("a") + "," + pin("b")},
-			[]up{{"1.1.1.1:853#cloudflare-dns.com", [][32]byte{pinBytes("a"), pinBytes("b")}, true}}},
+			[]up{{"1.1.1.1:853#cloudflare-dns.com", nil}}, [][32]byte{pinBytes("a"), pinBytes("b")}},
 		{"UPSTREAMS replaces DOT_*", []string{"UPSTREAMS=" + bare, "DOT_ADDRESS=8.8.8.8"},
-			[]up{{"[2620:fe::fe]:8853#q.example", nil, false}}},
-		{"own pins win over TLS_PINS", []string{"UPSTREAMS=" + own + "," + bare, "TLS_PINS=" + pin("a")},
+			[]up{{"[2620:fe::fe]:8853#q.example", nil}}, nil},
+		{"own pins beside TLS_PINS", []string{"UPSTREAMS=" + own + "," + bare, "TLS_PINS=" + pin("a")},
 			[]up{
-				{"9.9.9.9:853#q.example", [][32]byte{pinBytes("own")}, false},
-				{"[2620:fe::fe]:8853#q.example", [][32]byte{pinBytes("a")}, true},
-			}},
-		{"TLS_PINS_FILE for upstreams without pins", []string{"UPSTREAMS=" + own + "," + bare, "TLS_PINS_FILE=" + pinsFile},
+				{"9.9.9.9:853#q.example", [][32]byte{pinBytes("own")}},
+				{"[2620:fe::fe]:8853#q.example", nil},
+			}, [][32]byte{pinBytes("a")}},
+		{"own pins beside TLS_PINS_FILE", []string{"UPSTREAMS=" + own + "," + bare, "TLS_PINS_FILE=" + pinsFile},
 			[]up{
-				{"9.9.9.9:853#q.example", [][32]byte{pinBytes("own")}, false},
-				{"[2620:fe::fe]:8853#q.example", [][32]byte{pinBytes("old"), pinBytes("new")}, true},
-			}},
+				{"9.9.9.9:853#q.example", [][32]byte{pinBytes("own")}},
+				{"[2620:fe::fe]:8853#q.example", nil},
+			}, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -175,13 +175,13 @@ func TestEffectiveUpstreams(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if own := strings.Contains(tt.name, "TLS_PINS"); own != (len(c.DefaultPins()) > 0) {
-				t.Errorf("DefaultPins() = %x", c.DefaultPins())
+			if !reflect.DeepEqual(c.TLSPins, tt.defaults) {
+				t.Errorf("TLS_PINS = %x, want %x", c.TLSPins, tt.defaults)
 			}
 			ups := c.Upstreams()
 			var got []up
 			for _, u := range ups {
-				got = append(got, up{u.Name(), u.Pins, u.DefaultPins})
+				got = append(got, up{u.Name(), u.Pins})
 			}
 			if !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("got  %+v\nwant %+v", got, tt.want)

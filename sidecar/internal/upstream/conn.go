@@ -458,6 +458,13 @@ func (c *conn) mismatch(ans *dnswire.Msg, why error) {
 	}
 }
 
+// verifiedAgainst reports whether c was last verified against st.
+func (c *conn) verifiedAgainst(st *trustState) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.trust == st
+}
+
 func (c *conn) isDead() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()

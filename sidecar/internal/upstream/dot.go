@@ -289,15 +289,20 @@ func (d *DoT) Close() error {
 	return nil
 }
 
-// Reverify checks every open connection against the Trust as it is now (after
-// Trust.Update) and retires those whose chain, name or pins no longer pass:
-// they take no new queries and close once their in-flight queries are done.
-// It returns how many it retired. Housekeeping does the same on its own
-// within a tick of an Update; calling Reverify makes it immediate.
+// Reverify checks every open connection verified against an older state of
+// the DoT's Trust (before a Trust.Update) against the Trust as it is now,
+// and retires those whose chain, name or pins no longer pass: they take no
+// new queries and close once their in-flight queries are done. It returns
+// how many it retired. Housekeeping does the same on its own within a tick
+// of an Update; calling Reverify makes it immediate. A DoT whose Trust did
+// not change has nothing to do.
 func (d *DoT) Reverify() int {
 	st := d.opts.Trust.load()
 	n := 0
 	for _, c := range d.activeConns() {
+		if c.verifiedAgainst(st) {
+			continue
+		}
 		if !d.reverifyConn(c, st) {
 			n++
 		}

@@ -299,10 +299,7 @@ func (d *DoT) housekeeping() {
 func (d *DoT) housekeep(now time.Time) {
 	st := d.opts.Trust.load()
 	for _, c := range d.activeConns() {
-		c.mu.Lock()
-		stale := c.trust != st
-		c.mu.Unlock()
-		if stale && !d.reverifyConn(c, st) {
+		if !c.verifiedAgainst(st) && !d.reverifyConn(c, st) {
 			continue
 		}
 		if now.Sub(c.born) >= d.opts.MaxAge {

@@ -19,14 +19,8 @@ import (
 type ReloadMetrics struct {
 	Reloads *prometheus.CounterVec // {file}: a changed file read and applied
 	Errors  *prometheus.CounterVec // {file}: a changed file that could not be applied
-	Failing *prometheus.GaugeVec   // {file}: 1 while the file on disk is not the trust in use
+	Failing *prometheus.GaugeVec   // {file}: files of that kind whose content on disk is not the trust in use
 }
-
-// Trust file kinds, the `file` label of ReloadMetrics.
-const (
-	TrustFileCA   = "ca"
-	TrustFilePins = "pins"
-)
 
 // NewReloadMetrics builds the collectors, with every series at zero, and
 // registers them on reg. It panics if they are registered already (a wiring
@@ -57,23 +51,14 @@ func NewReloadMetrics(reg prometheus.Registerer) *ReloadMetrics {
 
 // ReloaderOptions configures a TrustReloader.
 type ReloaderOptions struct {
-	// Trust is updated in place. Required.
-	Trust *Trust
-	// CAFile replaces the Trust's roots when it changes; "" is not watched.
-	CAFile string
-	// PinsFile replaces the Trust's default pins when it changes; "" is not
-	// watched. At least one of CAFile and PinsFile is required.
-	PinsFile string
-	// LoadCA parses CAFile; required with it. It must fail on a file that
-	// holds no usable certificate rather than trust nothing.
-	LoadCA func(path string) (*x509.CertPool, error)
-	// LoadPins parses PinsFile; required with it. It must fail on a file
-	// that holds no pin rather than turn pinning off.
-	LoadPins func(path string) ([][32]byte, error)
+	// Trusts are updated in place when the files they were loaded from
+	// change. A Trust built by NewTrust has none, and is left alone.
+	Trusts []*Trust
 	// Interval between checks. Required.
 	Interval time.Duration
-	// Reverify, when set, is called after each change applied, so that open
-	// connections the new trust rejects are replaced at once (Group.Reverify).
+	// Reverify, when set, is called after each check that changed a Trust,
+	// so that open connections the new trust rejects are replaced at once
+	// (Group.Reverify).
 	Reverify func() int
 	// Logger is never nil.
 	Logger *slog.Logger
@@ -81,11 +66,11 @@ type ReloaderOptions struct {
 	Metrics *ReloadMetrics
 }
 
-// TrustReloader polls the CA and pins files and applies changes to a Trust
+// TrustReloader polls the files of Trusts and applies changes to them
 // without a restart.
 //
-// Each check reads the whole file through its path and compares a SHA-256
-// of the content with the last one seen. Reading through the path follows
+// Each check reads every file through its path and compares a SHA-256 of
+// the content with the last one seen. Reading through the path follows
 // symlinks, so the swaps Kubernetes makes for mounted Secrets and ConfigMaps
 // (a new timestamped directory, then the `..data` symlink renamed over the
 // old one) are seen like a rename or an edit in place; comparing content
@@ -98,57 +83,53 @@ type ReloaderOptions struct {
 // fixing the file applies it at the next check.
 type TrustReloader struct {
 	opts  ReloaderOptions
-	files []*trustFile
+	files []*watchedFile
 }
 
-type trustFile struct {
-	kind, path string
-	seen       [32]byte // digest of the content (or read error) last acted on
+type watchedFile struct {
+	trust   *Trust
+	file    trustFile
+	seen    [32]byte // digest of the content (or read error) last acted on
+	failing bool     // the content on disk could not be applied
 }
 
-// NewTrustReloader checks the options and takes the files as they are now
-// as the starting point: the caller built the Trust from them moments ago.
-// If a file already differs from the Trust (changed in between), the first
-// check applies it.
+// NewTrustReloader checks the options. Each file starts as seen with the
+// content its Trust was loaded from; one that has changed since is applied
+// by the first check.
 func NewTrustReloader(opts ReloaderOptions) (*TrustReloader, error) {
-	switch {
-	case opts.Trust == nil || opts.Logger == nil || opts.Metrics == nil:
-		return nil, errors.New("trust reloader needs a Trust, a Logger and Metrics")
-	case opts.CAFile == "" && opts.PinsFile == "":
-		return nil, errors.New("trust reloader needs a CA file or a pins file to watch")
-	case opts.CAFile != "" && opts.LoadCA == nil, opts.PinsFile != "" && opts.LoadPins == nil:
-		return nil, errors.New("trust reloader needs a parser for each file it watches")
+	if opts.Logger == nil || opts.Metrics == nil {
+		return nil, errors.New("trust reloader needs a Logger and Metrics")
 	}
 	if err := positive("Interval", opts.Interval); err != nil {
 		return nil, fmt.Errorf("trust reloader: %w", err)
 	}
 	r := &TrustReloader{opts: opts}
-	st := opts.Trust.load()
-	if opts.CAFile != "" {
-		f := &trustFile{kind: TrustFileCA, path: opts.CAFile}
-		// Seen only if it still says what the Trust holds; otherwise the
-		// first check applies it.
-		if data, err := os.ReadFile(f.path); err == nil {
-			if roots, err := opts.LoadCA(f.path); err == nil && st.roots != nil && roots.Equal(st.roots) {
-				f.seen = sha256.Sum256(data)
-			}
+	for _, t := range opts.Trusts {
+		if t == nil {
+			return nil, errors.New("trust reloader: nil Trust")
 		}
-		r.files = append(r.files, f)
-	}
-	if opts.PinsFile != "" {
-		f := &trustFile{kind: TrustFilePins, path: opts.PinsFile}
-		if data, err := os.ReadFile(f.path); err == nil {
-			if pins, err := opts.LoadPins(f.path); err == nil && samePins(pins, st.pins) {
-				f.seen = sha256.Sum256(data)
-			}
+		for _, f := range t.files {
+			r.files = append(r.files, &watchedFile{trust: t, file: f, seen: f.sum})
 		}
-		r.files = append(r.files, f)
 	}
 	return r, nil
 }
 
-// Run checks the files every Interval until ctx is done.
+// Files returns the paths watched, for logs.
+func (r *TrustReloader) Files() []string {
+	paths := make([]string, len(r.files))
+	for i, f := range r.files {
+		paths[i] = f.file.path
+	}
+	return paths
+}
+
+// Run checks the files every Interval until ctx is done. Without any file
+// to watch it returns at once.
 func (r *TrustReloader) Run(ctx context.Context) {
+	if len(r.files) == 0 {
+		return
+	}
 	t := time.NewTicker(r.opts.Interval)
 	defer t.Stop()
 	r.Check()
@@ -162,14 +143,54 @@ func (r *TrustReloader) Run(ctx context.Context) {
 	}
 }
 
-// Check reads the files once and applies what changed. It reports whether
-// the Trust was updated. Not safe for concurrent use (Run calls it).
+// Check reads the files once and applies what changed. It reports whether a
+// Trust was updated. Not safe for concurrent use (Run calls it).
 func (r *TrustReloader) Check() bool {
-	st := r.opts.Trust.load()
+	var updated []reload
+	for _, t := range r.opts.Trusts {
+		if u, ok := r.checkTrust(t); ok {
+			updated = append(updated, u)
+		}
+	}
+	for _, kind := range []string{TrustFileCA, TrustFilePins} {
+		failing := 0
+		for _, f := range r.files {
+			if f.file.kind == kind && f.failing {
+				failing++
+			}
+		}
+		r.opts.Metrics.Failing.WithLabelValues(kind).Set(float64(failing))
+	}
+	if len(updated) == 0 {
+		return false
+	}
+	retired := 0
+	if r.opts.Reverify != nil {
+		retired = r.opts.Reverify()
+	}
+	for _, u := range updated {
+		r.opts.Logger.Info("trust reloaded", "files", u.files, "roots", describeRoots(u.st.roots),
+			"default_pins", len(u.st.pins), "connections_retired", retired)
+	}
+	return true
+}
+
+// reload is a change checkTrust applied to a Trust.
+type reload struct {
+	files []string
+	st    *trustState
+}
+
+// checkTrust applies the changes of t's files and reports what it changed.
+func (r *TrustReloader) checkTrust(t *Trust) (reload, bool) {
+	st := t.load()
 	roots, pins := st.roots, st.pins
 	var applied []string
 	for _, f := range r.files {
-		data, err := os.ReadFile(f.path)
+		if f.trust != t {
+			continue
+		}
+		data, err := os.ReadFile(f.file.path)
 		sum := sha256.Sum256(data)
 		if err != nil {
 			sum = sha256.Sum256([]byte("error: " + err.Error()))
@@ -179,51 +200,32 @@ func (r *TrustReloader) Check() bool {
 		}
 		f.seen = sum
 		if err == nil {
-			// The parser reads the file again; should it have changed once
-			// more in between, the next check sees a new digest and loads
-			// it again, so the Trust always ends on the file's last content.
-			switch f.kind {
-			case TrustFileCA:
-				var p *x509.CertPool
-				if p, err = r.opts.LoadCA(f.path); err == nil {
-					roots = p
-				}
-			case TrustFilePins:
-				var p [][32]byte
-				if p, err = r.opts.LoadPins(f.path); err == nil {
-					pins = p
-				}
-			}
+			// Should the file change once more before the next check, that
+			// check sees a new digest and loads it again, so the Trust
+			// always ends on the file's last content.
+			roots, pins, err = f.file.parse(data, roots, pins)
 		}
-		if err != nil {
-			r.opts.Metrics.Errors.WithLabelValues(f.kind).Inc()
-			r.opts.Metrics.Failing.WithLabelValues(f.kind).Set(1)
+		if f.failing = err != nil; f.failing {
+			r.opts.Metrics.Errors.WithLabelValues(f.file.kind).Inc()
 			r.opts.Logger.Error("trust file changed but cannot be used; keeping the previous trust",
-				"file", f.path, "err", err)
+				"file", f.file.path, "err", err)
 			continue
 		}
-		r.opts.Metrics.Reloads.WithLabelValues(f.kind).Inc()
-		r.opts.Metrics.Failing.WithLabelValues(f.kind).Set(0)
-		applied = append(applied, f.path)
+		r.opts.Metrics.Reloads.WithLabelValues(f.file.kind).Inc()
+		applied = append(applied, f.file.path)
 	}
 	if len(applied) == 0 {
-		return false
+		return reload{}, false
 	}
 	if roots == st.roots && samePins(pins, st.pins) ||
 		roots != nil && st.roots != nil && roots.Equal(st.roots) && samePins(pins, st.pins) {
 		// Reworded, reordered or commented, but the same trust: no need to
 		// re-check every connection.
 		r.opts.Logger.Info("trust file re-read; trust unchanged", "files", applied)
-		return false
+		return reload{}, false
 	}
-	r.opts.Trust.Update(roots, pins)
-	retired := 0
-	if r.opts.Reverify != nil {
-		retired = r.opts.Reverify()
-	}
-	r.opts.Logger.Info("trust reloaded", "files", applied, "roots", describeRoots(roots),
-		"default_pins", len(pins), "connections_retired", retired)
-	return true
+	t.Update(roots, pins)
+	return reload{files: applied, st: t.load()}, true
 }
 
 // samePins compares pin sets; order does not matter.

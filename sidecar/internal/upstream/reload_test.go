@@ -5,12 +5,14 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/config"
@@ -100,22 +102,23 @@ type reloadRig struct {
 func newReloadRig(t *testing.T, kind string, watchCA, watchPins bool) *reloadRig {
 	t.Helper()
 	rr := &reloadRig{srv: dnstest.New(t, dnstest.Options{}), mnt: newMount(t, kind)}
-	var roots *x509.CertPool
-	var pins [][32]byte
-	opts := ReloaderOptions{Interval: 20 * time.Millisecond, Logger: testLogger()}
+	var src TrustSource
 	if watchCA {
 		rr.mnt.write(t, "ca.pem", rr.srv.CAPEM)
-		opts.CAFile, opts.LoadCA = rr.mnt.path("ca.pem"), config.LoadCAFile
-		roots = mustLoad(t, config.LoadCAFile, opts.CAFile)
-	} else {
-		roots = rr.srv.CAPool
+		src.CAFile = rr.mnt.path("ca.pem")
 	}
 	if watchPins {
 		rr.mnt.write(t, "pins", []byte("# the leaf\n"+rr.srv.LeafPin+"\n"))
-		opts.PinsFile, opts.LoadPins = rr.mnt.path("pins"), config.LoadPinsFile
-		pins = mustLoad(t, config.LoadPinsFile, opts.PinsFile)
+		src.PinsFile = rr.mnt.path("pins")
 	}
-	rr.trust = NewTrust(roots, pins)
+	var err error
+	if rr.trust, err = LoadTrust(src); err != nil {
+		t.Fatal(err)
+	}
+	if !watchCA {
+		// The server's CA, given rather than read from a file.
+		rr.trust.Update(rr.srv.CAPool, rr.trust.load().pins)
+	}
 	m := NewMetrics(prometheus.NewRegistry())
 	rr.d = newTestDoT(t, rr.srv, func(o *DoTOptions) { o.Trust, o.Metrics = rr.trust, m })
 	g, err := NewGroup(testGroupOptions(GroupOptions{Upstreams: []Upstream{rr.d}, Logger: testLogger(), Metrics: m}))
@@ -131,20 +134,12 @@ func newReloadRig(t *testing.T, kind string, watchCA, watchPins bool) *reloadRig
 		rr.retired <- n
 		return n
 	}
-	opts.Trust, opts.Reverify, opts.Metrics = rr.trust, reverify, rr.rm
+	opts := ReloaderOptions{Trusts: []*Trust{rr.trust}, Interval: 20 * time.Millisecond, Reverify: reverify,
+		Logger: testLogger(), Metrics: rr.rm}
 	if rr.r, err = NewTrustReloader(opts); err != nil {
 		t.Fatal(err)
 	}
 	return rr
-}
-
-func mustLoad[T any](t *testing.T, load func(string) (T, error), path string) T {
-	t.Helper()
-	v, err := load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return v
 }
 
 // run starts the reloader's poll loop until the test ends.
@@ -361,11 +356,13 @@ func TestTrustReloadSameTrustAndStart(t *testing.T) {
 		srv := dnstest.New(t, dnstest.Options{})
 		mnt := newMount(t, swapRename)
 		mnt.write(t, "pins", []byte(srv.LeafPin+"\n"))
-		trust := NewTrust(srv.CAPool, mustLoad(t, config.LoadPinsFile, mnt.path("pins")))
+		trust, err := LoadTrust(TrustSource{PinsFile: mnt.path("pins")})
+		if err != nil {
+			t.Fatal(err)
+		}
 		mnt.write(t, "pins", []byte(srv.CAPin+"\n"))
 		rm := NewReloadMetrics(prometheus.NewRegistry())
-		r, err := NewTrustReloader(ReloaderOptions{Trust: trust, PinsFile: mnt.path("pins"),
-			LoadPins: config.LoadPinsFile, Interval: time.Hour, Logger: testLogger(), Metrics: rm})
+		r, err := NewTrustReloader(ReloaderOptions{Trusts: []*Trust{trust}, Interval: time.Hour, Logger: testLogger(), Metrics: rm})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -380,18 +377,15 @@ func TestTrustReloadSameTrustAndStart(t *testing.T) {
 
 func TestNewTrustReloaderValidates(t *testing.T) {
 	base := func() ReloaderOptions {
-		return ReloaderOptions{Trust: NewTrust(nil, nil), CAFile: "/nonexistent/ca.pem", LoadCA: config.LoadCAFile,
-			Interval: time.Second, Logger: testLogger(), Metrics: NewReloadMetrics(prometheus.NewRegistry())}
+		return ReloaderOptions{Trusts: []*Trust{NewTrust(nil, nil)}, Interval: time.Second, Logger: testLogger(),
+			Metrics: NewReloadMetrics(prometheus.NewRegistry())}
 	}
 	tests := map[string]func(*ReloaderOptions){
-		"no trust":       func(o *ReloaderOptions) { o.Trust = nil },
-		"no logger":      func(o *ReloaderOptions) { o.Logger = nil },
-		"no metrics":     func(o *ReloaderOptions) { o.Metrics = nil },
-		"no files":       func(o *ReloaderOptions) { o.CAFile = "" },
-		"no CA parser":   func(o *ReloaderOptions) { o.LoadCA = nil },
-		"no pins parser": func(o *ReloaderOptions) { o.PinsFile = "/nonexistent/pins" },
-		"negative":       func(o *ReloaderOptions) { o.Interval = -time.Second },
-		"no interval":    func(o *ReloaderOptions) { o.Interval = 0 },
+		"nil trust":   func(o *ReloaderOptions) { o.Trusts = []*Trust{nil} },
+		"no logger":   func(o *ReloaderOptions) { o.Logger = nil },
+		"no metrics":  func(o *ReloaderOptions) { o.Metrics = nil },
+		"negative":    func(o *ReloaderOptions) { o.Interval = -time.Second },
+		"no interval": func(o *ReloaderOptions) { o.Interval = 0 },
 	}
 	for name, mod := range tests {
 		o := base()
@@ -402,5 +396,93 @@ func TestNewTrustReloaderValidates(t *testing.T) {
 	}
 	if _, err := NewTrustReloader(base()); err != nil {
 		t.Errorf("valid options refused: %v", err)
+	}
+}
+
+// Several Trusts, each from files of its own, are watched by one reloader
+// the same way: a change applies to the Trust whose file changed, only the
+// connections verified against that Trust are checked again, and the files
+// that cannot be used are counted.
+func TestTrustReloadSeveralTrusts(t *testing.T) {
+	mnt := newMount(t, swapRename)
+	m := NewMetrics(prometheus.NewRegistry())
+	var (
+		srvs   [2]*dnstest.Server
+		trusts [2]*Trust
+		dots   [2]*DoT
+	)
+	for i := range 2 {
+		srvs[i] = dnstest.New(t, dnstest.Options{})
+		name := fmt.Sprintf("pins%d", i)
+		mnt.write(t, name, []byte(srvs[i].LeafPin+"\n"))
+		tr, err := LoadTrust(TrustSource{PinsFile: mnt.path(name)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr.Update(srvs[i].CAPool, tr.load().pins)
+		trusts[i] = tr
+		dots[i] = newTestDoT(t, srvs[i], func(o *DoTOptions) { o.Trust, o.Metrics = tr, m })
+	}
+	g, err := NewGroup(testGroupOptions(GroupOptions{Upstreams: []Upstream{dots[0], dots[1]}, Logger: testLogger(), Metrics: m}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = g.Close() })
+	ask := func(i int) error {
+		q := packQuery(t, "several.example.", dns.TypeA)
+		resp, err := dots[i].Exchange(ctxTimeout(t, answerTimeout), q)
+		if err != nil {
+			return err
+		}
+		return checkAnswer(resp, q)
+	}
+	for i := range 2 {
+		if err := ask(i); err != nil {
+			t.Fatalf("upstream %d: %v", i, err)
+		}
+	}
+	rm := NewReloadMetrics(prometheus.NewRegistry())
+	r, err := NewTrustReloader(ReloaderOptions{Trusts: trusts[:], Interval: time.Hour, Reverify: g.Reverify,
+		Logger: testLogger(), Metrics: rm})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := len(r.Files()); got != 2 {
+		t.Fatalf("watching %d files, want 2", got)
+	}
+	if r.Check() {
+		t.Fatal("a check with no file changed updated a Trust")
+	}
+
+	// Trust 0's pin changes to a key its server lacks.
+	other := trusts[1].load()
+	mnt.write(t, "pins0", []byte(config.FormatPin(foreignPin)+"\n"))
+	if !r.Check() {
+		t.Fatal("the changed pins file was not applied")
+	}
+	if trusts[1].load() != other {
+		t.Error("a Trust whose files did not change was updated")
+	}
+	eventually(t, 3*time.Second, "trust 0's connection to close", func() bool { return srvs[0].Open() == 0 })
+	if err := ask(0); !errors.Is(err, ErrPinMismatch) {
+		t.Errorf("upstream 0 after its pin changed: %v, want ErrPinMismatch", err)
+	}
+	if err := ask(1); err != nil || srvs[1].Accepted() != 1 {
+		t.Errorf("upstream 1: %v after %d connections, want its first connection still serving", err, srvs[1].Accepted())
+	}
+
+	// Both files broken: two pins files failing.
+	mnt.write(t, "pins0", []byte("not a pin\n"))
+	mnt.write(t, "pins1", []byte("\n"))
+	if r.Check() {
+		t.Error("broken files updated a Trust")
+	}
+	if got := counterValue(rm.Failing.WithLabelValues(TrustFilePins)); got != 2 {
+		t.Errorf("trust_reload_failing{pins} = %v, want 2", got)
+	}
+	mnt.write(t, "pins1", []byte(srvs[1].LeafPin+"\n"))
+	r.Check()
+	if got := counterValue(rm.Failing.WithLabelValues(TrustFilePins)); got != 1 {
+		t.Errorf("trust_reload_failing{pins} = %v after one file was fixed, want 1", got)
 	}
 }

@@ -3,7 +3,6 @@ package upstream
 import (
 	"crypto/sha256"
 	"crypto/x509"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"slices"
@@ -14,9 +13,11 @@ import (
 // or a CA bundle, and the default SPKI pins for upstreams that carry none of
 // their own. Many upstreams share one Trust; Update swaps it atomically while
 // queries run, and each DoT then re-checks its open connections (Reverify, or
-// on its own within a housekeeping tick).
+// on its own within a housekeeping tick). A Trust loaded from files
+// (LoadTrust) is kept up to date with them by a TrustReloader.
 type Trust struct {
 	state atomic.Pointer[trustState]
+	files []trustFile // what LoadTrust built it from; fixed after
 }
 
 // trustState is immutable once published; a pointer change means "trust
@@ -27,7 +28,7 @@ type trustState struct {
 }
 
 // NewTrust returns a Trust of roots (nil for the system roots) and default
-// pins (none: chain and name verification alone).
+// pins (none: chain and name verification alone), watched by no file.
 func NewTrust(roots *x509.CertPool, pins [][32]byte) *Trust {
 	t := &Trust{}
 	t.Update(roots, pins)
@@ -42,21 +43,6 @@ func (t *Trust) Update(roots *x509.CertPool, pins [][32]byte) {
 }
 
 func (t *Trust) load() *trustState { return t.state.Load() }
-
-// ParsePin decodes a pin in the form TLS_PINS takes and `kdig +tls-pin`
-// prints: base64 of the SHA-256 of a DER SubjectPublicKeyInfo.
-func ParsePin(s string) ([32]byte, error) {
-	var pin [32]byte
-	b, err := base64.StdEncoding.DecodeString(s)
-	if err != nil {
-		return pin, fmt.Errorf("pin %q is not base64: %w", s, err)
-	}
-	if len(b) != len(pin) {
-		return pin, fmt.Errorf("pin %q is %d bytes, want a 32-byte SHA-256", s, len(b))
-	}
-	copy(pin[:], b)
-	return pin, nil
-}
 
 // PinOf returns the SPKI pin of cert.
 func PinOf(cert *x509.Certificate) [32]byte {
