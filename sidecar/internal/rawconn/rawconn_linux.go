@@ -1,7 +1,3 @@
-// Package rawconn makes a TCP connection's reads and writes cheaper for a
-// relay: raw system calls through syscall.RawConn, and optionally quick ACKs.
-// The server uses it for client connections, the upstream for the TCP under
-// each TLS connection.
 package rawconn
 
 import (
@@ -15,29 +11,19 @@ import (
 )
 
 // Conn is a *net.TCPConn with two changes, both for the cost of a relayed
-// query.
+// query: raw system calls for reads and writes (see the package comment),
+// and optionally quick ACKs.
 //
-// Quick ACKs (when asked for: the upstream side). An upstream that writes answers with Nagle's algorithm on
-// (Unbound 1.17 does on its TLS port) holds each answer while its previous
-// one is unacknowledged. Once both ends pipeline, Linux treats our side as
-// interactive and delays its ACKs, hoping to carry them on our next query,
-// so every answer waits for the next query (one query interval of latency
-// at any rate: 1 ms at 1,000 queries/s) or for the delayed-ACK timer (40 ms)
-// when queries pause. Every read that returns data therefore re-arms
-// TCP_QUICKACK, which Linux clears on its own, so the answer is
-// acknowledged at once. The read usually drains several answers under load.
-//
-// Raw system calls. Reads and writes go through syscall.RawConn, whose
-// readiness waiting and deadlines are the netpoller's as for any net.Conn,
-// but the read(2), sendto(2) and setsockopt(2) themselves are made with
-// RawSyscall. The socket is non-blocking, so none of them waits. A regular
-// system call tells the Go scheduler that the goroutine may block: its
-// monitor thread then wakes every 20 us while calls are frequent, hands the
-// P to another thread when a call outlasts a tick, and is woken from its
-// deep sleep by the first call after idleness. On a relay that makes
-// several calls per query that bookkeeping cost about a fifth of the CPU
-// (a runtime patched to leave it out measured 13.6-14.4 us per query
-// against 17.3-22.1 us). A raw call is plain code to the scheduler.
+// Quick ACKs (when asked for: the upstream side). An upstream that writes
+// answers with Nagle's algorithm on (Unbound 1.17 does on its TLS port)
+// holds each answer while its previous one is unacknowledged. Once both
+// ends pipeline, Linux treats our side as interactive and delays its ACKs,
+// hoping to carry them on our next query, so every answer waits for the
+// next query (one query interval of latency at any rate: 1 ms at 1,000
+// queries/s) or for the delayed-ACK timer (40 ms) when queries pause. Every
+// read that returns data therefore re-arms TCP_QUICKACK, which Linux clears
+// on its own, so the answer is acknowledged at once. The read usually
+// drains several answers under load.
 type Conn struct {
 	*net.TCPConn
 	rc       syscall.RawConn
@@ -94,26 +80,22 @@ func (c *Conn) Read(b []byte) (int, error) {
 
 // read is the RawConn callback: false means "wait until readable".
 func (c *Conn) read(fd uintptr) bool {
-	for {
-		n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&c.rb[0])), uintptr(len(c.rb)))
-		switch e {
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return false
-		case 0:
-			c.rn = int(n)
-			if n > 0 && c.quickAck {
-				one := int32(1)
-				// Failure only loses the quick ACK.
-				_, _, _ = unix.RawSyscall6(unix.SYS_SETSOCKOPT, fd, unix.IPPROTO_TCP, unix.TCP_QUICKACK,
-					uintptr(unsafe.Pointer(&one)), unsafe.Sizeof(one), 0)
-			}
-		default:
-			c.rerrno = e
+	n, e, ready := rawCall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&c.rb[0])), uintptr(len(c.rb)), 0, 0)
+	switch {
+	case !ready:
+		return false
+	case e != 0:
+		c.rerrno = e
+	default:
+		c.rn = int(n)
+		if n > 0 && c.quickAck {
+			one := int32(1)
+			// Failure only loses the quick ACK.
+			_, _, _ = rawCall(unix.SYS_SETSOCKOPT, fd, unix.IPPROTO_TCP, unix.TCP_QUICKACK,
+				uintptr(unsafe.Pointer(&one)), unsafe.Sizeof(one))
 		}
-		return true
 	}
+	return true
 }
 
 func (c *Conn) Write(b []byte) (int, error) {
@@ -139,17 +121,15 @@ func (c *Conn) Write(b []byte) (int, error) {
 func (c *Conn) write(fd uintptr) bool {
 	for c.wn < len(c.wb) {
 		p := c.wb[c.wn:]
-		n, _, e := unix.RawSyscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), unix.MSG_NOSIGNAL, 0, 0)
-		switch e {
-		case 0:
-			c.wn += int(n)
-		case unix.EINTR:
-		case unix.EAGAIN:
+		n, e, ready := rawCall(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), unix.MSG_NOSIGNAL, 0)
+		switch {
+		case !ready:
 			return false
-		default:
+		case e != 0:
 			c.werrno = e
 			return true
 		}
+		c.wn += int(n)
 	}
 	return true
 }

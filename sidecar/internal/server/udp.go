@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/rawconn"
 )
 
 // udpQuery carries one datagram from a reader to the goroutine answering it,
@@ -48,14 +49,14 @@ func releaseUDPQuery(q *udpQuery) {
 func (s *Server) readUDP(u *udpSocket) {
 	defer s.loops.Done()
 	ms := u.newReadBatch()
-	rd := newBatchIO(u.c)
+	rd := rawconn.NewBatch(u.c, udpBatch)
 	var info []byte
 	if u.wild {
 		info = make([]byte, 0, pktinfoSize)
 	}
 	var backoff time.Duration
 	for {
-		n, err := rd.readBatch(ms)
+		n, err := rd.Read(ms)
 		if err != nil {
 			if s.closing.Load() {
 				return
@@ -72,20 +73,20 @@ func (s *Server) readUDP(u *udpSocket) {
 		backoff = 0
 		for i := range ms[:n] {
 			m := &ms[i]
-			msg := m.buf[:m.n]
+			msg := m.Buf[:m.N]
 			if len(msg) < dnswire.HeaderLen {
 				s.m.malformed.Inc() // no header: nothing to answer
 				continue
 			}
 			if u.wild {
-				info = replyPktinfo(info, m.oob[:m.oobn])
+				info = replyPktinfo(info, m.OOB[:m.OOBN])
 			}
 			if !s.admit() {
-				s.shedUDP(u.c, m.addr, msg, info)
+				s.shedUDP(u.c, m.Addr, msg, info)
 				continue
 			}
 			q := udpQueryPool.Get().(*udpQuery)
-			q.sock, q.from = u, m.addr
+			q.sock, q.from = u, m.Addr
 			q.msg, q.oob = append(q.msg[:0], msg...), append(q.oob[:0], info...)
 			s.queries.Add(1)
 			go s.serveUDP(q)

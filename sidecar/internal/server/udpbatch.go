@@ -2,37 +2,20 @@ package server
 
 import (
 	"net"
-	"net/netip"
-	"runtime"
 	"sync"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/rawconn"
 )
 
 // A relay's cost per query is mostly system calls, so UDP queries are read
-// and answers written several per call (recvmmsg and sendmmsg on Linux, see
-// udpio_linux.go; one per call elsewhere). Batches form only under load: a
-// read returns what is queued, at least one datagram, and never waits for
-// more; a write sends what is ready, and never waits for more either.
+// and answers written several per call (rawconn.Batch: recvmmsg and sendmmsg
+// on Linux, one per call elsewhere). Batches form only under load: a read
+// returns what is queued, at least one datagram, and never waits for more;
+// a write sends what is ready, and never waits for more either.
 
 // udpBatch is the most datagrams one system call reads or writes.
 const udpBatch = 16
-
-// udpMsg is one datagram of a batch.
-type udpMsg struct {
-	buf  []byte         // read: room for a datagram; write: the datagram
-	n    int            // read: the datagram's length
-	oob  []byte         // read: room for control messages; write: the one to send, if any
-	oobn int            // read: the control messages' length
-	addr netip.AddrPort // read: the sender; write: the destination
-}
-
-// batchIO reads and writes batches of datagrams on one socket. Each reader
-// and the writer have their own (newBatchIO), as it keeps scratch space.
-type batchIO interface {
-	readBatch(ms []udpMsg) (int, error)
-	writeBatch(ms []udpMsg) (int, error)
-}
 
 // udpSocket is one UDP listener and the answers queued on it.
 type udpSocket struct {
@@ -44,40 +27,40 @@ type udpSocket struct {
 	flushing bool        // a goroutine is writing queue out
 
 	// Owned by the goroutine that is flushing.
-	w     batchIO
+	w     *rawconn.Batch
 	spare []*udpQuery
-	msgs  []udpMsg
+	msgs  []rawconn.Msg
 }
 
 func newUDPSocket(c *net.UDPConn) *udpSocket {
-	return &udpSocket{c: c, wild: isWildcard(c), w: newBatchIO(c)}
+	return &udpSocket{c: c, wild: isWildcard(c), w: rawconn.NewBatch(c, udpBatch)}
 }
 
 // newReadBatch returns a reader's messages. Each holds a whole datagram, so
 // that an oversized one is seen whole (and answered FORMERR or relayed)
 // rather than silently cut; the kernel writes, and so the process touches,
 // only the pages datagrams fill.
-func (u *udpSocket) newReadBatch() []udpMsg {
+func (u *udpSocket) newReadBatch() []rawconn.Msg {
 	const size = dnswire.MaxMsgSize
 	buf := make([]byte, udpBatch*size)
 	var oob []byte
 	if u.wild {
 		oob = make([]byte, udpBatch*2*pktinfoSize)
 	}
-	ms := make([]udpMsg, udpBatch)
+	ms := make([]rawconn.Msg, udpBatch)
 	for i := range ms {
-		ms[i].buf = buf[i*size : (i+1)*size : (i+1)*size]
+		ms[i].Buf = buf[i*size : (i+1)*size : (i+1)*size]
 		if u.wild {
-			ms[i].oob = oob[i*2*pktinfoSize : (i+1)*2*pktinfoSize : (i+1)*2*pktinfoSize]
+			ms[i].OOB = oob[i*2*pktinfoSize : (i+1)*2*pktinfoSize : (i+1)*2*pktinfoSize]
 		}
 	}
 	return ms
 }
 
 // send queues q's answer. The first goroutine to find no write in progress
-// becomes the writer: it yields once, so that the answers made ready with its
-// own (a TLS read delivers several) queue behind it, then writes batches
-// until the queue is empty. Everyone else returns at once. No goroutine is
+// becomes the writer: it yields once (rawconn.YieldToBatch), so that the
+// answers made ready with its own (a TLS read delivers several) queue behind
+// it, then writes batches until the queue is empty. Everyone else returns at once. No goroutine is
 // woken for this, and the writer is a query goroutine, so Shutdown, which
 // waits for those, also waits for every queued answer to be written.
 func (u *udpSocket) send(s *Server, q *udpQuery) {
@@ -91,7 +74,7 @@ func (u *udpSocket) send(s *Server, q *udpQuery) {
 	spare := u.spare
 	u.mu.Unlock()
 
-	runtime.Gosched()
+	rawconn.YieldToBatch()
 	for {
 		u.mu.Lock()
 		batch := u.queue
@@ -119,13 +102,13 @@ func (u *udpSocket) write(s *Server, batch []*udpQuery) {
 		n := min(len(batch), udpBatch)
 		ms := u.msgs[:0]
 		for _, q := range batch[:n] {
-			ms = append(ms, udpMsg{buf: q.reply, oob: q.oob, addr: q.from})
+			ms = append(ms, rawconn.Msg{Buf: q.reply, OOB: q.oob, Addr: q.from})
 		}
 		u.msgs = ms
 		for len(ms) > 0 {
-			sent, err := u.w.writeBatch(ms)
+			sent, err := u.w.Write(ms)
 			if err != nil && sent < len(ms) {
-				s.log.Debug("writing a UDP answer failed", "client", ms[sent].addr, "err", err)
+				s.log.Debug("writing a UDP answer failed", "client", ms[sent].Addr, "err", err)
 				sent++
 			}
 			ms = ms[min(sent, len(ms)):]

@@ -12,12 +12,12 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/rawconn"
 )
 
 const (
@@ -343,7 +343,7 @@ func (c *conn) writeLoop() {
 		// queue their frames first, so that one TLS record and one write
 		// carry them all. Without this the writer, handed the CPU first,
 		// writes each query alone.
-		runtime.Gosched()
+		rawconn.YieldToBatch()
 		c.mu.Lock()
 		buf, c.pending = c.pending, buf[:0]
 		c.mu.Unlock()

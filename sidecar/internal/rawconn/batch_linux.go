@@ -1,4 +1,4 @@
-package server
+package rawconn
 
 import (
 	"encoding/binary"
@@ -12,21 +12,20 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// mmsgIO reads and writes batches with recvmmsg(2) and sendmmsg(2).
-//
-// The calls go through syscall.RawConn, whose readiness waiting and
-// deadlines are the netpoller's, but are made with RawSyscall: the socket is
-// non-blocking, so they never wait, and a regular system call costs a relay
-// more in the Go scheduler's bookkeeping than the call itself (see rawconn.Conn
-// in package upstream: the monitor thread polling every 20 us, P hand-offs).
-type mmsgIO struct {
+// Batch reads and writes datagrams on one UDP socket, several per system
+// call: recvmmsg(2) and sendmmsg(2), raw (see the package comment). A read
+// returns what is queued, at least one datagram, and never waits for more;
+// a write sends what it is given. Not safe for concurrent use: each reader
+// and the writer of a socket have their own.
+type Batch struct {
 	rc    syscall.RawConn
+	err   error // the socket has no RawConn: every call fails with it
 	hdrs  []mmsghdr
 	iovs  []unix.Iovec
 	names []unix.RawSockaddrInet6 // room for either family
 
 	// The call in progress, for the callback.
-	op    uintptr
+	trap  uintptr
 	n     int
 	errno syscall.Errno
 	fn    func(fd uintptr) bool
@@ -38,96 +37,95 @@ type mmsghdr struct {
 	len uint32
 }
 
-func newBatchIO(c *net.UDPConn) batchIO {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return errIO{err}
+// NewBatch returns a Batch of up to size datagrams per call on c.
+func NewBatch(c *net.UDPConn, size int) *Batch {
+	b := &Batch{
+		hdrs:  make([]mmsghdr, size),
+		iovs:  make([]unix.Iovec, size),
+		names: make([]unix.RawSockaddrInet6, size),
 	}
-	m := &mmsgIO{
-		rc:    rc,
-		hdrs:  make([]mmsghdr, udpBatch),
-		iovs:  make([]unix.Iovec, udpBatch),
-		names: make([]unix.RawSockaddrInet6, udpBatch),
-	}
-	m.fn = m.call
-	return m
+	b.rc, b.err = c.SyscallConn()
+	b.fn = b.call
+	return b
 }
 
 // call is the RawConn callback: false means "wait until ready".
-func (m *mmsgIO) call(fd uintptr) bool {
-	for {
-		r, _, e := unix.RawSyscall6(m.op, fd, uintptr(unsafe.Pointer(&m.hdrs[0])), uintptr(m.n), 0, 0, 0)
-		switch e {
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return false
-		}
-		m.n, m.errno = int(r), e
-		return true
+func (b *Batch) call(fd uintptr) bool {
+	n, e, ready := rawCall(b.trap, fd, uintptr(unsafe.Pointer(&b.hdrs[0])), uintptr(b.n), 0, 0)
+	if ready {
+		b.n, b.errno = int(n), e
 	}
+	return ready
 }
 
 // prepare points the first len(ms) headers at ms's buffers.
-func (m *mmsgIO) prepare(ms []udpMsg) {
+func (b *Batch) prepare(ms []Msg) {
 	for i := range ms {
-		h, v, b := &m.hdrs[i], &m.iovs[i], ms[i].buf
+		h, v, buf := &b.hdrs[i], &b.iovs[i], ms[i].Buf
 		*h, *v = mmsghdr{}, unix.Iovec{}
-		if len(b) > 0 {
-			v.Base = &b[0]
+		if len(buf) > 0 {
+			v.Base = &buf[0]
 		}
-		v.SetLen(len(b))
+		v.SetLen(len(buf))
 		h.hdr.Iov = v
 		h.hdr.SetIovlen(1)
-		if len(ms[i].oob) > 0 {
-			h.hdr.Control = &ms[i].oob[0]
-			h.hdr.SetControllen(len(ms[i].oob))
+		if len(ms[i].OOB) > 0 {
+			h.hdr.Control = &ms[i].OOB[0]
+			h.hdr.SetControllen(len(ms[i].OOB))
 		}
-		h.hdr.Name = (*byte)(unsafe.Pointer(&m.names[i]))
-		h.hdr.Namelen = uint32(unsafe.Sizeof(m.names[i]))
+		h.hdr.Name = (*byte)(unsafe.Pointer(&b.names[i]))
+		h.hdr.Namelen = uint32(unsafe.Sizeof(b.names[i]))
 	}
 }
 
-func (m *mmsgIO) do(op uintptr, ms []udpMsg) (int, error) {
-	m.op, m.n, m.errno = op, len(ms), 0
+func (b *Batch) do(trap uintptr, ms []Msg) (int, error) {
+	if b.err != nil {
+		return 0, b.err
+	}
+	b.trap, b.n, b.errno = trap, len(ms), 0
 	var err error
-	if op == unix.SYS_RECVMMSG {
-		err = m.rc.Read(m.fn)
+	if trap == unix.SYS_RECVMMSG {
+		err = b.rc.Read(b.fn)
 	} else {
-		err = m.rc.Write(m.fn)
+		err = b.rc.Write(b.fn)
 	}
 	if err != nil {
 		return 0, err
 	}
-	if m.errno != 0 {
+	if b.errno != 0 {
 		name := "sendmmsg"
-		if op == unix.SYS_RECVMMSG {
+		if trap == unix.SYS_RECVMMSG {
 			name = "recvmmsg"
 		}
-		return 0, os.NewSyscallError(name, m.errno)
+		return 0, os.NewSyscallError(name, b.errno)
 	}
-	return m.n, nil
+	return b.n, nil
 }
 
-func (m *mmsgIO) readBatch(ms []udpMsg) (int, error) {
-	ms = ms[:min(len(ms), len(m.hdrs))]
-	m.prepare(ms)
-	n, err := m.do(unix.SYS_RECVMMSG, ms)
+// Read reads up to len(ms) datagrams (and the Batch's size), waiting for the
+// first, into ms's buffers, and returns how many it read.
+func (b *Batch) Read(ms []Msg) (int, error) {
+	ms = ms[:min(len(ms), len(b.hdrs))]
+	b.prepare(ms)
+	n, err := b.do(unix.SYS_RECVMMSG, ms)
 	for i := range n {
-		h := &m.hdrs[i]
-		ms[i].n, ms[i].oobn = int(h.len), int(h.hdr.Controllen)
-		ms[i].addr = sockaddrAddrPort(&m.names[i])
+		h := &b.hdrs[i]
+		ms[i].N, ms[i].OOBN = int(h.len), int(h.hdr.Controllen)
+		ms[i].Addr = sockaddrAddrPort(&b.names[i])
 	}
 	return n, err
 }
 
-func (m *mmsgIO) writeBatch(ms []udpMsg) (int, error) {
-	ms = ms[:min(len(ms), len(m.hdrs))]
-	m.prepare(ms)
+// Write sends up to len(ms) datagrams (and the Batch's size) and returns
+// how many the kernel took, which may be fewer: as with sendmmsg(2), an
+// error is about the first datagram not taken.
+func (b *Batch) Write(ms []Msg) (int, error) {
+	ms = ms[:min(len(ms), len(b.hdrs))]
+	b.prepare(ms)
 	for i := range ms {
-		m.hdrs[i].hdr.Namelen = putSockaddr(&m.names[i], ms[i].addr)
+		b.hdrs[i].hdr.Namelen = putSockaddr(&b.names[i], ms[i].Addr)
 	}
-	return m.do(unix.SYS_SENDMMSG, ms)
+	return b.do(unix.SYS_SENDMMSG, ms)
 }
 
 func sockaddrAddrPort(sa *unix.RawSockaddrInet6) netip.AddrPort {
@@ -179,10 +177,3 @@ func portOf(p *uint16) uint16 { return binary.BigEndian.Uint16((*[2]byte)(unsafe
 func setPort(p *uint16, port uint16) {
 	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(p))[:], port)
 }
-
-// errIO fails every call: a socket without a RawConn, which cannot happen
-// for a *net.UDPConn.
-type errIO struct{ err error }
-
-func (e errIO) readBatch([]udpMsg) (int, error)  { return 0, e.err }
-func (e errIO) writeBatch([]udpMsg) (int, error) { return 0, e.err }
