@@ -80,7 +80,7 @@ func (s *Server) untrack(c *tcpConn) {
 type tcpConn struct {
 	s    *Server
 	nc   *net.TCPConn
-	rw   io.ReadWriter // nc's reads and writes (tcpio_linux.go)
+	rw   io.ReadWriter // nc's reads and writes, raw (rawconn.Conn)
 	from netip.AddrPort
 
 	mu      sync.Mutex // orders stopReading against the reader's deadline changes
