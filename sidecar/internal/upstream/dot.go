@@ -16,9 +16,9 @@ import (
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
 )
 
-// DoTOptions configures a DNS-over-TLS upstream (RFC 7858). Every field is
-// required: the defaults are the settings' (package config), and NewDoT
-// refuses a zero it cannot use.
+// DoTOptions configures a DNS-over-TLS upstream (RFC 7858). Every field but
+// Pins is required: the defaults are the settings' (package config), and
+// NewDoT refuses a zero it cannot use.
 type DoTOptions struct {
 	// Addr is the upstream's IP address and port (853 for DoT). Required. An
 	// IP literal, never a name: resolving one would need a plaintext lookup.

@@ -34,13 +34,16 @@ var (
 	// ErrAllDown: every upstream is marked down; answers get SERVFAIL at once
 	// with EDE 22.
 	ErrAllDown = errors.New("all upstreams are down")
-	// ErrBadResponse: the upstream sent something that is not a valid answer
-	// to the query.
+	// ErrBadResponse: the upstream answered the query (its ID and question)
+	// with a message that does not parse whole, or the server found the
+	// answer unusable for the client. Final like any answer: not retried,
+	// and not held against the upstream.
 	ErrBadResponse = errors.New("malformed upstream response")
 	// ErrClosed: the Upstream was closed (shutdown).
 	ErrClosed = errors.New("upstream closed")
 	// ErrBadQuery: the caller handed Exchange something that is not a DNS
-	// query it can relay (shorter than a header, longer than 65535 bytes, or
-	// a malformed question section). Nothing was sent; answers get FORMERR.
+	// query it can relay (a Msg that dnswire.Parse did not accept whole, or
+	// one without exactly one question). Nothing was sent; answers get
+	// FORMERR.
 	ErrBadQuery = errors.New("malformed query")
 )
