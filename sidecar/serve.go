@@ -182,7 +182,7 @@ func loadTrust(cfg *config.Config) (*upstream.Trust, error) {
 func newUpstreams(cfg *config.Config, trust *upstream.Trust, log *slog.Logger, m *upstream.Metrics) (*upstream.Group, error) {
 	policy, err := upstream.ParsePolicy(cfg.UpstreamPolicy)
 	if err != nil {
-		return nil, fmt.Errorf("invalid UPSTREAM_POLICY %q: %w", cfg.UpstreamPolicy, err)
+		return nil, cfg.Invalid("UPSTREAM_POLICY", err)
 	}
 	var members []upstream.Upstream
 	closeAll := func() {
