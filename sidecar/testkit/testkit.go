@@ -1,7 +1,3 @@
-// Package testkit decides what a test does when the machine lacks something it
-// needs. On a developer's machine with only Go, such tests skip and say what is
-// missing; under CI (CI=true) a missing tool or privilege is a failure, never a
-// skip, because CI installs everything the suite needs.
 package testkit
 
 import (
@@ -21,11 +17,18 @@ func InCI() bool {
 }
 
 // Missing skips the test, or fails it under CI, explaining what is missing.
+// Main counts the skip in the package's summary line.
 func Missing(t testing.TB, what string) {
+	t.Helper()
+	missing(t, what, nil)
+}
+
+func missing(t testing.TB, what string, tools []string) {
 	t.Helper()
 	if InCI() {
 		t.Fatalf("%s (CI=true: .ci/run must provide it)", what)
 	}
+	skips.add(t.Name(), what, tools)
 	t.Skipf("skipping: %s", what)
 }
 
@@ -53,16 +56,29 @@ func RequireTools(t testing.TB, names ...string) map[string]string {
 		paths[n] = p
 	}
 	if len(missing) > 0 {
-		Missing(t, "missing tools "+strconv.Quote(strings.Join(missing, ", "))+" (Debian packages; see .ci/run)")
+		missingTools(t, missing)
 	}
 	return paths
+}
+
+const needsRoot = "this test needs root (network namespaces and iptables)"
+
+// toolsReason is the reason given for missing tools, in a test's skip
+// message and in the package's summary line alike.
+func toolsReason(names []string) string {
+	return "missing tools " + strconv.Quote(strings.Join(names, ", ")) + " (Debian packages; see .ci/run)"
+}
+
+func missingTools(t testing.TB, names []string) {
+	t.Helper()
+	missing(t, toolsReason(names), names)
 }
 
 // RequireRoot skips (fails under CI) unless the test runs as root.
 func RequireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		Missing(t, "this test needs root (network namespaces and iptables)")
+		Missing(t, needsRoot)
 	}
 }
 
