@@ -1,0 +1,39 @@
+package netnstest
+
+import (
+	"fmt"
+	"runtime"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// Do runs f on an OS thread moved into the namespace, and fails t with the
+// error f returns. Sockets f opens on that thread (listeners, dials) live in
+// the namespace and may be used from anywhere afterwards; goroutines f
+// starts run on other threads, in the test's own namespace. f runs on
+// another goroutine, so it reports failure by its error, never with t.
+//
+// The thread is never handed back to the scheduler: it ends with f, so no
+// other goroutine ever runs in the namespace by accident.
+func (n *Netns) Do(t testing.TB, f func() error) {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // no Unlock: the thread exits with the goroutine
+		errc <- func() error {
+			fd, err := unix.Open(n.Path(), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return fmt.Errorf("opening namespace %s: %w", n.Name, err)
+			}
+			defer unix.Close(fd)
+			if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+				return fmt.Errorf("entering namespace %s: %w", n.Name, err)
+			}
+			return f()
+		}()
+	}()
+	if err := <-errc; err != nil {
+		t.Fatalf("in namespace %s: %v", n.Name, err)
+	}
+}

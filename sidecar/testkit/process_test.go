@@ -1,0 +1,68 @@
+package testkit
+
+import (
+	"errors"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestProcessStop(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, script string
+		killed       bool
+	}{
+		{"exits on SIGTERM", `trap 'echo bye; exit 0' TERM; echo up; while :; do sleep 0.05; done`, false},
+		{"ignores SIGTERM", `trap '' TERM; echo up; while :; do sleep 0.05; done`, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			p := StartProcess(t, tc.name, exec.Command("sh", "-c", tc.script))
+			WaitFor(t, "the script to start", 10*time.Second, func() error {
+				if !strings.Contains(p.Stdout.String(), "up") {
+					return errors.New("not up yet")
+				}
+				return nil
+			})
+			if p.Exited() {
+				t.Fatal("exited before Stop")
+			}
+			err := p.Stop(200 * time.Millisecond)
+			if killed := err != nil; killed != tc.killed {
+				t.Errorf("Stop = %v, want killed %v", err, tc.killed)
+			}
+			if !p.Exited() || p.ExitAt().IsZero() {
+				t.Error("Stop returned before the process exited")
+			}
+			if !tc.killed && (p.Err() != nil || !strings.HasSuffix(p.Stdout.String(), "bye\n")) {
+				t.Errorf("exit %v, output %q; want its TERM trap's clean exit", p.Err(), p.Output())
+			}
+			if err := p.Stop(time.Second); err != nil {
+				t.Errorf("second Stop: %v", err)
+			}
+		})
+	}
+}
+
+func TestProcessWait(t *testing.T) {
+	t.Parallel()
+	p := StartProcess(t, "exit 3", exec.Command("sh", "-c", "echo out; echo err >&2; exit 3"))
+	var ee *exec.ExitError
+	if err := p.Wait(t, 10*time.Second); !errors.As(err, &ee) || ee.ExitCode() != 3 {
+		t.Errorf("Wait = %v, want exit status 3", err)
+	}
+	if p.Stdout.String() != "out\n" || p.Stderr.String() != "err\n" || p.Output() != "out\nerr\n" {
+		t.Errorf("stdout %q, stderr %q", p.Stdout, p.Stderr)
+	}
+}
+
+func TestTail(t *testing.T) {
+	if got := Tail("a\nb\nc\n", 2); got != "b\nc" {
+		t.Errorf("Tail = %q", got)
+	}
+	if got := Tail("a\n", 5); got != "a" {
+		t.Errorf("Tail = %q", got)
+	}
+}
