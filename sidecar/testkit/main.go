@@ -62,12 +62,21 @@ var mainState struct {
 // TestMain is not testkit.Main, since f would then never run.
 func AtExit(tb testing.TB, f func()) {
 	tb.Helper()
+	RequireMain(tb)
 	mainState.mu.Lock()
 	defer mainState.mu.Unlock()
-	if !mainState.running {
+	mainState.atExit = append(mainState.atExit, f)
+}
+
+// RequireMain fails tb unless the package's TestMain is testkit.Main.
+func RequireMain(tb testing.TB) {
+	tb.Helper()
+	mainState.mu.Lock()
+	running := mainState.running
+	mainState.mu.Unlock()
+	if !running {
 		tb.Fatal("this helper needs the package's TestMain to be testkit.Main: func TestMain(m *testing.M) { testkit.Main(m) }")
 	}
-	mainState.atExit = append(mainState.atExit, f)
 }
 
 // skips records the tests that Missing skipped, for Main's summary.

@@ -93,4 +93,9 @@ func TestWaitFor(t *testing.T) {
 	if d := time.Since(start); d < 50*time.Millisecond {
 		t.Errorf("Poll gave up after %v, before its timeout", d)
 	}
+	calls := 0
+	err = Poll(time.Minute, func() error { calls++; return Permanent(errors.New("exited")) })
+	if err == nil || err.Error() != "exited" || calls != 1 {
+		t.Errorf("Poll on a permanent error = %v after %d calls, want it at once", err, calls)
+	}
 }

@@ -9,7 +9,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -23,15 +22,12 @@ import (
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/unboundtest"
 )
 
-// binary is built once for the package by TestMain.
-var binary string
-
-func TestMain(m *testing.M) { os.Exit(bintest.MainWithBinary(m, &binary)) }
+func TestMain(m *testing.M) { testkit.Main(m) }
 
 func TestRelayToUnbound(t *testing.T) {
 	tools := testkit.RequireTools(t, "unbound", "kdig")
 	u := unboundtest.Start(t, unboundtest.Options{Names: 10})
-	s := bintest.Start(t, binary,
+	s := bintest.Start(t,
 		fmt.Sprintf("UPSTREAMS=tls://%s#%s", u.Addr, u.ServerName),
 		"TLS_CA_FILE="+u.CAFile)
 	rec := u.Names[3]
@@ -88,7 +84,7 @@ func TestRelayToUnbound(t *testing.T) {
 		if err := s.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.WaitExit(t, 15*time.Second); err != nil {
+		if err := s.Wait(t, 15*time.Second); err != nil {
 			t.Fatalf("exit after SIGTERM: %v", err)
 		}
 	})
@@ -100,7 +96,7 @@ func TestWrongCAGivesServfail(t *testing.T) {
 	testkit.RequireTools(t, "unbound")
 	u := unboundtest.Start(t, unboundtest.Options{Names: 1})
 	other := unboundtest.Start(t, unboundtest.Options{Names: 1})
-	s := bintest.Start(t, binary,
+	s := bintest.Start(t,
 		fmt.Sprintf("UPSTREAMS=tls://%s#%s", u.Addr, u.ServerName),
 		"TLS_CA_FILE="+other.CAFile, "RETRY_MAX_ATTEMPTS=1")
 	m := new(dns.Msg)
@@ -136,7 +132,7 @@ func TestConfigErrorsExitNonZeroNamingTheVariable(t *testing.T) {
 		{"PROTO=sctp", `PROTO "sctp"`},
 	} {
 		t.Run(tc.env, func(t *testing.T) {
-			cmd := exec.CommandContext(context.Background(), binary)
+			cmd := exec.CommandContext(context.Background(), bintest.Binary(t))
 			cmd.Env = []string{tc.env}
 			out, err := cmd.CombinedOutput()
 			ee, ok := err.(*exec.ExitError)
@@ -152,7 +148,7 @@ func TestConfigErrorsExitNonZeroNamingTheVariable(t *testing.T) {
 }
 
 func TestHelpListsSettings(t *testing.T) {
-	out, err := exec.Command(binary, "--help").CombinedOutput()
+	out, err := exec.Command(bintest.Binary(t), "--help").CombinedOutput()
 	if err != nil {
 		t.Fatalf("--help: %v\n%s", err, out)
 	}

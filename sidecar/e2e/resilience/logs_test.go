@@ -45,7 +45,7 @@ func TestLogs(t *testing.T) {
 			if err := s.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 				t.Fatal(err)
 			}
-			if err := s.WaitExit(t, 10*time.Second); err != nil {
+			if err := s.Wait(t, 10*time.Second); err != nil {
 				t.Fatalf("exit: %v", err)
 			}
 			lines := readJSONLines(t, file)

@@ -20,14 +20,12 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/bintest"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
 )
 
-// binary is built once for the package by TestMain.
-var binary string
-
-func TestMain(m *testing.M) { os.Exit(bintest.MainWithBinary(m, &binary)) }
+func TestMain(m *testing.M) { testkit.Main(m) }
 
 // sidecar is a running dot-sidecar process with this package's metric
 // helpers.
@@ -37,7 +35,7 @@ type sidecar struct{ *bintest.Sidecar }
 // and waits for /startupz.
 func startSidecar(t testing.TB, env ...string) *sidecar {
 	t.Helper()
-	return &sidecar{bintest.Start(t, binary, env...)}
+	return &sidecar{bintest.Start(t, env...)}
 }
 
 // metrics scrapes /metrics.
@@ -94,17 +92,13 @@ next:
 func (s *sidecar) eventuallyMetric(t testing.TB, timeout time.Duration, what string, cond func(v float64) bool,
 	name string, labels ...string) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
+	testkit.WaitFor(t, what, timeout, func() error {
 		v, ok := metricValue(s.metrics(t), name, labels...)
-		if ok && cond(v) {
-			return
+		if !ok || !cond(v) {
+			return fmt.Errorf("%s%v = %v (present %v)", name, labels, v, ok)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %s%v = %v (present %v) after %s", what, name, labels, v, ok, timeout)
-		}
-		time.Sleep(20 * time.Millisecond) // polling interval
-	}
+		return nil
+	})
 }
 
 // upstreamEnv points the sidecar at srvs, trusting their CAs.

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
 )
 
@@ -62,30 +63,25 @@ func TestSIGTERMAnswersInFlight(t *testing.T) {
 				go send("tcp", i)
 			}
 			// Every query has reached the upstream: all are in flight.
-			deadline := time.Now().Add(5 * time.Second)
-			for srv.Queries() < udpQueries+tcpQueries {
-				if time.Now().After(deadline) {
-					t.Fatalf("only %d of %d queries reached the upstream", srv.Queries(), udpQueries+tcpQueries)
+			testkit.WaitFor(t, "every query to reach the upstream", 5*time.Second, func() error {
+				if n := srv.Queries(); n < udpQueries+tcpQueries {
+					return fmt.Errorf("only %d of %d so far", n, udpQueries+tcpQueries)
 				}
-				time.Sleep(5 * time.Millisecond) // polling interval
-			}
+				return nil
+			})
 
 			sigterm := time.Now()
 			if err := s.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 				t.Fatal(err)
 			}
 			// /readyz turns 503 at once; /livez stays 200.
-			for {
-				code, body := s.Get("/readyz")
-				if code == http.StatusServiceUnavailable {
-					t.Logf("/readyz %d %q %s after SIGTERM", code, body, time.Since(sigterm).Round(time.Millisecond))
-					break
+			testkit.WaitFor(t, "/readyz to turn 503", 300*time.Millisecond, func() error {
+				if code, body := s.Get("/readyz"); code != http.StatusServiceUnavailable {
+					return fmt.Errorf("still %d %q", code, body)
 				}
-				if time.Since(sigterm) > 300*time.Millisecond {
-					t.Fatalf("/readyz still %d %q 300ms after SIGTERM", code, body)
-				}
-				time.Sleep(5 * time.Millisecond) // polling interval
-			}
+				return nil
+			})
+			t.Logf("/readyz 503 %s after SIGTERM", time.Since(sigterm).Round(time.Millisecond))
 			if code, body := s.Get("/livez"); code != http.StatusOK {
 				t.Errorf("/livez %d %q while draining, want 200", code, body)
 			}
@@ -99,10 +95,10 @@ func TestSIGTERMAnswersInFlight(t *testing.T) {
 			for err := range errs {
 				t.Error(err)
 			}
-			if err := s.WaitExit(t, grace+2*time.Second); err != nil {
+			if err := s.Wait(t, grace+2*time.Second); err != nil {
 				t.Fatalf("exit after SIGTERM: %v", err)
 			}
-			took := s.ExitAt.Sub(sigterm)
+			took := s.ExitAt().Sub(sigterm)
 			t.Logf("exited %s after SIGTERM", took.Round(time.Millisecond))
 			if took > grace {
 				t.Errorf("exit %s after SIGTERM, more than SHUTDOWN_GRACE %s", took, grace)

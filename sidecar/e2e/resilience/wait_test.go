@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/bintest"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
 )
@@ -18,9 +19,9 @@ import (
 // code, output and duration.
 func runWait(t *testing.T, env []string, args ...string) (code int, stdout, stderr string, took time.Duration) {
 	t.Helper()
-	cmd := exec.Command(binary, append([]string{"wait"}, args...)...)
+	cmd := exec.Command(bintest.Binary(t), append([]string{"wait"}, args...)...)
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
-	var out, errb bintest.Buffer
+	var out, errb testkit.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	start := time.Now()
 	err := cmd.Run()
@@ -60,16 +61,12 @@ func TestWaitCommand(t *testing.T) {
 		if err := s.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
-		deadline := time.Now().Add(2 * time.Second)
-		for {
-			if code, _ := s.Get("/readyz"); code == http.StatusServiceUnavailable {
-				break
+		testkit.WaitFor(t, "/readyz to turn 503 after SIGTERM", 2*time.Second, func() error {
+			if code, body := s.Get("/readyz"); code != http.StatusServiceUnavailable {
+				return fmt.Errorf("still %d %q", code, body)
 			}
-			if time.Now().After(deadline) {
-				t.Fatal("/readyz not 503 after SIGTERM")
-			}
-			time.Sleep(5 * time.Millisecond) // polling interval
-		}
+			return nil
+		})
 		code, out, errOut, took := runWait(t, nil, "--admin-address", s.Admin, "--timeout", "1s")
 		want := fmt.Sprintf("dot-sidecar not ready at http://%s/readyz after 1s: last status 503: shutting down", s.Admin)
 		if code != 1 || !strings.Contains(errOut, want) {

@@ -1,188 +1,110 @@
-// Package bintest builds the dot-sidecar binary from this tree and runs it
-// the way an operator would, for the end-to-end test packages under
-// sidecar/e2e: each builds the binary once in TestMain, then starts it with
-// settings in its environment and waits for /startupz.
+// Package bintest builds the dot-sidecar binary from this tree, the one way
+// the project builds it: the release build the Dockerfile runs (static,
+// without cgo, reproducible paths, stripped, version stamped). Tests use the
+// binary that ships, the end-to-end packages build it once each, and the
+// load harness (sidecar/bench) builds it the same way.
+//
+//	func TestMain(m *testing.M) { testkit.Main(m) }
+//
+//	bin := bintest.Binary(t)        // built on first use, once per package
+//	s := bintest.Start(t, "UPSTREAMS=...", "TLS_CA_FILE=...")
+//	code, body := s.Get("/readyz")
+//
+// The Dockerfile's build command is ShellCommand's text; sidecar/e2e/image
+// holds the two to each other and checks what the build makes.
 package bintest
 
 import (
-	"bytes"
+	"context"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
+	"strings"
 	"sync"
 	"testing"
-	"time"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
 )
 
-// MainWithBinary builds ./sidecar into a temporary directory, stores its
-// path in *binary, runs the tests and removes it. Use it from TestMain:
-//
-//	func TestMain(m *testing.M) { os.Exit(bintest.MainWithBinary(m, &binary)) }
-func MainWithBinary(m *testing.M, binary *string) int {
-	dir, err := os.MkdirTemp("", "dot-sidecar-e2e-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	*binary = filepath.Join(dir, "dot-sidecar")
-	build := exec.Command(goTool(), "build", "-o", *binary, sidecarDir())
-	build.Stderr = os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building dot-sidecar:", err)
-		return 1
-	}
-	return m.Run()
+// MainPackage is the main package built, relative to the repository root.
+const MainPackage = "./sidecar"
+
+// TestVersion is the version stamped into the binary tests build.
+const TestVersion = "0.0.0-test"
+
+// buildEnv is what the release build sets in the environment: no cgo, so
+// the binary needs no libc and runs on any base image.
+var buildEnv = []string{"CGO_ENABLED=0"}
+
+// ldflags strips the symbol table and DWARF (-s -w) and stamps the version.
+func ldflags(version string) string { return "-s -w -X main.version=" + version }
+
+// BuildArgs are the arguments of go for the release build of version into
+// out, run from the repository root.
+func BuildArgs(version, out string) []string {
+	return []string{"build", "-trimpath", "-ldflags", ldflags(version), "-o", out, MainPackage}
 }
 
-// sidecarDir is the main package's directory, found from this file so that
-// every test package builds the same thing whatever its depth.
-func sidecarDir() string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "..")
-}
-
-func goTool() string {
-	if p := filepath.Join(runtime.GOROOT(), "bin", "go"); fileExists(p) {
-		return p
-	}
-	return "go"
-}
-
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
-}
-
-// FreePort returns a loopback port free for both UDP and TCP: the
-// sidecar's listeners share one.
-func FreePort(t testing.TB) int {
-	t.Helper()
-	for range 20 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
+// ShellCommand is the release build as a shell command line, as the
+// Dockerfile's RUN writes it: version is a shell word such as ${VERSION}.
+func ShellCommand(version, out string) string {
+	args := BuildArgs(version, out)
+	for i, a := range args {
+		if strings.ContainsAny(a, " $") {
+			args[i] = `"` + a + `"`
 		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
+	}
+	return strings.Join(buildEnv, " ") + " go " + strings.Join(args, " ")
+}
+
+// Build runs the release build of version into out, in root (the
+// repository's root), with the go found on PATH (go test puts the toolchain
+// that runs the tests first).
+func Build(ctx context.Context, root, out, version string) error {
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		return fmt.Errorf("building dot-sidecar: %w", err)
+	}
+	cmd := exec.CommandContext(ctx, goBin, BuildArgs(version, out)...)
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), buildEnv...)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%s (in %s): %w\n%s", ShellCommand(version, out), root, err, b)
+	}
+	return nil
+}
+
+var built struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// Binary returns the path of the release build of this tree (TestVersion),
+// made on the package's first call and shared by its tests. It lies in a
+// directory every UID can read and enter, so that tests may run it as the
+// sidecar's own UID, and is removed when the package's tests end: the
+// package's TestMain must be testkit.Main.
+func Binary(t testing.TB) string {
+	t.Helper()
+	testkit.RequireMain(t)
+	root := testkit.RepoRoot(t)
+	built.once.Do(func() {
+		dir, err := os.MkdirTemp("", "dot-sidecar-bin-")
 		if err == nil {
-			u.Close()
-			return port
+			err = os.Chmod(dir, 0o755)
 		}
-	}
-	t.Fatal("no free port")
-	return 0
-}
-
-// Buffer collects a process's output while tests read it.
-type Buffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *Buffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *Buffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// Sidecar is a running dot-sidecar process.
-type Sidecar struct {
-	Cmd    *exec.Cmd
-	DNS    string // 127.0.0.1:PORT
-	Admin  string // 127.0.0.1:PORT
-	Stdout *Buffer
-	Stderr *Buffer
-	Exited chan struct{} // closed when the process has exited
-	Err    error         // its exit status, once Exited is closed
-	ExitAt time.Time
-}
-
-// Start runs binary on loopback ports of its own with env (after the
-// defaults, so env wins), waits for /startupz and kills it at cleanup.
-func Start(t testing.TB, binary string, env ...string) *Sidecar {
-	t.Helper()
-	dnsPort, adminPort := FreePort(t), FreePort(t)
-	s := &Sidecar{
-		DNS:    fmt.Sprintf("127.0.0.1:%d", dnsPort),
-		Admin:  fmt.Sprintf("127.0.0.1:%d", adminPort),
-		Stdout: new(Buffer),
-		Stderr: new(Buffer),
-		Exited: make(chan struct{}),
-	}
-	s.Cmd = exec.Command(binary)
-	s.Cmd.Env = append([]string{
-		"PATH=" + os.Getenv("PATH"),
-		"BIND_ADDRESS=127.0.0.1",
-		fmt.Sprintf("BIND_PORT=%d", dnsPort),
-		"ADMIN_ADDRESS=" + s.Admin,
-		"SHUTDOWN_LAMEDUCK=0s",
-	}, env...)
-	s.Cmd.Stdout, s.Cmd.Stderr = s.Stdout, s.Stderr
-	if err := s.Cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		s.Err = s.Cmd.Wait()
-		s.ExitAt = time.Now()
-		close(s.Exited)
-	}()
-	t.Cleanup(func() {
-		_ = s.Cmd.Process.Kill()
-		<-s.Exited
-		if t.Failed() {
-			t.Logf("dot-sidecar stderr:\n%s", s.Stderr)
+		if err != nil {
+			built.err = err
+			return
 		}
+		testkit.AtExit(t, func() { os.RemoveAll(dir) })
+		built.path = filepath.Join(dir, "dot-sidecar")
+		built.err = Build(context.Background(), root, built.path, TestVersion)
 	})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if code, _ := s.Get("/startupz"); code == http.StatusOK {
-			return s
-		}
-		select {
-		case <-s.Exited:
-			t.Fatalf("dot-sidecar exited before it was started: %v\n%s", s.Err, s.Stderr)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("dot-sidecar not started after 10s\n%s", s.Stderr)
-		}
-		time.Sleep(10 * time.Millisecond) // polling interval
+	if built.err != nil {
+		t.Fatal(built.err)
 	}
-}
-
-// Get fetches an admin path; code 0 means no HTTP answer.
-func (s *Sidecar) Get(path string) (code int, body string) {
-	c := http.Client{Timeout: 2 * time.Second}
-	resp, err := c.Get("http://" + s.Admin + path)
-	if err != nil {
-		return 0, err.Error()
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
-
-// WaitExit waits for the process to exit and returns its status.
-func (s *Sidecar) WaitExit(t testing.TB, timeout time.Duration) error {
-	t.Helper()
-	select {
-	case <-s.Exited:
-		return s.Err
-	case <-time.After(timeout):
-		t.Fatalf("dot-sidecar still running %s later", timeout)
-		return nil
-	}
+	return built.path
 }
