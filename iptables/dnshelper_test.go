@@ -1,13 +1,13 @@
 package iptables
 
 import (
-	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
-	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
 )
 
 // The test binary doubles as a small DNS server and client that the node-mode
@@ -38,14 +40,14 @@ func TestMain(m *testing.M) {
 	case "query":
 		os.Exit(helperQuery())
 	}
-	os.Exit(m.Run())
+	testkit.Main(m)
 }
 
 // helperServe answers every query over UDP and TCP with one TXT record naming
 // its UID, the transport and the client's address as the server sees it. It
 // first tries to bind the probe address and reports "probe: ok" or
 // "probe: EACCES" (or the error), then "ready" once both listeners serve, and
-// stops when its stdin closes.
+// stops on SIGTERM.
 func helperServe() int {
 	addr := os.Getenv(helperAddrEnv)
 	if probe := os.Getenv(helperProbeEnv); probe != "" {
@@ -94,9 +96,11 @@ func helperServe() int {
 			}
 		}()
 	}
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM)
 	started.Wait()
 	fmt.Println("ready")
-	_, _ = io.Copy(io.Discard, os.Stdin)
+	<-stop
 	for _, s := range servers {
 		_ = s.Shutdown()
 	}
@@ -162,92 +166,48 @@ func helperBinary(t *testing.T) string {
 	return bin
 }
 
-// dnsServer is a running helperServe.
-type dnsServer struct {
-	probe string // what the probe bind reported
-}
-
 // startDNSServer runs helperServe in the namespace through wrap (setpriv ...)
-// and returns once it serves; it is stopped when the test ends.
-func startDNSServer(t *testing.T, n *netns, bin string, wrap []string, addr, probe string) dnsServer {
+// and returns, once it serves, what its probe bind reported. It is stopped
+// when the test ends, and must then exit cleanly.
+func startDNSServer(t *testing.T, n netns, bin string, wrap []string, addr, probe string) (probed string) {
 	t.Helper()
-	argv := append(append([]string{"netns", "exec", n.name}, wrap...), bin)
-	cmd := exec.Command("ip", argv...)
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), helperNoExitDelay, helperEnv + "=serve", helperAddrEnv + "=" + addr, helperProbeEnv + "=" + probe}
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	lines := make(chan string, 16)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			select {
-			case lines <- sc.Text():
-			default: // nobody reads any more; keep draining
-			}
-		}
-		close(lines)
-		exited <- cmd.Wait()
-	}()
-	t.Cleanup(func() {
-		stdin.Close() // EOF: the helper shuts down and exits
-		select {
-		case err := <-exited:
-			if err != nil {
-				t.Errorf("DNS helper exited with %v; stderr: %s", err, stderr.String())
-			}
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			t.Errorf("DNS helper did not stop within 10s of its stdin closing")
-			<-exited
+	cmd := n.Command(context.Background(), append(append([]string{}, wrap...), bin)...)
+	cmd.Env = append(cmd.Env, helperNoExitDelay, helperEnv+"=serve", helperAddrEnv+"="+addr, helperProbeEnv+"="+probe)
+	p := testkit.StartProcess(t, "DNS helper", cmd)
+	t.Cleanup(func() { // before StartProcess's own, which finds it stopped
+		if err := p.Stop(testkit.StopGrace); err != nil || p.Err() != nil {
+			t.Errorf("DNS helper: stop: %v, exit status %v", err, p.Err())
 		}
 	})
-	var s dnsServer
-	deadline := time.After(20 * time.Second)
-	for {
-		select {
-		case l, ok := <-lines:
-			if !ok {
-				t.Fatalf("DNS helper exited before serving; stderr: %s", stderr.String())
-			}
-			switch {
-			case l == "ready":
-				return s
-			case strings.HasPrefix(l, "probe: "):
-				s.probe = strings.TrimPrefix(l, "probe: ")
-			default:
-				t.Fatalf("DNS helper: %s; stderr: %s", l, stderr.String())
-			}
-		case <-deadline:
-			t.Fatalf("DNS helper not serving after 20s; stderr: %s", stderr.String())
+	testkit.WaitFor(t, "the DNS helper to serve", 20*time.Second, func() error {
+		out := p.Stdout.String()
+		if strings.Contains(out, "error: ") || p.Exited() {
+			return testkit.Permanent(fmt.Errorf("DNS helper failed: %s", p.Output()))
+		}
+		if !strings.HasSuffix(out, "ready\n") {
+			return fmt.Errorf("not serving yet: %q", out)
+		}
+		return nil
+	})
+	for _, l := range strings.Split(p.Stdout.String(), "\n") {
+		if v, ok := strings.CutPrefix(l, "probe: "); ok {
+			probed = v
 		}
 	}
+	return probed
 }
 
 // query runs helperQuery in the namespace; it returns the answer's text, or
 // the error line with ok false.
-func query(t *testing.T, n *netns, bin, network, addr string) (text string, ok bool) {
+func query(t *testing.T, n netns, bin, network, addr string) (text string, ok bool) {
 	t.Helper()
-	cmd := exec.Command("ip", "netns", "exec", n.name, bin)
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), helperNoExitDelay, helperEnv + "=query", helperAddrEnv + "=" + addr, helperNetEnv + "=" + network}
-	out, err := cmd.Output()
-	line := strings.TrimSpace(string(out))
-	if answer, found := strings.CutPrefix(line, "answer: "); found && err == nil {
+	r := n.Run([]string{helperNoExitDelay, helperEnv + "=query", helperAddrEnv + "=" + addr, helperNetEnv + "=" + network}, bin)
+	line := strings.TrimSpace(r.Stdout)
+	if answer, found := strings.CutPrefix(line, "answer: "); found && r.Err == nil {
 		return answer, true
 	}
 	if !strings.HasPrefix(line, "error: ") {
-		t.Fatalf("DNS query helper: %v, output %q", err, out)
+		t.Fatalf("DNS query helper: %v", r)
 	}
 	return line, false
 }

@@ -1,16 +1,14 @@
 package iptables
 
 import (
-	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/netnstest"
 )
 
 // These tests run the script for real, as root, in network namespaces they
@@ -18,43 +16,33 @@ import (
 // idempotency, foreign rules, rollback, privileges); the end-to-end story with
 // a sidecar, an upstream and packet captures lives in sidecar/e2e/netns.
 
-var nsCounter atomic.Int64
+// netns is a namespace of netnstest's with the script's view of it.
+type netns struct{ *netnstest.Netns }
 
-// netns is a throwaway network namespace with loopback up (so ::1 exists and
+// newNetns makes a throwaway namespace with loopback up (so ::1 exists and
 // IPv6 is detected as present, as in a pod).
-type netns struct{ name string }
+func newNetns(t *testing.T) netns { return netns{netnstest.New(t)} }
 
-func newNetns(t *testing.T) *netns {
+// script runs dns-redirect.sh in the namespace, through wrap (setpriv ...)
+// when set, with env on top of the namespace's clean environment.
+func (n netns) script(t *testing.T, env []string, wrap []string, args ...string) result {
 	t.Helper()
-	name := fmt.Sprintf("dsr%d-%d", os.Getpid(), nsCounter.Add(1))
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add %s: %v\n%s", name, err, out)
+	env = append([]string{"DOT_SIDECAR_IF_INET6=/proc/net/if_inet6"}, env...)
+	r := n.Run(env, append(append(append([]string{}, wrap...), "/bin/sh", script), args...)...)
+	if r.Code() < 0 {
+		t.Fatalf("%v", r)
 	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v\n%s", name, err, out)
-		}
-	})
-	n := &netns{name: name}
-	n.must(t, "ip", "link", "set", "lo", "up")
-	return n
+	return result{code: r.Code(), stdout: r.Stdout, stderr: r.Stderr}
 }
 
-func (n *netns) must(t *testing.T, argv ...string) string {
+// requireNetnsTools skips (fails under CI) without root or the tools of
+// both backends.
+func requireNetnsTools(t *testing.T) {
 	t.Helper()
-	out, err := exec.Command("ip", append([]string{"netns", "exec", n.name}, argv...)...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("in %s: %v: %v\n%s", n.name, argv, err, out)
-	}
-	return string(out)
-}
-
-// script runs dns-redirect.sh in the namespace; wrap is put between
-// "ip netns exec NS" and the shell (setpriv ...).
-func (n *netns) script(t *testing.T, env []string, wrap []string, args ...string) result {
-	t.Helper()
-	prefix := append([]string{"ip", "netns", "exec", n.name}, wrap...)
-	return run(t, prefix, append([]string{"DOT_SIDECAR_IF_INET6=/proc/net/if_inet6"}, env...), script, args...)
+	testkit.RequireRoot(t)
+	testkit.RequireTools(t, "ip", "setpriv",
+		"iptables-nft-save", "iptables-nft-restore", "ip6tables-nft-save", "ip6tables-nft-restore",
+		"iptables-legacy-save", "iptables-legacy-restore", "ip6tables-legacy-save", "ip6tables-legacy-restore")
 }
 
 // privCase runs a script command under a wrapper that takes privileges
@@ -75,9 +63,9 @@ func fams() []string { return []string{"iptables", "ip6tables"} }
 
 // nat returns the nat table of one family and backend as iptables-save prints
 // it, without comments and chain counters, so two states compare as text.
-func (n *netns) nat(t *testing.T, family, backend string) string {
+func (n netns) nat(t *testing.T, family, backend string) string {
 	t.Helper()
-	out := n.must(t, family+"-"+backend+"-save", "-t", "nat")
+	out := n.Must(t, family+"-"+backend+"-save", "-t", "nat")
 	var keep []string
 	for _, l := range strings.Split(out, "\n") {
 		if l == "" || strings.HasPrefix(l, "#") {
@@ -94,24 +82,22 @@ func (n *netns) nat(t *testing.T, family, backend string) string {
 }
 
 // state is the nat table of both families in one backend.
-func (n *netns) state(t *testing.T, backend string) [2]string {
+func (n netns) state(t *testing.T, backend string) [2]string {
 	t.Helper()
 	return [2]string{n.nat(t, "iptables", backend), n.nat(t, "ip6tables", backend)}
 }
 
 // addForeign leaves rules as a mesh's init step would: a chain of its own with
 // a jump from OUTPUT, and a plain OUTPUT rule.
-func (n *netns) addForeign(t *testing.T, backend string) {
+func (n netns) addForeign(t *testing.T, backend string) {
 	t.Helper()
 	for _, f := range fams() {
 		p := "*nat\n:MESH_OUTPUT - [0:0]\n" +
 			"-A MESH_OUTPUT -p tcp -m tcp --dport 8080 -m comment --comment \"foreign/mesh\" -j REDIRECT --to-ports 15001\n" +
 			"-A OUTPUT -p tcp -m comment --comment \"foreign/mesh-jump\" -j MESH_OUTPUT\n" +
 			"-A OUTPUT -p udp -m udp --dport 53 -m owner --uid-owner 1337 -m comment --comment \"foreign/dns\" -j RETURN\nCOMMIT\n"
-		cmd := exec.Command("ip", "netns", "exec", n.name, f+"-"+backend+"-restore", "--noflush")
-		cmd.Stdin = strings.NewReader(p)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("%s-%s-restore: %v\n%s", f, backend, err, out)
+		if r := n.RunInput(nil, p, f+"-"+backend+"-restore", "--noflush"); r.Err != nil {
+			t.Fatalf("%v", r)
 		}
 	}
 }
@@ -158,10 +144,8 @@ func expected(t *testing.T) [2][]string {
 }
 
 func TestApplyInNamespace(t *testing.T) {
-	testkit.RequireRoot(t)
-	testkit.RequireTools(t, "ip", "setpriv",
-		"iptables-nft-save", "iptables-nft-restore", "ip6tables-nft-save", "ip6tables-nft-restore",
-		"iptables-legacy-save", "iptables-legacy-restore", "ip6tables-legacy-save", "ip6tables-legacy-restore")
+	t.Parallel()
+	requireNetnsTools(t)
 	want := expected(t)
 
 	for _, backend := range []string{"nft", "legacy"} {
@@ -169,6 +153,7 @@ func TestApplyInNamespace(t *testing.T) {
 		mode := []string{"IPTABLES_MODE=" + backend}
 
 		t.Run(backend+"/apply-twice-cleanup", func(t *testing.T) {
+			t.Parallel()
 			n := newNetns(t)
 			n.addForeign(t, backend)
 			before := n.state(t, backend)
@@ -215,6 +200,7 @@ func TestApplyInNamespace(t *testing.T) {
 		})
 
 		t.Run(backend+"/rollback", func(t *testing.T) {
+			t.Parallel()
 			n := newNetns(t)
 			n.addForeign(t, backend)
 			before := n.state(t, backend)
@@ -243,6 +229,7 @@ func TestApplyInNamespace(t *testing.T) {
 		})
 
 		t.Run(backend+"/kernel-rejects-payload", func(t *testing.T) {
+			t.Parallel()
 			n := newNetns(t)
 			before := n.state(t, backend)
 			rc := filepath.Join(t.TempDir(), "resolv.conf")
@@ -260,6 +247,7 @@ func TestApplyInNamespace(t *testing.T) {
 		})
 
 		t.Run(backend+"/auto-detects", func(t *testing.T) {
+			t.Parallel()
 			n := newNetns(t)
 			n.addForeign(t, backend) // the namespace's existing rules live in this backend
 			res := n.script(t, []string{"IPTABLES_MODE=auto"}, nil, "apply")
@@ -286,6 +274,7 @@ func TestApplyInNamespace(t *testing.T) {
 		})
 
 		t.Run(backend+"/no-ipv6", func(t *testing.T) {
+			t.Parallel()
 			n := newNetns(t)
 			before := n.state(t, backend)
 			res := n.script(t, append([]string{"DOT_SIDECAR_IF_INET6=/nonexistent/if_inet6"}, mode...), nil, "apply")
@@ -302,6 +291,7 @@ func TestApplyInNamespace(t *testing.T) {
 		})
 
 		t.Run(backend+"/privileges", func(t *testing.T) {
+			t.Parallel()
 			n := newNetns(t)
 			before := n.state(t, backend)
 			cases := []privCase{

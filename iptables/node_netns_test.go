@@ -1,13 +1,12 @@
 package iptables
 
 import (
-	"os/exec"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/netnstest"
 )
 
 // The node-level mode for real: a "node" network namespace and a "pod"
@@ -32,21 +31,14 @@ var asSidecar = []string{"setpriv", "--reuid=" + sidecarUID, "--regid=" + sideca
 // NET_ADMIN and NET_RAW only, no privilege escalation.
 var asNodeInit = []string{"setpriv", "--inh-caps=-all", "--bounding-set=-all,+net_admin,+net_raw", "--no-new-privs"}
 
-type nodeLab struct{ node, pod *netns }
+type nodeLab struct{ node, pod netns }
 
 func newNodeLab(t *testing.T) nodeLab {
 	t.Helper()
 	lab := nodeLab{node: newNetns(t), pod: newNetns(t)}
-	// Created inside the namespaces, so the names need only be unique there.
-	if out, err := exec.Command("ip", "link", "add", "veth-pod", "netns", lab.node.name, "type", "veth",
-		"peer", "name", "eth0", "netns", lab.pod.name).CombinedOutput(); err != nil {
-		t.Fatalf("ip link add veth: %v\n%s", err, out)
-	}
-	lab.node.must(t, "ip", "addr", "add", nodeSide+"/24", "dev", "veth-pod")
-	lab.node.must(t, "ip", "link", "set", "veth-pod", "up")
-	lab.pod.must(t, "ip", "addr", "add", podSide+"/24", "dev", "eth0")
-	lab.pod.must(t, "ip", "link", "set", "eth0", "up")
-	lab.pod.must(t, "ip", "route", "add", "default", "via", nodeSide)
+	netnstest.Veth(t, netnstest.End{NS: lab.node.Netns, Name: "veth-pod", Addrs: []string{nodeSide + "/24"}},
+		netnstest.End{NS: lab.pod.Netns, Name: "eth0", Addrs: []string{podSide + "/24"}})
+	lab.pod.Must(t, "ip", "route", "add", "default", "via", nodeSide)
 	return lab
 }
 
@@ -55,7 +47,7 @@ func newNodeLab(t *testing.T) nodeLab {
 // DNATs port 53 of every local address elsewhere. Our jumps must come first
 // for queries to reach the sidecar. An IPv6 rule checks that node mode leaves
 // ip6tables alone.
-func (n *netns) addNodeForeign(t *testing.T, backend string) {
+func (n netns) addNodeForeign(t *testing.T, backend string) {
 	t.Helper()
 	payloads := map[string]string{
 		"iptables": "*nat\n:KUBE-SERVICES - [0:0]\n:CNI-HOSTPORT-DNAT - [0:0]\n" +
@@ -70,10 +62,8 @@ func (n *netns) addNodeForeign(t *testing.T, backend string) {
 		"ip6tables": "*nat\n-A OUTPUT -p udp -m udp --dport 53 -m comment --comment \"foreign/v6\" -j REDIRECT --to-ports 15053\nCOMMIT\n",
 	}
 	for _, f := range fams() {
-		cmd := exec.Command("ip", "netns", "exec", n.name, f+"-"+backend+"-restore", "--noflush")
-		cmd.Stdin = strings.NewReader(payloads[f])
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("%s-%s-restore: %v\n%s", f, backend, err, out)
+		if r := n.RunInput(nil, payloads[f], f+"-"+backend+"-restore", "--noflush"); r.Err != nil {
+			t.Fatalf("%v", r)
 		}
 	}
 }
@@ -81,10 +71,10 @@ func (n *netns) addNodeForeign(t *testing.T, backend string) {
 var addrLine = regexp.MustCompile(`^\d+: (\S+)\s+inet (\S+) .*?(\S+)\\`)
 
 // addrs lists the namespace's IPv4 addresses as "device address label".
-func (n *netns) addrs(t *testing.T) []string {
+func (n netns) addrs(t *testing.T) []string {
 	t.Helper()
 	var out []string
-	for _, l := range strings.Split(strings.TrimSpace(n.must(t, "ip", "-4", "-o", "addr", "show")), "\n") {
+	for _, l := range strings.Split(strings.TrimSpace(n.Must(t, "ip", "-4", "-o", "addr", "show")), "\n") {
 		m := addrLine.FindStringSubmatch(l)
 		if m == nil {
 			t.Fatalf("cannot parse ip addr line %q", l)
@@ -95,7 +85,7 @@ func (n *netns) addrs(t *testing.T) []string {
 }
 
 // ourAddrs are the addresses labelled as the script's.
-func (n *netns) ourAddrs(t *testing.T) []string {
+func (n netns) ourAddrs(t *testing.T) []string {
 	t.Helper()
 	var ours []string
 	for _, a := range n.addrs(t) {
@@ -149,7 +139,7 @@ type nodeState struct {
 	addrs string
 }
 
-func (n *netns) nodeState(t *testing.T) nodeState {
+func (n netns) nodeState(t *testing.T) nodeState {
 	t.Helper()
 	return nodeState{
 		nat:   map[string][2]string{"nft": n.state(t, "nft"), "legacy": n.state(t, "legacy")},
@@ -162,10 +152,8 @@ func (s nodeState) equal(o nodeState) bool {
 }
 
 func TestNodeModeInNamespaces(t *testing.T) {
-	testkit.RequireRoot(t)
-	testkit.RequireTools(t, "ip", "setpriv",
-		"iptables-nft-save", "iptables-nft-restore", "ip6tables-nft-save", "ip6tables-nft-restore",
-		"iptables-legacy-save", "iptables-legacy-restore", "ip6tables-legacy-save", "ip6tables-legacy-restore")
+	t.Parallel()
+	requireNetnsTools(t)
 	bin := helperBinary(t)
 	want := nodeExpected(t, nil)
 
@@ -174,6 +162,7 @@ func TestNodeModeInNamespaces(t *testing.T) {
 		mode := []string{"IPTABLES_MODE=" + backend}
 
 		t.Run(backend+"/pods-and-node-reach-the-unprivileged-sidecar", func(t *testing.T) {
+			t.Parallel()
 			lab := newNodeLab(t)
 			lab.node.addNodeForeign(t, backend)
 			before := lab.node.nodeState(t)
@@ -204,14 +193,14 @@ func TestNodeModeInNamespaces(t *testing.T) {
 				t.Errorf("our addresses %q, want %s/32 on lo labelled lo:dot-sidecar", got, nodeLocal)
 			}
 
-			srv := startDNSServer(t, lab.node, bin, asSidecar, nodeLocal+":5053", nodeLocal+":53")
+			probed := startDNSServer(t, lab.node, bin, asSidecar, nodeLocal+":5053", nodeLocal+":53")
 			// Why node mode forwards at all: without a capability the
 			// sidecar's UID cannot bind port 53 itself.
-			if srv.probe != "EACCES" {
-				t.Errorf("binding %s:53 as uid %s without capabilities: %q, want EACCES", nodeLocal, sidecarUID, srv.probe)
+			if probed != "EACCES" {
+				t.Errorf("binding %s:53 as uid %s without capabilities: %q, want EACCES", nodeLocal, sidecarUID, probed)
 			}
 			for _, q := range []struct {
-				from       *netns
+				from       netns
 				name       string
 				network    string
 				clientAddr string
@@ -257,6 +246,7 @@ func TestNodeModeInNamespaces(t *testing.T) {
 		})
 
 		t.Run(backend+"/address-change", func(t *testing.T) {
+			t.Parallel()
 			lab := newNodeLab(t)
 			if res := lab.node.script(t, mode, nil, "node-apply"); res.code != 0 {
 				t.Fatalf("node-apply: %s", res.stderr)
@@ -281,13 +271,14 @@ func TestNodeModeInNamespaces(t *testing.T) {
 		})
 
 		t.Run(backend+"/address-not-ours", func(t *testing.T) {
+			t.Parallel()
 			lab := newNodeLab(t)
 			// Applied before with another address: a refused run must not
 			// have removed it either.
 			if res := lab.node.script(t, append([]string{"NODE_LOCAL_ADDRESS=169.254.20.54"}, mode...), nil, "node-apply"); res.code != 0 {
 				t.Fatalf("node-apply: %s", res.stderr)
 			}
-			lab.node.must(t, "ip", "addr", "add", nodeLocal+"/32", "dev", "veth-pod")
+			lab.node.Must(t, "ip", "addr", "add", nodeLocal+"/32", "dev", "veth-pod")
 			before := lab.node.nodeState(t)
 			res := lab.node.script(t, mode, nil, "node-apply")
 			if res.code != exitFail || !strings.Contains(res.stderr, "not ours") || !strings.Contains(res.stderr, "veth-pod") {
@@ -299,6 +290,7 @@ func TestNodeModeInNamespaces(t *testing.T) {
 		})
 
 		t.Run(backend+"/commit-fails", func(t *testing.T) {
+			t.Parallel()
 			lab := newNodeLab(t)
 			fail := append([]string{"DOT_SIDECAR_TEST_FAIL=node-apply"}, mode...)
 			for _, preApplied := range []bool{false, true} {
@@ -319,6 +311,7 @@ func TestNodeModeInNamespaces(t *testing.T) {
 		})
 
 		t.Run(backend+"/privileges", func(t *testing.T) {
+			t.Parallel()
 			lab := newNodeLab(t)
 			before := lab.node.nodeState(t)
 			cases := []privCase{
