@@ -2,8 +2,12 @@
 # dns-redirect.sh: redirect a pod's outgoing DNS to the dot-sidecar on loopback,
 # or (node-* commands) a node's node-local DNS address to the node's dot-sidecar.
 #
-# Usage: dns-redirect.sh [apply|cleanup|dry-run|node-apply|node-cleanup|node-dry-run|help]
-#        (default: apply)
+# Usage: dns-redirect.sh {apply|cleanup|dry-run|node-apply|node-cleanup|node-dry-run|help}
+#
+# The command is required: run without one, or with one it does not know, the
+# script prints its usage on stderr, exits 2 and changes nothing, so that a
+# stray invocation never rewrites the rules of the namespace it happens to
+# run in.
 #
 #   apply    Run as root with CAP_NET_ADMIN (and CAP_NET_RAW for the legacy
 #            backend) inside the pod's network namespace. Redirects UDP and TCP
@@ -94,7 +98,8 @@
 #   0 done (cleanup with nothing to remove is success)
 #   1 iptables-restore, -save or ip failed; apply rolled back both families; or
 #     (node-apply) NODE_LOCAL_ADDRESS is already on the node but not ours
-#   2 usage or invalid setting (unknown command, bad BIND_PORT, bad resolv.conf, ...)
+#   2 usage or invalid setting (no command, unknown command, bad BIND_PORT,
+#     bad resolv.conf, ...); nothing was changed
 #   3 missing privilege (not root / no CAP_NET_ADMIN, or no CAP_NET_RAW for legacy)
 #   4 missing tool or no usable iptables backend
 # Diagnostics go to stderr prefixed "dns-redirect:"; only dry-run writes stdout.
@@ -126,8 +131,8 @@ die() {
 
 usage() {
 	cat <<'EOF'
-usage: dns-redirect.sh [apply|cleanup|dry-run|node-apply|node-cleanup|node-dry-run|help]
-  apply         redirect outgoing DNS (UDP/TCP port 53) to the sidecar (default)
+usage: dns-redirect.sh {apply|cleanup|dry-run|node-apply|node-cleanup|node-dry-run|help}
+  apply         redirect outgoing DNS (UDP/TCP port 53) to the sidecar
   cleanup       remove exactly what apply added
   dry-run       print the iptables-restore input apply would use (no root needed)
   node-apply    node-level mode: NODE_LOCAL_ADDRESS on lo, and DNAT of its port 53
@@ -727,7 +732,11 @@ cmd_node_cleanup() {
 
 # --- main -------------------------------------------------------------------
 
-cmd=${1:-apply}
+if [ $# -eq 0 ]; then
+	usage >&2
+	die $EX_USAGE "no command given; nothing changed (the init step runs 'apply')"
+fi
+cmd=$1
 [ $# -le 1 ] || {
 	usage >&2
 	die $EX_USAGE "unexpected arguments after '$cmd': $*"

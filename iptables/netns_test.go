@@ -290,6 +290,25 @@ func TestApplyInNamespace(t *testing.T) {
 			}
 		})
 
+		// Without a command, or with a wrong one, the script changes nothing,
+		// in either backend, whatever privileges it has: the command is
+		// never guessed.
+		t.Run(backend+"/no-command-changes-nothing", func(t *testing.T) {
+			t.Parallel()
+			n := newNetns(t)
+			n.addForeign(t, backend)
+			before := [2][2]string{n.state(t, backend), n.state(t, other)}
+			for _, args := range [][]string{nil, {""}, {"frobnicate"}, {"APPLY"}, {"apply-now"}} {
+				res := n.script(t, mode, nil, args...)
+				if res.code != exitUsage || !strings.Contains(res.stderr, "usage: dns-redirect.sh") || res.stdout != "" {
+					t.Errorf("%q: exit %d, stdout %q, stderr %q; want %d and the usage on stderr", args, res.code, res.stdout, res.stderr, exitUsage)
+				}
+				if got := [2][2]string{n.state(t, backend), n.state(t, other)}; got != before {
+					t.Errorf("%q changed the tables:\n%v\nwas\n%v", args, got, before)
+				}
+			}
+		})
+
 		t.Run(backend+"/privileges", func(t *testing.T) {
 			t.Parallel()
 			n := newNetns(t)

@@ -187,7 +187,10 @@ func TestUsageErrors(t *testing.T) {
 		code int
 		msg  string
 	}{
+		{"no command", nil, nil, exitUsage, "no command given; nothing changed"},
+		{"empty command", []string{""}, nil, exitUsage, "unknown command ''"},
 		{"unknown command", []string{"frobnicate"}, nil, exitUsage, "unknown command 'frobnicate'"},
+		{"command in capitals", []string{"APPLY"}, nil, exitUsage, "unknown command 'APPLY'"},
 		{"extra argument", []string{"apply", "now"}, nil, exitUsage, "unexpected arguments"},
 		{"port zero", []string{"dry-run"}, []string{"BIND_PORT=0"}, exitUsage, "BIND_PORT=0 is not a port number"},
 		{"port too big", []string{"dry-run"}, []string{"BIND_PORT=65536"}, exitUsage, "BIND_PORT=65536"},
@@ -220,6 +223,18 @@ func TestUsageErrors(t *testing.T) {
 				t.Errorf("a failed run printed to stdout: %q", res.stdout)
 			}
 		})
+	}
+}
+
+// TestUsageOnStderr: a run without a command, or with one the script does
+// not know, shows the usage where an operator reads errors (stderr), and
+// nothing on stdout, where dry-run output goes.
+func TestUsageOnStderr(t *testing.T) {
+	for _, args := range [][]string{nil, {"frobnicate"}} {
+		res := run(t, nil, nil, script, args...)
+		if res.code != exitUsage || !strings.HasPrefix(res.stderr, "usage: dns-redirect.sh {apply|") || res.stdout != "" {
+			t.Errorf("%q: exit %d, stdout %q, stderr %q; want %d with the usage on stderr", args, res.code, res.stdout, res.stderr, exitUsage)
+		}
 	}
 }
 

@@ -53,7 +53,7 @@ func scriptInImage(t *testing.T) (dest string, executable bool) {
 }
 
 // usageLine is the script's usage, which lists its commands.
-var usageLine = regexp.MustCompile(`(?m)^usage: dns-redirect\.sh \[([a-z|-]+)\]$`)
+var usageLine = regexp.MustCompile(`(?m)^usage: dns-redirect\.sh \{([a-z|-]+)\}$`)
 
 // scriptCommands returns the commands dns-redirect.sh accepts, from its usage.
 func scriptCommands(t *testing.T) map[string]bool {
