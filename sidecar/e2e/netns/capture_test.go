@@ -9,30 +9,33 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/netnstest"
 )
 
 // capture is tcpdump running on the pod's outer interface. Loopback (where
 // redirected queries travel to the sidecar) is deliberately not captured:
 // eth0 is what leaves the pod.
 type capture struct {
-	n    *node
-	proc *process
+	n    *netnstest.Netns
+	proc *testkit.Process
 	file string
 }
 
-func startCapture(t *testing.T, n *node, dir, name string) *capture {
+func startCapture(t *testing.T, n *netnstest.Netns, dir, name string) *capture {
 	t.Helper()
 	file := filepath.Join(dir, name+".pcap")
 	// -U writes each packet at once, so nothing is lost when we stop it;
 	// -Z root keeps tcpdump from dropping to a user that cannot write dir.
-	p := n.start(t, "tcpdump "+name, rootUID, nil, filepath.Join(dir, name+".tcpdump.log"),
+	p := start(t, n, "tcpdump "+name, rootUID, nil,
 		"tcpdump", "-i", podIface, "-n", "-U", "--immediate-mode", "-Z", "root", "-s", "256", "-w", file)
-	waitFor(t, "tcpdump to listen on "+n.name+" "+podIface, 10*time.Second, func() error {
-		if p.exited() {
-			return fmt.Errorf("tcpdump exited: %s", p.output())
+	testkit.WaitFor(t, "tcpdump to listen on "+n.Name+" "+podIface, 10*time.Second, func() error {
+		if p.Exited() {
+			return testkit.Permanent(fmt.Errorf("tcpdump exited: %s", p.Output()))
 		}
-		if !strings.Contains(p.output(), "listening on "+podIface) {
-			return fmt.Errorf("not listening yet: %q", p.output())
+		if !strings.Contains(p.Output(), "listening on "+podIface) {
+			return fmt.Errorf("not listening yet: %q", p.Output())
 		}
 		return nil
 	})
@@ -44,16 +47,16 @@ func startCapture(t *testing.T, n *node, dir, name string) *capture {
 // the file, and a leak could hide there.
 func (c *capture) stop(t *testing.T) {
 	t.Helper()
-	waitFor(t, "tcpdump to write every packet it received", 10*time.Second, func() error {
+	testkit.WaitFor(t, "tcpdump to write every packet it received", 10*time.Second, func() error {
 		// SIGUSR1 makes tcpdump print its counters.
-		before := strings.Count(c.proc.output(), "packets captured")
-		if err := c.proc.cmd.Process.Signal(syscall.SIGUSR1); err != nil {
+		before := strings.Count(c.proc.Output(), "packets captured")
+		if err := c.proc.Cmd.Process.Signal(syscall.SIGUSR1); err != nil {
 			return err
 		}
 		var st captureStats
-		waitFor(t, "tcpdump's counters", 5*time.Second, func() error {
+		testkit.WaitFor(t, "tcpdump's counters", 5*time.Second, func() error {
 			var err error
-			st, err = parseCaptureStats(c.proc.output(), before+1)
+			st, err = parseCaptureStats(c.proc.Output(), before+1)
 			return err
 		})
 		if st.captured != st.received {
@@ -61,15 +64,15 @@ func (c *capture) stop(t *testing.T) {
 		}
 		return nil
 	})
-	if err := c.proc.stop(5 * time.Second); err != nil {
+	if err := c.proc.Stop(5 * time.Second); err != nil {
 		t.Fatalf("stopping tcpdump: %v", err)
 	}
-	st, err := parseCaptureStats(c.proc.output(), 1)
+	st, err := parseCaptureStats(c.proc.Output(), 1)
 	if err != nil {
 		t.Fatalf("tcpdump's final counters: %v", err)
 	}
 	if st.captured != st.received || st.dropped != 0 {
-		t.Fatalf("incomplete capture (%+v): a leak could be missing from it\n%s", st, c.proc.output())
+		t.Fatalf("incomplete capture (%+v): a leak could be missing from it\n%s", st, c.proc.Output())
 	}
 }
 
@@ -96,7 +99,7 @@ func parseCaptureStats(out string, n int) (captureStats, error) {
 // each, as tcpdump prints them.
 func (c *capture) packets(t *testing.T, filter string) []string {
 	t.Helper()
-	out := c.n.must(t, "tcpdump", "-r", c.file, "-n", "-tt", filter)
+	out := c.n.Must(t, "tcpdump", "-r", c.file, "-n", "-tt", filter)
 	var lines []string
 	for _, l := range strings.Split(out, "\n") {
 		if strings.TrimSpace(l) != "" {

@@ -14,6 +14,8 @@ import (
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/check"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/bintest"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/netnstest"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/unboundtest"
 )
 
@@ -30,19 +32,18 @@ func TestInterception(t *testing.T) {
 	testkit.RequireTools(t, "ip", "iptables", "ip6tables", "iptables-legacy", "iptables-nft",
 		"ip6tables-legacy", "ip6tables-nft", "unbound", "unbound-control", "kdig", "tcpdump", "getent", "setpriv", "sysctl")
 	root := testkit.RepoRoot(t)
-	runInterception(t, root, "./sidecar", filepath.Join(root, "entrypoint.sh"))
+	runInterception(t, root, filepath.Join(root, "entrypoint.sh"))
 }
 
-// runInterception builds pkg as the sidecar binary and runs the scenario
-// with entrypoint as the init container's entrypoint, once per backend.
-func runInterception(t *testing.T, root, pkg, entrypoint string) {
+// runInterception runs the scenario with the release build of the sidecar
+// and entrypoint as the init container's entrypoint, once per backend.
+func runInterception(t *testing.T, root, entrypoint string) {
 	for _, f := range []string{entrypoint, filepath.Join(filepath.Dir(entrypoint), "iptables", "dns-redirect.sh")} {
 		if _, err := os.Stat(f); err != nil {
 			t.Fatalf("%s: %v", f, err)
 		}
 	}
-	shared := sharedDir(t, false)
-	bin := buildSidecar(t, root, pkg, shared)
+	bin := bintest.Binary(t)
 	for _, backend := range []string{"nft", "legacy"} {
 		t.Run(backend, func(t *testing.T) {
 			t.Parallel()
@@ -62,17 +63,20 @@ type scenario struct {
 	tp         *topology
 	unbound    *unboundtest.Server
 	entrypoint string
-	sidecar    *process
+	sidecar    *testkit.Process
 	nsides     int // sidecar processes started, for log names
 	before     map[int]string
 }
 
 func newScenario(t *testing.T, root, bin, entrypoint, backend string) *scenario {
 	s := &scenario{backend: backend, root: root, bin: bin, dir: sharedDir(t, true), entrypoint: entrypoint}
-	s.tp = newTopology(t, backend[:1])
-	s.tp.writeEtc(t, "resolv.conf", resolvConf([]string{kubeDNS4, kubeDNS6}, false))
-	s.tp.writeEtc(t, "nsswitch.conf", "passwd: files\ngroup: files\nhosts: files dns\n")
-	s.tp.writeEtc(t, "hosts", "127.0.0.1 localhost\n::1 localhost ip6-localhost\n")
+	s.tp = newTopology(t)
+	// Every later command in the pod reads these as /etc/...: resolv.conf
+	// names kube-dns; nsswitch.conf and hosts are pinned too, so that glibc
+	// asks DNS whatever the machine's own configuration.
+	s.tp.pod.WriteEtc(t, "resolv.conf", resolvConf([]string{kubeDNS4, kubeDNS6}, false))
+	s.tp.pod.WriteEtc(t, "nsswitch.conf", "passwd: files\ngroup: files\nhosts: files dns\n")
+	s.tp.pod.WriteEtc(t, "hosts", "127.0.0.1 localhost\n::1 localhost ip6-localhost\n")
 	return s
 }
 
@@ -88,7 +92,7 @@ func (s *scenario) run(t *testing.T) {
 		Address:     upstreamV4,
 		Port:        853,
 		ExtraConfig: []string{"interface: " + upstreamV6 + "@853"},
-		Prefix:      []string{lookPath("ip"), "netns", "exec", tp.up.name},
+		Prefix:      tp.up.Prefix(),
 		Zone:        zone,
 		Names:       32,
 	})
@@ -97,7 +101,7 @@ func (s *scenario) run(t *testing.T) {
 
 	// A mesh's rule, present before init; it must outlive init and cleanup.
 	for _, f := range []int{4, 6} {
-		tp.pod.must(t, append([]string{s.ipt(f).tool("")}, foreignRule[f]...)...)
+		tp.pod.Must(t, append([]string{s.ipt(f).tool("")}, foreignRule[f]...)...)
 	}
 	s.before = map[int]string{4: s.ipt(4).natRules(t, tp.pod), 6: s.ipt(6).natRules(t, tp.pod)}
 
@@ -122,13 +126,13 @@ func (s *scenario) run(t *testing.T) {
 	})
 	// From here the counters count only what the scenario does.
 	for _, f := range []int{4, 6} {
-		tp.pod.must(t, s.ipt(f).tool(""), "-t", "nat", "-Z")
+		tp.pod.Must(t, s.ipt(f).tool(""), "-t", "nat", "-Z")
 	}
 
 	s.startSidecar(t, caFile)
 
 	t.Run("sidecar runs as its own UID", func(t *testing.T) {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.sidecar.cmd.Process.Pid))
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.sidecar.Cmd.Process.Pid))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -212,14 +216,14 @@ func (s *scenario) init(t *testing.T) {
 
 func (s *scenario) entrypointCmd(t *testing.T, cmd string) {
 	t.Helper()
-	r := s.tp.pod.exec(rootUID, []string{
+	r := run(s.tp.pod, rootUID, []string{
 		"IPTABLES_MODE=" + s.backend, "BIND_PORT=" + bindPort, "SIDECAR_UID=" + strconv.Itoa(sidecarUID),
-	}, 30*time.Second, "sh", s.entrypoint, cmd)
-	if r.err != nil {
+	}, "sh", s.entrypoint, cmd)
+	if r.Err != nil {
 		t.Fatalf("entrypoint.sh %s: %v", cmd, r)
 	}
-	if !strings.Contains(r.stderr, "backend: "+s.backend) && cmd == "init" {
-		t.Errorf("entrypoint.sh init did not say it chose %s:\n%s", s.backend, r.stderr)
+	if !strings.Contains(r.Stderr, "backend: "+s.backend) && cmd == "init" {
+		t.Errorf("entrypoint.sh init did not say it chose %s:\n%s", s.backend, r.Stderr)
 	}
 }
 
@@ -239,16 +243,15 @@ func (s *scenario) startSidecar(t *testing.T, caFile string) {
 		"ADMIN_ADDRESS=127.0.0.1:9253",
 		"LOG_LEVEL=debug",
 	}
-	s.sidecar = s.tp.pod.start(t, "sidecar", sidecarUID, env,
-		filepath.Join(s.dir, fmt.Sprintf("sidecar%d.log", s.nsides)), s.bin)
+	s.sidecar = start(t, s.tp.pod, fmt.Sprintf("sidecar #%d", s.nsides), sidecarUID, env, s.bin)
 	for _, addr := range []string{"127.0.0.1", "::1"} {
-		waitFor(t, "the sidecar to answer the canary on "+addr, 15*time.Second, func() error {
-			if s.sidecar.exited() {
-				return fmt.Errorf("sidecar exited: %v\n%s", s.sidecar.err, tail(s.sidecar.output(), 30))
+		testkit.WaitFor(t, "the sidecar to answer the canary on "+addr, 15*time.Second, func() error {
+			if s.sidecar.Exited() {
+				return testkit.Permanent(fmt.Errorf("sidecar exited: %v\n%s", s.sidecar.Err(), testkit.Tail(s.sidecar.Output(), 30)))
 			}
-			r := s.tp.pod.exec(rootUID, nil, 5*time.Second, "kdig", "@"+addr, "-p", bindPort,
+			r := run(s.tp.pod, rootUID, nil, "kdig", "@"+addr, "-p", bindPort,
 				"+timeout=1", "+retry=0", "+short", check.CanaryName, "TXT")
-			if r.err != nil || !strings.Contains(r.stdout, strings.TrimSpace(check.CanaryPrefix)) {
+			if r.Err != nil || !strings.Contains(r.Stdout, strings.TrimSpace(check.CanaryPrefix)) {
 				return fmt.Errorf("%v", r)
 			}
 			return nil
@@ -257,12 +260,12 @@ func (s *scenario) startSidecar(t *testing.T, caFile string) {
 }
 
 // kdig queries name as the application; proto is udp or tcp.
-func (s *scenario) kdig(uid int, server, proto, name, qtype string) result {
+func (s *scenario) kdig(uid int, server, proto, name, qtype string) netnstest.Result {
 	tcp := "+notcp"
 	if proto == "tcp" {
 		tcp = "+tcp"
 	}
-	return s.tp.pod.exec(uid, nil, 10*time.Second, "kdig", "@"+server, tcp, "+timeout=2", "+retry=0", "+short", name, qtype)
+	return run(s.tp.pod, uid, nil, "kdig", "@"+server, tcp, "+timeout=2", "+retry=0", "+short", name, qtype)
 }
 
 // paths are the four ways an application's query leaves: kube-dns over IPv4
@@ -284,7 +287,7 @@ func (s *scenario) testKdig(t *testing.T) {
 		}{{"A", rec.A.String()}, {"AAAA", rec.AAAA.String()}} {
 			t.Run(fmt.Sprintf("%s/%s/%s", p.server, p.proto, q.qtype), func(t *testing.T) {
 				r := s.kdig(appUID, p.server, p.proto, rec.Name, q.qtype)
-				if r.err != nil || strings.TrimSpace(r.stdout) != q.want {
+				if r.Err != nil || strings.TrimSpace(r.Stdout) != q.want {
 					t.Errorf("want %s from the upstream; got %v", q.want, r)
 				}
 			})
@@ -321,11 +324,11 @@ func (s *scenario) testCounters(t *testing.T) {
 func (s *scenario) testUIDExcluded(t *testing.T) {
 	before := s.ipt(4).counters(t, s.tp.pod)
 	app := s.kdig(appUID, "127.0.0.1", "tcp", check.CanaryName, "TXT")
-	if app.err != nil || !strings.Contains(app.stdout, strings.TrimSpace(check.CanaryPrefix)) {
+	if app.Err != nil || !strings.Contains(app.Stdout, strings.TrimSpace(check.CanaryPrefix)) {
 		t.Errorf("app's query to 127.0.0.1:53 not answered by the sidecar: %v", app)
 	}
 	own := s.kdig(sidecarUID, "127.0.0.1", "tcp", check.CanaryName, "TXT")
-	if own.err == nil || strings.Contains(own.stdout, strings.TrimSpace(check.CanaryPrefix)) {
+	if own.Err == nil || strings.Contains(own.Stdout, strings.TrimSpace(check.CanaryPrefix)) {
 		t.Errorf("a query from the sidecar's UID was answered by the sidecar (redirected to itself): %v", own)
 	}
 	after := s.ipt(4).counters(t, s.tp.pod)
@@ -341,10 +344,10 @@ func (s *scenario) testUIDExcluded(t *testing.T) {
 // with resolv.conf naming one kube-dns address at a time, over UDP and TCP
 // (options use-vc), and checks in the counters which path was taken.
 func (s *scenario) testGetent(t *testing.T) {
-	defer s.tp.writeEtc(t, "resolv.conf", resolvConf([]string{kubeDNS4, kubeDNS6}, false))
+	defer s.tp.pod.WriteEtc(t, "resolv.conf", resolvConf([]string{kubeDNS4, kubeDNS6}, false))
 	for i, p := range paths {
 		t.Run(fmt.Sprintf("%s/%s", p.server, p.proto), func(t *testing.T) {
-			s.tp.writeEtc(t, "resolv.conf", resolvConf([]string{p.server}, p.proto == "tcp"))
+			s.tp.pod.WriteEtc(t, "resolv.conf", resolvConf([]string{p.server}, p.proto == "tcp"))
 			before := map[int]map[string]uint64{4: s.ipt(4).counters(t, s.tp.pod), 6: s.ipt(6).counters(t, s.tp.pod)}
 			rec := s.unbound.Names[8+i]
 			for _, q := range []struct {
@@ -354,8 +357,8 @@ func (s *scenario) testGetent(t *testing.T) {
 				{"ahostsv4", rec.A.String()},
 				{"ahostsv6", rec.AAAA.String()},
 			} {
-				r := s.tp.pod.exec(appUID, nil, 10*time.Second, "getent", q.db, strings.TrimSuffix(rec.Name, "."))
-				if r.err != nil || !strings.HasPrefix(r.stdout, q.want+" ") {
+				r := run(s.tp.pod, appUID, nil, "getent", q.db, strings.TrimSuffix(rec.Name, "."))
+				if r.Err != nil || !strings.HasPrefix(r.Stdout, q.want+" ") {
 					t.Errorf("getent %s: want %s from the upstream; got %v", q.db, q.want, r)
 				}
 			}
@@ -382,30 +385,30 @@ func (s *scenario) testGetent(t *testing.T) {
 // counters show each query was redirected; the capture, checked later, shows
 // none left the pod.
 func (s *scenario) testFailClosed(t *testing.T) {
-	if s.sidecar.exited() {
-		t.Fatalf("the sidecar died during the scenario: %v\n%s", s.sidecar.err, tail(s.sidecar.output(), 30))
+	if s.sidecar.Exited() {
+		t.Fatalf("the sidecar died during the scenario: %v\n%s", s.sidecar.Err(), testkit.Tail(s.sidecar.Output(), 30))
 	}
 	stopStart := time.Now()
-	if err := s.sidecar.stop(5 * time.Second); err != nil {
+	if err := s.sidecar.Stop(5 * time.Second); err != nil {
 		t.Fatalf("stopping the sidecar: %v", err)
 	}
-	t.Logf("sidecar stopped in %v (%v)", time.Since(stopStart).Round(time.Millisecond), s.sidecar.err)
-	if s.sidecar.err != nil {
-		t.Errorf("the sidecar did not exit cleanly on SIGTERM: %v", s.sidecar.err)
+	t.Logf("sidecar stopped in %v (%v)", time.Since(stopStart).Round(time.Millisecond), s.sidecar.Err())
+	if s.sidecar.Err() != nil {
+		t.Errorf("the sidecar did not exit cleanly on SIGTERM: %v", s.sidecar.Err())
 	}
 	before := map[int]map[string]uint64{4: s.ipt(4).counters(t, s.tp.pod), 6: s.ipt(6).counters(t, s.tp.pod)}
 	// At once (goroutines, not parallel subtests, which -parallel would
 	// queue behind the scenarios): a UDP query to a closed port waits out
 	// kdig's timeout.
 	t.Run("kdig", func(t *testing.T) {
-		results := make([]result, len(paths))
+		results := make([]netnstest.Result, len(paths))
 		var wg sync.WaitGroup
 		for i, p := range paths {
 			wg.Go(func() { results[i] = s.kdig(appUID, p.server, p.proto, s.unbound.Names[16+i].Name, "A") })
 		}
 		wg.Wait()
 		for i, p := range paths {
-			if r := results[i]; r.err == nil || strings.Contains(r.stdout, s.unbound.Names[16+i].A.String()) {
+			if r := results[i]; r.Err == nil || strings.Contains(r.Stdout, s.unbound.Names[16+i].A.String()) {
 				t.Errorf("%s/%s: query answered with the sidecar stopped: %v", p.server, p.proto, r)
 			}
 		}
@@ -422,8 +425,8 @@ func (s *scenario) testFailClosed(t *testing.T) {
 	}
 	t.Run("getent", func(t *testing.T) {
 		rec := s.unbound.Names[20]
-		r := s.tp.pod.exec(appUID, nil, 10*time.Second, "getent", "ahosts", strings.TrimSuffix(rec.Name, "."))
-		if exitCode(r.err) != 2 || r.stdout != "" {
+		r := run(s.tp.pod, appUID, nil, "getent", "ahosts", strings.TrimSuffix(rec.Name, "."))
+		if r.Code() != 2 || r.Stdout != "" {
 			t.Errorf("getent with the sidecar stopped: want exit 2 (not found) and no address; got %v", r)
 		}
 	})
@@ -456,8 +459,8 @@ func (s *scenario) testCapture(t *testing.T, c *capture) {
 // UID and returns its output and exit code.
 func (s *scenario) check(t *testing.T) (string, int) {
 	t.Helper()
-	r := s.tp.pod.exec(checkUID, nil, 20*time.Second, s.bin, "check")
-	return r.stdout + r.stderr, exitCode(r.err)
+	r := run(s.tp.pod, checkUID, nil, s.bin, "check")
+	return r.Stdout + r.Stderr, r.Code()
 }
 
 func (s *scenario) expectCheckPasses(t *testing.T) {

@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/netnstest"
 )
 
 // Names from iptables/dns-redirect.sh, the contract the script documents.
@@ -47,9 +49,9 @@ func (b ipt) String() string { return fmt.Sprintf("IPv%d/%s", b.family, b.backen
 
 // natRules returns the nat table as iptables-save prints it, without
 // counters, comments and timestamps, so that two states can be compared.
-func (b ipt) natRules(t *testing.T, n *node) string {
+func (b ipt) natRules(t *testing.T, n *netnstest.Netns) string {
 	t.Helper()
-	out := n.must(t, b.tool("save"), "-t", "nat")
+	out := n.Must(t, b.tool("save"), "-t", "nat")
 	var keep []string
 	for _, l := range strings.Split(out, "\n") {
 		if l == "" || strings.HasPrefix(l, "#") {
@@ -70,9 +72,9 @@ var counterLine = regexp.MustCompile(`^\[(\d+):(\d+)\] (.*)$`)
 
 // counters returns the packet counter of every rule carrying a comment,
 // keyed by that comment (iptables-save -c).
-func (b ipt) counters(t *testing.T, n *node) map[string]uint64 {
+func (b ipt) counters(t *testing.T, n *netnstest.Netns) map[string]uint64 {
 	t.Helper()
-	out := n.must(t, b.tool("save"), "-c", "-t", "nat")
+	out := n.Must(t, b.tool("save"), "-c", "-t", "nat")
 	got := map[string]uint64{}
 	for _, l := range strings.Split(out, "\n") {
 		m := counterLine.FindStringSubmatch(l)
@@ -105,16 +107,16 @@ func commentOf(rule string) string {
 // deleteByComment removes every rule of the nat table whose comment is c, as
 // a broken or partial init would leave the namespace. It fails the test when
 // there is none: a test that deletes nothing proves nothing.
-func (b ipt) deleteByComment(t *testing.T, n *node, c string) {
+func (b ipt) deleteByComment(t *testing.T, n *netnstest.Netns, c string) {
 	t.Helper()
-	out := n.must(t, b.tool("save"), "-t", "nat")
+	out := n.Must(t, b.tool("save"), "-t", "nat")
 	deleted := 0
 	for _, l := range strings.Split(out, "\n") {
 		if !strings.HasPrefix(l, "-A ") || commentOf(l) != c {
 			continue
 		}
 		args := append([]string{b.tool(""), "-t", "nat", "-D"}, splitRule(strings.TrimPrefix(l, "-A "))...)
-		n.must(t, args...)
+		n.Must(t, args...)
 		deleted++
 	}
 	if deleted == 0 {

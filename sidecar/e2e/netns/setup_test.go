@@ -1,27 +1,13 @@
 package netns
 
 import (
-	"context"
-	"errors"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"testing"
-	"time"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
 )
 
-// lookPath finds a program in cmdEnv's PATH: `go test` may run with a PATH
-// that lacks the sbin directories where Debian keeps ip and iptables.
-func lookPath(name string) string {
-	for _, dir := range strings.Split(strings.TrimPrefix(cmdEnv[0], "PATH="), ":") {
-		p := filepath.Join(dir, name)
-		if fi, err := os.Stat(p); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
-			return p
-		}
-	}
-	return name
-}
+func TestMain(m *testing.M) { testkit.Main(m) }
 
 // sharedDir is a directory the unprivileged UIDs of the test can read and
 // traverse (t.TempDir is 0700 under a 0700 parent, unreadable to the
@@ -48,26 +34,6 @@ func sharedDir(t *testing.T, keep bool) string {
 	return dir
 }
 
-// buildSidecar builds pkg (./sidecar) the way the Dockerfile does (static,
-// no cgo) into dir.
-func buildSidecar(t *testing.T, root, pkg, dir string) string {
-	t.Helper()
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		t.Fatalf("go not on PATH (go test puts GOROOT/bin there): %v", err)
-	}
-	bin := filepath.Join(dir, "dot-sidecar")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	c := exec.CommandContext(ctx, goBin, "build", "-trimpath", "-o", bin, pkg)
-	c.Dir = root
-	c.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := c.CombinedOutput(); err != nil {
-		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
-	}
-	return bin
-}
-
 // copyFile copies src to dst with mode (readable by the sidecar's UID).
 func copyFile(t *testing.T, src, dst string, mode os.FileMode) {
 	t.Helper()
@@ -81,15 +47,4 @@ func copyFile(t *testing.T, src, dst string, mode os.FileMode) {
 	if err := os.Chmod(dst, mode); err != nil { // WriteFile's mode is masked by umask
 		t.Fatal(err)
 	}
-}
-
-func exitCode(err error) int {
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode()
-	}
-	if err != nil {
-		return -1
-	}
-	return 0
 }

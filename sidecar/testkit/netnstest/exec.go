@@ -38,12 +38,17 @@ func AsUser(uid int) []string {
 // (append to Env to add settings). ctx kills it; WaitDelay bounds the wait
 // for its output after that.
 func (n *Netns) Command(ctx context.Context, argv ...string) *exec.Cmd {
-	full := append([]string{lookPath("ip"), "netns", "exec", n.Name}, argv...)
+	full := append(n.Prefix(), argv...)
 	c := exec.CommandContext(ctx, full[0], full[1:]...)
 	c.Env = append([]string{}, BaseEnv...)
 	c.WaitDelay = time.Second
 	return c
 }
+
+// Prefix is the argv prefix that runs a command in the namespace, for
+// helpers that take one (unboundtest.Options.Prefix). A command run through
+// it inherits the caller's environment; Command gives it BaseEnv.
+func (n *Netns) Prefix() []string { return []string{lookPath("ip"), "netns", "exec", n.Name} }
 
 // Result is what a finished command printed, and how it ended.
 type Result struct {
