@@ -7,57 +7,23 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"runtime"
 	"strings"
 	"testing"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/netnstest"
 	"github.com/miekg/dns"
-	"golang.org/x/sys/unix"
 )
 
-// inNetnsWithoutIPv6 runs f on a thread moved into a new network namespace
+// inNetnsWithoutIPv6 runs f on a thread inside a new network namespace
 // whose loopback is up with IPv6 disabled, as in a pod on an IPv4-only
 // cluster: 127.0.0.1 exists, ::1 does not. Sockets f creates live in that
-// namespace. The thread is never handed back to the scheduler, so the
-// namespace dies with it.
+// namespace.
 func inNetnsWithoutIPv6(t *testing.T, f func() error) {
 	t.Helper()
-	testkit.RequireRoot(t)
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // no Unlock: the thread exits with the goroutine
-		errc <- func() error {
-			if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-				return fmt.Errorf("unshare: %w", err)
-			}
-			// /proc/sys/net shows the namespace of the thread that opens it.
-			if err := os.WriteFile("/proc/sys/net/ipv6/conf/lo/disable_ipv6", []byte("1"), 0); err != nil {
-				return fmt.Errorf("disabling IPv6 on lo: %w", err)
-			}
-			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-			if err != nil {
-				return err
-			}
-			defer unix.Close(fd)
-			ifr, err := unix.NewIfreq("lo")
-			if err != nil {
-				return err
-			}
-			if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
-				return fmt.Errorf("reading lo flags: %w", err)
-			}
-			ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
-			if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
-				return fmt.Errorf("bringing lo up: %w", err)
-			}
-			return f()
-		}()
-	}()
-	if err := <-errc; err != nil {
-		t.Fatal(err)
-	}
+	ns := netnstest.New(t)
+	// Disabling IPv6 on lo removes ::1.
+	ns.Must(t, "sysctl", "-qw", "net.ipv6.conf.lo.disable_ipv6=1")
+	ns.Do(t, f)
 }
 
 // TestBindNamespaceWithoutIPv6 checks the bind rules where they matter: in

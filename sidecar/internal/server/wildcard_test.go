@@ -7,57 +7,35 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os/exec"
-	"runtime"
 	"testing"
 	"time"
 
-	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/netnstest"
 	"github.com/miekg/dns"
-	"golang.org/x/sys/unix"
 )
 
-// inNetns runs f on a thread moved into a new network namespace whose
-// loopback is up (127.0.0.0/8 and ::1), with the extra lo addresses given,
-// so that a test may bind wildcard addresses without exposing a port on the
-// host. The thread is never handed back, so the namespace dies with it.
+// inNetns runs f on a thread inside a new network namespace whose loopback
+// is up (127.0.0.0/8 and ::1), with the extra lo addresses given, so that a
+// test may bind wildcard addresses without exposing a port on the host.
 func inNetns(t *testing.T, extra []string, f func() error) {
 	t.Helper()
-	testkit.RequireRoot(t)
-	testkit.RequireTools(t, "ip")
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // no Unlock: the thread exits with the goroutine
-		errc <- func() error {
-			if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-				return fmt.Errorf("unshare: %w", err)
-			}
-			// A child forked from this thread starts in its namespace.
-			cmds := [][]string{{"link", "set", "lo", "up"}}
-			for _, a := range extra {
-				cmds = append(cmds, []string{"addr", "add", a, "dev", "lo", "nodad"})
-			}
-			for _, c := range cmds {
-				if out, err := exec.Command("ip", c...).CombinedOutput(); err != nil {
-					return fmt.Errorf("ip %v: %w: %s", c, err, out)
-				}
-			}
-			// The kernel finishes adding an address in the background: even
-			// with nodad, an IPv6 address stays tentative, without its local
-			// route, until a work item runs after `ip` has returned. A
-			// datagram sent to it meanwhile is lost, so wait until one
-			// makes the round trip.
-			for _, a := range extra {
-				if err := awaitUsable(netip.MustParsePrefix(a).Addr()); err != nil {
-					return err
-				}
-			}
-			return f()
-		}()
-	}()
-	if err := <-errc; err != nil {
-		t.Fatal(err)
+	ns := netnstest.New(t)
+	for _, a := range extra {
+		ns.Must(t, "ip", "addr", "add", a, "dev", "lo", "nodad")
 	}
+	ns.Do(t, func() error {
+		// The kernel finishes adding an address in the background: even
+		// with nodad, an IPv6 address stays tentative, without its local
+		// route, until a work item runs after `ip` has returned. A
+		// datagram sent to it meanwhile is lost, so wait until one makes
+		// the round trip.
+		for _, a := range extra {
+			if err := awaitUsable(netip.MustParsePrefix(a).Addr()); err != nil {
+				return err
+			}
+		}
+		return f()
+	})
 }
 
 // awaitUsable waits until a datagram from the loopback address of a's
