@@ -1,21 +1,51 @@
 # dot-sidecar image: one image for the sidecar, its iptables init step and its
 # check init container (entrypoint.sh dispatches). Build from the repository
-# root:
+# root, with Docker (BuildKit or the legacy builder), Podman or Buildah:
 #   docker build --build-arg VERSION=0.1.0 -t ghcr.io/dot-sidecar/dot-sidecar:0.1.0 .
-# Base images are pinned by exact version tag; bump them deliberately.
+# The base images are exact version tags; bump them deliberately. To pin them
+# by digest without editing this file, pass them as build arguments:
+#   --build-arg GO_IMAGE=golang:1.26.8-bookworm@sha256:<digest>
+#   --build-arg BASE_IMAGE=debian:12.12-slim@sha256:<digest>
+# Only Dockerfile syntax every builder reads is used (no COPY --chmod, no
+# heredocs, no RUN --mount); sidecar/e2e/image holds this file to that.
+ARG GO_IMAGE=golang:1.26.8-bookworm
+ARG BASE_IMAGE=debian:12.12-slim
 
-FROM golang:1.26.8-bookworm AS build
+FROM ${GO_IMAGE} AS build
 ARG VERSION=dev
 WORKDIR /src
-# Modules first, so that source edits reuse the download layer.
+# Modules first, in a layer of their own that source edits reuse. Only the
+# modules the binary is built from (go list -deps ./sidecar): go.mod also
+# requires modules only the tests use (Kubernetes API types, kustomize), which
+# the image never downloads. sidecar/e2e/image keeps this list in step.
 COPY go.mod go.sum ./
-RUN go mod download
+RUN go mod download \
+      github.com/beorn7/perks \
+      github.com/caarlos0/env/v9 \
+      github.com/cespare/xxhash/v2 \
+      github.com/hashicorp/go-cleanhttp \
+      github.com/hashicorp/go-retryablehttp \
+      github.com/miekg/dns \
+      github.com/munnerz/goautoneg \
+      github.com/prometheus/client_golang \
+      github.com/prometheus/client_model \
+      github.com/prometheus/common \
+      github.com/prometheus/procfs \
+      github.com/sethvargo/go-retry \
+      golang.org/x/net \
+      golang.org/x/sys \
+      google.golang.org/protobuf
 COPY sidecar/ sidecar/
-# Static (no libc), reproducible paths, stripped, version stamped. The same
-# command runs outside a container (iptables/dockerfile_test.go runs it).
+# Static (no libc), reproducible paths, stripped, version stamped: the release
+# build of sidecar/testkit/bintest, which the end-to-end tests run too.
 RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/dot-sidecar ./sidecar
+# The scripts, made executable here whatever modes the checkout gave them
+# (COPY --chmod would need BuildKit), reach the final stage in one COPY.
+COPY entrypoint.sh /out/opt/dot-sidecar/entrypoint.sh
+COPY iptables/dns-redirect.sh /out/opt/dot-sidecar/iptables/dns-redirect.sh
+RUN chmod 0755 /out/opt/dot-sidecar/entrypoint.sh /out/opt/dot-sidecar/iptables/dns-redirect.sh
 
-FROM debian:12.12-slim
+FROM ${BASE_IMAGE}
 ARG VERSION=dev
 LABEL org.opencontainers.image.title="dot-sidecar" \
       org.opencontainers.image.description="Encrypts a Kubernetes pod's DNS: DNS-over-TLS sidecar with an iptables init step" \
@@ -28,8 +58,7 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iptables iproute2 ca-certificates \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
 COPY --from=build /out/dot-sidecar /usr/local/bin/dot-sidecar
-COPY --chmod=0755 entrypoint.sh /opt/dot-sidecar/entrypoint.sh
-COPY --chmod=0755 iptables/dns-redirect.sh /opt/dot-sidecar/iptables/dns-redirect.sh
+COPY --from=build /out/opt/dot-sidecar/ /opt/dot-sidecar/
 # Numeric, so runAsNonRoot can verify it; equal to dns-redirect.sh's default
 # SIDECAR_UID, whose traffic the redirect exempts. The iptables init containers
 # (per pod, and the node-level mode's) override it to root with NET_ADMIN and

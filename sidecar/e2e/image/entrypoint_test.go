@@ -1,4 +1,4 @@
-package iptables
+package image
 
 import (
 	"bytes"
@@ -9,6 +9,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/imagetest"
 )
 
 // fakeReporter is a stand-in for dot-sidecar (and, in a copied layout, for the
@@ -85,11 +88,7 @@ func writeExec(t *testing.T, path, body string) {
 
 func entrypointPath(t *testing.T) string {
 	t.Helper()
-	p, err := filepath.Abs("../entrypoint.sh")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return filepath.Join(testkit.RepoRoot(t), imagetest.EntrypointPath)
 }
 
 // TestEntrypointBinary: everything but init/cleanup/dry-run reaches dot-sidecar
@@ -146,7 +145,7 @@ func TestEntrypointBinaryMissing(t *testing.T) {
 // through exec, with init mapped to apply.
 func TestEntrypointScript(t *testing.T) {
 	root := t.TempDir()
-	ep, err := os.ReadFile("../entrypoint.sh")
+	ep, err := os.ReadFile(entrypointPath(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,17 +182,31 @@ func TestEntrypointScript(t *testing.T) {
 // TestEntrypointDryRunReal runs the real script through the real repository
 // layout and gets exactly what the script prints on its own.
 func TestEntrypointDryRunReal(t *testing.T) {
-	env := []string{"DOT_SIDECAR_IF_INET6=testdata/if_inet6", "BIND_PORT=15053"}
+	script := filepath.Join(testkit.RepoRoot(t), imagetest.ScriptPath)
+	ifInet6 := filepath.Join(testkit.RepoRoot(t), "iptables", "testdata", "if_inet6")
+	env := []string{"DOT_SIDECAR_IF_INET6=" + ifInet6, "BIND_PORT=15053"}
 	r := runEntrypoint(t, entrypointPath(t), env, "dry-run")
-	direct := run(t, nil, []string{"BIND_PORT=15053"}, script, "dry-run")
+	direct := runEntrypoint(t, "/bin/sh", env, script, "dry-run")
 	if r.code != 0 || direct.code != 0 {
 		t.Fatalf("exit %d / %d: %s %s", r.code, direct.code, r.stderr, direct.stderr)
 	}
 	if r.stdout != direct.stdout || !strings.Contains(r.stdout, "--to-ports 15053") {
 		t.Errorf("entrypoint dry-run differs from the script's:\n%s\n---\n%s", r.stdout, direct.stdout)
 	}
+	// The script's own usage error (exit 2, the setting named) comes
+	// through init unchanged, before anything is applied.
 	bad := runEntrypoint(t, entrypointPath(t), []string{"BIND_PORT=x"}, "init")
-	if bad.code != exitUsage || !strings.Contains(bad.stderr, "BIND_PORT=x") {
+	if bad.code != 2 || !strings.Contains(bad.stderr, "BIND_PORT=x") {
 		t.Errorf("init with a bad setting: exit %d, stderr %q; want the script's usage error", bad.code, bad.stderr)
+	}
+}
+
+func TestEntrypointShellcheck(t *testing.T) {
+	tools := testkit.RequireTools(t, "shellcheck")
+	// --shell=sh: the entrypoint promises POSIX sh, not bash (the image's
+	// /bin/sh is dash).
+	out, err := exec.Command(tools["shellcheck"], "--shell=sh", "--severity=style", entrypointPath(t)).CombinedOutput()
+	if err != nil {
+		t.Fatalf("shellcheck: %v\n%s", err, out)
 	}
 }

@@ -1,7 +1,6 @@
 package manifests
 
 import (
-	"bufio"
 	"bytes"
 	"net/netip"
 	"os"
@@ -17,37 +16,22 @@ import (
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/config"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/imagetest"
 )
 
 // The node-level mode's init step runs iptables/dns-redirect.sh node-apply
 // straight from the image (not through entrypoint.sh). These checks hold it to
 // the files that build the image and to the script's own output.
 
-const scriptRel = "iptables/dns-redirect.sh"
+const scriptRel = imagetest.ScriptPath
 
-// scriptInImage returns where the Dockerfile copies the iptables script, and
-// whether that COPY makes it executable (the init step execs it directly).
+// scriptInImage returns where the Dockerfile puts the iptables script, and
+// whether it makes it executable there (the init step execs it directly).
 func scriptInImage(t *testing.T) (dest string, executable bool) {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(testkit.RepoRoot(t), "Dockerfile"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) < 3 || !strings.EqualFold(f[0], "COPY") || !slices.Contains(f[1:len(f)-1], scriptRel) {
-			continue
-		}
-		dest = f[len(f)-1]
-		executable = slices.ContainsFunc(f[1:], func(s string) bool {
-			m, ok := strings.CutPrefix(s, "--chmod=")
-			mode, err := strconv.ParseUint(m, 8, 32)
-			return ok && err == nil && mode&0o111 == 0o111
-		})
-	}
-	if dest == "" {
-		t.Fatalf("Dockerfile copies no %s into the image", scriptRel)
+	dest, executable, ok := imagetest.Read(t).Dockerfile.Installed(scriptRel)
+	if !ok {
+		t.Fatalf("Dockerfile puts no %s into the image", scriptRel)
 	}
 	return dest, executable
 }

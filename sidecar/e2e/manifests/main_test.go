@@ -1,0 +1,9 @@
+package manifests
+
+import (
+	"testing"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
+)
+
+func TestMain(m *testing.M) { testkit.Main(m) }
