@@ -7,7 +7,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/bintest"
 )
+
+// benchVersion is stamped into the dot-sidecar the harness builds.
+const benchVersion = "0.0.0-bench"
 
 // tools maps a program name to its path.
 type tools map[string]string
@@ -49,11 +54,12 @@ func findTools(ctx context.Context, cfg config, targets []target, dir string) (t
 		case "dot-sidecar":
 			p := cfg.sidecarBin
 			if p == "" {
+				// The release build, as the image makes it: what is measured
+				// is what ships.
 				p = filepath.Join(dir, "bin", "dot-sidecar")
-				logf("building dot-sidecar from this tree")
-				out, err := exec.CommandContext(ctx, "go", "build", "-o", p, "./sidecar").CombinedOutput()
-				if err != nil {
-					return nil, fmt.Errorf("go build ./sidecar (run from the repository root, or pass -sidecar, or leave it out with -targets): %w\n%s", err, out)
+				logf("building dot-sidecar from this tree (the image's release build)")
+				if err := bintest.Build(ctx, ".", p, benchVersion); err != nil {
+					return nil, fmt.Errorf("%w\n(run from the repository root, or pass -sidecar, or leave it out with -targets)", err)
 				}
 			}
 			t["dot-sidecar"] = p
