@@ -129,7 +129,7 @@ func checkObjectMeta(t *testing.T, o object) {
 		m := v.GetObjectMeta()
 		meta = metav1.ObjectMeta{Name: m.GetName(), Namespace: m.GetNamespace(), Labels: m.GetLabels(), Annotations: m.GetAnnotations()}
 	default:
-		return // custom resources: podmonitor_test.go
+		return // custom resources: monitoring_test.go
 	}
 	for _, msg := range validation.IsDNS1123Subdomain(meta.Name) {
 		t.Errorf("%s: name: %s", o.id(), msg)

@@ -40,7 +40,7 @@ var typedKinds = map[string]func() any{
 }
 
 // customKinds are custom resources without a Go type here; checks of their
-// own (podmonitor_test.go) go through every field by an allow-list.
+// own (monitoring_test.go) go through every field by an allow-list.
 var customKinds = map[string]bool{
 	"monitoring.coreos.com/v1/PodMonitor": true,
 }
