@@ -18,6 +18,15 @@ import (
 // other goroutine ever runs in the namespace by accident.
 func (n *Netns) Do(t testing.TB, f func() error) {
 	t.Helper()
+	if err := n.enter(f); err != nil {
+		t.Fatalf("in namespace %s: %v", n.Name, err)
+	}
+}
+
+// enter runs f on a new OS thread moved into the namespace, and returns
+// f's error or why the thread could not enter. A process started from that
+// thread starts in the namespace.
+func (n *Netns) enter(f func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // no Unlock: the thread exits with the goroutine
@@ -33,7 +42,5 @@ func (n *Netns) Do(t testing.TB, f func() error) {
 			return f()
 		}()
 	}()
-	if err := <-errc; err != nil {
-		t.Fatalf("in namespace %s: %v", n.Name, err)
-	}
+	return <-errc
 }

@@ -30,6 +30,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
@@ -39,6 +40,8 @@ import (
 type Netns struct {
 	// Name is the namespace's name under /run/netns.
 	Name string
+
+	etc atomic.Bool // WriteEtc was used: commands must see /etc/netns/Name
 }
 
 // New makes a namespace with a unique name and its loopback up (so that
@@ -98,4 +101,5 @@ func (n *Netns) WriteEtc(t testing.TB, name, content string) {
 	if err := os.WriteFile(filepath.Join(n.etcDir(), name), []byte(content), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	n.etc.Store(true)
 }
