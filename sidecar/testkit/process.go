@@ -41,15 +41,18 @@ type Process struct {
 	exitAt time.Time // when it exited, once done is closed
 }
 
-// StopGrace is how long Stop, at the test's end, waits after SIGTERM before
-// it kills the process group.
+// StopGrace is a grace period for Stop long enough for any process the
+// tests run to shut down cleanly.
 const StopGrace = 5 * time.Second
 
 // StartProcess starts cmd, whose Stdout and Stderr it sets, in a process
-// group of its own (so that Stop reaches children a wrapper such as
+// group of its own (so that a kill reaches children a wrapper such as
 // `ip netns exec` or setpriv leaves, although both exec in place). At the
-// test's end it stops the process and, if the test failed, logs the tail of
-// what it printed.
+// test's end a process still running is killed at once, group and all (a
+// test that cares how it stops calls Stop itself: waiting out a graceful
+// stop nobody checks, of a sidecar told to drain for 20 s, say, only makes
+// the suite slower), and if the test failed, the tail of what it printed
+// is logged.
 func StartProcess(t testing.TB, name string, cmd *exec.Cmd) *Process {
 	t.Helper()
 	p := &Process{Name: name, Cmd: cmd, Stdout: new(Buffer), Stderr: new(Buffer), done: make(chan struct{})}
@@ -67,9 +70,7 @@ func StartProcess(t testing.TB, name string, cmd *exec.Cmd) *Process {
 		close(p.done)
 	}()
 	t.Cleanup(func() {
-		if err := p.Stop(StopGrace); err != nil {
-			t.Logf("stopping %s: %v", name, err)
-		}
+		p.kill()
 		if t.Failed() {
 			t.Logf("--- %s stdout ---\n%s\n--- %s stderr ---\n%s", name, Tail(p.Stdout.String(), 60), name, Tail(p.Stderr.String(), 60))
 		}
@@ -90,9 +91,16 @@ func (p *Process) Stop(grace time.Duration) error {
 		return nil
 	case <-time.After(grace):
 	}
-	_ = syscall.Kill(-p.Cmd.Process.Pid, syscall.SIGKILL)
-	<-p.done
+	p.kill()
 	return errors.New("ignored SIGTERM; killed")
+}
+
+// kill kills the process group and waits for the process to exit.
+func (p *Process) kill() {
+	if !p.Exited() {
+		_ = syscall.Kill(-p.Cmd.Process.Pid, syscall.SIGKILL)
+	}
+	<-p.done
 }
 
 // Wait waits up to timeout for the process to exit by itself and returns

@@ -66,3 +66,20 @@ func TestTail(t *testing.T) {
 		t.Errorf("Tail = %q", got)
 	}
 }
+
+// TestProcessKilledAtCleanup: a process still running when its test ends is
+// killed at once, even one that ignores SIGTERM.
+func TestProcessKilledAtCleanup(t *testing.T) {
+	t.Parallel()
+	var p *Process
+	start := time.Now()
+	t.Run("start", func(t *testing.T) {
+		p = StartProcess(t, "stubborn", exec.Command("sh", "-c", `trap '' TERM; while :; do sleep 0.05; done`))
+	})
+	if !p.Exited() {
+		t.Fatal("still running after its test ended")
+	}
+	if d := time.Since(start); d > StopGrace/2 {
+		t.Errorf("cleanup took %v: it waited instead of killing", d)
+	}
+}
