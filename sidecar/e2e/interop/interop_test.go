@@ -9,7 +9,9 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -19,14 +21,21 @@ import (
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/bintest"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/testpki"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/unboundtest"
 )
 
 func TestMain(m *testing.M) { testkit.Main(m) }
 
+// upstream is the Unbound the package's tests share: they only query it.
+func upstream(t *testing.T) *unboundtest.Server {
+	return unboundtest.Shared(t, unboundtest.Options{Names: 10})
+}
+
 func TestRelayToUnbound(t *testing.T) {
-	tools := testkit.RequireTools(t, "unbound", "kdig")
-	u := unboundtest.Start(t, unboundtest.Options{Names: 10})
+	t.Parallel()
+	tools := testkit.RequireTools(t, "kdig")
+	u := upstream(t)
 	s := bintest.Start(t,
 		fmt.Sprintf("UPSTREAMS=tls://%s#%s", u.Addr, u.ServerName),
 		"TLS_CA_FILE="+u.CAFile)
@@ -93,12 +102,19 @@ func TestRelayToUnbound(t *testing.T) {
 // A wrong CA is a verification failure: SERVFAIL with EDE 23, and never an
 // answer from anywhere else.
 func TestWrongCAGivesServfail(t *testing.T) {
-	testkit.RequireTools(t, "unbound")
-	u := unboundtest.Start(t, unboundtest.Options{Names: 1})
-	other := unboundtest.Start(t, unboundtest.Options{Names: 1})
+	t.Parallel()
+	u := upstream(t)
+	other, err := testpki.NewCA("another CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherFile := filepath.Join(t.TempDir(), "other-ca.pem")
+	if err := os.WriteFile(otherFile, other.PEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	s := bintest.Start(t,
 		fmt.Sprintf("UPSTREAMS=tls://%s#%s", u.Addr, u.ServerName),
-		"TLS_CA_FILE="+other.CAFile, "RETRY_MAX_ATTEMPTS=1")
+		"TLS_CA_FILE="+otherFile, "RETRY_MAX_ATTEMPTS=1")
 	m := new(dns.Msg)
 	m.SetQuestion(u.Names[0].Name, dns.TypeA)
 	m.SetEdns0(1232, false)
@@ -123,6 +139,7 @@ func TestWrongCAGivesServfail(t *testing.T) {
 }
 
 func TestConfigErrorsExitNonZeroNamingTheVariable(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		env, want string
 	}{
@@ -148,6 +165,7 @@ func TestConfigErrorsExitNonZeroNamingTheVariable(t *testing.T) {
 }
 
 func TestHelpListsSettings(t *testing.T) {
+	t.Parallel()
 	out, err := exec.Command(bintest.Binary(t), "--help").CombinedOutput()
 	if err != nil {
 		t.Fatalf("--help: %v\n%s", err, out)

@@ -46,6 +46,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -164,6 +165,51 @@ func Start(t testing.TB, opts Options) *Server {
 		}
 	})
 	return s
+}
+
+var shared struct {
+	mu      sync.Mutex
+	servers map[string]*sharedServer
+}
+
+type sharedServer struct {
+	once sync.Once
+	s    *Server
+	err  error
+}
+
+// Shared returns a server shared by the tests of the package that ask for
+// one with the same options: started on first use (an Unbound start costs
+// about a second) and stopped when the package's tests end, so the
+// package's TestMain must be testkit.Main. It is for tests that only query
+// the server; a test that stops it, or reads counters that other tests move,
+// starts its own with Start.
+func Shared(t testing.TB, opts Options) *Server {
+	t.Helper()
+	testkit.RequireMain(t)
+	testkit.RequireTools(t, "unbound", "unbound-control")
+	key := fmt.Sprintf("%#v", opts)
+	shared.mu.Lock()
+	if shared.servers == nil {
+		shared.servers = map[string]*sharedServer{}
+	}
+	e := shared.servers[key]
+	if e == nil {
+		e = new(sharedServer)
+		shared.servers[key] = e
+	}
+	shared.mu.Unlock()
+	e.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), opts.startTimeout()+5*time.Second)
+		defer cancel()
+		if e.s, e.err = New(ctx, opts); e.err == nil {
+			testkit.AtExit(t, func() { _ = e.s.Stop() })
+		}
+	})
+	if e.err != nil {
+		t.Fatalf("starting unbound: %v", e.err)
+	}
+	return e.s
 }
 
 // New starts a server and waits until it answers over DoT. The caller must

@@ -10,8 +10,34 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/testpki"
 )
+
+func TestMain(m *testing.M) { testkit.Main(m) }
+
+// TestShared: the same options get the same running server; other options
+// another one.
+func TestShared(t *testing.T) {
+	a := Shared(t, Options{Names: 3})
+	if b := Shared(t, Options{Names: 3}); b != a {
+		t.Errorf("second Shared with the same options started another server (%s, %s)", a.Addr, b.Addr)
+	}
+	c := Shared(t, Options{Names: 4})
+	if c == a || len(c.Names) != 4 {
+		t.Errorf("Shared with other options returned %s with %d names", c.Addr, len(c.Names))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, s := range []*Server{a, c} {
+		m := new(dns.Msg)
+		m.SetQuestion(s.Names[0].Name, dns.TypeA)
+		r, err := s.Exchange(ctx, m)
+		if err != nil || CheckA(r, s.Names[0]) != nil {
+			t.Errorf("%s: %v %v", s.Addr, r, err)
+		}
+	}
+}
 
 func TestServerAnswersOverDoT(t *testing.T) {
 	u := Start(t, Options{Names: 50, Plain: true, ExtraDoTPorts: 2})
