@@ -13,12 +13,14 @@ import (
 	"testing"
 )
 
-// Main runs the package's tests, then the functions given to AtExit, then
-// prints one line saying how many tests skipped for lack of a tool, of root
-// or of a file, and why; it exits with the tests' status. Use it as the
-// package's TestMain:
+// Main runs the package's tests, then the functions given to AtExit, then,
+// if the tests passed, each check (a goroutine leak check, say), and prints
+// one line saying how many tests skipped for lack of a tool, of root or of a
+// file, and why; it exits with the tests' status, or 1 when a check fails.
+// Use it as the package's TestMain:
 //
 //	func TestMain(m *testing.M) { testkit.Main(m) }
+//	func TestMain(m *testing.M) { testkit.Main(m, func() error { return goleak.Find() }) }
 //
 // The line names the package, for example
 //
@@ -27,7 +29,7 @@ import (
 // and is printed only when something skipped (never under CI, where a
 // missing tool fails the test instead). A result go test replays from its
 // cache does not repeat it; -count=1 runs the tests again.
-func Main(m *testing.M) {
+func Main(m *testing.M, checks ...func() error) {
 	pkg := callerPackage()
 	mainState.mu.Lock()
 	mainState.running = true
@@ -41,6 +43,15 @@ func Main(m *testing.M) {
 	mainState.mu.Unlock()
 	for _, f := range slices.Backward(exits) {
 		f()
+	}
+	for _, check := range checks {
+		if code != 0 {
+			break
+		}
+		if err := check(); err != nil {
+			fmt.Fprintf(os.Stderr, "%s: after the tests: %v\n", pkg, err)
+			code = 1
+		}
 	}
 	if line := skips.summary(); line != "" {
 		w, closeW := summaryWriter()

@@ -9,7 +9,17 @@ import (
 	"time"
 )
 
-func TestMain(m *testing.M) { Main(m) }
+func TestMain(m *testing.M) {
+	Main(m, func() error {
+		if os.Getenv(childFailCheck) != "" {
+			return errors.New("the check failed")
+		}
+		return nil
+	})
+}
+
+// childFailCheck makes the check TestMain passes to Main fail, in a child.
+const childFailCheck = "DOT_SIDECAR_TESTKIT_FAIL_CHECK"
 
 // childEnv selects, in a copy of this test binary, the tests that skip for
 // lack of tools, so that TestSummaryLine can read what Main prints.
@@ -59,6 +69,23 @@ func TestSummaryLine(t *testing.T) {
 	}
 	if strings.Contains(stdout.String(), "skipped") {
 		t.Errorf("the summary went to stdout as well:\n%s", stdout.String())
+	}
+}
+
+// TestCheckFails: a check that fails after passing tests makes the package
+// fail, naming the package and the check's error.
+func TestCheckFails(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(self, "-test.run=^TestWaitFor$")
+	cmd.Env = []string{childFailCheck + "=1", "PATH=/usr/bin:/bin"}
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 ||
+		!strings.Contains(string(out), "github.com/dot-sidecar/dot-sidecar/sidecar/testkit: after the tests: the check failed") {
+		t.Errorf("child: %v\n%s\nwant exit 1 naming the failed check", err, out)
 	}
 }
 

@@ -19,7 +19,8 @@ func TestProcessStop(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			p := StartProcess(t, tc.name, exec.Command("sh", "-c", tc.script))
+			sh := RequireTools(t, "sh")["sh"]
+			p := StartProcess(t, tc.name, exec.Command(sh, "-c", tc.script))
 			WaitFor(t, "the script to start", 10*time.Second, func() error {
 				if !strings.Contains(p.Stdout.String(), "up") {
 					return errors.New("not up yet")
@@ -48,7 +49,8 @@ func TestProcessStop(t *testing.T) {
 
 func TestProcessWait(t *testing.T) {
 	t.Parallel()
-	p := StartProcess(t, "exit 3", exec.Command("sh", "-c", "echo out; echo err >&2; exit 3"))
+	sh := RequireTools(t, "sh")["sh"]
+	p := StartProcess(t, "exit 3", exec.Command(sh, "-c", "echo out; echo err >&2; exit 3"))
 	var ee *exec.ExitError
 	if err := p.Wait(t, 10*time.Second); !errors.As(err, &ee) || ee.ExitCode() != 3 {
 		t.Errorf("Wait = %v, want exit status 3", err)
@@ -71,11 +73,15 @@ func TestTail(t *testing.T) {
 // killed at once, even one that ignores SIGTERM.
 func TestProcessKilledAtCleanup(t *testing.T) {
 	t.Parallel()
+	sh := RequireTools(t, "sh")["sh"]
 	var p *Process
 	start := time.Now()
 	t.Run("start", func(t *testing.T) {
-		p = StartProcess(t, "stubborn", exec.Command("sh", "-c", `trap '' TERM; while :; do sleep 0.05; done`))
+		p = StartProcess(t, "stubborn", exec.Command(sh, "-c", `trap '' TERM; while :; do sleep 0.05; done`))
 	})
+	if p == nil {
+		t.Fatal("not started")
+	}
 	if !p.Exited() {
 		t.Fatal("still running after its test ended")
 	}

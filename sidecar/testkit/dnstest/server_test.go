@@ -12,9 +12,11 @@ import (
 
 	"github.com/miekg/dns"
 	"go.uber.org/goleak"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { testkit.Main(m, func() error { return goleak.Find() }) }
 
 func client(s *Server) *dns.Client {
 	return &dns.Client{
