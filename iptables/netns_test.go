@@ -61,24 +61,10 @@ var (
 
 func fams() []string { return []string{"iptables", "ip6tables"} }
 
-// nat returns the nat table of one family and backend as iptables-save prints
-// it, without comments and chain counters, so two states compare as text.
+// nat returns the nat table of one family and backend (netnstest.NATTable).
 func (n netns) nat(t *testing.T, family, backend string) string {
 	t.Helper()
-	out := n.Must(t, family+"-"+backend+"-save", "-t", "nat")
-	var keep []string
-	for _, l := range strings.Split(out, "\n") {
-		if l == "" || strings.HasPrefix(l, "#") {
-			continue
-		}
-		if strings.HasPrefix(l, ":") {
-			if i := strings.LastIndex(l, " ["); i > 0 {
-				l = l[:i]
-			}
-		}
-		keep = append(keep, l)
-	}
-	return strings.Join(keep, "\n")
+	return n.NATTable(t, family+"-"+backend+"-save")
 }
 
 // state is the nat table of both families in one backend.

@@ -47,25 +47,11 @@ func (b ipt) tool(verb string) string {
 
 func (b ipt) String() string { return fmt.Sprintf("IPv%d/%s", b.family, b.backend) }
 
-// natRules returns the nat table as iptables-save prints it, without
-// counters, comments and timestamps, so that two states can be compared.
+// natRules returns the nat table (netnstest.NATTable), so that two states
+// can be compared.
 func (b ipt) natRules(t *testing.T, n *netnstest.Netns) string {
 	t.Helper()
-	out := n.Must(t, b.tool("save"), "-t", "nat")
-	var keep []string
-	for _, l := range strings.Split(out, "\n") {
-		if l == "" || strings.HasPrefix(l, "#") {
-			continue
-		}
-		// ":CHAIN POLICY [pkts:bytes]" → ":CHAIN POLICY"
-		if strings.HasPrefix(l, ":") {
-			if i := strings.LastIndex(l, " ["); i > 0 {
-				l = l[:i]
-			}
-		}
-		keep = append(keep, l)
-	}
-	return strings.Join(keep, "\n") + "\n"
+	return n.NATTable(t, b.tool("save"))
 }
 
 var counterLine = regexp.MustCompile(`^\[(\d+):(\d+)\] (.*)$`)

@@ -169,3 +169,26 @@ func TestProcessInNamespace(t *testing.T) {
 		t.Errorf("stopped with %v, output %q; want exit 0 after its TERM trap", p.Err(), p.Output())
 	}
 }
+
+func TestNATTable(t *testing.T) {
+	t.Parallel()
+	testkit.RequireTools(t, "iptables-nft-save", "iptables-nft-restore")
+	ns := New(t)
+	empty := ns.NATTable(t, "iptables-nft-save")
+	if r := ns.RunInput(nil, "*nat\n:T_CHAIN - [0:0]\n-A OUTPUT -p tcp --dport 9 -j T_CHAIN\nCOMMIT\n", "iptables-nft-restore", "--noflush"); r.Err != nil {
+		t.Fatal(r)
+	}
+	got := ns.NATTable(t, "iptables-nft-save")
+	for _, want := range []string{"*nat", ":T_CHAIN -", "-A OUTPUT -p tcp -m tcp --dport 9 -j T_CHAIN", "COMMIT"} {
+		if !strings.Contains(got, want+"\n") && !strings.HasSuffix(got, want) {
+			t.Errorf("NATTable lacks %q:\n%s", want, got)
+		}
+	}
+	// iptables-save prints a comment header and chain counters ([0:0]).
+	if strings.Contains(got, "#") || strings.Contains(got, "[0:0]") || got == empty {
+		t.Errorf("NATTable kept comments or counters, or missed the change:\n%s", got)
+	}
+	if again := ns.NATTable(t, "iptables-nft-save"); again != got {
+		t.Errorf("two dumps of the same state differ:\n%s\n---\n%s", got, again)
+	}
+}
