@@ -10,9 +10,13 @@
 // The kit, one package per kind of helper:
 //
 //	testkit              skip-or-fail rules (RequireTools, RequireRoot, Missing),
-//	                     Main (skip summary, AtExit), WaitFor, RepoRoot
+//	                     Main (skip summary, AtExit, checks after the tests),
+//	                     WaitFor (wait on a condition, never sleep),
+//	                     StartProcess (a program the test starts and ends),
+//	                     RepoRoot
 //	testkit/dnstest      scriptable in-process DNS-over-TLS server (loopback)
-//	testkit/unboundtest  a real Unbound serving DoT from local data
+//	testkit/unboundtest  a real Unbound serving DoT from local data, one per
+//	                     test or one a package shares (Shared)
 //	testkit/testpki      certificate authorities and certificates made at run time
 //	testkit/netnstest    network namespaces: make them, join them with veth
 //	                     pairs, run commands, processes and Go functions inside

@@ -26,8 +26,9 @@
 // server never recurses, so nothing leaves the machine and health-check
 // queries of relays (". NS", "a.root-servers.net. A") get a prompt answer.
 //
-// For a network namespace, set Prefix to the wrapper (for example
-// []string{"ip", "netns", "exec", "ns1"}) and Address to an address inside it.
+// For a network namespace, set Prefix to the wrapper (a netnstest
+// namespace's Prefix(): ip netns exec NAME) and Address to an address
+// inside it.
 // Readiness is then checked by running kdig through the same Prefix, unless
 // DialContext is set, in which case this process dials through it.
 //
@@ -86,7 +87,7 @@ type Options struct {
 	// "tcp-idle-timeout: 1000".
 	ExtraConfig []string
 	// Prefix runs unbound (and the kdig readiness probe) through a wrapper,
-	// e.g. []string{"ip", "netns", "exec", "ns1"}.
+	// e.g. a netnstest namespace's Prefix().
 	Prefix []string
 	// DialContext, if set, is used by readiness checks and Exchange instead of
 	// a plain net.Dialer (and instead of kdig when Prefix is set).
