@@ -26,8 +26,9 @@ const RunTimeout = 30 * time.Second
 
 // AsUser is the argv prefix that runs a command as uid, with gid equal to
 // uid, no supplementary groups and no capabilities, as a container with
-// runAsUser and runAsGroup runs. `ip netns exec` needs root (setns, and a
-// mount namespace for /etc/netns), so the switch happens after it, inside.
+// runAsUser and runAsGroup runs. Entering a namespace needs root (setns,
+// and for `ip netns exec` a mount namespace), so the switch happens inside,
+// after it.
 func AsUser(uid int) []string {
 	id := strconv.Itoa(uid)
 	return []string{"setpriv", "--reuid=" + id, "--regid=" + id, "--clear-groups", "--"}

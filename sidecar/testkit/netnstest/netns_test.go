@@ -153,9 +153,10 @@ func TestProcessInNamespace(t *testing.T) {
 	t.Parallel()
 	ns := New(t)
 	ns.Must(t, "ip", "addr", "add", "192.0.2.5/32", "dev", "lo")
-	// A program that sees the namespace's address, then waits for SIGTERM.
+	// A program that sees the namespace's address, then waits for SIGTERM
+	// (its trap set before it prints anything the test waits for).
 	p := testkit.StartProcess(t, "waiter", ns.Command(context.Background(), "sh", "-c",
-		`ip -o addr show dev lo; trap 'echo term; exit 0' TERM; while :; do sleep 0.05; done`))
+		`trap 'echo term; exit 0' TERM; ip -o addr show dev lo; while :; do sleep 0.05; done`))
 	testkit.WaitFor(t, "the waiter to print its addresses", 10*time.Second, func() error {
 		if !strings.Contains(p.Stdout.String(), "192.0.2.5") {
 			return fmt.Errorf("output so far %q", p.Output())
