@@ -113,7 +113,7 @@ func TestWaitFor(t *testing.T) {
 		t.Errorf("cond called %d times, want 3", n)
 	}
 	start := time.Now()
-	err := Poll(50*time.Millisecond, func() error { return errors.New("never") })
+	err := poll(50*time.Millisecond, func() error { return errors.New("never") })
 	if err == nil || err.Error() != "never" {
 		t.Errorf("Poll = %v, want cond's last error", err)
 	}
@@ -121,7 +121,7 @@ func TestWaitFor(t *testing.T) {
 		t.Errorf("Poll gave up after %v, before its timeout", d)
 	}
 	calls := 0
-	err = Poll(time.Minute, func() error { calls++; return Permanent(errors.New("exited")) })
+	err = poll(time.Minute, func() error { calls++; return Permanent(errors.New("exited")) })
 	if err == nil || err.Error() != "exited" || calls != 1 {
 		t.Errorf("Poll on a permanent error = %v after %d calls, want it at once", err, calls)
 	}

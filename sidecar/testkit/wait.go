@@ -13,19 +13,18 @@ const PollInterval = 20 * time.Millisecond
 
 // WaitFor checks cond until it returns nil, and fails t naming what it
 // waited for, with cond's last error, when timeout passes first or cond
-// returns an error made by Permanent. Tests wait
-// on a condition this way, never by sleeping for a guessed time.
+// returns an error made by Permanent. Tests wait on a condition this way,
+// never by sleeping for a guessed time.
 func WaitFor(t testing.TB, what string, timeout time.Duration, cond func() error) {
 	t.Helper()
-	if err := Poll(timeout, cond); err != nil {
+	if err := poll(timeout, cond); err != nil {
 		t.Fatalf("waiting %v for %s: %v", timeout, what, err)
 	}
 }
 
-// Poll is WaitFor for code without a testing.TB (a TestMain, a program):
-// it returns nil once cond does, or cond's last error after timeout or
+// poll returns nil once cond does, or cond's last error after timeout or
 // once it is permanent.
-func Poll(timeout time.Duration, cond func() error) error {
+func poll(timeout time.Duration, cond func() error) error {
 	deadline := time.Now().Add(timeout)
 	tick := time.NewTicker(PollInterval)
 	defer tick.Stop()
