@@ -24,9 +24,7 @@ import (
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/testpki"
 )
 
-var binary string // the sidecar, built from this tree
-
-func TestMain(m *testing.M) { os.Exit(bintest.MainWithBinary(m, &binary)) }
+func TestMain(m *testing.M) { testkit.Main(m) }
 
 // printed is what the demo told the operator to do, parsed from its output
 // the way a shell would read the lines.
@@ -40,7 +38,7 @@ type printed struct {
 // demo is the demo's run function going in process.
 type demo struct {
 	out    printed
-	stderr *bintest.Buffer
+	stderr *testkit.Buffer
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -51,7 +49,7 @@ func startDemo(t *testing.T, args ...string) *demo {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	pr, pw := io.Pipe()
-	d := &demo{stderr: new(bintest.Buffer), cancel: cancel, done: make(chan error, 1)}
+	d := &demo{stderr: new(testkit.Buffer), cancel: cancel, done: make(chan error, 1)}
 	go func() {
 		err := run(ctx, args, pw, d.stderr)
 		pw.Close()
@@ -275,7 +273,7 @@ func TestDemoThroughTheSidecar(t *testing.T) {
 	if got := p.setting(t, "BIND_PORT"); got != strconv.Itoa(port) {
 		t.Fatalf("printed BIND_PORT=%s, want the --sidecar-port %d", got, port)
 	}
-	sc := bintest.Start(t, binary, p.settings...)
+	sc := bintest.Start(t, p.settings...)
 
 	nets := map[string]bool{}
 	rcodes := map[int]bool{}
@@ -335,8 +333,8 @@ func TestDemoThroughTheSidecar(t *testing.T) {
 		if err := sc.Cmd.Process.Kill(); err != nil {
 			t.Fatal(err)
 		}
-		<-sc.Exited
-		bintest.Start(t, binary, append(append([]string(nil), p.settings...), "TLS_PINS="+p.pin)...)
+		<-sc.Done()
+		bintest.Start(t, append(append([]string(nil), p.settings...), "TLS_PINS="+p.pin)...)
 		for _, line := range p.sidecar {
 			q := parseKdig(t, line)
 			sameAnswer(t, "pinned: "+strings.Join(line, " "), q.exchange(t), q.want(t))
