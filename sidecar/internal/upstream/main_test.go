@@ -4,10 +4,12 @@ import (
 	"testing"
 
 	"go.uber.org/goleak"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
 )
 
 // Every test closes what it opens; a goroutine left behind by a DoT (reader,
 // writer, dial, housekeeping) or by dnstest fails the package.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	testkit.Main(m, func() error { return goleak.Find() })
 }
