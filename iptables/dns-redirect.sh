@@ -20,7 +20,7 @@
 #            Needs neither root nor the iptables tools.
 #
 # Node-level mode (manifests/node: one dot-sidecar per node on the host network;
-# README, node-level mode). The sidecar cannot bind port 53 there: it runs as a
+# docs/kubernetes.md, node-level mode). The sidecar cannot bind port 53 there: it runs as a
 # non-root UID with no capabilities, and Kubernetes grants no ambient ones. So it
 # listens on NODE_LOCAL_ADDRESS:BIND_PORT and these commands forward port 53:
 #   node-apply    Run as root with CAP_NET_ADMIN (and CAP_NET_RAW for the legacy
@@ -557,7 +557,7 @@ cmd_cleanup() {
 validate_node_settings() {
 	a=$NODE_LOCAL_ADDRESS
 	case $a in
-	*:*) die $EX_USAGE "NODE_LOCAL_ADDRESS=$a: node mode is IPv4 only (README: node-level mode)" ;;
+	*:*) die $EX_USAGE "NODE_LOCAL_ADDRESS=$a: node mode is IPv4 only (docs/kubernetes.md: node-level mode)" ;;
 	*[!0-9.]* | *..* | .* | *. | '') die $EX_USAGE "NODE_LOCAL_ADDRESS=$a is not an IPv4 address" ;;
 	esac
 	# shellcheck disable=SC2086 # splitting on dots is the point; globbing is off

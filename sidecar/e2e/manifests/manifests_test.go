@@ -1,7 +1,7 @@
 // Package manifests proves the Kubernetes manifests under manifests/. It
 // renders every kustomization in process with the engine of
 // `kubectl apply -k`, decodes every object strictly into its typed struct of
-// k8s.io/api (an unknown or misplaced field fails), and checks what the README
+// k8s.io/api (an unknown or misplaced field fails), and checks what the docs
 // promises of the pods against the repository itself: the image's Dockerfile,
 // entrypoint.sh and iptables script, the sidecar's configuration loader, its
 // admin listener and the metrics it registers.

@@ -13,7 +13,7 @@ import (
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
 )
 
-// The probe endpoints answer as the README documents, and /metrics carries
+// The probe endpoints answer as docs/operations.md documents, and /metrics carries
 // every documented series from start-up, at zero before anything happened,
 // with names that pass promlint.
 func TestProbesAndMetricsAtStart(t *testing.T) {

@@ -6,7 +6,7 @@
 //
 // The struct tags of Config are the single source of truth for each
 // setting's variable, default, meaning and valid range: Load, Usage and the
-// README's settings table (checked by a test) are all derived from them.
+// settings table in docs/settings.md (checked by a test) are all derived from them.
 package config
 
 import (

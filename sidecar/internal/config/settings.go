@@ -44,7 +44,7 @@ var settings = sync.OnceValue(func() []setting {
 		}
 		def, ok := f.Tag.Lookup("envDefault")
 		if !ok {
-			// Help and the README show a default for every setting.
+			// Help and docs/settings.md show a default for every setting.
 			panic("config: field " + f.Name + " lacks an envDefault tag")
 		}
 		out = append(out, setting{
