@@ -51,7 +51,7 @@ func New(t testing.TB) *Netns {
 	t.Helper()
 	testkit.RequireRoot(t)
 	testkit.RequireTools(t, "ip")
-	n := &Netns{Name: uniqueName(t)}
+	n := &Netns{Name: UniqueName(t)}
 	host(t, "ip", "netns", "add", n.Name)
 	t.Cleanup(func() {
 		if err := os.RemoveAll(n.etcDir()); err != nil {
@@ -72,10 +72,11 @@ func (n *Netns) String() string { return n.Name }
 
 var unsafeChars = regexp.MustCompile(`[^A-Za-z0-9]+`)
 
-// uniqueName returns a name no other test, package or run uses: "dst-",
+// UniqueName returns a name no other test, package or run uses: "dst-",
 // six random hex digits, and the test's name, shortened, to tell leftovers
-// apart.
-func uniqueName(t testing.TB) string {
+// apart. Namespaces are named with it, and so are the containers of
+// podmantest.
+func UniqueName(t testing.TB) string {
 	b := make([]byte, 3)
 	if _, err := rand.Read(b); err != nil {
 		t.Fatal(err)
