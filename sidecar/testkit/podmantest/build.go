@@ -1,0 +1,246 @@
+package podmantest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
+)
+
+// BuildTimeout bounds one image build: a cold one downloads Debian packages
+// and compiles the binary.
+const BuildTimeout = 15 * time.Minute
+
+// BuildOptions describe a podman build.
+type BuildOptions struct {
+	// Context is the build context directory; File the Dockerfile, by
+	// default Context/Dockerfile.
+	Context, File string
+	// Tag names the image built.
+	Tag string
+	// Args are --build-arg NAME=VALUE.
+	Args map[string]string
+	// Volumes are mounted into every RUN step (host:container[:options]),
+	// for caches that must not end up in a layer.
+	Volumes []string
+}
+
+// Build runs podman build with the machine's network (apt and the Go
+// module proxy) and no registry: every base image must be in the store. The
+// images it leaves untagged (an earlier build's, the build stage's) are
+// pruned; its layers stay, so that an unchanged step is not run again.
+func (e *Engine) Build(ctx context.Context, o BuildOptions) error {
+	args := []string{"build", "--pull=never", "--network=host", "--layers", "-t", o.Tag}
+	if o.File != "" {
+		args = append(args, "-f", o.File)
+	}
+	names := make([]string, 0, len(o.Args))
+	for n := range o.Args {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		args = append(args, "--build-arg", n+"="+o.Args[n])
+	}
+	for _, v := range o.Volumes {
+		args = append(args, "-v", v)
+	}
+	r := e.Exec(ctx, append(args, o.Context)...)
+	if r.Err != nil {
+		return fmt.Errorf("%s: %w\n%s", r.Argv, r.Err, testkit.Tail(r.Stdout+r.Stderr, 60))
+	}
+	_ = e.Exec(ctx, "image", "prune", "-f")
+	return nil
+}
+
+// ProjectImageRef is the tag of the repository's image as ProjectImage
+// builds it.
+const ProjectImageRef = ImagePrefix + "dot-sidecar:test"
+
+// ProjectVersion is the VERSION build argument ProjectImage passes.
+const ProjectVersion = "0.0.0-image-test"
+
+// Image is a built image.
+type Image struct {
+	Ref   string
+	ID    string
+	Bases BaseImages
+	// Took is how long the build took in this process.
+	Took time.Duration
+}
+
+var project struct {
+	once sync.Once
+	img  Image
+	err  error
+}
+
+// ProjectImage builds the repository's Dockerfile, unchanged, on the
+// process's first call, with the base images of BaseImages standing in for
+// those it names: passed as build arguments where a FROM names its image
+// through one, tagged with the Dockerfile's names otherwise (in this
+// package's store only). The Go build and module caches of the toolchain
+// running the tests are mounted into the build, so that the build stage
+// compiles only what changed and downloads nothing the machine has.
+func (e *Engine) ProjectImage(t testing.TB) Image {
+	t.Helper()
+	root := testkit.RepoRoot(t)
+	b := e.BaseImages(t)
+	project.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), BuildTimeout)
+		defer cancel()
+		start := time.Now()
+		project.img, project.err = e.buildProject(ctx, root, b)
+		project.img.Took = time.Since(start)
+	})
+	if project.err != nil {
+		t.Fatalf("building the image: %v", project.err)
+	}
+	return project.img
+}
+
+func (e *Engine) buildProject(ctx context.Context, root string, b BaseImages) (Image, error) {
+	img := Image{Ref: ProjectImageRef, Bases: b}
+	df, err := os.ReadFile(filepath.Join(root, "Dockerfile"))
+	if err != nil {
+		return img, err
+	}
+	froms, err := parseFroms(string(df))
+	if err != nil {
+		return img, err
+	}
+	args := map[string]string{"VERSION": ProjectVersion}
+	for _, f := range froms {
+		ours := b.Debian
+		if f.golang() {
+			ours = b.Golang
+		}
+		if f.arg != "" {
+			args[f.arg] = ours
+			continue
+		}
+		if r := e.Exec(ctx, "tag", ours, normalizeRef(f.ref)); r.Err != nil {
+			return img, fmt.Errorf("%v", r)
+		}
+	}
+	vols, err := goCacheVolumes(ctx)
+	if err != nil {
+		return img, err
+	}
+	if err := e.Build(ctx, BuildOptions{Context: root, Tag: img.Ref, Args: args, Volumes: vols}); err != nil {
+		return img, err
+	}
+	r := e.Exec(ctx, "image", "inspect", "--format", "{{.Id}}", img.Ref)
+	if r.Err != nil {
+		return img, fmt.Errorf("%v", r)
+	}
+	img.ID = strings.TrimSpace(r.Stdout)
+	return img, nil
+}
+
+// goCacheVolumes mounts the module cache and the build cache of the go
+// running the tests where the golang image's go looks for them (GOPATH /go,
+// HOME /root).
+func goCacheVolumes(ctx context.Context) ([]string, error) {
+	out, err := exec.CommandContext(ctx, "go", "env", "GOMODCACHE", "GOCACHE").Output()
+	if err != nil {
+		return nil, fmt.Errorf("go env GOMODCACHE GOCACHE: %w", err)
+	}
+	f := strings.Fields(string(out))
+	if len(f) != 2 {
+		return nil, fmt.Errorf("go env GOMODCACHE GOCACHE printed %q", out)
+	}
+	for _, d := range f {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	return []string{f[0] + ":/go/pkg/mod", f[1] + ":/root/.cache/go-build"}, nil
+}
+
+// from is one FROM of a Dockerfile: the image it names (an ARG's default
+// when it names it through one) and that ARG.
+type from struct {
+	ref, arg string
+}
+
+// golang reports whether the stage is the Go build stage.
+func (f from) golang() bool { return strings.Contains(f.ref, "golang") }
+
+var (
+	argLine  = regexp.MustCompile(`(?i)^ARG\s+([A-Za-z_][A-Za-z0-9_]*)(?:=(\S*))?$`)
+	fromLine = regexp.MustCompile(`(?i)^FROM\s+(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?$`)
+	argRef   = regexp.MustCompile(`^\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?$`)
+)
+
+// parseFroms reads the FROM lines of a Dockerfile, resolving an image named
+// by a global ARG (one declared before the first FROM) to the ARG's
+// default. A FROM naming an earlier stage is not a base image and is left
+// out.
+func parseFroms(dockerfile string) ([]from, error) {
+	globals := map[string]string{}
+	stages := map[string]bool{}
+	var froms []from
+	seenFrom := false
+	for _, l := range strings.Split(strings.ReplaceAll(dockerfile, "\\\n", " "), "\n") {
+		l = strings.Join(strings.Fields(l), " ")
+		if l == "" || strings.HasPrefix(l, "#") {
+			continue
+		}
+		if m := argLine.FindStringSubmatch(l); m != nil {
+			if !seenFrom {
+				globals[m[1]] = m[2]
+			}
+			continue
+		}
+		if !strings.EqualFold(strings.Fields(l)[0], "FROM") {
+			continue
+		}
+		seenFrom = true
+		m := fromLine.FindStringSubmatch(l)
+		if m == nil {
+			return nil, fmt.Errorf("Dockerfile: cannot read %q", l)
+		}
+		f := from{ref: m[1]}
+		if a := argRef.FindStringSubmatch(f.ref); a != nil {
+			def := globals[a[1]]
+			if def == "" {
+				return nil, fmt.Errorf("Dockerfile: FROM %s names ARG %s, which has no default before the first FROM", f.ref, a[1])
+			}
+			f.arg, f.ref = a[1], def
+		}
+		if !stages[f.ref] {
+			froms = append(froms, f)
+		}
+		if m[2] != "" {
+			stages[m[2]] = true
+		}
+	}
+	if len(froms) == 0 {
+		return nil, errors.New("Dockerfile: no FROM")
+	}
+	return froms, nil
+}
+
+// normalizeRef is the full name Docker gives a short one: golang:1 is
+// docker.io/library/golang:1.
+func normalizeRef(ref string) string {
+	first, _, hasSlash := strings.Cut(ref, "/")
+	if hasSlash && (strings.ContainsAny(first, ".:") || first == "localhost") {
+		return ref
+	}
+	if !hasSlash {
+		return "docker.io/library/" + ref
+	}
+	return "docker.io/" + ref
+}
