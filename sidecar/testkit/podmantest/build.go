@@ -2,7 +2,6 @@ package podmantest
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/imagetest"
 )
 
 // BuildTimeout bounds one image build: a cold one downloads Debian packages
@@ -111,16 +111,16 @@ func (e *Engine) ProjectImage(t testing.TB) Image {
 
 func (e *Engine) buildProject(ctx context.Context, root string, b BaseImages) (Image, error) {
 	img := Image{Ref: ProjectImageRef, Bases: b}
-	df, err := os.ReadFile(filepath.Join(root, "Dockerfile"))
+	df, err := os.ReadFile(filepath.Join(root, imagetest.DockerfilePath))
 	if err != nil {
 		return img, err
 	}
-	froms, err := parseFroms(string(df))
+	d, err := imagetest.Parse(string(df))
 	if err != nil {
-		return img, err
+		return img, fmt.Errorf("%s: %w", imagetest.DockerfilePath, err)
 	}
 	args := map[string]string{"VERSION": ProjectVersion}
-	for _, f := range froms {
+	for _, f := range baseImages(d) {
 		ours := b.Debian
 		if f.golang() {
 			ours = b.Golang
@@ -129,7 +129,7 @@ func (e *Engine) buildProject(ctx context.Context, root string, b BaseImages) (I
 			args[f.arg] = ours
 			continue
 		}
-		if r := e.Exec(ctx, "tag", ours, normalizeRef(f.ref)); r.Err != nil {
+		if r := e.Exec(ctx, "tag", ours, normalizeRef(f.image)); r.Err != nil {
 			return img, fmt.Errorf("%v", r)
 		}
 	}
@@ -168,68 +168,34 @@ func goCacheVolumes(ctx context.Context) ([]string, error) {
 	return []string{f[0] + ":/go/pkg/mod", f[1] + ":/root/.cache/go-build"}, nil
 }
 
-// from is one FROM of a Dockerfile: the image it names (an ARG's default
-// when it names it through one) and that ARG.
-type from struct {
-	ref, arg string
+// bases are the base images of a Dockerfile's stages: each stage's FROM
+// but those naming an earlier stage.
+type base struct {
+	image string // the image with build arguments' defaults substituted
+	arg   string // the build argument naming it, if the FROM is just one
 }
 
-// golang reports whether the stage is the Go build stage.
-func (f from) golang() bool { return strings.Contains(f.ref, "golang") }
+// golang reports whether the base is the Go build stage's.
+func (b base) golang() bool { return strings.Contains(b.image, "golang") }
 
-var (
-	argLine  = regexp.MustCompile(`(?i)^ARG\s+([A-Za-z_][A-Za-z0-9_]*)(?:=(\S*))?$`)
-	fromLine = regexp.MustCompile(`(?i)^FROM\s+(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?$`)
-	argRef   = regexp.MustCompile(`^\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?$`)
-)
+var argOnly = regexp.MustCompile(`^\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?$`)
 
-// parseFroms reads the FROM lines of a Dockerfile, resolving an image named
-// by a global ARG (one declared before the first FROM) to the ARG's
-// default. A FROM naming an earlier stage is not a base image and is left
-// out.
-func parseFroms(dockerfile string) ([]from, error) {
-	globals := map[string]string{}
+func baseImages(d *imagetest.Dockerfile) []base {
 	stages := map[string]bool{}
-	var froms []from
-	seenFrom := false
-	for _, l := range strings.Split(strings.ReplaceAll(dockerfile, "\\\n", " "), "\n") {
-		l = strings.Join(strings.Fields(l), " ")
-		if l == "" || strings.HasPrefix(l, "#") {
-			continue
-		}
-		if m := argLine.FindStringSubmatch(l); m != nil {
-			if !seenFrom {
-				globals[m[1]] = m[2]
+	var bases []base
+	for _, st := range d.Stages {
+		if !stages[st.Image] {
+			b := base{image: st.Image}
+			if m := argOnly.FindStringSubmatch(st.From); m != nil {
+				b.arg = m[1]
 			}
-			continue
+			bases = append(bases, b)
 		}
-		if !strings.EqualFold(strings.Fields(l)[0], "FROM") {
-			continue
-		}
-		seenFrom = true
-		m := fromLine.FindStringSubmatch(l)
-		if m == nil {
-			return nil, fmt.Errorf("Dockerfile: cannot read %q", l)
-		}
-		f := from{ref: m[1]}
-		if a := argRef.FindStringSubmatch(f.ref); a != nil {
-			def := globals[a[1]]
-			if def == "" {
-				return nil, fmt.Errorf("Dockerfile: FROM %s names ARG %s, which has no default before the first FROM", f.ref, a[1])
-			}
-			f.arg, f.ref = a[1], def
-		}
-		if !stages[f.ref] {
-			froms = append(froms, f)
-		}
-		if m[2] != "" {
-			stages[m[2]] = true
+		if st.Name != "" {
+			stages[st.Name] = true
 		}
 	}
-	if len(froms) == 0 {
-		return nil, errors.New("Dockerfile: no FROM")
-	}
-	return froms, nil
+	return bases
 }
 
 // normalizeRef is the full name Docker gives a short one: golang:1 is
