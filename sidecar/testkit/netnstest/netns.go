@@ -10,6 +10,7 @@
 //	ns.Do(t, func() error { ... })          // Go code on a thread inside ns
 //	netnstest.Veth(t, netnstest.End{NS: a, Name: "eth0", Addrs: []string{"192.0.2.1/24"}},
 //		netnstest.End{NS: b, Name: "eth0", Addrs: []string{"192.0.2.2/24"}})
+//	c := netnstest.StartCapture(t, a, "eth0", dir) // tcpdump; c.Stop(t), c.Packets(t, "port 53")
 //
 // A namespace is made and entered with iproute2 (`ip netns add`, `ip netns
 // exec`), so it has a name under /run/netns that other tools (iptables-save,

@@ -1,0 +1,134 @@
+package netnstest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
+)
+
+// Capture is tcpdump running on one interface of a namespace, writing every
+// packet to a file: the proof of what left a pod (port 53 in plaintext must
+// not). Capture the pod's outer interface, not lo, where redirected queries
+// travel to the sidecar.
+type Capture struct {
+	ns    *Netns
+	iface string
+	file  string
+	proc  *testkit.Process
+}
+
+// CaptureTimeout bounds the waits of StartCapture and Stop.
+const CaptureTimeout = 10 * time.Second
+
+// StartCapture starts tcpdump on iface in ns, writing into dir, and returns
+// once it listens. It needs tcpdump (skips, or fails under CI, without).
+func StartCapture(t testing.TB, ns *Netns, iface, dir string) *Capture {
+	t.Helper()
+	testkit.RequireTools(t, "tcpdump")
+	c := &Capture{ns: ns, iface: iface, file: filepath.Join(dir, ns.Name+"-"+iface+".pcap")}
+	// -U and --immediate-mode write each packet at once, so that none is
+	// lost when it stops; -Z root keeps it from dropping to a user that
+	// cannot write dir.
+	cmd := ns.Command(context.Background(), "tcpdump", "-i", iface, "-n", "-U", "--immediate-mode",
+		"-Z", "root", "-s", "256", "-w", c.file)
+	c.proc = testkit.StartProcess(t, "tcpdump on "+ns.Name+" "+iface, cmd)
+	testkit.WaitFor(t, "tcpdump to listen on "+ns.Name+" "+iface, CaptureTimeout, func() error {
+		if c.proc.Exited() {
+			return testkit.Permanent(fmt.Errorf("tcpdump exited: %s", c.proc.Output()))
+		}
+		if !strings.Contains(c.proc.Output(), "listening on "+iface) {
+			return fmt.Errorf("not listening yet: %q", c.proc.Output())
+		}
+		return nil
+	})
+	return c
+}
+
+// Stop stops tcpdump once it has written every packet the kernel handed it
+// (one still queued would be missing from the file, and a leak could hide
+// there), and fails t if the kernel dropped any.
+func (c *Capture) Stop(t testing.TB) {
+	t.Helper()
+	// SIGUSR1 makes tcpdump print its counters on one line; asked is how
+	// many reports there were when they were last asked for, -1 before.
+	asked := -1
+	testkit.WaitFor(t, "tcpdump to write every packet it received", CaptureTimeout, func() error {
+		out := c.proc.Output()
+		reports := strings.Count(out, "packets captured")
+		if asked >= 0 && reports == asked {
+			return errors.New("no counters yet")
+		}
+		var behind error
+		if asked >= 0 {
+			st, err := parseCaptureStats(out, reports)
+			if err != nil {
+				return err
+			}
+			if st.captured == st.received {
+				return nil
+			}
+			behind = fmt.Errorf("captured %d of %d packets so far", st.captured, st.received)
+		}
+		if err := c.proc.Cmd.Process.Signal(syscall.SIGUSR1); err != nil {
+			return testkit.Permanent(err)
+		}
+		asked = reports
+		if behind != nil {
+			return behind
+		}
+		return errors.New("counters asked for")
+	})
+	if err := c.proc.Stop(CaptureTimeout); err != nil {
+		t.Fatalf("stopping tcpdump: %v", err)
+	}
+	st, err := parseCaptureStats(c.proc.Output(), 1)
+	if err != nil {
+		t.Fatalf("tcpdump's final counters: %v", err)
+	}
+	if st.captured != st.received || st.dropped != 0 {
+		t.Fatalf("incomplete capture (%+v): a leak could be missing from it\n%s", st, c.proc.Output())
+	}
+}
+
+// Packets returns the captured packets that match a pcap filter
+// ("port 53"), one line each as tcpdump prints them.
+func (c *Capture) Packets(t testing.TB, filter string) []string {
+	t.Helper()
+	out := c.ns.Must(t, "tcpdump", "-r", c.file, "-n", "-tt", filter)
+	var lines []string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.TrimSpace(l) != "" {
+			lines = append(lines, l)
+		}
+	}
+	return lines
+}
+
+type captureStats struct{ captured, received, dropped int }
+
+// tcpdump prints its counters on one line for SIGUSR1, on three at exit.
+var statsRE = regexp.MustCompile(`(\d+) packets captured,?\s+(\d+) packets received by filter,?\s+(\d+) packets dropped by kernel`)
+
+// parseCaptureStats reads the last of tcpdump's counter reports, provided
+// at least n were printed.
+func parseCaptureStats(out string, n int) (captureStats, error) {
+	all := statsRE.FindAllStringSubmatch(out, -1)
+	if len(all) < n {
+		return captureStats{}, fmt.Errorf("%d counter reports, want %d: %q", len(all), n, out)
+	}
+	m := all[len(all)-1]
+	var st captureStats
+	for i, dst := range []*int{&st.captured, &st.received, &st.dropped} {
+		*dst, _ = strconv.Atoi(m[i+1])
+	}
+	return st, nil
+}
