@@ -38,6 +38,14 @@ func TestStaticBuild(t *testing.T) {
 	if err := bintest.Build(context.Background(), testkit.RepoRoot(t), bin, version); err != nil {
 		t.Fatal(err)
 	}
+	checkReleaseBinary(t, bin, version)
+}
+
+// checkReleaseBinary checks that the binary at bin is the release build of
+// version: static (no interpreter, no shared libraries), stripped, built
+// without cgo and with -trimpath, and stamped with version.
+func checkReleaseBinary(t *testing.T, bin, version string) {
+	t.Helper()
 	f, err := elf.Open(bin)
 	if err != nil {
 		t.Fatal(err)

@@ -28,6 +28,8 @@ type BuildOptions struct {
 	Context, File string
 	// Tag names the image built.
 	Tag string
+	// Target builds up to that stage only (--target).
+	Target string
 	// Args are --build-arg NAME=VALUE.
 	Args map[string]string
 	// Volumes are mounted into every RUN step (host:container[:options]),
@@ -43,6 +45,9 @@ func (e *Engine) Build(ctx context.Context, o BuildOptions) error {
 	args := []string{"build", "--pull=never", "--network=host", "--layers", "-t", o.Tag}
 	if o.File != "" {
 		args = append(args, "-f", o.File)
+	}
+	if o.Target != "" {
+		args = append(args, "--target", o.Target)
 	}
 	names := make([]string, 0, len(o.Args))
 	for n := range o.Args {
@@ -89,9 +94,14 @@ var project struct {
 // process's first call, with the base images of BaseImages standing in for
 // those it names: passed as build arguments where a FROM names its image
 // through one, tagged with the Dockerfile's names otherwise (in this
-// package's store only). The Go build and module caches of the toolchain
-// running the tests are mounted into the build, so that the build stage
-// compiles only what changed and downloads nothing the machine has.
+// package's store only).
+//
+// The Go build stage is built first on its own, with the module and build
+// caches of the toolchain running the tests mounted, so that it compiles
+// only what changed and downloads nothing the machine has. Then the whole
+// Dockerfile is built without them, reusing the stage's layers: podman
+// mounts build volumes into every stage, and their mount points would
+// otherwise be left in the image as empty directories.
 func (e *Engine) ProjectImage(t testing.TB) Image {
 	t.Helper()
 	root := testkit.RepoRoot(t)
@@ -120,6 +130,12 @@ func (e *Engine) buildProject(ctx context.Context, root string, b BaseImages) (I
 		return img, fmt.Errorf("%s: %w", imagetest.DockerfilePath, err)
 	}
 	args := map[string]string{"VERSION": ProjectVersion}
+	var goStage string
+	for _, st := range d.Stages {
+		if (base{image: st.Image}).golang() {
+			goStage = st.Name
+		}
+	}
 	for _, f := range baseImages(d) {
 		ours := b.Debian
 		if f.golang() {
@@ -133,11 +149,17 @@ func (e *Engine) buildProject(ctx context.Context, root string, b BaseImages) (I
 			return img, fmt.Errorf("%v", r)
 		}
 	}
-	vols, err := goCacheVolumes(ctx)
-	if err != nil {
-		return img, err
+	if goStage != "" {
+		vols, err := goCacheVolumes(ctx)
+		if err != nil {
+			return img, err
+		}
+		stage := BuildOptions{Context: root, Tag: ProjectImageRef + "-" + goStage, Target: goStage, Args: args, Volumes: vols}
+		if err := e.Build(ctx, stage); err != nil {
+			return img, err
+		}
 	}
-	if err := e.Build(ctx, BuildOptions{Context: root, Tag: img.Ref, Args: args, Volumes: vols}); err != nil {
+	if err := e.Build(ctx, BuildOptions{Context: root, Tag: img.Ref, Args: args}); err != nil {
 		return img, err
 	}
 	r := e.Exec(ctx, "image", "inspect", "--format", "{{.Id}}", img.Ref)
