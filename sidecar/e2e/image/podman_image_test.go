@@ -23,6 +23,7 @@ import (
 // there is no Go toolchain, Go source or module cache in it. Its size is
 // reported.
 func TestPodmanImage(t *testing.T) {
+	t.Parallel()
 	e := podmantest.New(t)
 	img := e.ProjectImage(t)
 	base := e.BaseImages(t)

@@ -34,9 +34,7 @@ const (
 // "outside" one holding the DoT upstream and the addresses of kube-dns.
 type podTopology struct {
 	pod, out *netnstest.Netns
-	unbound  *unboundtest.Server
-	dir      string // readable by every UID: the CA file lives here
-	caFile   string
+	up       *upstream
 }
 
 func newPodTopology(t *testing.T) *podTopology {
@@ -45,16 +43,33 @@ func newPodTopology(t *testing.T) *podTopology {
 	netnstest.Veth(t,
 		netnstest.End{NS: tp.pod, Name: podIface, Addrs: []string{podIP4 + "/24", podIP6 + "/64"}},
 		netnstest.End{NS: tp.out, Name: podIface, Addrs: []string{upstreamV4 + "/24", kubeDNS4 + "/24", upstreamV6 + "/64", kubeDNS6 + "/64"}})
-	tp.unbound = unboundtest.Start(t, unboundtest.Options{
-		Address: upstreamV4, Port: 853, ExtraConfig: []string{"interface: " + upstreamV6 + "@853"},
-		Prefix: []string{"ip", "netns", "exec", tp.out.Name}, Names: 8,
+	tp.up = startUpstream(t, tp.out, upstreamV4, upstreamV6)
+	return tp
+}
+
+// upstream is Unbound serving DoT on port 853 of its addresses in a
+// namespace, with its CA in a file the sidecar's UID can read.
+type upstream struct {
+	unbound *unboundtest.Server
+	addrs   []string
+	caFile  string
+}
+
+func startUpstream(t *testing.T, ns *netnstest.Netns, addrs ...string) *upstream {
+	t.Helper()
+	var extra []string
+	for _, a := range addrs[1:] {
+		extra = append(extra, "interface: "+a+"@853")
+	}
+	u := &upstream{addrs: addrs}
+	u.unbound = unboundtest.Start(t, unboundtest.Options{
+		Address: addrs[0], Port: 853, ExtraConfig: extra, Prefix: []string{"ip", "netns", "exec", ns.Name}, Names: 8,
 	})
-	tp.dir = sharedDir(t)
-	tp.caFile = filepath.Join(tp.dir, "upstream-ca.pem")
-	if err := os.WriteFile(tp.caFile, tp.unbound.CAPEM, 0o644); err != nil {
+	u.caFile = filepath.Join(sharedDir(t), "upstream-ca.pem")
+	if err := os.WriteFile(u.caFile, u.unbound.CAPEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return tp
+	return u
 }
 
 // sharedDir is a temporary directory every UID may enter (t.TempDir's
@@ -70,23 +85,28 @@ func sharedDir(t *testing.T) string {
 	return dir
 }
 
-// sidecarSettings are the rendered settings with the test's upstream in
-// place of the public ones: what an operator changes in settings.env.
-func (tp *podTopology) sidecarSettings() map[string]string {
-	return map[string]string{
-		"UPSTREAMS":   fmt.Sprintf("tls://%s#%s,tls://[%s]#%s", upstreamV4, tp.unbound.ServerName, upstreamV6, tp.unbound.ServerName),
-		"TLS_CA_FILE": caInContainer,
+// settings are the rendered settings with this upstream in place of the
+// public ones: what an operator changes in settings.env.
+func (u *upstream) settings() map[string]string {
+	var ups []string
+	for _, a := range u.addrs {
+		if strings.Contains(a, ":") {
+			a = "[" + a + "]"
+		}
+		ups = append(ups, "tls://"+a+"#"+u.unbound.ServerName)
 	}
+	return map[string]string{"UPSTREAMS": strings.Join(ups, ","), "TLS_CA_FILE": caInContainer}
 }
 
-func (tp *podTopology) caVolume() string { return tp.caFile + ":" + caInContainer + ":ro" }
+// caVolume mounts the CA where settings say it is.
+func (u *upstream) caVolume() string { return u.caFile + ":" + caInContainer + ":ro" }
 
 // dotQueries is how many queries Unbound has received over TLS.
-func (tp *podTopology) dotQueries(t *testing.T) float64 {
+func (u *upstream) dotQueries(t *testing.T) float64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	st, err := tp.unbound.Stats(ctx)
+	st, err := u.unbound.Stats(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,6 +188,7 @@ func natRules(t *testing.T, ns *netnstest.Netns, chain string) string {
 // nameserver; with the sidecar stopped DNS fails closed; no port-53 packet
 // ever leaves the pod; cleanup removes the rules.
 func TestPodmanPod(t *testing.T) {
+	t.Parallel()
 	e := podmantest.New(t)
 	testkit.RequireTools(t, "iptables-save", "ip6tables-save", "tcpdump")
 	img := e.ProjectImage(t)
@@ -177,10 +198,10 @@ func TestPodmanPod(t *testing.T) {
 	capture := netnstest.StartCapture(t, tp.pod, podIface, t.TempDir())
 
 	network := podmantest.Netns(tp.pod)
-	project := runOptions{image: img.Ref, network: network, settings: tp.sidecarSettings()}
+	project := runOptions{image: img.Ref, network: network, settings: tp.up.settings()}
 	initSpec := manifest.runSpec(t, manifest.container(t, "dot-sidecar-iptables"), project)
 	sidecarOpts := project
-	sidecarOpts.volumes = []string{tp.caVolume()}
+	sidecarOpts.volumes = []string{tp.up.caVolume()}
 	sidecarSpec := manifest.runSpec(t, manifest.container(t, "dot-sidecar"), sidecarOpts)
 	checkSpec := manifest.runSpec(t, manifest.container(t, "dot-sidecar-check"), project)
 	checkSpec.DNS = []string{kubeDNS4, kubeDNS6}
@@ -242,17 +263,17 @@ func TestPodmanPod(t *testing.T) {
 	})
 
 	t.Run("application lookups answered through DoT", func(t *testing.T) {
-		before := tp.dotQueries(t)
+		before := tp.up.dotQueries(t)
 		for i, path := range podPaths {
 			// A name of its own per path: a cached answer proves nothing.
-			rec := tp.unbound.Names[i]
+			rec := tp.up.unbound.Names[i]
 			name := strings.TrimSuffix(rec.Name, ".")
 			r := lookup(ctx, t, e, appSpec, path, name)
 			if r.Err != nil || !strings.Contains(r.Stdout, rec.A.String()+" ") || !strings.Contains(r.Stdout, rec.AAAA.String()+" ") {
 				t.Errorf("%s: getent ahosts %s, want %s and %s:\n%v", path, name, rec.A, rec.AAAA, r)
 			}
 		}
-		if got := tp.dotQueries(t) - before; got < float64(len(podPaths)) {
+		if got := tp.up.dotQueries(t) - before; got < float64(len(podPaths)) {
 			t.Errorf("Unbound received %v queries over TLS for %d lookups", got, len(podPaths))
 		}
 	})
@@ -260,7 +281,7 @@ func TestPodmanPod(t *testing.T) {
 	t.Run("fails closed with the sidecar stopped", func(t *testing.T) {
 		sidecar.Stop(t, 15*time.Second)
 		for i, path := range podPaths {
-			name := strings.TrimSuffix(tp.unbound.Names[i].Name, ".")
+			name := strings.TrimSuffix(tp.up.unbound.Names[i].Name, ".")
 			if r := lookup(ctx, t, e, appSpec, path, name); r.Code() != 2 || strings.TrimSpace(r.Stdout) != "" {
 				t.Errorf("%s: with the sidecar stopped, getent answered (want exit 2, no address):\n%v", path, r)
 			}

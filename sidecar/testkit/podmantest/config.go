@@ -52,10 +52,8 @@ func currentLimits() (limits, error) {
 //   - tmp_dir under RunDir: this store's locks and exit files apart from
 //     the machine's podman.
 //   - conmon_env_vars: conmon runs `podman container cleanup` when a
-//     container exits, with only these variables; without the two
-//     CONTAINERS_* it would read the machine's configuration and never find
-//     this store's container, and podman would wait 20 s for the exit to
-//     be recorded.
+//     container exits, with only these variables; with the two CONTAINERS_*
+//     it reads this configuration rather than the machine's.
 func containersConf(files configFiles, l limits) string {
 	q := strconv.Quote
 	var b strings.Builder

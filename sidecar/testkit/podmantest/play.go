@@ -17,9 +17,8 @@ import (
 // bridge or firewall rules on the machine.
 var PlayTools = []string{"catatonit", "slirp4netns"}
 
-// PlayTimeout bounds podman kube play. Podman 4.3 waits up to 20 s after
-// each init container for its exit to be recorded (fixed in later
-// versions), and starts the containers after that.
+// PlayTimeout bounds podman kube play, which returns once the pod's init
+// containers have run and its containers have started.
 const PlayTimeout = 3 * time.Minute
 
 // Play writes manifest to a file and runs `podman kube play --replace` on
