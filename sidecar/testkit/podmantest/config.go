@@ -49,12 +49,12 @@ func currentLimits() (limits, error) {
 //   - runc: Debian's default, crun, refuses to start containers on
 //     machines whose cgroups are in hybrid mode.
 //   - cgroupfs and events in a file: no systemd needed.
-//   - tmp_dir under RunDir: this store's locks and exit files apart from
-//     the machine's podman.
+//   - tmp_dir under run (see runDir): this store's locks and exit files
+//     apart from the machine's podman.
 //   - conmon_env_vars: conmon runs `podman container cleanup` when a
 //     container exits, with only these variables; with the two CONTAINERS_*
 //     it reads this configuration rather than the machine's.
-func containersConf(files configFiles, l limits) string {
+func containersConf(files configFiles, run string, l limits) string {
 	q := strconv.Quote
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Written by sidecar/testkit/podmantest; rewritten on every run.\n")
@@ -64,7 +64,7 @@ func containersConf(files configFiles, l limits) string {
 	fmt.Fprintf(&b, "runtime = %s\n", q("runc"))
 	fmt.Fprintf(&b, "cgroup_manager = %s\n", q("cgroupfs"))
 	fmt.Fprintf(&b, "events_logger = %s\n", q("file"))
-	fmt.Fprintf(&b, "tmp_dir = %s\n", q(filepath.Join(RunDir, "libpod")))
+	fmt.Fprintf(&b, "tmp_dir = %s\n", q(filepath.Join(run, "libpod")))
 	fmt.Fprintf(&b, "conmon_env_vars = [%s, %s, %s]\n",
 		q("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
 		q("CONTAINERS_CONF="+files.containers), q("CONTAINERS_STORAGE_CONF="+files.storage))
@@ -72,15 +72,15 @@ func containersConf(files configFiles, l limits) string {
 }
 
 // storageConf renders storage.conf: a store of its own under dir, its run
-// root under RunDir.
-func storageConf(dir string) string {
+// root under run.
+func storageConf(dir, run string) string {
 	q := strconv.Quote
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Written by sidecar/testkit/podmantest; rewritten on every run.\n")
 	fmt.Fprintf(&b, "[storage]\n")
 	fmt.Fprintf(&b, "driver = %s\n", q("overlay"))
 	fmt.Fprintf(&b, "graphroot = %s\n", q(filepath.Join(dir, "storage")))
-	fmt.Fprintf(&b, "runroot = %s\n", q(filepath.Join(RunDir, "storage")))
+	fmt.Fprintf(&b, "runroot = %s\n", q(filepath.Join(run, "storage")))
 	return b.String()
 }
 
@@ -97,7 +97,7 @@ func (e *Engine) writeConfig() (configFiles, error) {
 	if err != nil {
 		return files, err
 	}
-	for path, content := range map[string]string{files.containers: containersConf(files, l), files.storage: storageConf(e.Dir)} {
+	for path, content := range map[string]string{files.containers: containersConf(files, runDir(e.Dir), l), files.storage: storageConf(e.Dir, runDir(e.Dir))} {
 		if err := writeAtomic(path, []byte(content), 0o644); err != nil {
 			return files, err
 		}

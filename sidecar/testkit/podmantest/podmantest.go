@@ -63,9 +63,19 @@ const (
 // the base images' root filesystems. /var/tmp survives reboots, unlike /tmp.
 const DefaultDir = "/var/tmp/dot-sidecar-podman"
 
-// RunDir holds podman's runtime state (run root, locks, exit files): on
-// tmpfs, cleared at boot like the containers it describes.
+// RunDir holds podman's runtime state (run root, locks, exit files) for
+// the store in DefaultDir: on tmpfs, cleared at boot like the containers it
+// describes. Another Dir gets a run directory of its own beside it.
 const RunDir = "/run/dot-sidecar-podman"
+
+// runDir is RunDir for DefaultDir, RunDir-HASH for any other: two stores
+// must never share run state.
+func runDir(dir string) string {
+	if dir == DefaultDir {
+		return RunDir
+	}
+	return RunDir + "-" + hashKey(dir)
+}
 
 // Label marks every container started through this package; its value is
 // the PID of the test process that started it.

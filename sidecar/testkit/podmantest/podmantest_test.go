@@ -122,7 +122,7 @@ func TestRunArgs(t *testing.T) {
 
 func TestConfigFiles(t *testing.T) {
 	files := configFiles{containers: "/d/conf/containers.conf", storage: "/d/conf/storage.conf"}
-	c := containersConf(files, limits{nofile: 20000, nproc: -1})
+	c := containersConf(files, RunDir, limits{nofile: 20000, nproc: -1})
 	for _, want := range []string{
 		`runtime = "runc"`, `cgroup_manager = "cgroupfs"`, `events_logger = "file"`,
 		`default_ulimits = ["nofile=20000:20000", "nproc=-1:-1"]`,
@@ -133,11 +133,14 @@ func TestConfigFiles(t *testing.T) {
 			t.Errorf("containers.conf lacks %s:\n%s", want, c)
 		}
 	}
-	s := storageConf("/d")
+	s := storageConf("/d", RunDir)
 	for _, want := range []string{`graphroot = "/d/storage"`, `runroot = "/run/dot-sidecar-podman/storage"`, `driver = "overlay"`} {
 		if !strings.Contains(s, want) {
 			t.Errorf("storage.conf lacks %s:\n%s", want, s)
 		}
+	}
+	if runDir(DefaultDir) != RunDir || runDir("/var/tmp/other") == RunDir {
+		t.Errorf("run directories: %s for %s, %s for another store", runDir(DefaultDir), DefaultDir, runDir("/var/tmp/other"))
 	}
 }
 
