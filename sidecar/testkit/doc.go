@@ -25,6 +25,9 @@
 //	                     as an operator would
 //	testkit/imagetest    the files that make the image, read as the builder
 //	                     reads them (Dockerfile stages, where files land)
+//	testkit/podmantest   the image itself: podman with a configuration and
+//	                     store of its own, base images made with debootstrap,
+//	                     the Dockerfile built, containers run as a pod's
 //
 // Production code never imports the kit; the load harness (sidecar/bench), a
 // program of its own, may.

@@ -51,8 +51,8 @@ type manifestPod struct {
 	configMaps map[string]map[string]string
 }
 
-// renderPod renders manifests/dir and returns the pod of workload
-// (KIND/NAME, e.g. "Deployment/dns-client").
+// renderPod renders the kustomization dir (under manifests/) and returns
+// the pod of workload (KIND/NAME, e.g. "Deployment/dns-client").
 func renderPod(t testing.TB, dir, workload string) manifestPod {
 	t.Helper()
 	y := renderKustomization(t, filepath.Join(testkit.RepoRoot(t), "manifests", dir))

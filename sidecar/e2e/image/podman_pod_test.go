@@ -169,7 +169,7 @@ func natRules(t *testing.T, ns *netnstest.Netns, chain string) string {
 	t.Helper()
 	var b strings.Builder
 	for _, save := range []string{"iptables-save", "ip6tables-save"} {
-		for _, l := range strings.Split(ns.Must(t, save, "-t", "nat"), "\n") {
+		for _, l := range strings.Split(ns.NATTable(t, save), "\n") {
 			if strings.Contains(l, chain) {
 				fmt.Fprintf(&b, "%s: %s\n", save, l)
 			}
