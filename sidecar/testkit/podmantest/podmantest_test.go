@@ -14,9 +14,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/imagetest"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/netnstest"
 )
+
+func TestMain(m *testing.M) { testkit.Main(m) }
 
 func TestBaseImages(t *testing.T) {
 	tests := []struct {
