@@ -3,11 +3,12 @@ package podmantest
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -32,8 +33,10 @@ type BuildOptions struct {
 	Target string
 	// Args are --build-arg NAME=VALUE.
 	Args map[string]string
-	// Volumes are mounted into every RUN step (host:container[:options]),
-	// for caches that must not end up in a layer.
+	// Volumes are mounted into every RUN step of every stage
+	// (host:container[:options]), for caches whose content must not end up
+	// in a layer. Their mount points do, as empty directories: use them
+	// for a Target stage that is not the image.
 	Volumes []string
 }
 
@@ -49,12 +52,7 @@ func (e *Engine) Build(ctx context.Context, o BuildOptions) error {
 	if o.Target != "" {
 		args = append(args, "--target", o.Target)
 	}
-	names := make([]string, 0, len(o.Args))
-	for n := range o.Args {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
+	for _, n := range slices.Sorted(maps.Keys(o.Args)) {
 		args = append(args, "--build-arg", n+"="+o.Args[n])
 	}
 	for _, v := range o.Volumes {

@@ -2,18 +2,21 @@
 // podman, on a machine without a registry: the end-to-end tests of the image
 // (sidecar/e2e/image) use it to run the image the way a cluster does.
 //
-//	e := podmantest.New(t)               // root, podman, runc, debootstrap; configured
-//	img := e.ProjectImage(t)             // the repository's Dockerfile, built once
-//	c := e.Start(t, podmantest.Spec{...}) // podman run -d; removed at cleanup
-//	res := c.Exec(ctx, nil, "id", "-u")  // podman exec
-//	res = e.Run(ctx, podmantest.Spec{...}) // podman run --rm, to its exit
+//	e := podmantest.New(t)           // root, podman, runc, debootstrap; configured
+//	img := e.ProjectImage(t)         // the repository's Dockerfile, built once
+//	spec := podmantest.Spec{Name: "sidecar", Image: img.Ref, User: "10053:10053",
+//		Network: podmantest.Netns(ns), ReadOnly: true, CapDrop: []string{"ALL"}}
+//	c := e.Start(t, spec)            // podman run -d; removed at cleanup
+//	res := c.Exec(ctx, nil, "id")    // podman exec
+//	res = e.Run(ctx, t, spec)        // podman run --rm, to its exit
+//	e.Play(t, yaml, "--network", "slirp4netns") // podman kube play; kube down at cleanup
 //
-// Nothing of the machine's own podman setup is used or changed. Every
-// command runs with CONTAINERS_CONF and CONTAINERS_STORAGE_CONF pointing at
-// files this package writes under Dir, so the store (images, containers) is
-// one of its own, and the settings are those that work on a bare Debian
-// machine: runc as the runtime, cgroupfs, events in a file, container
-// ulimits no higher than the test process's own hard limits.
+// The machine's podman configuration and store are neither read nor
+// changed: every command runs with CONTAINERS_CONF and
+// CONTAINERS_STORAGE_CONF pointing at files this package writes under Dir,
+// so the store (images, containers) is one of its own, and the settings are
+// those that work on a bare Debian machine: runc as the runtime, cgroupfs,
+// events in a file, container ulimits the test process may grant.
 //
 // There is no registry: the base images the Dockerfile names are made here.
 // A Debian bookworm root filesystem comes from debootstrap (variant minbase,
