@@ -1,7 +1,7 @@
-// Package repo checks the repository as a whole. Its test holds comments and
+// Package repo checks the repository as a whole. Its tests hold comments and
 // documents to the tree: every repository path or Go file a Go comment or a
 // Markdown file names must exist, so that a rename carries its references
-// along.
+// along; and the README's layout table must name every directory of Go code.
 package repo
 
 import (
