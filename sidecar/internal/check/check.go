@@ -18,6 +18,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/resolvconf"
 )
 
 // The canary the sidecar answers by itself (a fixed project fact shared with
@@ -160,7 +162,7 @@ func Run(ctx context.Context, opts Options) (ok bool, err error) {
 // TCP.
 func Probe(ctx context.Context, opts Options) (*Report, error) {
 	opts = withDefaults(opts)
-	rc, err := ReadResolvConf(opts.ResolvConf)
+	rc, err := resolvconf.Read(opts.ResolvConf)
 	if err != nil {
 		return nil, err
 	}
