@@ -43,6 +43,8 @@ const HealthProbeTimeout = time.Second
 //	            ">0" or ">=0" (durations), "a|b|c" (one of, case-insensitive)
 //	help        the meaning, shown by --help
 //	emptyOK     "true": an explicitly empty value means empty, not the default
+//	sep         what joins the values of a repeated flag of a list: "," unless
+//	            given (ROUTES' routes are separated by blanks)
 type Config struct {
 	BindAddress []netip.Addr `env:"BIND_ADDRESS" envDefault:"127.0.0.1,::1" help:"comma-separated IP literals to listen on. With the default, an address the host lacks (::1 when IPv6 is off) is skipped with a warning; an address set explicitly must bind"`
 	BindPort    int          `env:"BIND_PORT" envDefault:"5053" valid:"1..65535" help:"port to listen on (UDP and TCP)"`
@@ -53,13 +55,22 @@ type Config struct {
 	DoTServerName string     `env:"DOT_SERVER_NAME" envDefault:"cloudflare-dns.com" help:"name the upstream certificate must carry, used when UPSTREAMS is empty"`
 	// UpstreamList is UPSTREAMS as written; use Upstreams() for the effective
 	// list.
-	UpstreamList []Upstream `env:"UPSTREAMS" envDefault:"" help:"comma-separated upstreams, each tls://IP[:PORT]#SERVERNAME[;pin=BASE64]... (IPv6 in brackets, port 853 by default); when set, replaces DOT_ADDRESS, DOT_PORT and DOT_SERVER_NAME"`
+	UpstreamList []Upstream `env:"UPSTREAMS" envDefault:"" help:"comma-separated upstreams, each tls://IP[:PORT]#SERVERNAME[;pin=BASE64]...[;probe=NAME] (IPv6 in brackets, port 853 by default); when set, replaces DOT_ADDRESS, DOT_PORT and DOT_SERVER_NAME"`
 
 	// The trust files are named here and read by package upstream, which
 	// also watches them (LoadTrust, TrustReloader).
 	TLSCAFile   string     `env:"TLS_CA_FILE" envDefault:"" help:"PEM bundle of CA certificates to trust instead of the system roots; re-read when it changes"`
 	TLSPins     [][32]byte `env:"TLS_PINS" envDefault:"" help:"comma-separated SPKI pins (base64 SHA-256 of a SubjectPublicKeyInfo, leaf or CA) for upstreams without pins of their own"`
 	TLSPinsFile string     `env:"TLS_PINS_FILE" envDefault:"" help:"file of SPKI pins, one a line ('#' comments allowed), for upstreams without pins of their own; re-read when it changes; excludes TLS_PINS"`
+
+	// Routing: which zones go to which upstreams. The decision of
+	// CLUSTER_DNS=auto, which reads RESOLV_CONF, is made at start by the
+	// caller with package resolvconf.
+	Routes                []Route        `env:"ROUTES" envDefault:"" sep:" " help:"zones with upstreams of their own, separated by blanks, each ZONE=UPSTREAM[,UPSTREAM...] in UPSTREAMS' entry syntax, plus dns://IP[:PORT] and tcp://IP[:PORT] (plaintext, to private addresses only) and the options ;ca=PATH and ;probe=NAME; the longest matching zone wins, everything else goes to UPSTREAMS"`
+	ClusterDNS            ClusterDNS     `env:"CLUSTER_DNS" envDefault:"auto" help:"upstreams of the cluster domain: auto (the nameservers of the kubelet's resolv.conf, over dns://, for the cluster domain and the file's other search domains), off, or an upstream list like ROUTES'"`
+	ClusterDomain         string         `env:"CLUSTER_DOMAIN" envDefault:"" help:"the cluster domain; empty: the one the kubelet's resolv.conf shows, else cluster.local"`
+	ResolvConf            string         `env:"RESOLV_CONF" envDefault:"/etc/resolv.conf" help:"the pod's resolv.conf, read at start to find the cluster's resolver, domain and search domains"`
+	PlaintextAllowedCIDRs []netip.Prefix `env:"PLAINTEXT_ALLOWED_CIDRS" envDefault:"" help:"comma-separated CIDRs besides loopback, link-local, RFC 1918, RFC 6598 and ULA ranges to which ROUTES and CLUSTER_DNS may send plaintext (Services in public ranges)"`
 
 	LogLevel  string `env:"LOG_LEVEL" envDefault:"info" valid:"debug|info|warn|error" help:"debug, info, warn or error; one line per query only at debug"`
 	LogFormat string `env:"LOG_FORMAT" envDefault:"text" valid:"text|json" help:"text or json"`
@@ -132,6 +143,7 @@ func (c *Config) Warnings() []string { return append([]string(nil), c.warnings..
 func (c *Config) Upstreams() []Upstream {
 	if len(c.UpstreamList) == 0 {
 		return []Upstream{{
+			Scheme:     SchemeTLS,
 			Addr:       netip.AddrPortFrom(c.DoTAddress, uint16(c.DoTPort)),
 			ServerName: c.DoTServerName,
 		}}

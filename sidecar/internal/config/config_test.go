@@ -104,6 +104,11 @@ func TestDefaults(t *testing.T) {
 		"TLS_CA_FILE":             "",
 		"TLS_PINS":                [][32]byte(nil),
 		"TLS_PINS_FILE":           "",
+		"ROUTES":                  []config.Route(nil),
+		"CLUSTER_DNS":             config.ClusterDNS{Mode: config.ClusterDNSAuto},
+		"CLUSTER_DOMAIN":          "",
+		"RESOLV_CONF":             "/etc/resolv.conf",
+		"PLAINTEXT_ALLOWED_CIDRS": []netip.Prefix(nil),
 		"LOG_LEVEL":               "info",
 		"LOG_FORMAT":              "text",
 		"LOG_FILE":                "",
@@ -171,12 +176,24 @@ func TestEverySetting(t *testing.T) {
 		{"DOT_PORT", "8853", 8853},
 		{"DOT_SERVER_NAME", "One.One.One.One.", "one.one.one.one"},
 		{"UPSTREAMS", up1 + "," + up2, []config.Upstream{
-			{Addr: netip.MustParseAddrPort("9.9.9.9:853"), ServerName: "dns.quad9.net"},
-			{Addr: netip.MustParseAddrPort("[2620:fe::fe]:8853"), ServerName: "dns.quad9.net", Pins: [][32]byte{pinBytes("q")}},
+			{Scheme: config.SchemeTLS, Addr: netip.MustParseAddrPort("9.9.9.9:853"), ServerName: "dns.quad9.net"},
+			{Scheme: config.SchemeTLS, Addr: netip.MustParseAddrPort("[2620:fe::fe]:8853"), ServerName: "dns.quad9.net", Pins: [][32]byte{pinBytes("q")}},
 		}},
 		{"TLS_CA_FILE", caFile, caFile},
 		{"TLS_PINS", pin("a") + "," + pin("b"), [][32]byte{pinBytes("a"), pinBytes("b")}},
 		{"TLS_PINS_FILE", pinsFile, pinsFile},
+		{"ROUTES", " Cluster.Local.=dns://10.96.0.10 corp.example=tls://10.0.0.53#ns.corp.example;ca=/etc/corp/ca.pem;probe=corp.example ", []config.Route{
+			{Zone: "cluster.local", Upstreams: []config.Upstream{{Scheme: config.SchemeDNS, Addr: netip.MustParseAddrPort("10.96.0.10:53")}}},
+			{Zone: "corp.example", Upstreams: []config.Upstream{{Scheme: config.SchemeTLS, Addr: netip.MustParseAddrPort("10.0.0.53:853"),
+				ServerName: "ns.corp.example", CAFile: "/etc/corp/ca.pem", Probe: "corp.example."}}},
+		}},
+		{"CLUSTER_DNS", "tcp://10.96.0.10,tcp://[fd00::a]:5353", config.ClusterDNS{Upstreams: []config.Upstream{
+			{Scheme: config.SchemeTCP, Addr: netip.MustParseAddrPort("10.96.0.10:53")},
+			{Scheme: config.SchemeTCP, Addr: netip.MustParseAddrPort("[fd00::a]:5353")},
+		}}},
+		{"CLUSTER_DOMAIN", "K8s.Example.", "k8s.example"},
+		{"RESOLV_CONF", "/run/resolv.conf", "/run/resolv.conf"},
+		{"PLAINTEXT_ALLOWED_CIDRS", "203.0.113.7/24, 2001:db8::/32", []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24"), netip.MustParsePrefix("2001:db8::/32")}},
 		{"LOG_LEVEL", "debug", "debug"},
 		{"LOG_FORMAT", "json", "json"},
 		{"LOG_FILE", logFile, logFile},
@@ -383,6 +400,13 @@ func TestBadValues(t *testing.T) {
 		{"DOT_SERVER_NAME", "bad name", `server name "bad name" is not a valid DNS name`},
 		{"UPSTREAMS", "tls://dns.google#dns.google", `"dns.google" is a hostname, not an IP literal: resolving it would need a plaintext DNS lookup`},
 		{"UPSTREAMS", "tls://1.1.1.1#one.one.one.one,tls://8.8.8.8", `entry 2 "tls://8.8.8.8": missing #SERVERNAME: the name the upstream's certificate must carry is mandatory`},
+		{"UPSTREAMS", "dns://10.96.0.10", `dns://10.96.0.10:53 is plaintext: UPSTREAMS must be encrypted; plaintext upstreams are allowed only in ROUTES and CLUSTER_DNS, to resolvers inside the cluster or network`},
+		{"ROUTES", "cluster.local=dns://8.8.8.8", `route cluster.local: dns://8.8.8.8:53 would send queries in plaintext to a public address; plaintext is allowed only to loopback, link-local, private (RFC 1918, RFC 6598, ULA) addresses and PLAINTEXT_ALLOWED_CIDRS`},
+		{"ROUTES", ".=tls://1.1.1.1#one.one.one.one", `route ".=tls://1.1.1.1#one.one.one.one": the root zone is not a route: UPSTREAMS answers every name no route matches`},
+		{"CLUSTER_DNS", "kube-dns", `want auto, off, or a list of upstreams such as dns://10.96.0.10`},
+		{"CLUSTER_DNS", "dns://203.0.113.10", `dns://203.0.113.10:53 would send queries in plaintext to a public address; plaintext is allowed only to loopback, link-local, private (RFC 1918, RFC 6598, ULA) addresses and PLAINTEXT_ALLOWED_CIDRS`},
+		{"CLUSTER_DOMAIN", "cluster..local", `"cluster..local" is not a domain name`},
+		{"PLAINTEXT_ALLOWED_CIDRS", "203.0.113.0", `"203.0.113.0" is not a CIDR such as 203.0.113.0/24 or 2001:db8::/32`},
 		{"TLS_PINS", "abc", `pin "abc" is not base64 (want the base64 SHA-256 of a SubjectPublicKeyInfo)`},
 		{"TLS_PINS", "YWJj", `pin "YWJj" decodes to 3 bytes, want 32 (a SHA-256 digest)`},
 		{"LOG_LEVEL", "verbose", `must be one of debug, info, warn, error`},
@@ -451,7 +475,9 @@ func TestBadValues(t *testing.T) {
 	}
 	// The trust files are read by package upstream, after Load; what it
 	// refuses in them is reported through Config.Invalid (TestInvalid).
-	readAfterLoad := map[string]bool{"TLS_CA_FILE": true, "TLS_PINS_FILE": true}
+	// RESOLV_CONF is read at start: a file that cannot be read only costs
+	// the cluster route, with a warning.
+	readAfterLoad := map[string]bool{"TLS_CA_FILE": true, "TLS_PINS_FILE": true, "RESOLV_CONF": true}
 	for _, env := range envNames(t) {
 		if !covered[env] && !readAfterLoad[env] {
 			t.Errorf("%s has no bad-value case", env)

@@ -134,7 +134,7 @@ func (f *flagValue) Set(v string) error {
 	case !f.seen:
 		f.l.values[f.s.Env] = v
 	case f.s.isList():
-		f.l.values[f.s.Env] += "," + v
+		f.l.values[f.s.Env] += f.s.sep + v
 	default:
 		f.l.flagErr = &SettingError{Name: "--" + f.s.Flag, Value: v, Reason: errors.New("given more than once")}
 		return f.l.flagErr
@@ -268,6 +268,14 @@ var domainChecks = map[string]func(c *Config, raw string) error{
 		}
 		return nil
 	},
+	"CLUSTER_DOMAIN": func(c *Config, _ string) error {
+		if c.ClusterDomain == "" {
+			return nil
+		}
+		z, err := parseClusterDomain(c.ClusterDomain)
+		c.ClusterDomain = z
+		return err
+	},
 	"ADMIN_ADDRESS": func(c *Config, _ string) error {
 		if c.AdminAddress == "" {
 			return nil
@@ -326,6 +334,16 @@ func (l *loader) crossCheck(c *Config) error {
 	if len(c.TLSPins) > 0 && c.TLSPinsFile != "" {
 		l.fail(pinsFile, fmt.Errorf("cannot be combined with %s: choose one source of default pins", l.source(pins)))
 	}
+	allowed := c.PlaintextAllowedCIDRs
+	for _, r := range c.Routes {
+		if err := checkPlaintext(r.Upstreams, allowed); err != nil {
+			l.fail(l.setting("ROUTES"), fmt.Errorf("route %s: %w", r.Zone, err))
+			break
+		}
+	}
+	if err := checkPlaintext(c.ClusterDNS.Upstreams, allowed); err != nil {
+		l.fail(l.setting("CLUSTER_DNS"), err)
+	}
 	if len(l.errs) > 0 {
 		return joinOneLine(l.errs)
 	}
@@ -360,6 +378,17 @@ func (l *loader) warn(c *Config) {
 				c.warnings = append(c.warnings, fmt.Sprintf("%s has no effect unless READY_REQUIRES_UPSTREAM is true", l.source(s)))
 			}
 		}
+	}
+	if c.ClusterDNS.Mode == ClusterDNSOff {
+		for _, name := range []string{"CLUSTER_DOMAIN", "RESOLV_CONF"} {
+			if s := l.setting(name); l.explicit(s) {
+				c.warnings = append(c.warnings, fmt.Sprintf("%s has no effect with %s=off", l.source(s), l.source(l.setting("CLUSTER_DNS"))))
+			}
+		}
+	}
+	if len(c.PlaintextAllowedCIDRs) > 0 && len(c.Routes) == 0 && c.ClusterDNS.Mode != "" {
+		c.warnings = append(c.warnings, fmt.Sprintf("%s has no effect: no ROUTES or CLUSTER_DNS entry sends plaintext to an address of your choosing",
+			l.source(l.setting("PLAINTEXT_ALLOWED_CIDRS"))))
 	}
 	if c.DialTimeout > c.QueryTimeout {
 		c.warnings = append(c.warnings, fmt.Sprintf("%s (%s) exceeds %s (%s): a query gives up before a slow dial completes",

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"reflect"
@@ -20,6 +21,7 @@ type setting struct {
 	Help    string
 	valid   string
 	emptyOK bool
+	sep     string // joins a repeated list flag's values
 }
 
 // isList reports whether the setting is a comma-separated list, whose flag
@@ -56,6 +58,7 @@ var settings = sync.OnceValue(func() []setting {
 			Help:    f.Tag.Get("help"),
 			valid:   f.Tag.Get("valid"),
 			emptyOK: f.Tag.Get("emptyOK") == "true",
+			sep:     cmp.Or(f.Tag.Get("sep"), ","),
 		})
 	}
 	return out
@@ -95,9 +98,12 @@ func parsers() map[reflect.Type]func(string) (any, error) {
 			}
 			return a, nil
 		},
-		reflect.TypeFor[[]netip.Addr](): func(s string) (any, error) { return parseBindList(s) },
-		reflect.TypeFor[[][32]byte]():   func(s string) (any, error) { return parsePinList(s) },
-		reflect.TypeFor[[]Upstream]():   func(s string) (any, error) { return ParseUpstreams(s) },
+		reflect.TypeFor[[]netip.Addr]():   func(s string) (any, error) { return parseBindList(s) },
+		reflect.TypeFor[[][32]byte]():     func(s string) (any, error) { return parsePinList(s) },
+		reflect.TypeFor[[]Upstream]():     func(s string) (any, error) { return ParseUpstreams(s) },
+		reflect.TypeFor[[]Route]():        func(s string) (any, error) { return ParseRoutes(s) },
+		reflect.TypeFor[ClusterDNS]():     func(s string) (any, error) { return parseClusterDNS(s) },
+		reflect.TypeFor[[]netip.Prefix](): func(s string) (any, error) { return parseCIDRList(s) },
 	}
 }
 

@@ -91,7 +91,7 @@ func TestSettingsDocTable(t *testing.T) {
 // pins file must parse.
 func TestSettingsDocExamples(t *testing.T) {
 	lines := settingsDoc(t)
-	var upstreams, errorLines, pinFiles int
+	var upstreams, routes, errorLines, pinFiles int
 	errLine := regexp.MustCompile(`^    invalid (\S+) "([^"]*)": `)
 	for i, line := range lines {
 		if v, ok := strings.CutPrefix(line, "    UPSTREAMS="); ok {
@@ -99,6 +99,15 @@ func TestSettingsDocExamples(t *testing.T) {
 			v = strings.Trim(v, "'")
 			if _, err := config.Load(nil, []string{"UPSTREAMS=" + v}); err != nil {
 				t.Errorf("docs/settings.md example %q: %v", line, err)
+			}
+		}
+		for _, env := range []string{"ROUTES", "CLUSTER_DNS"} {
+			if v, ok := strings.CutPrefix(line, "    "+env+"="); ok {
+				routes++
+				v = strings.Trim(v, "'")
+				if _, err := config.Load(nil, []string{env + "=" + v}); err != nil {
+					t.Errorf("docs/settings.md example %q: %v", line, err)
+				}
 			}
 		}
 		if m := errLine.FindStringSubmatch(line); m != nil {
@@ -130,8 +139,9 @@ func TestSettingsDocExamples(t *testing.T) {
 			}
 		}
 	}
-	if upstreams < 3 || errorLines < 3 || pinFiles != 1 {
-		t.Errorf("found %d UPSTREAMS examples, %d error lines and %d pins file examples in docs/settings.md, want at least 3, 3 and 1", upstreams, errorLines, pinFiles)
+	if upstreams < 3 || routes < 2 || errorLines < 3 || pinFiles != 1 {
+		t.Errorf("found %d UPSTREAMS examples, %d ROUTES examples, %d error lines and %d pins file examples in docs/settings.md, want at least 3, 2, 3 and 1",
+			upstreams, routes, errorLines, pinFiles)
 	}
 }
 

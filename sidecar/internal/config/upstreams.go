@@ -3,78 +3,202 @@ package config
 import (
 	"fmt"
 	"net/netip"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
 
-// DefaultDoTPort is the port of an UPSTREAMS tls:// entry that names none
-// (RFC 7858 §3.1).
-const DefaultDoTPort = 853
+// Default ports of the schemes that name none.
+const (
+	DefaultDoTPort = 853 // tls:// (RFC 7858 §3.1)
+	DefaultDNSPort = 53  // dns:// and tcp://
+)
 
-// Upstream is one encrypted resolver to relay to.
+// Scheme is how an upstream is reached.
+type Scheme string
+
+// The schemes of upstream entries. A DNS-over-HTTPS scheme ("https") becomes
+// one more entry of the schemes table, with its own options, without
+// touching the list syntax or the other schemes.
+const (
+	// SchemeTLS is DNS over TLS (RFC 7858): verified, encrypted.
+	SchemeTLS Scheme = "tls"
+	// SchemeDNS is plain DNS over UDP, retried over TCP when truncated.
+	// Plaintext: accepted only in ROUTES and CLUSTER_DNS.
+	SchemeDNS Scheme = "dns"
+	// SchemeTCP is plain DNS over TCP only. Plaintext, like SchemeDNS.
+	SchemeTCP Scheme = "tcp"
+)
+
+// Encrypted reports whether queries to the scheme travel encrypted.
+func (s Scheme) Encrypted() bool { return schemes[s].encrypted }
+
+// Upstream is one resolver to relay to.
 type Upstream struct {
+	Scheme Scheme
 	// Addr is where to connect: an IP literal, never a hostname, because
 	// resolving a name would take a plaintext DNS lookup first.
 	Addr netip.AddrPort
 	// ServerName is the name the upstream's certificate must carry; it is
-	// also sent as SNI.
+	// also sent as SNI. tls:// only.
 	ServerName string
 	// Pins are the entry's own SPKI SHA-256 pins; when not empty, a
 	// connection is accepted only if one of them matches a key of the
 	// verified chain. When empty, the default pins apply (TLS_PINS or
-	// TLS_PINS_FILE), if any.
+	// TLS_PINS_FILE) to UPSTREAMS entries, none to routes'. tls:// only.
 	Pins [][32]byte
+	// CAFile is the entry's own CA bundle (;ca=), trusted instead of the
+	// system roots for this entry alone, and re-read when it changes.
+	// tls:// entries of ROUTES and CLUSTER_DNS only: UPSTREAMS entries are
+	// verified against TLS_CA_FILE.
+	CAFile string
+	// Probe is the name of the entry's health probe (;probe=), in
+	// presentation form with its final dot; empty for the default of its
+	// group.
+	Probe string
 }
 
-// Name identifies the upstream in logs and as the `upstream` metric label,
-// e.g. "1.1.1.1:853#cloudflare-dns.com". Pins are left out so that
-// rotating them does not start new metric series.
+// Name identifies the upstream in logs and as the `upstream` metric label:
+// "1.1.1.1:853#cloudflare-dns.com" for DNS over TLS, "dns://10.96.0.10:53"
+// for plaintext, so that plaintext shows at a glance. Pins and options are
+// left out so that rotating them does not start new metric series.
 func (u Upstream) Name() string {
-	return u.Addr.String() + "#" + u.ServerName
+	if u.Scheme == SchemeTLS {
+		return u.Addr.String() + "#" + u.ServerName
+	}
+	return string(u.Scheme) + "://" + u.Addr.String()
 }
 
-// String returns the entry in UPSTREAMS syntax, pins included; ParseUpstream
+// String returns the entry in list syntax, options included; ParseUpstream
 // reads it back to an equal Upstream.
 func (u Upstream) String() string {
 	var b strings.Builder
-	b.WriteString("tls://")
+	if u.Scheme == SchemeTLS {
+		b.WriteString("tls://")
+	}
 	b.WriteString(u.Name())
 	for _, p := range u.Pins {
 		b.WriteString(";pin=")
 		b.WriteString(FormatPin(p))
 	}
+	if u.CAFile != "" {
+		b.WriteString(";ca=")
+		b.WriteString(u.CAFile)
+	}
+	if u.Probe != "" {
+		b.WriteString(";probe=")
+		b.WriteString(u.Probe)
+	}
 	return b.String()
 }
 
-// schemes maps an UPSTREAMS scheme to the parser of what follows "://".
-// A DNS-over-HTTPS upstream becomes one more entry here ("https"), with its
-// own options, without touching the list syntax or the other schemes.
-var schemes = map[string]func(rest string) (Upstream, error){
-	"tls": parseTLSEntry,
+// scheme describes one scheme: its default port, whether it encrypts, how
+// to read what follows "://" up to the options, and the options it takes.
+type scheme struct {
+	port      uint16
+	encrypted bool
+	target    func(u *Upstream, target string) error
+	options   map[string]func(u *Upstream, value string) error
 }
 
-// ParseUpstream parses one UPSTREAMS entry:
+var schemes = map[Scheme]scheme{
+	SchemeTLS: {port: DefaultDoTPort, encrypted: true, target: tlsTarget,
+		options: map[string]func(*Upstream, string) error{"pin": optPin, "ca": optCA, "probe": optProbe}},
+	SchemeDNS: {port: DefaultDNSPort, target: plainTarget,
+		options: map[string]func(*Upstream, string) error{"probe": optProbe}},
+	SchemeTCP: {port: DefaultDNSPort, target: plainTarget,
+		options: map[string]func(*Upstream, string) error{"probe": optProbe}},
+}
+
+// schemeNames lists the schemes for error messages, in a fixed order.
+func schemeNames() string {
+	names := make([]string, 0, len(schemes))
+	for s := range schemes {
+		names = append(names, string(s))
+	}
+	slices.Sort(names)
+	return strings.Join(names, ", ")
+}
+
+// ParseUpstream parses one upstream entry of any scheme:
 //
-//	tls://IP[:PORT]#SERVERNAME[;pin=BASE64]...
+//	tls://IP[:PORT]#SERVERNAME[;pin=BASE64]...[;ca=PATH][;probe=NAME]
+//	dns://IP[:PORT][;probe=NAME]
+//	tcp://IP[:PORT][;probe=NAME]
 //
-// IPv6 addresses go in brackets; PORT defaults to 853; SERVERNAME is
-// mandatory; pin may be repeated.
+// IPv6 addresses go in brackets; PORT defaults to 853 for tls://, 53
+// otherwise. Where an entry may stand (plaintext only in routes) is for the
+// list parsers to say.
 func ParseUpstream(entry string) (Upstream, error) {
-	scheme, rest, ok := strings.Cut(entry, "://")
+	name, rest, ok := strings.Cut(entry, "://")
 	if !ok {
 		return Upstream{}, fmt.Errorf("want scheme://..., e.g. tls://1.1.1.1#cloudflare-dns.com")
 	}
-	parse, ok := schemes[strings.ToLower(scheme)]
+	u := Upstream{Scheme: Scheme(strings.ToLower(name))}
+	sc, ok := schemes[u.Scheme]
 	if !ok {
-		return Upstream{}, fmt.Errorf("unknown scheme %q (supported: tls)", scheme)
+		return Upstream{}, fmt.Errorf("unknown scheme %q (supported: %s)", name, schemeNames())
 	}
-	return parse(rest)
+	target, opts, hasOpts := strings.Cut(rest, ";")
+	if err := sc.target(&u, target); err != nil {
+		return Upstream{}, err
+	}
+	if hasOpts {
+		for _, opt := range strings.Split(opts, ";") {
+			if opt == "" {
+				return Upstream{}, fmt.Errorf("empty option after ';'")
+			}
+			key, value, ok := strings.Cut(opt, "=")
+			if !ok {
+				return Upstream{}, fmt.Errorf("option %q: want key=value", opt)
+			}
+			apply, ok := sc.options[key]
+			if !ok {
+				return Upstream{}, fmt.Errorf("unknown option %q for %s:// (supported: %s)", key, u.Scheme, optionNames(sc))
+			}
+			if err := apply(&u, value); err != nil {
+				return Upstream{}, err
+			}
+		}
+	}
+	if u.Addr.Port() == 0 {
+		u.Addr = netip.AddrPortFrom(u.Addr.Addr(), sc.port)
+	}
+	return u, nil
 }
 
-// ParseUpstreams parses the comma-separated UPSTREAMS list. Entries may be
+func optionNames(sc scheme) string {
+	names := make([]string, 0, len(sc.options))
+	for k := range sc.options {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	return strings.Join(names, ", ")
+}
+
+// ParseUpstreams parses the comma-separated UPSTREAMS list: encrypted
+// entries only, verified against TLS_CA_FILE (no ;ca=). Entries may be
 // surrounded by spaces; an empty entry or the same upstream twice is an
 // error.
 func ParseUpstreams(s string) ([]Upstream, error) {
+	ups, err := parseUpstreamList(s)
+	if err != nil {
+		return nil, err
+	}
+	for _, u := range ups {
+		if !u.Scheme.Encrypted() {
+			return nil, fmt.Errorf("%s is plaintext: UPSTREAMS must be encrypted; plaintext upstreams are allowed only in ROUTES and CLUSTER_DNS, to resolvers inside the cluster or network", u.Name())
+		}
+		if u.CAFile != "" {
+			return nil, fmt.Errorf("%s: ;ca= is for ROUTES and CLUSTER_DNS entries; UPSTREAMS entries are verified against TLS_CA_FILE", u.Name())
+		}
+	}
+	return ups, nil
+}
+
+// parseUpstreamList parses a comma-separated list of entries of any scheme.
+func parseUpstreamList(s string) ([]Upstream, error) {
 	var ups []Upstream
 	seen := make(map[string]bool)
 	entries := strings.Split(s, ",")
@@ -101,53 +225,77 @@ func ParseUpstreams(s string) ([]Upstream, error) {
 	return ups, nil
 }
 
-// tlsOptions are the ";key=value" options a tls:// entry accepts.
-var tlsOptions = map[string]func(u *Upstream, value string) error{
-	"pin": func(u *Upstream, value string) error {
-		pin, err := ParsePin(value)
-		if err != nil {
-			return err
-		}
-		u.Pins = appendPin(u.Pins, pin)
-		return nil
-	},
+func optPin(u *Upstream, value string) error {
+	pin, err := ParsePin(value)
+	if err != nil {
+		return err
+	}
+	u.Pins = appendPin(u.Pins, pin)
+	return nil
 }
 
-func parseTLSEntry(rest string) (Upstream, error) {
-	var u Upstream
-	target, opts, _ := strings.Cut(rest, ";")
+func optCA(u *Upstream, value string) error {
+	switch {
+	case value == "":
+		return fmt.Errorf("empty ;ca= path")
+	case u.CAFile != "":
+		return fmt.Errorf(";ca= given twice: put every CA in one bundle")
+	case !filepath.IsAbs(value):
+		// The sidecar's working directory is nobody's business; a relative
+		// path would work or not depending on it.
+		return fmt.Errorf(";ca=%s: want an absolute path", value)
+	case strings.ContainsAny(value, ", \t\n"):
+		return fmt.Errorf(";ca=%q: a path with commas or blanks cannot be written in a list", value)
+	}
+	u.CAFile = value
+	return nil
+}
+
+func optProbe(u *Upstream, value string) error {
+	if u.Probe != "" {
+		return fmt.Errorf(";probe= given twice")
+	}
+	name, err := parseProbeName(value)
+	if err != nil {
+		return err
+	}
+	u.Probe = name
+	return nil
+}
+
+// parseProbeName checks a health probe's name: a domain name, the root
+// included; it is kept lower-cased with its final dot.
+func parseProbeName(s string) (string, error) {
+	if s == "." {
+		return s, nil
+	}
+	z, err := parseZoneName(s)
+	if err != nil {
+		return "", fmt.Errorf(";probe=%s: %w", s, err)
+	}
+	return z + ".", nil
+}
+
+func tlsTarget(u *Upstream, target string) error {
 	hostport, name, ok := strings.Cut(target, "#")
 	if !ok {
-		return u, fmt.Errorf("missing #SERVERNAME: the name the upstream's certificate must carry is mandatory")
+		return fmt.Errorf("missing #SERVERNAME: the name the upstream's certificate must carry is mandatory")
 	}
-	addr, err := parseHostPort(hostport)
-	if err != nil {
-		return u, err
+	var err error
+	if u.Addr, err = parseHostPort(hostport); err != nil {
+		return err
 	}
-	u.Addr = addr
-	if u.ServerName, err = parseServerName(name); err != nil {
-		return u, err
+	u.ServerName, err = parseServerName(name)
+	return err
+}
+
+func plainTarget(u *Upstream, target string) error {
+	if strings.Contains(target, "#") {
+		return fmt.Errorf("%s:// takes no #SERVERNAME: plaintext has no certificate to check", u.Scheme)
 	}
-	if opts == "" {
-		if strings.HasSuffix(rest, ";") {
-			return u, fmt.Errorf("empty option after ';'")
-		}
-		return u, nil
-	}
-	for _, opt := range strings.Split(opts, ";") {
-		key, value, ok := strings.Cut(opt, "=")
-		if !ok {
-			return u, fmt.Errorf("option %q: want key=value", opt)
-		}
-		apply, ok := tlsOptions[key]
-		if !ok {
-			return u, fmt.Errorf("unknown option %q (supported: pin)", key)
-		}
-		if err := apply(&u, value); err != nil {
-			return u, err
-		}
-	}
-	return u, nil
+	var err error
+	u.Addr, err = parseHostPort(target)
+	return err
 }
 
 // parseHostPort reads IP, IP:PORT, [IPv6] or [IPv6]:PORT.
@@ -196,9 +344,11 @@ func parseHostPort(s string) (netip.AddrPort, error) {
 	return withPort(a, port)
 }
 
+// withPort adds the port; without one it is left 0, for the scheme's
+// default.
 func withPort(a netip.Addr, port string) (netip.AddrPort, error) {
 	if port == "" {
-		return netip.AddrPortFrom(a, DefaultDoTPort), nil
+		return netip.AddrPortFrom(a, 0), nil
 	}
 	p, err := parsePort(port)
 	if err != nil {

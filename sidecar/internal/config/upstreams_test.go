@@ -17,35 +17,53 @@ func TestParseUpstream(t *testing.T) {
 		name  string // want.Name()
 	}{
 		{"tls://1.1.1.1#cloudflare-dns.com",
-			config.Upstream{Addr: netip.MustParseAddrPort("1.1.1.1:853"), ServerName: "cloudflare-dns.com"},
+			config.Upstream{Scheme: config.SchemeTLS, Addr: netip.MustParseAddrPort("1.1.1.1:853"), ServerName: "cloudflare-dns.com"},
 			"1.1.1.1:853#cloudflare-dns.com"},
 		{"tls://1.1.1.1:8853#cloudflare-dns.com",
-			config.Upstream{Addr: netip.MustParseAddrPort("1.1.1.1:8853"), ServerName: "cloudflare-dns.com"},
+			config.Upstream{Scheme: config.SchemeTLS, Addr: netip.MustParseAddrPort("1.1.1.1:8853"), ServerName: "cloudflare-dns.com"},
 			"1.1.1.1:8853#cloudflare-dns.com"},
 		{"tls://[2606:4700:4700::1111]#cloudflare-dns.com",
-			config.Upstream{Addr: netip.MustParseAddrPort("[2606:4700:4700::1111]:853"), ServerName: "cloudflare-dns.com"},
+			config.Upstream{Scheme: config.SchemeTLS, Addr: netip.MustParseAddrPort("[2606:4700:4700::1111]:853"), ServerName: "cloudflare-dns.com"},
 			"[2606:4700:4700::1111]:853#cloudflare-dns.com"},
 		{"tls://[2606:4700:4700::1111]:853#cloudflare-dns.com;pin=" + p1,
-			config.Upstream{Addr: netip.MustParseAddrPort("[2606:4700:4700::1111]:853"), ServerName: "cloudflare-dns.com", Pins: [][32]byte{pinBytes("one")}},
+			config.Upstream{Scheme: config.SchemeTLS, Addr: netip.MustParseAddrPort("[2606:4700:4700::1111]:853"), ServerName: "cloudflare-dns.com", Pins: [][32]byte{pinBytes("one")}},
 			"[2606:4700:4700::1111]:853#cloudflare-dns.com"},
 		{"tls://9.9.9.9#dns.quad9.net;pin=" + p1 + ";pin=" + p2,
-			config.Upstream{Addr: netip.MustParseAddrPort("9.9.9.9:853"), ServerName: "dns.quad9.net", Pins: [][32]byte{pinBytes("one"), pinBytes("two")}},
+			config.Upstream{Scheme: config.SchemeTLS, Addr: netip.MustParseAddrPort("9.9.9.9:853"), ServerName: "dns.quad9.net", Pins: [][32]byte{pinBytes("one"), pinBytes("two")}},
 			"9.9.9.9:853#dns.quad9.net"},
 		// A repeated pin is kept once.
 		{"tls://9.9.9.9#dns.quad9.net;pin=" + p1 + ";pin=" + p1,
-			config.Upstream{Addr: netip.MustParseAddrPort("9.9.9.9:853"), ServerName: "dns.quad9.net", Pins: [][32]byte{pinBytes("one")}},
+			config.Upstream{Scheme: config.SchemeTLS, Addr: netip.MustParseAddrPort("9.9.9.9:853"), ServerName: "dns.quad9.net", Pins: [][32]byte{pinBytes("one")}},
 			"9.9.9.9:853#dns.quad9.net"},
 		// Scheme and name are case-insensitive; a trailing dot is dropped.
 		{"TLS://8.8.8.8#DNS.Google.",
-			config.Upstream{Addr: netip.MustParseAddrPort("8.8.8.8:853"), ServerName: "dns.google"},
+			config.Upstream{Scheme: config.SchemeTLS, Addr: netip.MustParseAddrPort("8.8.8.8:853"), ServerName: "dns.google"},
 			"8.8.8.8:853#dns.google"},
 		// A certificate may name an IP (IP SAN).
 		{"tls://127.0.0.1:8853#127.0.0.1",
-			config.Upstream{Addr: netip.MustParseAddrPort("127.0.0.1:8853"), ServerName: "127.0.0.1"},
+			config.Upstream{Scheme: config.SchemeTLS, Addr: netip.MustParseAddrPort("127.0.0.1:8853"), ServerName: "127.0.0.1"},
 			"127.0.0.1:8853#127.0.0.1"},
 		{"tls://[::1]:8853#localhost",
-			config.Upstream{Addr: netip.MustParseAddrPort("[::1]:8853"), ServerName: "localhost"},
+			config.Upstream{Scheme: config.SchemeTLS, Addr: netip.MustParseAddrPort("[::1]:8853"), ServerName: "localhost"},
 			"[::1]:8853#localhost"},
+		// Options of routes: a CA of the entry's own, a probe name.
+		{"tls://10.96.0.10#kube-dns.kube-system.svc;ca=/etc/kube-dns/ca.crt;probe=Cluster.Local",
+			config.Upstream{Scheme: config.SchemeTLS, Addr: netip.MustParseAddrPort("10.96.0.10:853"), ServerName: "kube-dns.kube-system.svc",
+				CAFile: "/etc/kube-dns/ca.crt", Probe: "cluster.local."},
+			"10.96.0.10:853#kube-dns.kube-system.svc"},
+		{"tls://1.1.1.1#one.one.one.one;probe=.",
+			config.Upstream{Scheme: config.SchemeTLS, Addr: netip.MustParseAddrPort("1.1.1.1:853"), ServerName: "one.one.one.one", Probe: "."},
+			"1.1.1.1:853#one.one.one.one"},
+		// Plaintext: port 53 by default, named with the scheme.
+		{"dns://10.96.0.10",
+			config.Upstream{Scheme: config.SchemeDNS, Addr: netip.MustParseAddrPort("10.96.0.10:53")},
+			"dns://10.96.0.10:53"},
+		{"DNS://[fd00:10:96::a]:5353;probe=cluster.local.",
+			config.Upstream{Scheme: config.SchemeDNS, Addr: netip.MustParseAddrPort("[fd00:10:96::a]:5353"), Probe: "cluster.local."},
+			"dns://[fd00:10:96::a]:5353"},
+		{"tcp://169.254.20.10",
+			config.Upstream{Scheme: config.SchemeTCP, Addr: netip.MustParseAddrPort("169.254.20.10:53")},
+			"tcp://169.254.20.10:53"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.entry, func(t *testing.T) {
@@ -96,12 +114,15 @@ func TestParseUpstreamErrors(t *testing.T) {
 		{"tls://[::]#c.example", `:: cannot be an upstream address`},
 		{"tls://224.0.0.1#c.example", `224.0.0.1 cannot be an upstream address`},
 		{"tls://[fe80::1%eth0]#c.example", `IPv6 zones are not supported`},
-		{"tls://1.1.1.1#c.example;sni=other", `unknown option "sni" (supported: pin)`},
+		{"tls://1.1.1.1#c.example;sni=other", `unknown option "sni" for tls:// (supported: ca, pin, probe)`},
 		{"tls://1.1.1.1#c.example;pin", `option "pin": want key=value`},
 		{"tls://1.1.1.1#c.example;", `empty option after ';'`},
-		{"https://1.1.1.1/dns-query", `unknown scheme "https" (supported: tls)`},
-		{"udp://1.1.1.1#c.example", `unknown scheme "udp" (supported: tls)`},
+		{"https://1.1.1.1/dns-query", `unknown scheme "https" (supported: dns, tcp, tls)`},
+		{"udp://1.1.1.1#c.example", `unknown scheme "udp" (supported: dns, tcp, tls)`},
 		{"1.1.1.1#c.example", `want scheme://...`},
+		{"tcp://10.0.0.1;ca=/etc/ca.pem", `unknown option "ca" for tcp:// (supported: probe)`},
+		{"dns://10.0.0.1:0", `port "0" must be 1-65535`},
+		{"tls://1.1.1.1#c.example;probe=x/y", `;probe=x/y: "x/y" is not a domain name`},
 		{"", `want scheme://...`},
 	}
 	for _, tt := range tests {
@@ -129,6 +150,8 @@ func TestParseUpstreams(t *testing.T) {
 		{"tls://1.1.1.1#a.example,", `entry 2 is empty`},
 		{"tls://1.1.1.1#a.example,tls://1.1.1.1:853#a.example", `1.1.1.1:853#a.example is listed twice`},
 		{"tls://1.1.1.1#a.example,tls://1.1.1.1#b.example,tls://x#c", `entry 3 "tls://x#c": "x" is a hostname`},
+		{"tls://1.1.1.1#a.example,tcp://10.0.0.1", `tcp://10.0.0.1:53 is plaintext: UPSTREAMS must be encrypted`},
+		{"tls://10.0.0.1#a.example;ca=/etc/ca.pem", `10.0.0.1:853#a.example: ;ca= is for ROUTES and CLUSTER_DNS entries; UPSTREAMS entries are verified against TLS_CA_FILE`},
 	} {
 		if _, err := config.ParseUpstreams(tt.list); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("ParseUpstreams(%q) error = %v, want %q", tt.list, err, tt.want)
@@ -212,6 +235,9 @@ func FuzzParseUpstream(f *testing.F) {
 		"https://1.1.1.1/dns-query",
 		"tls://1.1.1.1:#x;",
 		"tls://[::1]]#x",
+		"dns://10.96.0.10;probe=cluster.local",
+		"tcp://[fd00::a]:5353",
+		"tls://10.0.0.1#ns.example;ca=/etc/ca.pem;probe=.",
 	} {
 		f.Add(s)
 	}
@@ -223,8 +249,11 @@ func FuzzParseUpstream(f *testing.F) {
 		if !u.Addr.IsValid() || u.Addr.Port() == 0 || u.Addr.Addr().Zone() != "" || u.Addr.Addr().IsUnspecified() {
 			t.Fatalf("%q: unusable address %v", entry, u.Addr)
 		}
-		if u.ServerName == "" || strings.ContainsAny(u.ServerName, "#;, ") {
-			t.Fatalf("%q: bad server name %q", entry, u.ServerName)
+		if u.Scheme.Encrypted() != (u.Scheme == config.SchemeTLS) {
+			t.Fatalf("%q: scheme %q", entry, u.Scheme)
+		}
+		if (u.ServerName == "") == u.Scheme.Encrypted() || strings.ContainsAny(u.ServerName, "#;, ") {
+			t.Fatalf("%q: bad server name %q for %s", entry, u.ServerName, u.Scheme)
 		}
 		back, err := config.ParseUpstream(u.String())
 		if err != nil {
@@ -233,9 +262,11 @@ func FuzzParseUpstream(f *testing.F) {
 		if !reflect.DeepEqual(back, u) {
 			t.Fatalf("%q → %q parses to %+v, want %+v", entry, u.String(), back, u)
 		}
-		// An accepted entry is also a valid one-element list.
-		if list, err := config.ParseUpstreams(u.String()); err != nil || len(list) != 1 {
-			t.Fatalf("%q as a list: %v, %v", u.String(), list, err)
+		// An accepted encrypted entry without a CA of its own is also a
+		// valid one-element UPSTREAMS; any other is refused there.
+		list, err := config.ParseUpstreams(u.String())
+		if ok := u.Scheme.Encrypted() && u.CAFile == ""; ok != (err == nil && len(list) == 1) {
+			t.Fatalf("%q as UPSTREAMS: %v, %v", u.String(), list, err)
 		}
 	})
 }
