@@ -3,6 +3,7 @@ package dnswire
 import (
 	"bytes"
 	"errors"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -162,5 +163,48 @@ func TestRcodeName(t *testing.T) {
 		if got != want || ok != (want != "") {
 			t.Errorf("RcodeName(%d) = %q, %v; want %q", rc, got, ok, want)
 		}
+	}
+}
+
+// TestAppendReplyRecords: the records a relay writes itself (localhost's
+// addresses, a negative answer's SOA) decode as a third party reads them.
+func TestAppendReplyRecords(t *testing.T) {
+	qm := mustParse(t, pack(t, withEDNS(query("Web.LocalHost.", dns.TypeAAAA), 1232, false)))
+	zone, err := AppendName(nil, "localhost.")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mname := zone
+	rname, _ := AppendName(nil, "nobody.invalid.")
+	soa := SOA(zone, 60, SOAData{MName: mname, RName: rname, Serial: 1, Refresh: 3600, Retry: 1200, Expire: 604800, Minimum: 60})
+	out := AppendReply(nil, &qm, Reply{
+		Authoritative: true,
+		Answer:        []Record{A(60, netip.MustParseAddr("127.0.0.1")), AAAA(30, netip.MustParseAddr("::1"))},
+		Authority:     []Record{soa},
+		EDNS:          &EDNS{UDPSize: 1232},
+	})
+	r := new(dns.Msg)
+	if err := r.Unpack(out); err != nil {
+		t.Fatalf("reply does not unpack: %v (% x)", err, out)
+	}
+	if len(r.Answer) != 2 || len(r.Ns) != 1 || len(r.Extra) != 1 || !r.Authoritative {
+		t.Fatalf("sections: %v", r)
+	}
+	a, ok := r.Answer[0].(*dns.A)
+	if !ok || a.Hdr.Name != "Web.LocalHost." || a.Hdr.Ttl != 60 || a.A.String() != "127.0.0.1" {
+		t.Errorf("A record %v", r.Answer[0])
+	}
+	aaaa, ok := r.Answer[1].(*dns.AAAA)
+	if !ok || aaaa.Hdr.Ttl != 30 || aaaa.AAAA.String() != "::1" {
+		t.Errorf("AAAA record %v", r.Answer[1])
+	}
+	s, ok := r.Ns[0].(*dns.SOA)
+	if !ok || s.Hdr.Name != "localhost." || s.Hdr.Class != dns.ClassINET || s.Hdr.Ttl != 60 || s.Ns != "localhost." ||
+		s.Mbox != "nobody.invalid." || s.Serial != 1 || s.Refresh != 3600 || s.Retry != 1200 || s.Expire != 604800 || s.Minttl != 60 {
+		t.Errorf("SOA record %v", r.Ns[0])
+	}
+	// And the message parses as what the relay hands on.
+	if m, err := Parse(out); err != nil || !m.Answers(&qm) || m.NSCount != 1 {
+		t.Errorf("Parse: %v, answers %v", err, m.Answers(&qm))
 	}
 }

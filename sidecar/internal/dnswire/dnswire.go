@@ -42,8 +42,12 @@ const (
 	RcodeBadVers        = 16 // needs the OPT record's upper bits
 	RcodeBadCookie      = 23 // the highest code with a name of its own
 
+	TypeA     = 1
 	TypeNS    = 2
+	TypeSOA   = 6
+	TypePTR   = 12
 	TypeTXT   = 16
+	TypeAAAA  = 28
 	TypeOPT   = 41
 	ClassINET = 1
 

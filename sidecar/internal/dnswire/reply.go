@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"math"
+	"net/netip"
 	"strings"
 )
 
@@ -15,19 +16,55 @@ type Reply struct {
 	Truncated bool
 	// Authoritative sets AA, for names the relay itself owns.
 	Authoritative bool
-	// Answer records, each owned by the question's name.
+	// Answer records.
 	Answer []Record
+	// Authority records, such as the SOA of a negative answer (RFC 2308).
+	Authority []Record
 	// EDNS adds an OPT record when not nil. An Rcode above 15 needs one to
 	// carry its upper bits.
 	EDNS *EDNS
 }
 
-// Record is an answer record owned by the question's name, of the
-// question's class.
+// Record is a record of the question's class that a relay writes itself.
 type Record struct {
+	// Name is the owner in wire form, uncompressed; nil means the
+	// question's name as the client spelled it.
+	Name []byte
 	Type uint16
 	TTL  uint32
 	Data []byte // RDATA in wire form
+}
+
+// A returns an A record holding a, which must be an IPv4 address.
+func A(ttl uint32, a netip.Addr) Record {
+	b := a.As4()
+	return Record{Type: TypeA, TTL: ttl, Data: b[:]}
+}
+
+// AAAA returns an AAAA record holding a, which must be an IPv6 address.
+func AAAA(ttl uint32, a netip.Addr) Record {
+	b := a.As16()
+	return Record{Type: TypeAAAA, TTL: ttl, Data: b[:]}
+}
+
+// SOAData is the RDATA of an SOA record (RFC 1035 §3.3.13), its names in
+// wire form, uncompressed.
+type SOAData struct {
+	MName, RName                            []byte
+	Serial, Refresh, Retry, Expire, Minimum uint32
+}
+
+// SOA returns the SOA record of the zone named owner (wire form). In the
+// authority section of a negative answer, the smaller of ttl and
+// d.Minimum is how long the answer may be cached (RFC 2308 §5).
+func SOA(owner []byte, ttl uint32, d SOAData) Record {
+	data := make([]byte, 0, len(d.MName)+len(d.RName)+20)
+	data = append(data, d.MName...)
+	data = append(data, d.RName...)
+	for _, v := range []uint32{d.Serial, d.Refresh, d.Retry, d.Expire, d.Minimum} {
+		data = binary.BigEndian.AppendUint32(data, v)
+	}
+	return Record{Name: owner, Type: TypeSOA, TTL: ttl, Data: data}
 }
 
 // TXT returns a TXT record holding text as its single character-string.
@@ -52,8 +89,8 @@ type EDNS struct {
 
 // AppendReply appends to dst the reply r to the query q (Valid or not): a
 // header, q's question when q holds exactly one question that could be read
-// (its name spelled as sent), r's answer records, and an OPT record when
-// r.EDNS is not nil. The ID, opcode and the RD and CD bits come from the
+// (its name spelled as sent), r's answer and authority records, and an OPT
+// record when r.EDNS is not nil. Names are not compressed. The ID, opcode and the RD and CD bits come from the
 // query (RFC 4035 §3.2.2 for CD); RA is set because the relay offers
 // recursion through its upstreams.
 func AppendReply(dst []byte, q *Msg, r Reply) []byte {
@@ -65,9 +102,9 @@ func AppendReply(dst []byte, q *Msg, r Reply) []byte {
 		flags |= flagAA
 	}
 	question := q.QDCount == 1 && q.qEnd != 0
-	var qd, an, ar uint16
+	var qd, an, ns, ar uint16
 	if question {
-		qd, an = 1, uint16(len(r.Answer))
+		qd, an, ns = 1, uint16(len(r.Answer)), uint16(len(r.Authority))
 	}
 	if r.EDNS != nil {
 		ar = 1
@@ -76,23 +113,34 @@ func AppendReply(dst []byte, q *Msg, r Reply) []byte {
 	dst = binary.BigEndian.AppendUint16(dst, flags)
 	dst = binary.BigEndian.AppendUint16(dst, qd)
 	dst = binary.BigEndian.AppendUint16(dst, an)
-	dst = append(dst, 0, 0)
+	dst = binary.BigEndian.AppendUint16(dst, ns)
 	dst = binary.BigEndian.AppendUint16(dst, ar)
 	if question {
 		dst = append(dst, q.wire[HeaderLen:q.qEnd]...)
 		for _, rr := range r.Answer {
-			dst = append(dst, q.QName()...)
-			dst = binary.BigEndian.AppendUint16(dst, rr.Type)
-			dst = binary.BigEndian.AppendUint16(dst, q.qClass)
-			dst = binary.BigEndian.AppendUint32(dst, rr.TTL)
-			dst = binary.BigEndian.AppendUint16(dst, uint16(len(rr.Data)))
-			dst = append(dst, rr.Data...)
+			dst = appendRecord(dst, q, rr)
+		}
+		for _, rr := range r.Authority {
+			dst = appendRecord(dst, q, rr)
 		}
 	}
 	if r.EDNS != nil {
 		dst = appendOPT(dst, r.Rcode, r.EDNS)
 	}
 	return dst
+}
+
+func appendRecord(dst []byte, q *Msg, rr Record) []byte {
+	if rr.Name != nil {
+		dst = append(dst, rr.Name...)
+	} else {
+		dst = append(dst, q.QName()...)
+	}
+	dst = binary.BigEndian.AppendUint16(dst, rr.Type)
+	dst = binary.BigEndian.AppendUint16(dst, q.qClass)
+	dst = binary.BigEndian.AppendUint32(dst, rr.TTL)
+	dst = binary.BigEndian.AppendUint16(dst, uint16(len(rr.Data)))
+	return append(dst, rr.Data...)
 }
 
 // maxEDEText bounds the text so that an error reply always fits in 512 bytes.
