@@ -9,21 +9,39 @@ import (
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
 )
 
-// Metrics holds this package's collectors. One Metrics serves every upstream;
-// each series carries the upstream's Name() as its `upstream` label.
+// Metrics is one route's view of this package's collectors. The collectors
+// are registered once (NewMetrics) and shared by every route and upstream;
+// each series carries the route's name as its `route` label (ForRoute) and
+// the upstream's Name() as its `upstream` label. A route's label is fixed in
+// its view, so an upstream's code names only itself, as before routes.
 type Metrics struct {
-	RequestDuration     *prometheus.HistogramVec // {upstream, rcode}: answered queries only
-	ConnectionsOpen     *prometheus.GaugeVec     // {upstream}
-	ConnectionsOpened   *prometheus.CounterVec   // {upstream}: successful handshakes
-	TLSHandshakeFailure *prometheus.CounterVec   // {upstream}: every failed handshake, pins included
-	PinFailures         *prometheus.CounterVec   // {upstream}
-	MismatchedResponses *prometheus.CounterVec   // {upstream}: dropped, no query in flight had that ID and question
-	RequestsResent      *prometheus.CounterVec   // {upstream}: in flight on a connection that died, sent again
-	Retries             *prometheus.CounterVec   // {upstream}: for the Group
-	Failovers           *prometheus.CounterVec   // {upstream}: for the Group (the upstream failed over from)
-	HealthState         *prometheus.GaugeVec     // {upstream}: 1 up, 0 down; for the Group
-	HealthCheckFailures *prometheus.CounterVec   // {upstream}: for the Group
+	RequestDuration     prometheus.ObserverVec // {upstream, rcode}: answered queries only
+	ConnectionsOpen     *prometheus.GaugeVec   // {upstream}
+	ConnectionsOpened   *prometheus.CounterVec // {upstream}: connections established (TLS: handshake completed and verified)
+	TLSHandshakeFailure *prometheus.CounterVec // {upstream}: every failed handshake, pins included
+	PinFailures         *prometheus.CounterVec // {upstream}
+	MismatchedResponses *prometheus.CounterVec // {upstream}: dropped, no query in flight had that ID and question
+	RequestsResent      *prometheus.CounterVec // {upstream}: in flight on a connection that died, sent again
+	Retries             *prometheus.CounterVec // {upstream}: for the Group
+	Failovers           *prometheus.CounterVec // {upstream}: for the Group (the upstream failed over from)
+	HealthState         *prometheus.GaugeVec   // {upstream}: 1 up, 0 down; for the Group
+	HealthCheckFailures *prometheus.CounterVec // {upstream}: for the Group
+
+	route string
+	all   *collectors // every route's, as registered
 }
+
+// collectors are the registered vectors, labelled {route, upstream, ...}.
+type collectors struct {
+	duration                                                                *prometheus.HistogramVec
+	open, health                                                            *prometheus.GaugeVec
+	opened, hsFailures, pinFailures, mismatched, resent, retries, failovers *prometheus.CounterVec
+	hcFailures                                                              *prometheus.CounterVec
+}
+
+// DefaultRoute is the `route` label of UPSTREAMS, the upstreams of every
+// name no route matches.
+const DefaultRoute = "default"
 
 const (
 	namespace = "dot_sidecar"
@@ -38,41 +56,66 @@ var initRcodes = []int{
 	dnswire.RcodeNameError, dnswire.RcodeNotImplemented, dnswire.RcodeRefused,
 }
 
-// NewMetrics builds the collectors and registers them on reg. It panics if
-// they are registered already (a wiring bug).
+// NewMetrics builds the collectors, registers them on reg, and returns the
+// view of DefaultRoute. It panics if they are registered already (a wiring
+// bug).
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	counter := func(name, help string) *prometheus.CounterVec {
 		return prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Subsystem: subsystem, Name: name, Help: help,
-		}, []string{"upstream"})
+		}, []string{"route", "upstream"})
 	}
 	gauge := func(name, help string) *prometheus.GaugeVec {
 		return prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: namespace, Subsystem: subsystem, Name: name, Help: help,
-		}, []string{"upstream"})
+		}, []string{"route", "upstream"})
 	}
-	m := &Metrics{
-		RequestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+	c := &collectors{
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: namespace, Subsystem: subsystem, Name: "request_duration_seconds",
 			Help: "Time from sending a query upstream to its answer, by response code (resends included).",
 			// 0.25 ms to 8 s: loopback resolvers to slow recursion.
 			Buckets: prometheus.ExponentialBuckets(0.00025, 2, 16),
-		}, []string{"upstream", "rcode"}),
-		ConnectionsOpen:     gauge("connections_open", "TLS connections currently open to the upstream."),
-		ConnectionsOpened:   counter("connections_opened_total", "TLS connections established (handshake completed and verified)."),
-		TLSHandshakeFailure: counter("tls_handshake_failures_total", "TLS handshakes that failed or were rejected, pin mismatches included."),
-		PinFailures:         counter("pin_failures_total", "Handshakes rejected because no pinned key was in the verified chain."),
-		MismatchedResponses: counter("mismatched_responses_total", "Responses dropped because no query in flight had their ID and question."),
-		RequestsResent:      counter("requests_resent_total", "Queries sent again because their connection died while they were in flight."),
-		Retries:             counter("retries_total", "Queries retried after a failure."),
-		Failovers:           counter("failovers_total", "Queries that moved from this upstream to another."),
-		HealthState:         gauge("health_state", "1 when the upstream is considered up, 0 when down."),
-		HealthCheckFailures: counter("health_check_failures_total", "Health probes that failed."),
+		}, []string{"route", "upstream", "rcode"}),
+		open:        gauge("connections_open", "Connections currently open to the upstream (TLS, or TCP for plaintext)."),
+		opened:      counter("connections_opened_total", "Connections established (for TLS: handshake completed and verified)."),
+		hsFailures:  counter("tls_handshake_failures_total", "TLS handshakes that failed or were rejected, pin mismatches included."),
+		pinFailures: counter("pin_failures_total", "Handshakes rejected because no pinned key was in the verified chain."),
+		mismatched:  counter("mismatched_responses_total", "Responses dropped because no query in flight had their ID and question."),
+		resent:      counter("requests_resent_total", "Queries sent again because their connection died while they were in flight."),
+		retries:     counter("retries_total", "Queries retried after a failure."),
+		failovers:   counter("failovers_total", "Queries that moved from this upstream to another."),
+		health:      gauge("health_state", "1 when the upstream is considered up, 0 when down."),
+		hcFailures:  counter("health_check_failures_total", "Health probes that failed."),
 	}
-	reg.MustRegister(m.RequestDuration, m.ConnectionsOpen, m.ConnectionsOpened, m.TLSHandshakeFailure,
-		m.PinFailures, m.MismatchedResponses, m.RequestsResent, m.Retries, m.Failovers, m.HealthState,
-		m.HealthCheckFailures)
-	return m
+	reg.MustRegister(c.duration, c.open, c.opened, c.hsFailures, c.pinFailures, c.mismatched, c.resent,
+		c.retries, c.failovers, c.health, c.hcFailures)
+	return c.view(DefaultRoute)
+}
+
+// ForRoute returns the view of the named route over the same collectors.
+func (m *Metrics) ForRoute(route string) *Metrics { return m.all.view(route) }
+
+// Route is the `route` label of the view.
+func (m *Metrics) Route() string { return m.route }
+
+func (c *collectors) view(route string) *Metrics {
+	l := prometheus.Labels{"route": route}
+	return &Metrics{
+		RequestDuration:     c.duration.MustCurryWith(l),
+		ConnectionsOpen:     c.open.MustCurryWith(l),
+		ConnectionsOpened:   c.opened.MustCurryWith(l),
+		TLSHandshakeFailure: c.hsFailures.MustCurryWith(l),
+		PinFailures:         c.pinFailures.MustCurryWith(l),
+		MismatchedResponses: c.mismatched.MustCurryWith(l),
+		RequestsResent:      c.resent.MustCurryWith(l),
+		Retries:             c.retries.MustCurryWith(l),
+		Failovers:           c.failovers.MustCurryWith(l),
+		HealthState:         c.health.MustCurryWith(l),
+		HealthCheckFailures: c.hcFailures.MustCurryWith(l),
+		route:               route,
+		all:                 c,
+	}
 }
 
 // Init creates every series of upstream at zero, so dashboards and rate()

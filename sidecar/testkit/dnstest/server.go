@@ -1,6 +1,9 @@
-// Package dnstest runs an in-process DNS-over-TLS server on loopback for
-// tests and benchmarks. Unlike dns.Server's TCP loop, which answers one query
-// at a time per connection, it pipelines: it reads queries as they come and
+// Package dnstest runs in-process DNS servers on loopback for tests and
+// benchmarks: a DNS-over-TLS server (this file), and a plaintext one on UDP
+// and TCP (plain.go) to stand for a cluster's resolver.
+//
+// Unlike dns.Server's TCP loop, which answers one query at a time per
+// connection, the DoT server pipelines: it reads queries as they come and
 // answers each as soon as it is ready, in any order. Tests script its
 // misbehaviour through Behavior while it runs, and assert on its counters
 // (connections accepted, handshakes, queries).
