@@ -35,6 +35,15 @@ type GroupOptions struct {
 	ProbeInterval time.Duration
 	// ProbeTimeout bounds one health probe.
 	ProbeTimeout time.Duration
+	// Probe is what the health probe of a down upstream asks, unless Probes
+	// says otherwise; the zero value asks "NS .", which a recursive
+	// resolver with Internet access answers at once. A resolver that
+	// answers only its own zones (a cluster's, an internal one) is better
+	// probed with a name it has data for.
+	Probe Probe
+	// Probes, when not nil, has one entry per upstream, in the order of
+	// Upstreams: that upstream's probe, or the zero Probe for Probe.
+	Probes []Probe
 	// Logger is never nil.
 	Logger *slog.Logger
 	// Metrics is never nil.
@@ -89,17 +98,30 @@ func NewGroup(opts GroupOptions) (*Group, error) {
 	if err != nil {
 		return nil, fmt.Errorf("upstream group: %w", err)
 	}
+	if opts.Probes != nil && len(opts.Probes) != len(opts.Upstreams) {
+		return nil, fmt.Errorf("upstream group: %d probes for %d upstreams", len(opts.Probes), len(opts.Upstreams))
+	}
 	g := &Group{opts: opts, log: opts.Logger}
-	g.ctx, g.cancel = context.WithCancel(context.Background())
 	seen := make(map[string]bool)
-	for _, u := range opts.Upstreams {
+	for i, u := range opts.Upstreams {
 		if seen[u.Name()] {
 			// Their series and logs would be indistinguishable.
 			return nil, fmt.Errorf("upstream %s listed twice", u.Name())
 		}
 		seen[u.Name()] = true
-		g.members = append(g.members, newMember(u, opts.Metrics))
+		p := opts.Probe
+		if opts.Probes != nil && opts.Probes[i] != (Probe{}) {
+			p = opts.Probes[i]
+		}
+		if p == (Probe{}) {
+			p = defaultProbe
+		}
+		if _, err := p.query(); err != nil {
+			return nil, fmt.Errorf("upstream %s: health probe %v: %w", u.Name(), p, err)
+		}
+		g.members = append(g.members, newMember(u, opts.Metrics, p))
 	}
+	g.ctx, g.cancel = context.WithCancel(context.Background())
 	return g, nil
 }
 
@@ -117,12 +139,13 @@ func (g *Group) Healthy() bool { return g.healthyCount() > 0 }
 
 // Exchange sends q to the upstream the policy picks and, on a transport
 // failure, to the next healthy one after a backoff, bounded by ctx's
-// deadline and by MaxAttempts. When every upstream is down it fails at once
-// with ErrAllDown.
+// deadline and by MaxAttempts. When every upstream is down it sends q to
+// one that has no such query in flight, as a probe (trial); when each has
+// one, it fails at once with ErrAllDown.
 func (g *Group) Exchange(ctx context.Context, q dnswire.Msg) (dnswire.Msg, error) {
 	idx := g.first()
 	if idx < 0 {
-		return dnswire.Msg{}, ErrAllDown
+		return g.trial(ctx, q)
 	}
 	// The first attempt runs outside the retry machinery so that the common
 	// case allocates no backoff.
@@ -177,6 +200,29 @@ func (g *Group) Exchange(ctx context.Context, q dnswire.Msg) (dnswire.Msg, error
 		return dnswire.Msg{}, fmt.Errorf("%w (last error: %w)", err, lastErr)
 	}
 	return resp, err
+}
+
+// trial sends q, while every upstream is down, to the first upstream in
+// list order that has no trial query in flight; there is none, it fails at
+// once with ErrAllDown. Real queries then act as probes, at most one in
+// flight per upstream: a resolver that answers queries but not the health
+// probe (a probe name it must recurse for, without Internet access) is back
+// with its first answer, and the other queries keep getting their fast
+// SERVFAIL rather than a wait for an upstream that is most likely down.
+// A trial is one attempt, not retried.
+func (g *Group) trial(ctx context.Context, q dnswire.Msg) (dnswire.Msg, error) {
+	for i, m := range g.members {
+		if !m.trial.CompareAndSwap(false, true) {
+			continue
+		}
+		resp, err := g.attempt(ctx, q, i, g.opts.MaxAttempts)
+		m.trial.Store(false)
+		if err != nil && !errors.Is(err, ErrBadResponse) {
+			return dnswire.Msg{}, fmt.Errorf("%w (a query sent anyway failed: %w)", ErrAllDown, err)
+		}
+		return resp, err
+	}
+	return dnswire.Msg{}, ErrAllDown
 }
 
 // untilDeadline stops the retries when the next backoff would end past dl:

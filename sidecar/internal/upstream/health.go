@@ -3,6 +3,7 @@ package upstream
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"reflect"
 	"sync"
@@ -19,14 +20,17 @@ import (
 //
 // An upstream is up until HEALTH_MAX_FAILS transport failures in a row mark
 // it down. Queries then skip it, and one background probe per upstream asks
-// it "NS ." with a backoff capped at ProbeInterval until it answers; any
-// answer, or an answer to a query still in flight on it, puts it back.
+// it its Probe with a backoff capped at ProbeInterval until it answers; any
+// answer, to the probe, to a query still in flight on it, or to a trial
+// query (Group.trial), puts it back.
 type member struct {
-	up   Upstream
-	name string
+	up    Upstream
+	name  string
+	probe Probe
 
 	down  atomic.Bool  // read lock-free on every query
 	fails atomic.Int32 // consecutive counted failures
+	trial atomic.Bool  // a real query is in flight as a probe (Group.trial)
 
 	// mu guards the fields below and every change of down, so that the
 	// health gauge and the probe always follow the last transition.
@@ -39,7 +43,7 @@ type member struct {
 	state                          prometheus.Gauge
 }
 
-func newMember(u Upstream, m *Metrics) *member {
+func newMember(u Upstream, m *Metrics, p Probe) *member {
 	name := u.Name()
 	// Init makes every series of the upstream exist at zero (health_state at
 	// 1); a DoT has done so already, another Upstream may not have.
@@ -47,6 +51,7 @@ func newMember(u Upstream, m *Metrics) *member {
 	return &member{
 		up:         u,
 		name:       name,
+		probe:      p,
 		retries:    m.Retries.WithLabelValues(name),
 		failovers:  m.Failovers.WithLabelValues(name),
 		hcFailures: m.HealthCheckFailures.WithLabelValues(name),
@@ -131,11 +136,11 @@ func (g *Group) markUpLocked(m *member, why string) {
 	g.log.Info("upstream is back", "upstream", m.name, "because", why)
 }
 
-// probe sends "NS ." until the upstream answers, backing off exponentially
-// with jitter from ProbeInterval/8 up to ProbeInterval, then puts it back.
-// Any answer to the probe counts, whatever its rcode, even one that does not
-// parse: the probe asks whether the upstream is reachable, not whether the
-// root zone resolves. Once the
+// probe sends m's Probe until the upstream answers, backing off
+// exponentially with jitter from ProbeInterval/8 up to ProbeInterval, then
+// puts it back. Any answer to the probe counts, whatever its rcode, even one
+// that does not parse: the probe asks whether the upstream is reachable,
+// not whether the name resolves. Once the
 // backoff has reached its cap, an upstream that returns is seen within
 // ProbeInterval plus one round trip, and the probe leaves a verified
 // connection in its pool for the first query.
@@ -156,7 +161,8 @@ func (g *Group) probe(m *member) {
 		case <-t.C:
 		}
 		ctx, cancel := context.WithTimeout(g.ctx, g.opts.ProbeTimeout)
-		_, err := m.up.Exchange(ctx, probeQuery())
+		q, _ := m.probe.query() // NewGroup has checked it encodes
+		_, err := m.up.Exchange(ctx, q)
 		cancel()
 		if errors.Is(err, ErrBadResponse) {
 			err = nil // an answer all the same: the upstream is reachable
@@ -187,12 +193,21 @@ func (g *Group) stopProbing(m *member) {
 	m.mu.Unlock()
 }
 
-// probeQuery is "NS ." with RD set. Its ID is the probe's own: each
-// connection puts an ID of its own on the wire.
-func probeQuery() dnswire.Msg {
-	q, err := dnswire.NewQuery(uint16(rand.Uint32()), ".", dnswire.TypeNS)
-	if err != nil {
-		panic(err) // the root name always encodes
-	}
-	return q
+// Probe is the question a health probe asks: Name (presentation form) and
+// Type, class IN, with RD set.
+type Probe struct {
+	Name string
+	Type uint16
 }
+
+// defaultProbe asks "NS .": a recursive resolver with Internet access has
+// the root's NS set primed, and answers it at once.
+var defaultProbe = Probe{Name: ".", Type: dnswire.TypeNS}
+
+// query builds the probe query. Its ID is the probe's own: each connection
+// puts an ID of its own on the wire.
+func (p Probe) query() (dnswire.Msg, error) {
+	return dnswire.NewQuery(uint16(rand.Uint32()), p.Name, p.Type)
+}
+
+func (p Probe) String() string { return fmt.Sprintf("%s %d", p.Name, p.Type) }

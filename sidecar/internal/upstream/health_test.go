@@ -51,13 +51,18 @@ func TestGroupAllDownFast(t *testing.T) {
 }
 
 // BenchmarkGroupAllDown measures what a query costs the Group when every
-// upstream is down: the time to ErrAllDown.
+// upstream is down and each has its one trial query in flight (as while a
+// black-holed upstream holds it until its deadline): the time to
+// ErrAllDown.
 func BenchmarkGroupAllDown(b *testing.B) {
 	r := newRig(b, 2, GroupOptions{}, nil)
 	r.ups[0].gate.kill()
 	r.ups[1].gate.kill()
 	r.driveDown(0, 5*time.Second, false)
 	r.driveDown(1, 5*time.Second, false)
+	for _, m := range r.g.members {
+		m.trial.Store(true)
+	}
 	q := packQuery(b, "bench.example.", 1)
 	ctx := ctxTimeout(b, time.Minute)
 	b.ReportAllocs()
