@@ -279,11 +279,11 @@ func TestPlainTimeouts(t *testing.T) {
 
 			// Nothing answered meanwhile: a plain timeout.
 			ctx = newExpiringCtx()
+			n := len(srv.Queries())
 			go func() {
 				_, err := p.Exchange(ctx, packQuery(t, slowName, dns.TypeA))
 				done <- err
 			}()
-			n := len(srv.Queries())
 			eventually(t, answerTimeout, "the query to arrive", func() bool { return len(srv.Queries()) > n })
 			ctx.expire()
 			if err := <-done; errors.Is(err, ErrSlowAnswer) || !errors.Is(err, context.DeadlineExceeded) {
