@@ -355,6 +355,17 @@ func EqualName(name, want []byte) bool {
 	return true
 }
 
+// FoldName appends name (the wire form of an uncompressed name, as QName
+// returns) to dst with ASCII letters lower-cased, the folding EqualName
+// uses: what a table keyed by lower-case names is looked up with. Into a
+// stack buffer of maxNameLen bytes it allocates nothing.
+func FoldName(dst, name []byte) []byte {
+	for _, c := range name {
+		dst = append(dst, lower(c))
+	}
+	return dst
+}
+
 // equalFold compares two uncompressed wire names ignoring ASCII case.
 func equalFold(a, b []byte) bool {
 	if len(a) != len(b) {
