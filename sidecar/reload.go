@@ -10,19 +10,20 @@ import (
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/upstream"
 )
 
-// startTrustReload watches the files trust was loaded from (TLS_CA_FILE,
-// TLS_PINS_FILE) every TRUST_RELOAD_INTERVAL and applies changes to it, then
-// has group retire the connections the new trust rejects. Its metrics are
+// startTrustReload watches the files trusts were loaded from (TLS_CA_FILE,
+// TLS_PINS_FILE, the ;ca= files of routes) every TRUST_RELOAD_INTERVAL and
+// applies changes to them, then has every group retire the connections the
+// new trust rejects (reverify). Its metrics are
 // registered on reg whether or not a file is watched, so dashboards see
 // zeros rather than gaps. The returned channel is closed once the watcher
 // has stopped: after ctx ends, or at once when there is nothing to watch.
-func startTrustReload(ctx context.Context, cfg *config.Config, trust *upstream.Trust, group *upstream.Group,
+func startTrustReload(ctx context.Context, cfg *config.Config, trusts []*upstream.Trust, reverify func() int,
 	reg prometheus.Registerer, log *slog.Logger) <-chan struct{} {
 	done := make(chan struct{})
 	r, err := upstream.NewTrustReloader(upstream.ReloaderOptions{
-		Trusts:   []*upstream.Trust{trust},
+		Trusts:   trusts,
 		Interval: cfg.TrustReloadInterval,
-		Reverify: group.Reverify,
+		Reverify: reverify,
 		Logger:   log,
 		Metrics:  upstream.NewReloadMetrics(reg),
 	})

@@ -44,12 +44,16 @@ func runServe(ctx context.Context, args, environ []string, stdout, stderr io.Wri
 	if err := admin.RegisterRuntimeCollectors(reg); err != nil {
 		return fail(stderr, exitFail, err)
 	}
-	group, err := newUpstreams(cfg, trust, log, upstream.NewMetrics(reg))
+	plan := planRoutes(cfg)
+	plan.log(log)
+	rt, err := newRouting(cfg, plan, trust, log, reg)
 	if err != nil {
 		return fail(stderr, exitConfig, err)
 	}
+	rt.log(log)
+	group := rt.def
 	closeGroup := func() {
-		if err := group.Close(); err != nil {
+		if err := rt.router.Close(); err != nil {
 			log.Warn("closing upstream connections", "err", err)
 		}
 	}
@@ -59,7 +63,7 @@ func runServe(ctx context.Context, args, environ []string, stdout, stderr io.Wri
 		BindExplicit:   cfg.BindAddressExplicit(),
 		Port:           cfg.BindPort,
 		Proto:          cfg.Proto,
-		Upstream:       group,
+		Upstream:       rt.router,
 		QueryTimeout:   cfg.QueryTimeout,
 		UDPMaxSize:     cfg.UDPMaxSize,
 		TCPIdleTimeout: cfg.TCPIdleTimeout,
@@ -111,7 +115,7 @@ func runServe(ctx context.Context, args, environ []string, stdout, stderr io.Wri
 	log.Info("dot-sidecar serving", "version", version, "listen", srv.Addrs(),
 		"upstreams", group.Name(), "policy", cfg.UpstreamPolicy, "admin", adminAddr(adm))
 
-	reloadDone := startTrustReload(ctx, cfg, trust, group, reg, log)
+	reloadDone := startTrustReload(ctx, cfg, rt.trusts, rt.reverify, reg, log)
 
 	<-ctx.Done()
 	shutdown(cfg, srv, closeGroup, adm, log)
@@ -174,57 +178,4 @@ func loadTrust(cfg *config.Config) (*upstream.Trust, error) {
 		return nil, cfg.Invalid(trustSettings[fe.Kind], fe.Err)
 	}
 	return trust, err
-}
-
-// newUpstreams builds one DoT client per configured upstream behind a Group,
-// all verified against trust; an upstream's own pins, if any, replace the
-// trust's default ones.
-func newUpstreams(cfg *config.Config, trust *upstream.Trust, log *slog.Logger, m *upstream.Metrics) (*upstream.Group, error) {
-	policy, err := upstream.ParsePolicy(cfg.UpstreamPolicy)
-	if err != nil {
-		return nil, cfg.Invalid("UPSTREAM_POLICY", err)
-	}
-	var members []upstream.Upstream
-	closeAll := func() {
-		for _, u := range members {
-			u.Close()
-		}
-	}
-	for _, u := range cfg.Upstreams() {
-		d, err := upstream.NewDoT(upstream.DoTOptions{
-			Addr:               u.Addr,
-			ServerName:         u.ServerName,
-			Pins:               u.Pins,
-			Trust:              trust,
-			PoolSize:           cfg.UpstreamPoolSize,
-			DialTimeout:        cfg.DialTimeout,
-			IdleTimeout:        cfg.UpstreamIdleTimeout,
-			MaxAge:             cfg.UpstreamMaxAge,
-			MaxInFlightPerConn: cfg.UpstreamMaxInflight,
-			QueryTimeout:       cfg.QueryTimeout,
-			Logger:             log,
-			Metrics:            m,
-		})
-		if err != nil {
-			closeAll()
-			return nil, fmt.Errorf("upstream %s: %w", u, err)
-		}
-		members = append(members, d)
-	}
-	group, err := upstream.NewGroup(upstream.GroupOptions{
-		Upstreams:     members,
-		Policy:        policy,
-		MaxAttempts:   cfg.RetryMaxAttempts,
-		BaseDelay:     cfg.RetryBaseDelay,
-		MaxFails:      cfg.HealthMaxFails,
-		ProbeInterval: cfg.HealthCheckInterval,
-		ProbeTimeout:  config.HealthProbeTimeout,
-		Logger:        log,
-		Metrics:       m,
-	})
-	if err != nil {
-		closeAll()
-		return nil, err
-	}
-	return group, nil
 }

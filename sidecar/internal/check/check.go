@@ -8,6 +8,10 @@
 //
 // The point is the known failure of mesh init steps: IPv6 or TCP rules that
 // are silently missing. A per-nameserver, per-protocol table catches both.
+//
+// When the sidecar routes the cluster's names (Options.Cluster), check also
+// resolves the API server's Service name through it (cluster.go): a pod
+// whose Services do not resolve must not start as if all were well.
 package check
 
 import (
@@ -54,6 +58,9 @@ type Options struct {
 	// SidecarUID, when > 0, makes Run refuse to run under that effective UID
 	// (ErrRunAsSidecar): the rules exclude it, so every path would look leaky.
 	SidecarUID int
+	// Cluster, when not nil, also checks the route of the cluster's names,
+	// retrying within Timeout.
+	Cluster *Cluster
 
 	euid func() int // tests replace os.Geteuid
 }
@@ -108,16 +115,19 @@ type Report struct {
 	Results []Result
 	// Ignored lists resolv.conf nameserver entries that are not IP addresses.
 	Ignored []string
+	// Cluster is the outcome of the cluster check, nil when none ran.
+	Cluster *ClusterResult
 }
 
-// OK reports whether every path was intercepted.
+// OK reports whether every path was intercepted and the cluster check, if
+// any, did not fail.
 func (r *Report) OK() bool {
 	for _, res := range r.Results {
 		if res.Outcome != Intercepted {
 			return false
 		}
 	}
-	return len(r.Results) > 0
+	return len(r.Results) > 0 && (r.Cluster == nil || r.Cluster.Outcome != ClusterFailed)
 }
 
 // Failed returns the paths that were not intercepted.
@@ -159,7 +169,8 @@ func Run(ctx context.Context, opts Options) (ok bool, err error) {
 
 // Probe sends the canary to every nameserver of opts.ResolvConf over UDP and
 // TCP, all at once, and returns the results in resolv.conf order, UDP before
-// TCP.
+// TCP. Then, with opts.Cluster, it resolves the cluster's name through the
+// first intercepted path.
 func Probe(ctx context.Context, opts Options) (*Report, error) {
 	opts = withDefaults(opts)
 	rc, err := resolvconf.Read(opts.ResolvConf)
@@ -180,6 +191,15 @@ func Probe(ctx context.Context, opts Options) (*Report, error) {
 		wg.Go(func() { probe(ctx, &rep.Results[i], opts.Timeout) })
 	}
 	wg.Wait()
+	if opts.Cluster != nil {
+		for _, res := range rep.Results {
+			if res.Outcome == Intercepted {
+				cr := checkCluster(ctx, *opts.Cluster, res.Nameserver.String(), opts.Port, opts.Timeout)
+				rep.Cluster = &cr
+				break
+			}
+		}
+	}
 	return rep, nil
 }
 

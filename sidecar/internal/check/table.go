@@ -28,15 +28,24 @@ func WriteTable(w io.Writer, rep *Report) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	if c := rep.Cluster; c != nil {
+		if _, err := fmt.Fprintf(w, "route %s: %s %s (%s)\n", c.Route, c.Name, c.Outcome, c.Detail); err != nil {
+			return err
+		}
+	}
 	failed := rep.Failed()
-	if len(failed) == 0 {
-		_, err := fmt.Fprintf(w, "OK: all %d paths intercepted by the sidecar\n", len(rep.Results))
+	if len(failed) > 0 {
+		paths := make([]string, len(failed))
+		for i, f := range failed {
+			paths[i] = f.Path()
+		}
+		_, err := fmt.Fprintf(w, "FAIL: %d of %d paths NOT intercepted: %s\n", len(failed), len(rep.Results), strings.Join(paths, ", "))
 		return err
 	}
-	paths := make([]string, len(failed))
-	for i, f := range failed {
-		paths[i] = f.Path()
+	if c := rep.Cluster; c != nil && c.Outcome == ClusterFailed {
+		_, err := fmt.Fprintf(w, "FAIL: route %s does not resolve %s: %s\n", c.Route, c.Name, c.Detail)
+		return err
 	}
-	_, err := fmt.Fprintf(w, "FAIL: %d of %d paths NOT intercepted: %s\n", len(failed), len(rep.Results), strings.Join(paths, ", "))
+	_, err := fmt.Fprintf(w, "OK: all %d paths intercepted by the sidecar\n", len(rep.Results))
 	return err
 }

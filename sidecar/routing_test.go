@@ -1,0 +1,256 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/config"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/server"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
+)
+
+// namesSeen records the names a DoT test server was asked.
+type namesSeen struct {
+	mu    sync.Mutex
+	names []string
+}
+
+func (n *namesSeen) handler(q *dns.Msg) *dns.Msg {
+	n.mu.Lock()
+	n.names = append(n.names, strings.ToLower(q.Question[0].Name))
+	n.mu.Unlock()
+	return dnstest.DefaultHandler(q)
+}
+
+func (n *namesSeen) get() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return slices.Clone(n.names)
+}
+
+// routedSidecar is the sidecar's relay as serve wires it (planRoutes,
+// newRouting, server.New), on a loopback port, with a DoT test upstream
+// for UPSTREAMS, an in-process plaintext "kube-dns" for the cluster route
+// and another for a tcp:// route.
+type routedSidecar struct {
+	srv              *server.Server
+	dot              *namesSeen
+	kubeDNS, corpDNS *dnstest.PlainServer
+	reg              *prometheus.Registry
+}
+
+func startRoutedSidecar(t *testing.T) *routedSidecar {
+	t.Helper()
+	rs := &routedSidecar{dot: &namesSeen{}, reg: prometheus.NewRegistry()}
+	ds := dnstest.New(t, dnstest.Options{Handler: rs.dot.handler})
+	rs.kubeDNS = dnstest.NewPlain(t, dnstest.PlainOptions{})
+	rs.corpDNS = dnstest.NewPlain(t, dnstest.PlainOptions{IP: netip.MustParseAddr("127.0.0.2")})
+	dir := t.TempDir()
+	caFile := filepath.Join(dir, "ca.pem")
+	resolvConf := filepath.Join(dir, "resolv.conf")
+	if err := os.WriteFile(caFile, ds.CAPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The kubelet's file; its nameserver is kube-dns's Service IP, which
+	// CLUSTER_DNS replaces here by the test server's address and port.
+	if err := os.WriteFile(resolvConf, []byte(kubeletResolvConf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(nil, []string{
+		"UPSTREAMS=tls://" + ds.Addr.String() + "#" + ds.ServerName,
+		"TLS_CA_FILE=" + caFile,
+		"CLUSTER_DNS=dns://" + rs.kubeDNS.Addr.String(),
+		"RESOLV_CONF=" + resolvConf,
+		"ROUTES=corp.example=tcp://" + rs.corpDNS.Addr.String(),
+		"QUERY_TIMEOUT=1s",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
+	trust, err := loadTrust(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan := planRoutes(cfg)
+	if !plan.podMode {
+		t.Fatal("not in pod mode with the kubelet's resolv.conf")
+	}
+	rt, err := newRouting(cfg, plan, trust, log, rs.reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rt.router.Close() })
+	rs.srv, err = server.New(server.Options{
+		BindAddrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, BindExplicit: true, Proto: "both",
+		Upstream: rt.router, QueryTimeout: cfg.QueryTimeout, UDPMaxSize: cfg.UDPMaxSize,
+		TCPIdleTimeout: cfg.TCPIdleTimeout, TCPMaxConns: cfg.TCPMaxConns, TCPMaxInFlight: cfg.TCPMaxInflight,
+		MaxInFlight: cfg.MaxInflight, Logger: log, Registerer: rs.reg,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rs.srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rs.srv.Shutdown(context.Background()) })
+	return rs
+}
+
+func (rs *routedSidecar) ask(t *testing.T, network, name string, qtype uint16) *dns.Msg {
+	t.Helper()
+	var addr string
+	for _, a := range rs.srv.Addrs() {
+		if a.Network() == network {
+			addr = a.String()
+		}
+	}
+	q := new(dns.Msg)
+	q.SetQuestion(name, qtype)
+	q.SetEdns0(1232, false)
+	c := &dns.Client{Net: network, Timeout: 5 * time.Second}
+	r, _, err := c.Exchange(q, addr)
+	if err != nil {
+		t.Fatalf("%s %s over %s: %v", name, dns.TypeToString[qtype], network, err)
+	}
+	return r
+}
+
+// TestRoutingWhichNamesGoWhere: cluster, search-domain and private reverse
+// names reach only the cluster's resolver, a routed zone only its own,
+// public names only the DoT upstream, and special-use names neither.
+func TestRoutingWhichNamesGoWhere(t *testing.T) {
+	rs := startRoutedSidecar(t)
+	cluster := []string{
+		"kubernetes.default.svc.cluster.local.",
+		"api.example.com.team-a.svc.cluster.local.", // the search list's first try
+		"api.example.com.svc.cluster.local.",
+		"api.example.com.cluster.local.",
+		"ip-10-0-0-7.ec2.internal.", // the node's search domain
+		"api.example.com.ec2.internal.",
+		"10.0.96.10.in-addr.arpa.",
+		"1.0.0.127.in-addr.arpa.",
+		"7.1.64.100.in-addr.arpa.",
+		"a.0.0.0.0.0.0.0.6.9.0.0.0.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa.",
+	}
+	corp := []string{"wiki.corp.example."}
+	public := []string{"api.example.com.", "www.example.org.", "8.8.8.8.in-addr.arpa."}
+	special := []string{"localhost.", "db.localhost.", "printer.local.", "x.onion.", "y.invalid.", "nas.home.arpa."}
+	for _, network := range []string{"udp", "tcp"} {
+		for _, set := range [][]string{cluster, corp, public, special} {
+			for _, name := range set {
+				for _, qtype := range []uint16{dns.TypeA, dns.TypeAAAA} {
+					r := rs.ask(t, network, name, qtype)
+					if r.Rcode == dns.RcodeServerFailure {
+						t.Errorf("%s: SERVFAIL", name)
+					}
+				}
+			}
+		}
+	}
+	arrived := func(names []string) []string {
+		var out []string
+		for _, n := range names {
+			if !slices.Contains(out, n) {
+				out = append(out, n)
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	sorted := func(s []string) []string { s = slices.Clone(s); slices.Sort(s); return s }
+	if got := arrived(rs.kubeDNS.Names()); !slices.Equal(got, sorted(cluster)) {
+		t.Errorf("the cluster's resolver was asked\n %q\nwant\n %q", got, sorted(cluster))
+	}
+	if got := arrived(rs.corpDNS.Names()); !slices.Equal(got, corp) {
+		t.Errorf("corp.example's resolver was asked %q, want %q", got, corp)
+	}
+	if got := arrived(rs.dot.get()); !slices.Equal(got, sorted(public)) {
+		t.Errorf("the DoT upstream was asked\n %q\nwant\n %q", got, sorted(public))
+	}
+	for _, q := range rs.corpDNS.Queries() {
+		if q.Proto != "tcp" {
+			t.Errorf("tcp:// route queried over %s", q.Proto)
+		}
+	}
+	// The special names were answered by the sidecar itself.
+	if r := rs.ask(t, "udp", "db.localhost.", dns.TypeA); len(r.Answer) != 1 || !r.Authoritative {
+		t.Errorf("db.localhost A: %v", r)
+	}
+	if r := rs.ask(t, "udp", "x.onion.", dns.TypeA); r.Rcode != dns.RcodeNameError || len(r.Ns) != 1 {
+		t.Errorf("x.onion A: %v", r)
+	}
+	// route_info says where each zone goes.
+	if n := testutil.CollectAndCount(rs.reg, "dot_sidecar_route_info"); n != 1+1+2+91 {
+		t.Errorf("%d route_info series, want the default, corp.example, the cluster's two zones and 91 reverse zones", n)
+	}
+}
+
+// TestRoutingClusterResolverDown: with the cluster's resolver down, its
+// names get SERVFAIL with an Extended DNS Error within QUERY_TIMEOUT, never
+// an answer from the public upstream, and public names are unaffected.
+func TestRoutingClusterResolverDown(t *testing.T) {
+	rs := startRoutedSidecar(t)
+	rs.kubeDNS.Behavior.Drop.Store(true) // black hole: the slowest failure
+	for i := range 5 {
+		name := fmt.Sprintf("svc-%d.team-a.svc.cluster.local.", i)
+		start := time.Now()
+		r := rs.ask(t, "udp", name, dns.TypeA)
+		took := time.Since(start)
+		if r.Rcode != dns.RcodeServerFailure || ede(r) == nil {
+			t.Errorf("%s with the cluster's resolver down: %s, EDE %v; want SERVFAIL with EDE", name, dns.RcodeToString[r.Rcode], ede(r))
+		}
+		if took > time.Second+500*time.Millisecond {
+			t.Errorf("%s: SERVFAIL after %v, past QUERY_TIMEOUT (1s)", name, took)
+		}
+		if pr := rs.ask(t, "udp", "example.com.", dns.TypeA); pr.Rcode != dns.RcodeSuccess || len(pr.Answer) != 1 {
+			t.Errorf("public name while the cluster's resolver is down: %v", pr)
+		}
+	}
+	for _, n := range rs.dot.get() {
+		if strings.HasSuffix(n, "cluster.local.") {
+			t.Errorf("%s reached the public upstream", n)
+		}
+	}
+	// Stopped outright (port unreachable): marked down fast, then a fast
+	// SERVFAIL.
+	rs.kubeDNS.Stop()
+	for i := range 5 {
+		r := rs.ask(t, "tcp", fmt.Sprintf("x%d.cluster.local.", i), dns.TypeA)
+		if r.Rcode != dns.RcodeServerFailure || ede(r) == nil {
+			t.Errorf("stopped resolver: %v", r)
+		}
+	}
+	// Back: the first query brings the route back.
+	rs.kubeDNS.Behavior.Drop.Store(false)
+	if err := rs.kubeDNS.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if r := rs.ask(t, "udp", "kubernetes.default.svc.cluster.local.", dns.TypeA); r.Rcode != dns.RcodeSuccess {
+		t.Errorf("after the cluster's resolver returned: %v", r)
+	}
+}
+
+func ede(r *dns.Msg) *dns.EDNS0_EDE {
+	if opt := r.IsEdns0(); opt != nil {
+		for _, o := range opt.Option {
+			if e, ok := o.(*dns.EDNS0_EDE); ok {
+				return e
+			}
+		}
+	}
+	return nil
+}
