@@ -242,6 +242,10 @@ func (s *scenario) startSidecar(t *testing.T, caFile string) {
 		"SHUTDOWN_GRACE=2s",
 		"ADMIN_ADDRESS=127.0.0.1:9253",
 		"LOG_LEVEL=debug",
+		// No cluster resolver here: kube-dns's addresses exist only to be
+		// redirected. Every name goes to the DoT upstreams, as the capture
+		// asserts, rather than the cluster's names to kube-dns in plaintext.
+		"CLUSTER_DNS=off",
 	}
 	s.sidecar = start(t, s.tp.pod, fmt.Sprintf("sidecar #%d", s.nsides), sidecarUID, env, s.bin)
 	for _, addr := range []string{"127.0.0.1", "::1"} {
@@ -459,7 +463,9 @@ func (s *scenario) testCapture(t *testing.T, c *capture) {
 // UID and returns its output and exit code.
 func (s *scenario) check(t *testing.T) (string, int) {
 	t.Helper()
-	r := run(s.tp.pod, checkUID, nil, s.bin, "check")
+	// The sidecar's settings, as the check container loads them: with the
+	// sidecar's CLUSTER_DNS=off there is no cluster route to check.
+	r := run(s.tp.pod, checkUID, []string{"CLUSTER_DNS=off"}, s.bin, "check")
 	return r.Stdout + r.Stderr, r.Code()
 }
 
