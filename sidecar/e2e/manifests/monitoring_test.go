@@ -123,6 +123,7 @@ var dashboardMustShow = []string{
 	"dot_sidecar_upstream_failovers_total",
 	"dot_sidecar_upstream_health_state",
 	"dot_sidecar_upstream_health_check_failures_total",
+	"dot_sidecar_route_info",
 }
 
 // targetLabels are added by Prometheus to every series it scrapes from a pod

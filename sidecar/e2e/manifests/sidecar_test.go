@@ -15,6 +15,7 @@ import (
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/admin"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/router"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/server"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/upstream"
 )
@@ -68,8 +69,9 @@ type family struct {
 // exportedMetrics returns every metric family the sidecar exports on
 // /metrics, gathered from a registry filled the way the sidecar fills its
 // own: the admin package's collectors with the Go and process collectors,
-// the upstream package's collectors with one upstream's series initialised,
-// and the server package's collectors. The dashboard is checked against this
+// the upstream package's collectors with the series of an upstream of the
+// default route and one of a cluster route initialised, the router's, and
+// the server package's collectors. The dashboard is checked against this
 // one function: a renamed metric or label fails the dashboard test.
 func exportedMetrics(t *testing.T) map[string]family {
 	t.Helper()
@@ -83,6 +85,12 @@ func exportedMetrics(t *testing.T) map[string]family {
 	}
 	up := upstream.NewMetrics(reg)
 	up.Init("192.0.2.1:853#dns.example")
+	up.ForRoute("cluster").Init("dns://10.96.0.10:53")
+	if _, err := router.New(router.Options{Default: idleUpstream{}, Registerer: reg, Routes: []router.RouteOptions{
+		{Name: "cluster", Zones: []string{"cluster.local"}, Upstream: idleUpstream{}, Cluster: true},
+	}}); err != nil {
+		t.Fatal(err)
+	}
 	// server.New needs every option; their values play no part here.
 	if _, err := server.New(server.Options{BindAddrs: []netip.Addr{netip.IPv6Loopback()}, Proto: "both",
 		QueryTimeout: time.Second, UDPMaxSize: 512, TCPIdleTimeout: time.Second, TCPMaxConns: 1, TCPMaxInFlight: 1,

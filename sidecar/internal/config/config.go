@@ -101,7 +101,7 @@ type Config struct {
 	ReadySuccessThreshold int           `env:"READY_SUCCESS_THRESHOLD" envDefault:"1" valid:"1.." help:"with READY_REQUIRES_UPSTREAM, consecutive good checks before ready again"`
 	ShutdownLameduck      time.Duration `env:"SHUTDOWN_LAMEDUCK" envDefault:"2s" valid:">=0" help:"after SIGTERM, time /readyz reports 503 while listeners keep answering (0 disables)"`
 	ShutdownGrace         time.Duration `env:"SHUTDOWN_GRACE" envDefault:"10s" valid:">0" help:"total time from SIGTERM to exit, lame duck included; must exceed SHUTDOWN_LAMEDUCK"`
-	TrustReloadInterval   time.Duration `env:"TRUST_RELOAD_INTERVAL" envDefault:"5s" valid:">0" help:"how often TLS_CA_FILE and TLS_PINS_FILE are checked for changes"`
+	TrustReloadInterval   time.Duration `env:"TRUST_RELOAD_INTERVAL" envDefault:"5s" valid:">0" help:"how often TLS_CA_FILE, TLS_PINS_FILE and the ;ca= files of routes are checked for changes"`
 
 	// Derived at load, not settings.
 	bindAddressExplicit bool

@@ -29,7 +29,7 @@ func NewReloadMetrics(reg prometheus.Registerer) *ReloadMetrics {
 	m := &ReloadMetrics{
 		Reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Subsystem: subsystem, Name: "trust_reloads_total",
-			Help: "Trust files (TLS_CA_FILE, TLS_PINS_FILE) re-read after a change and applied.",
+			Help: "Trust files (TLS_CA_FILE, TLS_PINS_FILE, the ;ca= files of routes) re-read after a change and applied.",
 		}, []string{"file"}),
 		Errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Subsystem: subsystem, Name: "trust_reload_errors_total",
