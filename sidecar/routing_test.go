@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -18,7 +19,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/config"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/server"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/upstream"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
 )
 
@@ -253,4 +256,90 @@ func ede(r *dns.Msg) *dns.EDNS0_EDE {
 		}
 	}
 	return nil
+}
+
+// TestRouteTrust: a route's tls:// entry is verified against its own ;ca=
+// file, or the system roots, with its own pins only: TLS_CA_FILE and
+// TLS_PINS are UPSTREAMS' alone, so a route neither inherits nor breaks on
+// them. Its ;ca= file is watched like TLS_CA_FILE; one that cannot be read
+// is a bad ROUTES value.
+func TestRouteTrust(t *testing.T) {
+	corp := dnstest.New(t, dnstest.Options{ServerName: "ns.corp.example"})
+	public := dnstest.New(t, dnstest.Options{})
+	dir := t.TempDir()
+	corpCA := filepath.Join(dir, "corp-ca.pem")
+	bothCAs := filepath.Join(dir, "both.pem")
+	for p, b := range map[string][]byte{corpCA: corp.CAPEM, bothCAs: append(append([]byte(nil), public.CAPEM...), corp.CAPEM...)} {
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	load := func(routes string) (*config.Config, *routing, error) {
+		cfg, err := config.Load(nil, []string{
+			"UPSTREAMS=tls://" + public.Addr.String() + "#" + public.ServerName,
+			"TLS_CA_FILE=" + bothCAs,
+			"TLS_PINS=" + public.CAPin, // would reject corp's chain
+			"CLUSTER_DNS=off",
+			"ROUTES=" + routes,
+			"QUERY_TIMEOUT=1s",
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		trust, err := loadTrust(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rt, err := newRouting(cfg, planRoutes(cfg), trust, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+		if err == nil {
+			t.Cleanup(func() { _ = rt.router.Close() })
+		}
+		return cfg, rt, err
+	}
+	ask := func(rt *routing, name string) error {
+		m := new(dns.Msg)
+		m.SetQuestion(name, dns.TypeA)
+		b, _ := m.Pack()
+		q, err := dnswire.Parse(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_, err = rt.router.Exchange(ctx, q)
+		return err
+	}
+
+	_, rt, err := load("corp.example=tls://" + corp.Addr.String() + "#" + corp.ServerName + ";ca=" + corpCA +
+		" other.example=tls://" + corp.Addr.String() + "#" + corp.ServerName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ask(rt, "wiki.corp.example."); err != nil {
+		t.Errorf("route with its own CA, beside TLS_PINS that would reject it: %v", err)
+	}
+	if err := ask(rt, "example.com."); err != nil {
+		t.Errorf("UPSTREAMS: %v", err)
+	}
+	// Without ;ca=, the system roots: TLS_CA_FILE, which holds corp's CA,
+	// does not apply.
+	if err := ask(rt, "x.other.example."); !errors.Is(err, upstream.ErrTLS) {
+		t.Errorf("route without ;ca= to a private CA: %v, want a TLS failure", err)
+	}
+	r, err := upstream.NewTrustReloader(upstream.ReloaderOptions{Trusts: rt.trusts, Interval: time.Second,
+		Logger: slog.New(slog.DiscardHandler), Metrics: upstream.NewReloadMetrics(prometheus.NewRegistry())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if files := r.Files(); !slices.Contains(files, corpCA) || !slices.Contains(files, bothCAs) {
+		t.Errorf("watched files %q, want TLS_CA_FILE and the route's ;ca= file", files)
+	}
+
+	missing := filepath.Join(dir, "missing.pem")
+	routes := "corp.example=tls://" + corp.Addr.String() + "#" + corp.ServerName + ";ca=" + missing
+	_, _, err = load(routes)
+	want := fmt.Sprintf("invalid ROUTES %q: %s#%s: ;ca=%s: open %s: no such file or directory", routes, corp.Addr, corp.ServerName, missing, missing)
+	if err == nil || err.Error() != want || !errors.Is(err, config.ErrInvalid) {
+		t.Errorf("error\n got: %v\nwant: %s", err, want)
+	}
 }
