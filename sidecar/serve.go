@@ -16,8 +16,9 @@ import (
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/upstream"
 )
 
-// runServe is the sidecar proper: load settings, build the upstream group,
-// bind the listeners, serve until SIGTERM, then shut down in order.
+// runServe is the sidecar proper: load settings, build the routes and their
+// upstream groups, bind the listeners, serve until SIGTERM, then shut down
+// in order.
 func runServe(ctx context.Context, args, environ []string, stdout, stderr io.Writer) int {
 	cfg, err := config.Load(args, environ, config.WithUsageOutput(stdout))
 	if errors.Is(err, config.ErrHelp) {
@@ -51,8 +52,7 @@ func runServe(ctx context.Context, args, environ []string, stdout, stderr io.Wri
 		return fail(stderr, exitConfig, err)
 	}
 	rt.log(log)
-	group := rt.def
-	closeGroup := func() {
+	closeUpstreams := func() {
 		if err := rt.router.Close(); err != nil {
 			log.Warn("closing upstream connections", "err", err)
 		}
@@ -74,7 +74,7 @@ func runServe(ctx context.Context, args, environ []string, stdout, stderr io.Wri
 		Registerer:     reg,
 	})
 	if err != nil {
-		closeGroup()
+		closeUpstreams()
 		return fail(stderr, exitConfig, err)
 	}
 
@@ -91,21 +91,22 @@ func runServe(ctx context.Context, args, environ []string, stdout, stderr io.Wri
 			ReadySuccessThreshold: cfg.ReadySuccessThreshold,
 		}
 		if cfg.ReadyRequiresUpstream {
-			aopts.UpstreamHealthy = group.Healthy
+			// UPSTREAMS' group: a route's outage leaves the pod ready.
+			aopts.UpstreamHealthy = rt.def.Healthy
 		}
 		if adm, err = admin.New(aopts); err != nil {
-			closeGroup()
+			closeUpstreams()
 			return fail(stderr, exitConfig, err)
 		}
 		// The admin listener comes first so that /livez and /startupz answer
 		// (503 "starting") while the DNS listeners bind.
 		if err := adm.Start(); err != nil {
-			closeGroup()
+			closeUpstreams()
 			return fail(stderr, exitFail, fmt.Errorf("admin listener on ADMIN_ADDRESS %q: %w", cfg.AdminAddress, err))
 		}
 	}
 	if err := srv.Start(); err != nil {
-		closeGroup()
+		closeUpstreams()
 		shutdownAdmin(adm, log)
 		return fail(stderr, exitFail, err)
 	}
@@ -113,12 +114,12 @@ func runServe(ctx context.Context, args, environ []string, stdout, stderr io.Wri
 		adm.SetStarted()
 	}
 	log.Info("dot-sidecar serving", "version", version, "listen", srv.Addrs(),
-		"upstreams", group.Name(), "policy", cfg.UpstreamPolicy, "admin", adminAddr(adm))
+		"upstreams", rt.def.Name(), "policy", cfg.UpstreamPolicy, "admin", adminAddr(adm))
 
 	reloadDone := startTrustReload(ctx, cfg, rt.trusts, rt.reverify, reg, log)
 
 	<-ctx.Done()
-	shutdown(cfg, srv, closeGroup, adm, log)
+	shutdown(cfg, srv, closeUpstreams, adm, log)
 	<-reloadDone
 	return exitOK
 }
@@ -128,7 +129,7 @@ func runServe(ctx context.Context, args, environ []string, stdout, stderr io.Wri
 // controllers and kube-proxy take a moment to notice), then the listeners
 // stop and in-flight queries finish or get SERVFAIL, then the upstream
 // connections close.
-func shutdown(cfg *config.Config, srv *server.Server, closeGroup func(), adm *admin.Admin, log *slog.Logger) {
+func shutdown(cfg *config.Config, srv *server.Server, closeUpstreams func(), adm *admin.Admin, log *slog.Logger) {
 	start := time.Now()
 	log.Info("shutting down", "lameduck", cfg.ShutdownLameduck, "grace", cfg.ShutdownGrace)
 	if adm != nil {
@@ -143,7 +144,7 @@ func shutdown(cfg *config.Config, srv *server.Server, closeGroup func(), adm *ad
 	if err := srv.Shutdown(ctx); err != nil {
 		log.Warn("DNS listeners did not stop cleanly", "err", err)
 	}
-	closeGroup()
+	closeUpstreams()
 	shutdownAdmin(adm, log)
 	log.Info("stopped", "took", time.Since(start).Round(time.Millisecond))
 }
