@@ -96,7 +96,7 @@ type Config struct {
 	HealthCheckInterval time.Duration `env:"HEALTH_CHECK_INTERVAL" envDefault:"1s" valid:">0" help:"cap of the backoff between probes of a down upstream"`
 
 	AdminAddress          string        `env:"ADMIN_ADDRESS" envDefault:":9253" emptyOK:"true" help:"[IP]:PORT of the HTTP listener for /livez, /startupz, /readyz and /metrics; empty disables it"`
-	ReadyRequiresUpstream bool          `env:"READY_REQUIRES_UPSTREAM" envDefault:"false" help:"make /readyz fail while every upstream is down (off: a shared outage would pull every pod out of its Service at once)"`
+	ReadyRequiresUpstream bool          `env:"READY_REQUIRES_UPSTREAM" envDefault:"false" help:"make /readyz fail while every upstream of UPSTREAMS is down (routes are not looked at; off: a shared outage would pull every pod out of its Service at once)"`
 	ReadyFailThreshold    int           `env:"READY_FAIL_THRESHOLD" envDefault:"3" valid:"1.." help:"with READY_REQUIRES_UPSTREAM, consecutive failed checks before unready"`
 	ReadySuccessThreshold int           `env:"READY_SUCCESS_THRESHOLD" envDefault:"1" valid:"1.." help:"with READY_REQUIRES_UPSTREAM, consecutive good checks before ready again"`
 	ShutdownLameduck      time.Duration `env:"SHUTDOWN_LAMEDUCK" envDefault:"2s" valid:">=0" help:"after SIGTERM, time /readyz reports 503 while listeners keep answering (0 disables)"`
