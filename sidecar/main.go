@@ -1,7 +1,7 @@
 // Command dot-sidecar answers a pod's DNS on loopback and relays every query
 // to DNS-over-TLS upstreams over verified, pipelined, long-lived connections.
 //
-//	dot-sidecar [flags]          serve (the default)
+//	dot-sidecar [serve] [flags]  serve (the default)
 //	dot-sidecar wait [flags]     block until the sidecar's /readyz is 200
 //	dot-sidecar check [flags]    prove that this pod's DNS reaches the sidecar
 //	dot-sidecar version          print the version
@@ -13,9 +13,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/config"
 )
 
 // version is stamped at build time: -ldflags "-X main.version=...".
@@ -36,25 +40,81 @@ const (
 )
 
 func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) int {
-	if len(args) > 0 {
-		switch args[0] {
-		case "wait":
-			return runWait(ctx, args[1:], environ, stdout, stderr)
-		case "check":
-			return runCheck(ctx, args[1:], environ, stdout, stderr)
-		case "version", "--version":
-			fmt.Fprintln(stdout, "dot-sidecar", version)
-			return exitOK
-		case "serve":
-			args = args[1:]
-		}
+	cmd, rest := splitCommand(args)
+	switch cmd {
+	case "serve":
+		return runServe(ctx, rest, environ, stdout, stderr)
+	case "wait":
+		return runWait(ctx, rest, environ, stdout, stderr)
+	case "check":
+		return runCheck(ctx, rest, environ, stdout, stderr)
+	case "version":
+		return runVersion(rest, environ, stdout, stderr)
+	case "help":
+		return runHelp(rest, environ, stdout, stderr)
 	}
-	return runServe(ctx, args, environ, stdout, stderr)
+	return unknownCommand(cmd, environ, stderr)
 }
 
-// fail prints one line and returns the exit code; config errors already name
-// the variable or flag and the value.
-func fail(stderr io.Writer, code int, err error) int {
-	fmt.Fprintf(stderr, "dot-sidecar: %v\n", err)
+// unknownCommand reports a first argument that is neither a flag nor a
+// command. A typo in a manifest's args ("serv") would otherwise be taken for
+// a stray argument of serve.
+func unknownCommand(cmd string, environ []string, stderr io.Writer) int {
+	config.FallbackLogger(nil, environ, stderr).Error("unknown command",
+		"command", cmd, "commands", commandNames(), "help", "dot-sidecar --help")
+	return exitConfig
+}
+
+// splitCommand takes the command off the arguments. Without one (no
+// arguments, or a flag first) the command is serve, so that a container's
+// args can be settings alone.
+func splitCommand(args []string) (cmd string, rest []string) {
+	switch {
+	case len(args) == 0:
+		return "serve", nil
+	case args[0] == "--version" || args[0] == "-version":
+		return "version", args[1:]
+	case strings.HasPrefix(args[0], "-"):
+		return "serve", args
+	}
+	return args[0], args[1:]
+}
+
+func runVersion(args, environ []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		if isHelp(args[0]) {
+			fmt.Fprint(stdout, "Usage: dot-sidecar version\n\nPrints the version of this build (also: dot-sidecar --version).\n")
+			return exitOK
+		}
+		return fail(config.FallbackLogger(nil, environ, stderr), exitConfig, "invalid command line",
+			fmt.Errorf("version takes no arguments, got %q", args[0]))
+	}
+	fmt.Fprintln(stdout, "dot-sidecar", version)
+	return exitOK
+}
+
+func isHelp(arg string) bool {
+	switch arg {
+	case "-h", "-help", "--help":
+		return true
+	}
+	return false
+}
+
+// fail logs why the command stops, at error level, and returns code. Each bad
+// setting gets a line of its own whose fields name it and its value, so that
+// a log query finds "setting=BIND_PORT" as readily as a person does.
+func fail(log *slog.Logger, code int, msg string, err error) int {
+	errs := []error{err}
+	if multi, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = multi.Unwrap()
+	}
+	for _, e := range errs {
+		if se, ok := e.(*config.SettingError); ok {
+			log.Error("invalid setting", "setting", se.Name, "value", se.Value, "reason", se.Reason.Error())
+			continue
+		}
+		log.Error(msg, "err", e.Error())
+	}
 	return code
 }

@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,36 +23,42 @@ import (
 // upstream groups, bind the listeners, serve until SIGTERM, then shut down
 // in order.
 func runServe(ctx context.Context, args, environ []string, stdout, stderr io.Writer) int {
-	cfg, err := config.Load(args, environ, config.WithUsageOutput(stdout))
+	cfg, err := config.Load(args, environ)
 	if errors.Is(err, config.ErrHelp) {
+		usage(stdout)
 		return exitOK
 	}
 	if err != nil {
-		return fail(stderr, exitConfig, err)
+		return fail(config.FallbackLogger(args, environ, stderr), exitConfig, "cannot start", err)
+	}
+	log, logCloser, err := cfg.NewLogger(stderr)
+	if err != nil {
+		return fail(config.FallbackLogger(args, environ, stderr), exitConfig, "cannot start", err)
+	}
+	defer logCloser.Close()
+	// stop reports, on the log (and on stderr with LOG_FILE), why the
+	// sidecar stops before serving.
+	stop := func(code int, err error) int {
+		return fail(cfg.ReportLogger(log, stderr), code, "cannot start", err)
 	}
 	trust, err := loadTrust(cfg)
 	if err != nil {
-		return fail(stderr, exitConfig, err)
+		return stop(exitConfig, err)
 	}
 	setProcs(environ)
-	log, logCloser, err := cfg.NewLogger(stderr)
-	if err != nil {
-		return fail(stderr, exitConfig, err)
-	}
-	defer logCloser.Close()
 	for _, w := range cfg.Warnings() {
 		log.Warn(w)
 	}
 
 	reg := prometheus.NewRegistry()
 	if err := admin.RegisterRuntimeCollectors(reg); err != nil {
-		return fail(stderr, exitFail, err)
+		return stop(exitFail, err)
 	}
 	plan := planRoutes(cfg)
 	plan.log(log)
 	rt, err := newRouting(cfg, plan, trust, log, reg)
 	if err != nil {
-		return fail(stderr, exitConfig, err)
+		return stop(exitConfig, err)
 	}
 	rt.log(log)
 	closeUpstreams := func() {
@@ -75,7 +84,7 @@ func runServe(ctx context.Context, args, environ []string, stdout, stderr io.Wri
 	})
 	if err != nil {
 		closeUpstreams()
-		return fail(stderr, exitConfig, err)
+		return stop(exitConfig, err)
 	}
 
 	var adm *admin.Admin
@@ -96,24 +105,24 @@ func runServe(ctx context.Context, args, environ []string, stdout, stderr io.Wri
 		}
 		if adm, err = admin.New(aopts); err != nil {
 			closeUpstreams()
-			return fail(stderr, exitConfig, err)
+			return stop(exitConfig, err)
 		}
 		// The admin listener comes first so that /livez and /startupz answer
 		// (503 "starting") while the DNS listeners bind.
 		if err := adm.Start(); err != nil {
 			closeUpstreams()
-			return fail(stderr, exitFail, fmt.Errorf("admin listener on ADMIN_ADDRESS %q: %w", cfg.AdminAddress, err))
+			return stop(exitFail, fmt.Errorf("admin listener on ADMIN_ADDRESS %q: %w", cfg.AdminAddress, err))
 		}
 	}
 	if err := srv.Start(); err != nil {
 		closeUpstreams()
 		shutdownAdmin(adm, log)
-		return fail(stderr, exitFail, err)
+		return stop(exitFail, err)
 	}
 	if adm != nil {
 		adm.SetStarted()
 	}
-	log.Info("dot-sidecar serving", "version", version, "listen", srv.Addrs(),
+	log.Info("dot-sidecar serving", "version", version, "listen", listeners(srv.Addrs()),
 		"upstreams", rt.def.Name(), "policy", cfg.UpstreamPolicy, "admin", adminAddr(adm))
 
 	reloadDone := startTrustReload(ctx, cfg, rt.trusts, rt.reverify, reg, log)
@@ -158,6 +167,21 @@ func shutdownAdmin(adm *admin.Admin, log *slog.Logger) {
 	if err := adm.Shutdown(ctx); err != nil {
 		log.Warn("admin listener did not stop cleanly", "err", err)
 	}
+}
+
+// listeners names each listener once with its protocol, "udp 127.0.0.1:5053",
+// grouped by address.
+func listeners(addrs []net.Addr) []string {
+	out := make([]string, len(addrs))
+	for i, a := range addrs {
+		out[i] = a.Network() + " " + a.String()
+	}
+	slices.SortStableFunc(out, func(a, b string) int {
+		_, aa, _ := strings.Cut(a, " ")
+		_, ba, _ := strings.Cut(b, " ")
+		return strings.Compare(aa, ba)
+	})
+	return out
 }
 
 func adminAddr(adm *admin.Admin) string {

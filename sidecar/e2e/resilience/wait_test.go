@@ -36,8 +36,9 @@ func runWait(t *testing.T, env []string, args ...string) (code int, stdout, stde
 }
 
 // `dot-sidecar wait` returns at once against a ready sidecar, and fails
-// with a message naming the URL and what it saw after --timeout against one
-// that is not ready (draining, or not listening at all).
+// with a line naming the URL and what it saw after --timeout against one
+// that is not ready (draining, or not listening at all). Without LOG_LEVEL
+// it logs its outcome alone, in slog's text form.
 func TestWaitCommand(t *testing.T) {
 	srv := dnstest.New(t, dnstest.Options{})
 
@@ -47,8 +48,8 @@ func TestWaitCommand(t *testing.T) {
 		port := s.Admin[strings.LastIndex(s.Admin, ":")+1:]
 		// A wildcard host means loopback.
 		code, out, errOut, took := runWait(t, []string{"ADMIN_ADDRESS=:" + port}, "--timeout", "5s")
-		if code != 0 || !strings.Contains(out, "ready") {
-			t.Fatalf("exit %d, stdout %q, stderr %q; want 0 and a ready message", code, out, errOut)
+		if code != 0 || !strings.Contains(errOut, `level=INFO msg="sidecar ready" url=http://127.0.0.1:`+port+"/readyz") {
+			t.Fatalf("exit %d, stdout %q, stderr %q; want 0 and a ready line", code, out, errOut)
 		}
 		if took > 2*time.Second {
 			t.Errorf("wait took %s against a ready sidecar", took)
@@ -68,7 +69,7 @@ func TestWaitCommand(t *testing.T) {
 			return nil
 		})
 		code, out, errOut, took := runWait(t, nil, "--admin-address", s.Admin, "--timeout", "1s")
-		want := fmt.Sprintf("dot-sidecar not ready at http://%s/readyz after 1s: last status 503: shutting down", s.Admin)
+		want := fmt.Sprintf(`level=ERROR msg="sidecar not ready" url=http://%s/readyz waited=1s last="status 503: shutting down"`, s.Admin)
 		if code != 1 || !strings.Contains(errOut, want) {
 			t.Fatalf("exit %d, stdout %q, stderr %q; want 1 and %q", code, out, errOut, want)
 		}
@@ -81,7 +82,7 @@ func TestWaitCommand(t *testing.T) {
 		t.Parallel()
 		addr := fmt.Sprintf("127.0.0.1:%d", bintest.FreePort(t))
 		code, out, errOut, _ := runWait(t, []string{"ADMIN_ADDRESS=" + addr}, "--timeout", "1s")
-		if code != 1 || !strings.Contains(errOut, "not ready at http://"+addr+"/readyz after 1s") ||
+		if code != 1 || !strings.Contains(errOut, `msg="sidecar not ready" url=http://`+addr+"/readyz waited=1s") ||
 			!strings.Contains(errOut, "connection refused") {
 			t.Fatalf("exit %d, stdout %q, stderr %q; want 1 and a message saying the connection was refused", code, out, errOut)
 		}

@@ -209,8 +209,12 @@ func (a *Admin) SetStarted() {
 // lame-duck shutdown, so that Services stop sending new clients here while the
 // listeners still answer. /livez and /startupz are unaffected, so the kubelet
 // does not restart a container that is merely draining.
+//
+// Before SetStarted it logs nothing: /readyz was 503 already, and a sidecar
+// that failed to start was never serving, so a line saying it is shutting
+// down would mislead.
 func (a *Admin) SetShuttingDown() {
-	if !a.shuttingDown.Swap(true) {
+	if !a.shuttingDown.Swap(true) && a.started.Load() {
 		a.log.Info("shutting down: readyz 503")
 	}
 }

@@ -49,12 +49,14 @@ func ReadyURL(addr string) (string, error) {
 // Wait polls /readyz of the admin listener at addr (ADMIN_ADDRESS form, see
 // ReadyURL) until it answers 200, and returns nil then. Connection errors and
 // any other status are retried with a backoff from 100 ms to 500 ms until
-// timeout has passed or ctx is done; the error then wraps ErrNotReady and
-// says what the last attempt saw, e.g.
+// timeout has passed or ctx is done; the error is then a *NotReadyError
+// (errors.Is ErrNotReady) saying where it asked, for how long, and what the
+// last attempt saw, e.g.
 //
-//	dot-sidecar not ready at http://127.0.0.1:9253/readyz after 60s: last status 503: shutting down
+//	sidecar not ready at http://127.0.0.1:9253/readyz after 60s: status 503: shutting down
 //
-// Each attempt is logged at debug level on logger (nil discards).
+// Each attempt is logged at debug level on logger (nil discards); the
+// outcome is the caller's to report.
 func Wait(ctx context.Context, addr string, timeout time.Duration, logger *slog.Logger) error {
 	target, err := ReadyURL(addr)
 	if err != nil {
@@ -71,6 +73,7 @@ func Wait(ctx context.Context, addr string, timeout time.Duration, logger *slog.
 	defer cancel()
 
 	var last string // what the last completed attempt saw
+	attempts := 0
 	client := &retryablehttp.Client{
 		HTTPClient: &http.Client{
 			Timeout: min(waitAttemptMax, timeout),
@@ -88,6 +91,7 @@ func Wait(ctx context.Context, addr string, timeout time.Duration, logger *slog.
 		RetryMax:     waitRetryMaxCap,
 		Backoff:      cappedBackoff,
 		CheckRetry: func(ctx context.Context, resp *http.Response, err error) (bool, error) {
+			attempts++
 			if err != nil {
 				// An attempt cut short by our own deadline or cancellation
 				// says nothing new; keep what the attempt before it saw.
@@ -100,10 +104,13 @@ func Wait(ctx context.Context, addr string, timeout time.Duration, logger *slog.
 				}
 				body, _ := io.ReadAll(io.LimitReader(resp.Body, waitBodyLimit))
 				resp.Body = io.NopCloser(strings.NewReader(""))
-				last = fmt.Sprintf("last status %d", resp.StatusCode)
+				last = fmt.Sprintf("status %d", resp.StatusCode)
 				if b := strings.TrimSpace(string(body)); b != "" {
 					last += ": " + b
 				}
+			}
+			if last != "" {
+				logger.Debug("sidecar not ready yet", "url", target, "attempt", attempts, "saw", last)
 			}
 			if err := ctx.Err(); err != nil {
 				return false, err
@@ -119,18 +126,40 @@ func Wait(ctx context.Context, addr string, timeout time.Duration, logger *slog.
 	resp, err := client.Do(req)
 	if err == nil {
 		_ = resp.Body.Close()
-		logger.Info("dot-sidecar is ready", "url", target, "after", time.Since(begin).Round(time.Millisecond))
 		return nil
 	}
 	if last == "" {
 		last = "no answer"
 	}
 	if ctx.Err() == context.DeadlineExceeded {
-		return fmt.Errorf("%w at %s after %s: %s", ErrNotReady, target, formatSeconds(timeout), last)
+		return &NotReadyError{URL: target, Waited: timeout, Last: last}
 	}
-	return fmt.Errorf("%w at %s: gave up after %s (%w): %s", ErrNotReady, target,
-		time.Since(begin).Round(time.Millisecond), ctx.Err(), last)
+	return &NotReadyError{URL: target, Waited: time.Since(begin).Round(time.Millisecond), Last: last, Err: ctx.Err()}
 }
+
+// NotReadyError is Wait's error when it gave up: errors.Is(err, ErrNotReady).
+// Its fields are what a log line reports.
+type NotReadyError struct {
+	URL    string        // the /readyz URL polled
+	Waited time.Duration // the timeout, or how long until ctx was done
+	// Last is what the last attempt saw: "status 503: shutting down", a
+	// connection error, or "no answer".
+	Last string
+	// Err is ctx's error when Wait was cut short (cancellation, or a
+	// deadline of ctx's own before the timeout); nil when the timeout passed.
+	Err error
+}
+
+func (e *NotReadyError) Error() string {
+	if e.Err != nil {
+		return fmt.Sprintf("%v at %s: gave up after %s (%v): %s", ErrNotReady, e.URL, e.Waited, e.Err, e.Last)
+	}
+	return fmt.Sprintf("%v at %s after %s: %s", ErrNotReady, e.URL, e.Waited, e.Last)
+}
+
+func (e *NotReadyError) Is(target error) bool { return target == ErrNotReady }
+
+func (e *NotReadyError) Unwrap() error { return e.Err }
 
 // cappedBackoff doubles from min up to max. It ignores Retry-After: the only
 // server we poll is ours, and a stray header must not stretch the wait.
@@ -158,17 +187,9 @@ func describeErr(err error) string {
 	return err.Error()
 }
 
-// formatSeconds prints whole seconds as "60s" rather than time's "1m0s".
-func formatSeconds(d time.Duration) string {
-	if d >= time.Second && d%time.Second == 0 {
-		return strconv.FormatInt(int64(d/time.Second), 10) + "s"
-	}
-	return d.String()
-}
-
 // slogLeveled bridges go-retryablehttp's leveled logger to slog. Every level
-// goes to Debug: failed polls are the expected state while waiting, and Wait
-// reports the outcome itself. The original level is kept as an attribute.
+// goes to Debug: failed polls are the expected state while waiting, and the
+// caller reports the outcome. The original level is kept as an attribute.
 type slogLeveled struct{ log *slog.Logger }
 
 var _ retryablehttp.LeveledLogger = slogLeveled{}

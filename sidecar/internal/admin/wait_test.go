@@ -127,13 +127,13 @@ func TestWaitGivesUp(t *testing.T) {
 		{"listeners not bound", func(t *testing.T) string {
 			a, _ := startAdmin(t, admin.Options{})
 			return a.Addr()
-		}, "last status 503: starting: DNS listeners not bound yet"},
+		}, "status 503: starting: DNS listeners not bound yet"},
 		{"shutting down", func(t *testing.T) string {
 			a, _ := startAdmin(t, admin.Options{})
 			a.SetStarted()
 			a.SetShuttingDown()
 			return a.Addr()
-		}, "last status 503: shutting down"},
+		}, "status 503: shutting down"},
 		{"nothing listening", closedPort, "connect: connection refused"},
 	}
 	for _, tt := range tests {
@@ -145,9 +145,13 @@ func TestWaitGivesUp(t *testing.T) {
 			if !errors.Is(err, admin.ErrNotReady) {
 				t.Fatalf("Wait = %v, want ErrNotReady", err)
 			}
-			prefix := "dot-sidecar not ready at http://" + addr + "/readyz after 300ms: "
+			prefix := "sidecar not ready at http://" + addr + "/readyz after 300ms: "
 			if msg := err.Error(); !strings.HasPrefix(msg, prefix) || !strings.HasSuffix(msg, tt.wants) {
 				t.Errorf("Wait error = %q\nwant %q...%q", msg, prefix, tt.wants)
+			}
+			nr, ok := errors.AsType[*admin.NotReadyError](err)
+			if !ok || nr.URL != "http://"+addr+"/readyz" || nr.Waited != timeout || nr.Err != nil || !strings.HasSuffix(nr.Last, tt.wants) {
+				t.Errorf("Wait error = %#v, want the URL, the timeout and what was seen last", err)
 			}
 			if elapsed < timeout || elapsed > timeout+2*time.Second {
 				t.Errorf("Wait gave up after %s, want just after %s", elapsed, timeout)
@@ -163,6 +167,9 @@ func TestWaitCanceled(t *testing.T) {
 	err := admin.Wait(ctx, addr, time.Minute, testLogger(t))
 	if !errors.Is(err, admin.ErrNotReady) || !errors.Is(err, context.Canceled) {
 		t.Fatalf("Wait with a canceled context = %v, want ErrNotReady and context.Canceled", err)
+	}
+	if nr, ok := errors.AsType[*admin.NotReadyError](err); !ok || nr.Err != context.Canceled || nr.Waited >= time.Minute {
+		t.Errorf("Wait with a canceled context = %#v, want Err context.Canceled and the time it took", err)
 	}
 }
 
@@ -185,7 +192,8 @@ func TestWaitLogsRetriesAtDebug(t *testing.T) {
 		t.Fatal("Wait succeeded with nothing listening")
 	}
 	out := buf.String()
-	for _, want := range []string{`level=DEBUG msg="request failed"`, `level=DEBUG msg="retrying request"`, "retryablehttp_level=error"} {
+	for _, want := range []string{`level=DEBUG msg="request failed"`, `level=DEBUG msg="retrying request"`, "retryablehttp_level=error",
+		`level=DEBUG msg="sidecar not ready yet" url=http://` + addr + `/readyz attempt=1 saw="dial tcp ` + addr + `: connect: connection refused"`} {
 		if !strings.Contains(out, want) {
 			t.Errorf("debug log lacks %q:\n%s", want, out)
 		}

@@ -1,7 +1,6 @@
 package config_test
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
@@ -522,7 +521,7 @@ func TestOtherErrors(t *testing.T) {
 		{"pins and pins file together", []string{"--tls-pins-file=" + pinsFile}, []string{"TLS_PINS=" + pin("a")},
 			fmt.Sprintf(`invalid --tls-pins-file %q: cannot be combined with TLS_PINS: choose one source of default pins`, pinsFile)},
 		{"flag given twice", []string{"--bind-port=1", "--bind-port=2"}, nil, `invalid --bind-port "2": given more than once`},
-		{"unknown flag", []string{"--bind-prot=1"}, nil, `flag provided but not defined: -bind-prot (see --help)`},
+		{"unknown flag", []string{"--bind-prot=1"}, nil, `flag provided but not defined: --bind-prot (see --help)`},
 		{"positional argument", []string{"serve"}, nil, `unexpected argument "serve" (settings are --name=value flags; see --help)`},
 		{"CA file fine but lameduck bad", []string{"--tls-ca-file=" + caFile, "--shutdown-lameduck=-1s"}, nil,
 			`invalid --shutdown-lameduck "-1s": must not be negative`},
@@ -540,18 +539,15 @@ func TestOtherErrors(t *testing.T) {
 	}
 }
 
+// Asking for help wins over bad settings, so that an operator can read the
+// help in the very environment that fails.
 func TestHelp(t *testing.T) {
-	var want bytes.Buffer
-	config.Usage(&want)
 	for _, arg := range []string{"-h", "--help", "-help"} {
-		c, err := config.Load([]string{arg}, []string{"BIND_PORT=bad"})
-		if !errors.Is(err, config.ErrHelp) || c != nil {
-			t.Errorf("Load(%s) = %v, %v; want nil, ErrHelp", arg, c, err)
-		}
-		var out bytes.Buffer
-		_, err = config.Load([]string{"--bind-port=1", arg}, nil, config.WithUsageOutput(&out))
-		if !errors.Is(err, config.ErrHelp) || out.String() != want.String() {
-			t.Errorf("Load(%s) with WithUsageOutput = %v and printed %d bytes, want ErrHelp and the usage", arg, err, out.Len())
+		for _, args := range [][]string{{arg}, {"--bind-port=1", arg}} {
+			c, err := config.Load(args, []string{"BIND_PORT=bad"})
+			if !errors.Is(err, config.ErrHelp) || c != nil {
+				t.Errorf("Load(%q) = %v, %v; want nil, ErrHelp", args, c, err)
+			}
 		}
 	}
 }

@@ -23,21 +23,10 @@ import (
 // A flag wins over its variable; an empty value means the default (except
 // ADMIN_ADDRESS, where empty disables the admin listener). Every value is
 // validated here: the error names the variable or flag that supplied the bad
-// value, and the value, on one line. With -h or --help, Load returns ErrHelp
-// (after printing Usage to the writer given with WithUsageOutput, if any).
+// value, and the value, on one line. With -h or --help, Load returns ErrHelp;
+// the command prints its help (Usage writes the settings' part of it).
 func Load(args, environ []string, opts ...Option) (*Config, error) {
-	l := &loader{
-		values:   make(map[string]string),
-		fromFlag: make(map[string]bool),
-	}
-	for _, o := range opts {
-		o(&l.opts)
-	}
-	for _, kv := range environ {
-		if k, v, ok := strings.Cut(kv, "="); ok {
-			l.values[k] = v // later entries win, as in the process environment
-		}
-	}
+	l := newLoader(environ, opts)
 	if err := l.parseFlags(args); err != nil {
 		return nil, err
 	}
@@ -56,13 +45,7 @@ func Load(args, environ []string, opts ...Option) (*Config, error) {
 type Option func(*options)
 
 type options struct {
-	usage io.Writer
 	flags []func(*flag.FlagSet)
-}
-
-// WithUsageOutput makes Load print Usage to w when asked for help.
-func WithUsageOutput(w io.Writer) Option {
-	return func(o *options) { o.usage = w }
 }
 
 // WithFlags lets a subcommand (such as `dot-sidecar wait --timeout=60s`)
@@ -81,6 +64,24 @@ type loader struct {
 	flagErr  error
 	errs     []error
 	opts     options
+}
+
+// newLoader starts from the environment; parseFlags then lays the flags
+// over it.
+func newLoader(environ []string, opts []Option) *loader {
+	l := &loader{
+		values:   make(map[string]string),
+		fromFlag: make(map[string]bool),
+	}
+	for _, o := range opts {
+		o(&l.opts)
+	}
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			l.values[k] = v // later entries win, as in the process environment
+		}
+	}
+	return l
 }
 
 // source names what supplied a setting's value, for error messages.
@@ -157,14 +158,11 @@ func (l *loader) parseFlags(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		switch {
 		case errors.Is(err, flag.ErrHelp):
-			if l.opts.usage != nil {
-				Usage(l.opts.usage)
-			}
 			return ErrHelp
 		case l.flagErr != nil:
 			return l.flagErr
 		}
-		return fmt.Errorf("%w (see --help)", err)
+		return fmt.Errorf("%w (see --help)", DoubleDash(err))
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q (settings are --name=value flags; see --help)", fs.Arg(0))
@@ -302,14 +300,7 @@ func checkAdminAddress(s string) error {
 	return nil
 }
 
-func (l *loader) setting(env string) setting {
-	for _, s := range settings() {
-		if s.Env == env {
-			return s
-		}
-	}
-	panic("config: no setting " + env)
-}
+func (l *loader) setting(env string) setting { return settingNamed(env) }
 
 // crossCheck validates settings against each other. The error blames the
 // setting the operator gave explicitly, so it points at the line to change.

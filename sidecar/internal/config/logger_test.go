@@ -4,10 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"flag"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/config"
 )
@@ -110,5 +113,119 @@ func TestNewLoggerFile(t *testing.T) {
 	}
 	if _, _, err := c.NewLogger(&stderr); err == nil {
 		t.Error("NewLogger opened a file in a removed directory")
+	}
+}
+
+// Every time.Duration attribute is written as a setting would be, in both
+// formats, wherever it is logged from.
+func TestLoggerDurations(t *testing.T) {
+	for _, format := range []string{"text", "json"} {
+		c, err := config.Load([]string{"--log-format=" + format}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var buf bytes.Buffer
+		log, _, err := c.NewLogger(&buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		log.Info("m", "whole", 60*time.Second, "frac", 1500*time.Millisecond,
+			slog.Duration("small", 250*time.Microsecond), slog.Group("g", "d", 2*time.Second))
+		line := strings.TrimSpace(buf.String())
+		want := map[string]string{"whole": "60s", "frac": "1.5s", "small": "250µs", "g.d": "2s"}
+		got := map[string]string{}
+		if format == "json" {
+			var rec struct {
+				Whole, Frac, Small string
+				G                  struct{ D string }
+			}
+			if err := json.Unmarshal([]byte(line), &rec); err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			got = map[string]string{"whole": rec.Whole, "frac": rec.Frac, "small": rec.Small, "g.d": rec.G.D}
+		} else {
+			for _, f := range strings.Fields(line) {
+				if k, v, ok := strings.Cut(f, "="); ok {
+					got[k] = v
+				}
+			}
+		}
+		for k, v := range want {
+			if got[k] != v {
+				t.Errorf("%s: %s logged as %q, want %q\n%s", format, k, got[k], v, line)
+			}
+		}
+	}
+}
+
+func TestFormatDuration(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		0: "0s", 90 * time.Second: "90s", 1500 * time.Millisecond: "1.5s",
+		2 * time.Millisecond: "2ms", time.Hour: "3600s", 1234567 * time.Nanosecond: "1.234567ms",
+	} {
+		if got := config.FormatDuration(d); got != want {
+			t.Errorf("FormatDuration(%d) = %q, want %q", d, got, want)
+		}
+	}
+}
+
+// Load's own errors are reported in the format the flags or the environment
+// ask for, even when another setting is what is wrong; text when the format
+// itself cannot be told.
+func TestFallbackLogger(t *testing.T) {
+	var timeout time.Duration
+	extra := config.WithFlags(func(fs *flag.FlagSet) { fs.DurationVar(&timeout, "timeout", 0, "") })
+	tests := []struct {
+		args, environ []string
+		json          bool
+	}{
+		{nil, nil, false},
+		{nil, []string{"LOG_FORMAT=json", "BIND_PORT=bad"}, true},
+		{nil, []string{"LOG_FORMAT= JSON "}, true},
+		{[]string{"--log-format=json", "--bind-port=bad"}, nil, true},
+		{[]string{"--log-format", "json"}, []string{"LOG_FORMAT=text"}, true},
+		{[]string{"--log-format=text"}, []string{"LOG_FORMAT=json"}, false},
+		{nil, []string{"LOG_FORMAT=yaml"}, false},
+		// A command's own flags before it do not hide it.
+		{[]string{"--timeout=1s", "--log-format=json"}, nil, true},
+		// Flags after a bad one are not seen; the variable still is.
+		{[]string{"--no-such-flag", "--log-format=text"}, []string{"LOG_FORMAT=json"}, true},
+	}
+	for _, tt := range tests {
+		var buf bytes.Buffer
+		config.FallbackLogger(tt.args, tt.environ, &buf, extra).Error("bad", "k", "v")
+		isJSON := json.Valid(bytes.TrimSpace(buf.Bytes()))
+		if isJSON != tt.json {
+			t.Errorf("args %q env %q: logged %q, want JSON %v", tt.args, tt.environ, buf.String(), tt.json)
+		}
+	}
+}
+
+// With LOG_FILE set, the line saying why the process stops goes to the file
+// and to stderr; without it, once to stderr.
+func TestReportLogger(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sidecar.log")
+	for _, environ := range [][]string{{"LOG_FORMAT=json"}, {"LOG_FORMAT=json", "LOG_FILE=" + path}} {
+		c, err := config.Load(nil, environ)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var stderr bytes.Buffer
+		log, closer, err := c.NewLogger(&stderr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.ReportLogger(log, &stderr).Error("cannot start", "err", "x")
+		closer.Close()
+		var rec struct{ Msg, Err string }
+		if err := json.Unmarshal(stderr.Bytes(), &rec); err != nil || rec.Msg != "cannot start" {
+			t.Errorf("%q: stderr %q (%v), want the one JSON line", environ, stderr.String(), err)
+		}
+		if c.LogFile != "" {
+			data, err := os.ReadFile(path)
+			if err != nil || !json.Valid(bytes.TrimSpace(data)) || !bytes.Contains(data, []byte(`"cannot start"`)) {
+				t.Errorf("LOG_FILE holds %q (%v), want the line too", data, err)
+			}
+		}
 	}
 }

@@ -24,6 +24,17 @@ type setting struct {
 	sep     string // joins a repeated list flag's values
 }
 
+// settingNamed returns the setting of a variable; a name that is not one is
+// a bug.
+func settingNamed(env string) setting {
+	for _, s := range settings() {
+		if s.Env == env {
+			return s
+		}
+	}
+	panic("config: no setting " + env)
+}
+
 // isList reports whether the setting is a comma-separated list, whose flag
 // may be repeated.
 func (s setting) isList() bool { return s.typ.Kind() == reflect.Slice }
