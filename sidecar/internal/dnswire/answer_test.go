@@ -208,3 +208,11 @@ func TestAppendReplyRecords(t *testing.T) {
 		t.Errorf("Parse: %v, answers %v", err, m.Answers(&qm))
 	}
 }
+
+func TestTypeName(t *testing.T) {
+	for qt, want := range map[uint16]string{1: "A", 28: "AAAA", 65: "HTTPS", 255: "ANY", 65280: "TYPE65280"} {
+		if got := TypeName(qt); got != want {
+			t.Errorf("TypeName(%d) = %q, want %q", qt, got, want)
+		}
+	}
+}

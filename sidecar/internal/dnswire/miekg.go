@@ -75,3 +75,12 @@ func RcodeName(rcode int) (string, bool) {
 	name, ok := dns.RcodeToString[rcode]
 	return name, ok
 }
+
+// TypeName returns the mnemonic of a record type (A, AAAA, HTTPS...), or the
+// RFC 3597 form TYPE65534 for a type without one, for logs.
+func TypeName(t uint16) string {
+	if name, ok := dns.TypeToString[t]; ok {
+		return name
+	}
+	return fmt.Sprintf("TYPE%d", t)
+}

@@ -145,7 +145,7 @@ func (s *Server) logQuery(p proto, from netip.AddrPort, start time.Time, r *resu
 		slog.Duration("duration", time.Since(start)),
 	}
 	if q := &r.query; q.Valid() || q.QName() != nil {
-		attrs = append(attrs, slog.Int("id", int(q.ID)), slog.String("qname", q.QNameText()), slog.Int("qtype", int(q.QType())))
+		attrs = append(attrs, slog.Int("id", int(q.ID)), slog.String("qname", q.QNameText()), slog.String("qtype", dnswire.TypeName(q.QType())))
 	}
 	switch {
 	case r.reply == nil:
