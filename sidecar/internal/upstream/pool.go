@@ -198,11 +198,11 @@ func (d *DoT) logDialError(err error) {
 		now := time.Now().UnixNano()
 		last := d.lastTLSWarn.Load()
 		if now-last >= int64(tlsWarnEvery) && d.lastTLSWarn.CompareAndSwap(last, now) {
-			d.log.Warn("upstream certificate rejected", "upstream", d.name, "error", err)
+			d.log.Warn("upstream certificate rejected", append([]any{"upstream", d.name, "error", err}, dialLogAttrs(err)...)...)
 			return
 		}
 	}
-	d.log.Debug("dialing upstream failed", "upstream", d.name, "error", err)
+	d.log.Debug("dialing upstream failed", append([]any{"upstream", d.name, "error", err}, dialLogAttrs(err)...)...)
 }
 
 func tlsVersion(v uint16) string {

@@ -1,0 +1,241 @@
+package upstream
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/config"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/testpki"
+	"github.com/miekg/dns"
+)
+
+// logSink collects JSON log lines written from the DoT's goroutines.
+type logSink struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *logSink) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// lines decodes the lines logged so far whose msg is msg.
+func (s *logSink) lines(t *testing.T, msg string) []map[string]any {
+	t.Helper()
+	s.mu.Lock()
+	text := s.b.String()
+	s.mu.Unlock()
+	var out []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(text), "\n") {
+		if line == "" {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("log line not JSON: %v: %s", err, line)
+		}
+		if m["msg"] == msg {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// silentListener accepts TCP connections and never writes to them, as a
+// firewall that completes the handshake or a port that is not DoT would.
+func silentListener(t *testing.T) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+		wg    sync.WaitGroup
+	)
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// TestDialStages: each way a dial fails says how far it got, in its error
+// and in the stage field of its log line, so that an operator can tell a
+// refused connection, a server that accepts and says nothing, and a
+// certificate that does not verify apart.
+func TestDialStages(t *testing.T) {
+	srv := dnstest.New(t, dnstest.Options{})
+	otherCA, err := testpki.NewCA("unrelated CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherRoots := x509.NewCertPool()
+	otherRoots.AddCert(otherCA.Cert)
+	const dialTimeout = 200 * time.Millisecond
+	tests := []struct {
+		name    string
+		mod     func(*DoTOptions)
+		want    []error // errors.Is each
+		notWant []error
+		stage   string
+		text    string // in the message
+		logMsg  string
+	}{
+		{
+			name:    "refused",
+			mod:     func(o *DoTOptions) { o.Addr = closedPort(t) },
+			want:    []error{ErrUnreachable},
+			notWant: []error{ErrTLS},
+			stage:   stageConnect, text: "connection refused", logMsg: "dialing upstream failed",
+		},
+		{
+			name:    "accepted, never answered",
+			mod:     func(o *DoTOptions) { o.Addr = silentListener(t) },
+			want:    []error{ErrUnreachable, context.DeadlineExceeded},
+			notWant: []error{ErrTLS},
+			stage:   stageHandshake, text: "TCP connected, TLS handshake not completed within DIAL_TIMEOUT (200ms)",
+			logMsg: "dialing upstream failed",
+		},
+		{
+			name:    "unknown CA",
+			mod:     func(o *DoTOptions) { o.Trust = NewTrust(otherRoots, nil) },
+			want:    []error{ErrTLS},
+			notWant: []error{ErrUnreachable, ErrPinMismatch},
+			stage:   stageVerify, text: "certificate signed by unknown authority", logMsg: "upstream certificate rejected",
+		},
+		{
+			name:    "pin mismatch",
+			mod:     func(o *DoTOptions) { o.Pins = [][32]byte{foreignPin} },
+			want:    []error{ErrTLS, ErrPinMismatch},
+			notWant: []error{ErrUnreachable},
+			stage:   stageVerify, text: "no pinned key", logMsg: "upstream certificate rejected",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var sink logSink
+			d := newTestDoT(t, srv, func(o *DoTOptions) {
+				o.DialTimeout = dialTimeout
+				o.Logger = slog.New(slog.NewJSONHandler(&sink, &slog.HandlerOptions{Level: slog.LevelDebug}))
+				tt.mod(o)
+			})
+			_, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "d.example.", dns.TypeA))
+			for _, w := range tt.want {
+				if !errors.Is(err, w) {
+					t.Errorf("error %v is not %v", err, w)
+				}
+			}
+			for _, w := range tt.notWant {
+				if errors.Is(err, w) {
+					t.Errorf("error %v is %v", err, w)
+				}
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.text) {
+				t.Errorf("error %v, want it to say %q", err, tt.text)
+			}
+			de, ok := errors.AsType[*dialError](err)
+			if !ok || de.stage != tt.stage {
+				t.Fatalf("error %#v, want a dial error at stage %s", err, tt.stage)
+			}
+			// The line is logged before the waiting query learns of the
+			// failure, so it is there now.
+			lines := sink.lines(t, tt.logMsg)
+			if len(lines) == 0 {
+				t.Fatalf("no %q log line", tt.logMsg)
+			}
+			if lines[0]["stage"] != tt.stage || !strings.Contains(lines[0]["error"].(string), tt.text) {
+				t.Errorf("log line %v, want stage %s and the error", lines[0], tt.stage)
+			}
+		})
+	}
+}
+
+// TestPinMismatchLogsPresentedPins: the operator learns from the log which
+// pins would have matched: those of the certificates the upstream presented,
+// leaf first, in the form TLS_PINS takes.
+func TestPinMismatchLogsPresentedPins(t *testing.T) {
+	srv := dnstest.New(t, dnstest.Options{})
+	var sink logSink
+	d := newTestDoT(t, srv, func(o *DoTOptions) {
+		o.Pins = [][32]byte{foreignPin}
+		o.Logger = slog.New(slog.NewJSONHandler(&sink, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	})
+	_, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "p.example.", dns.TypeA))
+	if !errors.Is(err, ErrPinMismatch) {
+		t.Fatalf("Exchange error %v, want ErrPinMismatch", err)
+	}
+	want := []string{testpki.Pin(srv.Leaf.Cert), testpki.Pin(srv.CA.Cert)} // dnstest sends the leaf and its CA
+	lines := sink.lines(t, "upstream certificate rejected")
+	if len(lines) != 1 {
+		t.Fatalf("%d warn lines for the rejected certificate, want 1", len(lines))
+	}
+	var got []string
+	for _, p := range lines[0]["presented_pins"].([]any) {
+		got = append(got, p.(string))
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("presented_pins = %q, want %q", got, want)
+	}
+	if lines[0]["upstream"] != d.name || lines[0]["level"] != "WARN" {
+		t.Errorf("log line %v, want WARN naming the upstream", lines[0])
+	}
+
+	// Pinning what the log showed makes the upstream usable.
+	pin, err := config.ParsePin(got[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	d2 := newTestDoT(t, srv, func(o *DoTOptions) { o.Pins = [][32]byte{pin} })
+	q := packQuery(t, "p.example.", dns.TypeA)
+	resp, err := d2.Exchange(ctxTimeout(t, answerTimeout), q)
+	if err != nil {
+		t.Fatalf("Exchange with the logged leaf pin: %v", err)
+	}
+	if err := checkAnswer(resp, q); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// closedPort is a loopback port nothing listens on.
+func closedPort(t *testing.T) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ap := ln.Addr().(*net.TCPAddr).AddrPort()
+	ln.Close()
+	return ap
+}
