@@ -217,7 +217,11 @@ func TestPinMismatchLogsPresentedPins(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d2 := newTestDoT(t, srv, func(o *DoTOptions) { o.Pins = [][32]byte{pin} })
+	trust := NewTrust(srv.CAPool, [][32]byte{pin})
+	d2 := newTestDoT(t, srv, func(o *DoTOptions) {
+		o.Trust = trust
+		o.Logger = slog.New(slog.NewJSONHandler(&sink, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	})
 	q := packQuery(t, "p.example.", dns.TypeA)
 	resp, err := d2.Exchange(ctxTimeout(t, answerTimeout), q)
 	if err != nil {
@@ -225,6 +229,24 @@ func TestPinMismatchLogsPresentedPins(t *testing.T) {
 	}
 	if err := checkAnswer(resp, q); err != nil {
 		t.Fatal(err)
+	}
+
+	// A trust update that no longer pins the key retires the open
+	// connection, and that log line names the presented pins too.
+	trust.Update(srv.CAPool, [][32]byte{foreignPin})
+	if n := d2.Reverify(); n != 1 {
+		t.Fatalf("Reverify retired %d connections, want 1", n)
+	}
+	lines = sink.lines(t, "retiring upstream connection that the updated trust rejects")
+	if len(lines) != 1 {
+		t.Fatalf("%d lines for the retired connection, want 1", len(lines))
+	}
+	got = got[:0]
+	for _, p := range lines[0]["presented_pins"].([]any) {
+		got = append(got, p.(string))
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("presented_pins on reverification = %q, want %q", got, want)
 	}
 }
 

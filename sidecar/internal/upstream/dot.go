@@ -313,10 +313,12 @@ func (d *DoT) Reverify() int {
 func (d *DoT) reverifyConn(c *conn, st *trustState) bool {
 	err := verifyPeer(c.certs.PeerCertificates, d.opts.ServerName, st, d.pinsFor(st))
 	if err != nil {
+		attrs := []any{"upstream", d.name, "error", err}
 		if errors.Is(err, ErrPinMismatch) {
 			d.m.pinFails.Inc()
+			attrs = append(attrs, "presented_pins", presentedPins(c.certs.PeerCertificates))
 		}
-		d.log.Warn("retiring upstream connection that the updated trust rejects", "upstream", d.name, "error", err)
+		d.log.Warn("retiring upstream connection that the updated trust rejects", attrs...)
 		c.retire("trust update")
 		return false
 	}
