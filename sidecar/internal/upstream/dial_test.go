@@ -19,6 +19,7 @@ import (
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/testpki"
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // logSink collects JSON log lines written from the DoT's goroutines.
@@ -260,4 +261,31 @@ func closedPort(t *testing.T) netip.AddrPort {
 	ap := ln.Addr().(*net.TCPAddr).AddrPort()
 	ln.Close()
 	return ap
+}
+
+// The line an operator sees at the default level when an upstream goes down
+// carries the stage of the failed dial too.
+func TestMarkedDownLogsDialStage(t *testing.T) {
+	srv := dnstest.New(t, dnstest.Options{})
+	var sink logSink
+	log := slog.New(slog.NewJSONHandler(&sink, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	d := newTestDoT(t, srv, func(o *DoTOptions) {
+		o.Addr = silentListener(t)
+		o.DialTimeout = 100 * time.Millisecond
+		o.Logger = log
+	})
+	g, err := NewGroup(testGroupOptions(GroupOptions{Upstreams: []Upstream{d}, MaxFails: 1, MaxAttempts: 1,
+		Logger: log, Metrics: NewMetrics(prometheus.NewRegistry())}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	if _, err := g.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "m.example.", dns.TypeA)); !errors.Is(err, ErrUnreachable) {
+		t.Fatalf("Exchange error %v, want ErrUnreachable", err)
+	}
+	lines := sink.lines(t, "upstream marked down")
+	if len(lines) != 1 || lines[0]["stage"] != stageHandshake ||
+		!strings.Contains(lines[0]["err"].(string), "TCP connected, TLS handshake not completed within DIAL_TIMEOUT (100ms)") {
+		t.Errorf("marked-down lines %v, want one with stage %s and the reason", lines, stageHandshake)
+	}
 }

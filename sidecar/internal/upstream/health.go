@@ -100,7 +100,7 @@ func (g *Group) failed(m *member, err error, started time.Time) {
 	}
 	m.down.Store(true)
 	m.state.Set(0)
-	g.log.Warn("upstream marked down", "upstream", m.name, "consecutive_failures", n, "err", err)
+	g.log.Warn("upstream marked down", append([]any{"upstream", m.name, "consecutive_failures", n, "err", err}, dialLogAttrs(err)...)...)
 	if m.probing {
 		return
 	}
