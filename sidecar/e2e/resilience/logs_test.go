@@ -3,13 +3,17 @@ package resilience
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/bintest"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
 )
 
@@ -108,4 +112,62 @@ func countQueryLines(lines []map[string]any) int {
 		}
 	}
 	return n
+}
+
+// The binary itself, without LOG_FILE: with LOG_FORMAT=json every line on
+// stderr is JSON, through a start and a SIGTERM and through a start-up that
+// fails, whose last line says why it stopped.
+func TestLogsJSONOnStderr(t *testing.T) {
+	srv := dnstest.New(t, dnstest.Options{})
+	t.Run("start and SIGTERM", func(t *testing.T) {
+		s := startSidecar(t, append(upstreamEnv(t, srv), "LOG_FORMAT=json")...)
+		if err := s.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Wait(t, 10*time.Second); err != nil {
+			t.Fatalf("exit: %v", err)
+		}
+		lines := jsonLinesOf(t, s.Stderr.String())
+		if last := lines[len(lines)-1]; last["msg"] != "stopped" {
+			t.Errorf("last line %v, want the stopped line", last)
+		}
+	})
+	t.Run("start-up failure", func(t *testing.T) {
+		taken, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer taken.Close()
+		cmd := exec.Command(bintest.Binary(t))
+		cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "LOG_FORMAT=json", "BIND_ADDRESS=127.0.0.1", "PROTO=tcp",
+			fmt.Sprintf("BIND_PORT=%d", taken.Addr().(*net.TCPAddr).Port),
+			fmt.Sprintf("ADMIN_ADDRESS=127.0.0.1:%d", bintest.FreePort(t))}, upstreamEnv(t, srv)...)
+		var stderr testkit.Buffer
+		cmd.Stderr = &stderr
+		err = cmd.Run()
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+			t.Fatalf("exit %v, want status 1\n%s", err, stderr.String())
+		}
+		lines := jsonLinesOf(t, stderr.String())
+		if last := lines[len(lines)-1]; last["msg"] != "cannot start" || last["level"] != "ERROR" {
+			t.Errorf("last line %v, want the reason at ERROR", last)
+		}
+	})
+}
+
+// jsonLinesOf decodes each line of out, failing on any that is not JSON.
+func jsonLinesOf(t *testing.T, out string) []map[string]any {
+	t.Helper()
+	var lines []map[string]any
+	for i, line := range strings.Split(strings.TrimSuffix(out, "\n"), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("stderr line %d is not JSON: %v\n%s", i+1, err, out)
+		}
+		lines = append(lines, m)
+	}
+	if len(lines) == 0 {
+		t.Fatal("nothing on stderr")
+	}
+	return lines
 }
