@@ -1,9 +1,7 @@
 package upstream
 
 import (
-	"bytes"
 	"context"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -11,37 +9,22 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/config"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/testpki"
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// logSink collects JSON log lines written from the DoT's goroutines.
-type logSink struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *logSink) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-// lines decodes the lines logged so far whose msg is msg.
-func (s *logSink) lines(t *testing.T, msg string) []map[string]any {
+// logLines decodes the JSON lines logged to buf so far whose msg is msg.
+func logLines(t *testing.T, buf *testkit.Buffer, msg string) []map[string]any {
 	t.Helper()
-	s.mu.Lock()
-	text := s.b.String()
-	s.mu.Unlock()
 	var out []map[string]any
-	for _, line := range strings.Split(strings.TrimSpace(text), "\n") {
+	for _, line := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
 		if line == "" {
 			continue
 		}
@@ -56,40 +39,12 @@ func (s *logSink) lines(t *testing.T, msg string) []map[string]any {
 	return out
 }
 
-// silentListener accepts TCP connections and never writes to them, as a
-// firewall that completes the handshake or a port that is not DoT would.
-func silentListener(t *testing.T) netip.AddrPort {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var (
-		mu    sync.Mutex
-		conns []net.Conn
-		wg    sync.WaitGroup
-	)
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	})
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-	})
-	return ln.Addr().(*net.TCPAddr).AddrPort()
+// blackHole is a DoT server's address that accepts TCP connections and never
+// answers the TLS handshake, as a firewall or a port that is not DoT would.
+func blackHole(t *testing.T) netip.AddrPort {
+	srv := dnstest.New(t, dnstest.Options{})
+	srv.Behavior.BlackHole.Store(true)
+	return srv.Addr
 }
 
 // TestDialStages: each way a dial fails says how far it got, in its error
@@ -98,12 +53,8 @@ func silentListener(t *testing.T) netip.AddrPort {
 // certificate that does not verify apart.
 func TestDialStages(t *testing.T) {
 	srv := dnstest.New(t, dnstest.Options{})
-	otherCA, err := testpki.NewCA("unrelated CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	otherRoots := x509.NewCertPool()
-	otherRoots.AddCert(otherCA.Cert)
+	foreign := dnstest.New(t, dnstest.Options{})
+	foreign.Behavior.SetCert(dnstest.CertOtherCA)
 	const dialTimeout = 200 * time.Millisecond
 	tests := []struct {
 		name    string
@@ -123,7 +74,7 @@ func TestDialStages(t *testing.T) {
 		},
 		{
 			name:    "accepted, never answered",
-			mod:     func(o *DoTOptions) { o.Addr = silentListener(t) },
+			mod:     func(o *DoTOptions) { o.Addr = blackHole(t) },
 			want:    []error{ErrUnreachable, context.DeadlineExceeded},
 			notWant: []error{ErrTLS},
 			stage:   stageHandshake, text: "TCP connected, TLS handshake not completed within DIAL_TIMEOUT (200ms)",
@@ -131,7 +82,7 @@ func TestDialStages(t *testing.T) {
 		},
 		{
 			name:    "unknown CA",
-			mod:     func(o *DoTOptions) { o.Trust = NewTrust(otherRoots, nil) },
+			mod:     func(o *DoTOptions) { o.Addr = foreign.Addr },
 			want:    []error{ErrTLS},
 			notWant: []error{ErrUnreachable, ErrPinMismatch},
 			stage:   stageVerify, text: "certificate signed by unknown authority", logMsg: "upstream certificate rejected",
@@ -146,7 +97,7 @@ func TestDialStages(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var sink logSink
+			var sink testkit.Buffer
 			d := newTestDoT(t, srv, func(o *DoTOptions) {
 				o.DialTimeout = dialTimeout
 				o.Logger = slog.New(slog.NewJSONHandler(&sink, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -172,7 +123,7 @@ func TestDialStages(t *testing.T) {
 			}
 			// The line is logged before the waiting query learns of the
 			// failure, so it is there now.
-			lines := sink.lines(t, tt.logMsg)
+			lines := logLines(t, &sink, tt.logMsg)
 			if len(lines) == 0 {
 				t.Fatalf("no %q log line", tt.logMsg)
 			}
@@ -188,7 +139,7 @@ func TestDialStages(t *testing.T) {
 // leaf first, in the form TLS_PINS takes.
 func TestPinMismatchLogsPresentedPins(t *testing.T) {
 	srv := dnstest.New(t, dnstest.Options{})
-	var sink logSink
+	var sink testkit.Buffer
 	d := newTestDoT(t, srv, func(o *DoTOptions) {
 		o.Pins = [][32]byte{foreignPin}
 		o.Logger = slog.New(slog.NewJSONHandler(&sink, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -198,7 +149,7 @@ func TestPinMismatchLogsPresentedPins(t *testing.T) {
 		t.Fatalf("Exchange error %v, want ErrPinMismatch", err)
 	}
 	want := []string{testpki.Pin(srv.Leaf.Cert), testpki.Pin(srv.CA.Cert)} // dnstest sends the leaf and its CA
-	lines := sink.lines(t, "upstream certificate rejected")
+	lines := logLines(t, &sink, "upstream certificate rejected")
 	if len(lines) != 1 {
 		t.Fatalf("%d warn lines for the rejected certificate, want 1", len(lines))
 	}
@@ -238,7 +189,7 @@ func TestPinMismatchLogsPresentedPins(t *testing.T) {
 	if n := d2.Reverify(); n != 1 {
 		t.Fatalf("Reverify retired %d connections, want 1", n)
 	}
-	lines = sink.lines(t, "retiring upstream connection that the updated trust rejects")
+	lines = logLines(t, &sink, "retiring upstream connection that the updated trust rejects")
 	if len(lines) != 1 {
 		t.Fatalf("%d lines for the retired connection, want 1", len(lines))
 	}
@@ -267,10 +218,10 @@ func closedPort(t *testing.T) netip.AddrPort {
 // carries the stage of the failed dial too.
 func TestMarkedDownLogsDialStage(t *testing.T) {
 	srv := dnstest.New(t, dnstest.Options{})
-	var sink logSink
+	var sink testkit.Buffer
 	log := slog.New(slog.NewJSONHandler(&sink, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	d := newTestDoT(t, srv, func(o *DoTOptions) {
-		o.Addr = silentListener(t)
+		o.Addr = blackHole(t)
 		o.DialTimeout = 100 * time.Millisecond
 		o.Logger = log
 	})
@@ -283,7 +234,7 @@ func TestMarkedDownLogsDialStage(t *testing.T) {
 	if _, err := g.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "m.example.", dns.TypeA)); !errors.Is(err, ErrUnreachable) {
 		t.Fatalf("Exchange error %v, want ErrUnreachable", err)
 	}
-	lines := sink.lines(t, "upstream marked down")
+	lines := logLines(t, &sink, "upstream marked down")
 	if len(lines) != 1 || lines[0]["stage"] != stageHandshake ||
 		!strings.Contains(lines[0]["err"].(string), "TCP connected, TLS handshake not completed within DIAL_TIMEOUT (100ms)") {
 		t.Errorf("marked-down lines %v, want one with stage %s and the reason", lines, stageHandshake)
