@@ -143,10 +143,10 @@ func TestConfigErrorsExitNonZeroNamingTheVariable(t *testing.T) {
 	for _, tc := range []struct {
 		env, want string
 	}{
-		{"BIND_PORT=70000", `BIND_PORT "70000"`},
-		{"UPSTREAMS=tls://dns.example#dns.example", "UPSTREAMS"},
-		{"TLS_PINS=notbase64", "TLS_PINS"},
-		{"PROTO=sctp", `PROTO "sctp"`},
+		{"BIND_PORT=70000", `msg="invalid setting" setting=BIND_PORT value=70000 `},
+		{"UPSTREAMS=tls://dns.example#dns.example", `msg="invalid setting" setting=UPSTREAMS `},
+		{"TLS_PINS=notbase64", `msg="invalid setting" setting=TLS_PINS `},
+		{"PROTO=sctp", `msg="invalid setting" setting=PROTO value=sctp `},
 	} {
 		t.Run(tc.env, func(t *testing.T) {
 			cmd := exec.CommandContext(context.Background(), bintest.Binary(t))
