@@ -80,6 +80,9 @@ func (s *Server) config(dotPort, plainPort int, extraDoT []int) string {
 		line("local-data: %q", r.Name+" 3600 IN AAAA "+r.AAAA.String())
 		line("local-data: '%s 3600 IN TXT \"%s\"'", r.Name, r.TXT)
 	}
+	if o.LogQueries {
+		line("log-queries: yes")
+	}
 	for _, l := range o.ExtraConfig {
 		line("%s", l)
 	}

@@ -32,6 +32,9 @@
 // Readiness is then checked by running kdig through the same Prefix, unless
 // DialContext is set, in which case this process dials through it.
 //
+// Queries (with LogQueries) lists the queries received, in order, from the
+// log.
+//
 // Stats reads unbound's counters through unbound-control over a Unix socket in
 // the temporary directory (it works across namespaces). The server's log
 // (stderr, verbosity 1) is kept in LogFile; errors include its tail.
@@ -83,6 +86,8 @@ type Options struct {
 	// well above Unbound's 10, so that relays opening many connections are
 	// measured rather than queued.
 	IncomingNumTCP int
+	// LogQueries has unbound log every query as it arrives, for Queries.
+	LogQueries bool
 	// ExtraConfig lines are appended to the server: clause verbatim, e.g.
 	// "tcp-idle-timeout: 1000".
 	ExtraConfig []string

@@ -217,3 +217,50 @@ func TestParseStats(t *testing.T) {
 		})
 	}
 }
+
+// TestQueries: with LogQueries, every query answered is listed, whatever
+// its rcode, and nothing else is.
+func TestQueries(t *testing.T) {
+	u := Start(t, Options{Names: 1, LogQueries: true, Plain: true})
+	before, err := u.Queries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	asked := []struct {
+		name  string
+		qtype uint16
+	}{{u.Names[0].Name, dns.TypeAAAA}, {"Missing.Bench.Test.", dns.TypeA}}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, q := range asked {
+		m := new(dns.Msg)
+		m.SetQuestion(q.name, q.qtype)
+		if _, _, err := (&dns.Client{}).ExchangeContext(ctx, m, u.PlainAddr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	after, err := u.Queries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := after[len(before):]
+	want := []Query{{"127.0.0.1", u.Names[0].Name, "AAAA"}, {"127.0.0.1", "Missing.Bench.Test.", "A"}}
+	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
+		t.Errorf("queries logged %v, want %v", got, want)
+	}
+	if _, err := Start(t, Options{Names: 1}).Queries(); err == nil {
+		t.Error("Queries without LogQueries: no error")
+	}
+}
+
+func TestParseQueryLog(t *testing.T) {
+	log := "[1796188898] unbound[30830:0] info: start of service (unbound 1.17.1).\n" +
+		"[1796188899] unbound[30830:0] info: 192.0.2.10 api.example.com. A IN\n" +
+		"[1796188899] unbound[30830:0] info: 192.0.2.10 api.example.com. A IN NOERROR 0.000000 1 49\n" +
+		"[1796188899] unbound[30830:0] info: 2001:db8::10 x.test. AAAA IN\n"
+	got := parseQueryLog(log)
+	want := []Query{{"192.0.2.10", "api.example.com.", "A"}, {"2001:db8::10", "x.test.", "AAAA"}}
+	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
+		t.Errorf("parseQueryLog = %v, want %v", got, want)
+	}
+}
