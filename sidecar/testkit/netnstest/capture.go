@@ -2,9 +2,10 @@ package netnstest
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
-	"path/filepath"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -34,7 +35,14 @@ const CaptureTimeout = 10 * time.Second
 func StartCapture(t testing.TB, ns *Netns, iface, dir string) *Capture {
 	t.Helper()
 	testkit.RequireTools(t, "tcpdump")
-	c := &Capture{ns: ns, iface: iface, file: filepath.Join(dir, ns.Name+"-"+iface+".pcap")}
+	// A name of its own, so that a second capture of the same interface
+	// into dir keeps the first one's file.
+	f, err := os.CreateTemp(dir, ns.Name+"-"+iface+"-*.pcap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	c := &Capture{ns: ns, iface: iface, file: f.Name()}
 	// -U and --immediate-mode write each packet at once, so that none is
 	// lost when it stops; -Z root keeps it from dropping to a user that
 	// cannot write dir.
@@ -63,7 +71,7 @@ func (c *Capture) Stop(t testing.TB) {
 	asked := -1
 	testkit.WaitFor(t, "tcpdump to write every packet it received", CaptureTimeout, func() error {
 		out := c.proc.Output()
-		reports := strings.Count(out, "packets captured")
+		reports := len(statsRE.FindAllString(out, -1))
 		if asked >= 0 && reports == asked {
 			return errors.New("no counters yet")
 		}
@@ -113,10 +121,52 @@ func (c *Capture) Packets(t testing.TB, filter string) []string {
 	return lines
 }
 
+// Raw returns the captured packets that match a pcap filter, each from its
+// network-layer header on (IPv4 or IPv6), cut at the capture's snap length
+// of 256 bytes: for tests that decode what a packet carries.
+func (c *Capture) Raw(t testing.TB, filter string) [][]byte {
+	t.Helper()
+	out := c.ns.Must(t, "tcpdump", "-r", c.file, "-n", "-x", filter)
+	pkts, err := parseHex(out)
+	if err != nil {
+		t.Fatalf("reading tcpdump -x output: %v", err)
+	}
+	return pkts
+}
+
+// parseHex reads tcpdump -x output: a summary line per packet, then lines
+// "\t0x0010:  4500 0054 ..." of its bytes.
+func parseHex(out string) ([][]byte, error) {
+	var pkts [][]byte
+	for _, l := range strings.Split(out, "\n") {
+		trimmed := strings.TrimSpace(l)
+		if !strings.HasPrefix(trimmed, "0x") || !strings.HasPrefix(l, "\t") {
+			if trimmed != "" {
+				pkts = append(pkts, nil) // a packet's summary line
+			}
+			continue
+		}
+		if len(pkts) == 0 {
+			return nil, fmt.Errorf("bytes before any packet: %q", l)
+		}
+		_, data, ok := strings.Cut(trimmed, ":")
+		if !ok {
+			return nil, fmt.Errorf("line %q", l)
+		}
+		b, err := hex.DecodeString(strings.Join(strings.Fields(data), ""))
+		if err != nil {
+			return nil, fmt.Errorf("line %q: %w", l, err)
+		}
+		pkts[len(pkts)-1] = append(pkts[len(pkts)-1], b...)
+	}
+	return pkts, nil
+}
+
 type captureStats struct{ captured, received, dropped int }
 
-// tcpdump prints its counters on one line for SIGUSR1, on three at exit.
-var statsRE = regexp.MustCompile(`(\d+) packets captured,?\s+(\d+) packets received by filter,?\s+(\d+) packets dropped by kernel`)
+// tcpdump prints its counters on one line for SIGUSR1, on three at exit,
+// with "packet" for a count of one.
+var statsRE = regexp.MustCompile(`(\d+) packets? captured,?\s+(\d+) packets? received by filter,?\s+(\d+) packets? dropped by kernel`)
 
 // parseCaptureStats reads the last of tcpdump's counter reports, provided
 // at least n were printed.

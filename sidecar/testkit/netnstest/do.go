@@ -1,7 +1,9 @@
 package netnstest
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"runtime"
 	"testing"
 
@@ -43,4 +45,21 @@ func (n *Netns) enter(f func() error) error {
 		}()
 	}()
 	return <-errc
+}
+
+// DialContext dials from inside the namespace: the socket is made on a
+// thread moved into it (see Do) and can be used from anywhere afterwards.
+// Its signature fits the helpers that take a dialer, such as
+// corednstest.Options.DialContext, for servers a test runs in a namespace.
+func (n *Netns) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	var conn net.Conn
+	var err error
+	if eerr := n.enter(func() error {
+		var d net.Dialer
+		conn, err = d.DialContext(ctx, network, addr)
+		return nil
+	}); eerr != nil {
+		return nil, eerr
+	}
+	return conn, err
 }

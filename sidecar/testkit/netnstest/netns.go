@@ -8,9 +8,10 @@
 //	as := netnstest.AsUser(10053)           // argv prefix: that uid, no capabilities
 //	p := testkit.StartProcess(t, "server", ns.Command(ctx, append(as, bin)...))
 //	ns.Do(t, func() error { ... })          // Go code on a thread inside ns
+//	conn, err := ns.DialContext(ctx, "tcp", addr) // a socket made inside ns
 //	netnstest.Veth(t, netnstest.End{NS: a, Name: "eth0", Addrs: []string{"192.0.2.1/24"}},
 //		netnstest.End{NS: b, Name: "eth0", Addrs: []string{"192.0.2.2/24"}})
-//	c := netnstest.StartCapture(t, a, "eth0", dir) // tcpdump; c.Stop(t), c.Packets(t, "port 53")
+//	c := netnstest.StartCapture(t, a, "eth0", dir) // tcpdump; c.Stop(t), c.Packets(t, "port 53"), c.Raw(t, "udp")
 //
 // A namespace is made and entered with iproute2 (`ip netns add`, `ip netns
 // exec`), so it has a name under /run/netns that other tools (iptables-save,

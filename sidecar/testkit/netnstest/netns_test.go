@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"runtime"
@@ -191,5 +192,42 @@ func TestNATTable(t *testing.T) {
 	}
 	if again := ns.NATTable(t, "iptables-nft-save"); again != got {
 		t.Errorf("two dumps of the same state differ:\n%s\n---\n%s", got, again)
+	}
+}
+
+// TestDialContext: a connection dialed from inside reaches an address only
+// the namespace has, and is usable from the test's goroutine.
+func TestDialContext(t *testing.T) {
+	t.Parallel()
+	ns := New(t)
+	ns.Must(t, "ip", "addr", "add", "192.0.2.77/32", "dev", "lo")
+	var l net.Listener
+	ns.Do(t, func() error {
+		var err error
+		l, err = net.Listen("tcp", "192.0.2.77:0")
+		return err
+	})
+	defer l.Close()
+	go func() {
+		if c, err := l.Accept(); err == nil {
+			_, _ = c.Write([]byte("hello"))
+			c.Close()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := ns.DialContext(ctx, "tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	b := make([]byte, 5)
+	if _, err := io.ReadFull(c, b); err != nil || string(b) != "hello" {
+		t.Errorf("read %q, %v", b, err)
+	}
+	var d net.Dialer
+	if c, err := d.DialContext(ctx, "tcp", l.Addr().String()); err == nil {
+		c.Close()
+		t.Error("the namespace's address is reachable from the test's own namespace")
 	}
 }
