@@ -86,7 +86,7 @@ func (s *scenario) run(t *testing.T) {
 	tp := s.tp
 	// The capture starts before anything runs in the pod, so "at any time"
 	// covers init, the sidecar's start, every query and the sidecar's stop.
-	capture := startCapture(t, tp.pod, s.dir, "main")
+	capture := netnstest.StartCapture(t, tp.pod, podIface, s.dir)
 
 	s.unbound = unboundtest.Start(t, unboundtest.Options{
 		Address:     upstreamV4,
@@ -161,13 +161,13 @@ func (s *scenario) run(t *testing.T) {
 	})
 	t.Run("sidecar stopped: DNS fails closed", func(t *testing.T) { s.testFailClosed(t) })
 
-	capture.stop(t)
+	capture.Stop(t)
 	t.Run("capture: no plaintext DNS left the pod, only TLS to 853", func(t *testing.T) { s.testCapture(t, capture) })
 
 	// The rest removes rules on purpose, so plaintext may now leave the pod.
 	// A second capture proves the first one could have seen it.
 	s.startSidecar(t, caFile)
-	leaks := startCapture(t, tp.pod, s.dir, "leaks")
+	leaks := netnstest.StartCapture(t, tp.pod, podIface, s.dir)
 	t.Run("check fails naming the paths without IPv6 rules", func(t *testing.T) {
 		s.ipt(6).deleteByComment(t, tp.pod, commentUDP)
 		s.ipt(6).deleteByComment(t, tp.pod, commentTCP)
@@ -184,9 +184,9 @@ func (s *scenario) run(t *testing.T) {
 		s.init(t)
 		s.expectCheckPasses(t)
 	})
-	leaks.stop(t)
+	leaks.Stop(t)
 	t.Run("capture sees the leaks of removed rules", func(t *testing.T) {
-		if got := leaks.packets(t, filterDNS); len(got) == 0 {
+		if got := leaks.Packets(t, filterDNS); len(got) == 0 {
 			t.Errorf("no port-53 packet captured while rules were missing: the capture cannot see leaks")
 		}
 	})
@@ -249,17 +249,7 @@ func (s *scenario) startSidecar(t *testing.T, caFile string) {
 	}
 	s.sidecar = start(t, s.tp.pod, fmt.Sprintf("sidecar #%d", s.nsides), sidecarUID, env, s.bin)
 	for _, addr := range []string{"127.0.0.1", "::1"} {
-		testkit.WaitFor(t, "the sidecar to answer the canary on "+addr, 15*time.Second, func() error {
-			if s.sidecar.Exited() {
-				return testkit.Permanent(fmt.Errorf("sidecar exited: %v\n%s", s.sidecar.Err(), testkit.Tail(s.sidecar.Output(), 30)))
-			}
-			r := run(s.tp.pod, rootUID, nil, "kdig", "@"+addr, "-p", bindPort,
-				"+timeout=1", "+retry=0", "+short", check.CanaryName, "TXT")
-			if r.Err != nil || !strings.Contains(r.Stdout, strings.TrimSpace(check.CanaryPrefix)) {
-				return fmt.Errorf("%v", r)
-			}
-			return nil
-		})
+		waitForCanary(t, s.tp.pod, s.sidecar, addr)
 	}
 }
 
@@ -442,19 +432,19 @@ func (s *scenario) testFailClosed(t *testing.T) {
 	})
 }
 
-func (s *scenario) testCapture(t *testing.T, c *capture) {
-	if got := c.packets(t, filterDNS); len(got) != 0 {
+func (s *scenario) testCapture(t *testing.T, c *netnstest.Capture) {
+	if got := c.Packets(t, filterDNS); len(got) != 0 {
 		t.Errorf("%d packets to or from port 53 left the pod:\n%s", len(got), strings.Join(got, "\n"))
 	}
-	if got := c.packets(t, filterUnexpected); len(got) != 0 {
+	if got := c.Packets(t, filterUnexpected); len(got) != 0 {
 		t.Errorf("%d packets that are neither DoT nor link housekeeping:\n%s", len(got), strings.Join(got, "\n"))
 	}
 	for _, fam := range []string{"ip", "ip6"} {
-		if got := c.packets(t, fam+" and "+filterDoT); len(got) == 0 {
+		if got := c.Packets(t, fam+" and "+filterDoT); len(got) == 0 {
 			t.Errorf("no %s DoT packet captured: the capture saw nothing of the upstream traffic", fam)
 		}
 	}
-	if got := c.packets(t, filterTLSHandshake); len(got) == 0 {
+	if got := c.Packets(t, filterTLSHandshake); len(got) == 0 {
 		t.Errorf("no TLS handshake record on port 853: the upstream traffic is not TLS")
 	}
 }
