@@ -226,3 +226,55 @@ func TestRouteToCoreDNSOverTLS(t *testing.T) {
 		})
 	}
 }
+
+// TestClusterResolverDown: with CoreDNS stopped, the cluster's names get
+// SERVFAIL with an extended error within QUERY_TIMEOUT, never an answer from
+// the public upstream, and public names are answered as before.
+func TestClusterResolverDown(t *testing.T) {
+	t.Parallel()
+	c := startCoreDNS(t)
+	up := publicUpstream(t)
+	const queryTimeout = time.Second
+	s := bintest.Start(t,
+		fmt.Sprintf("UPSTREAMS=tls://%s#%s", up.Addr, up.ServerName), "TLS_CA_FILE="+up.CAFile,
+		"RESOLV_CONF="+podResolvConf(t), "CLUSTER_DNS=dns://"+c.Addr, "QUERY_TIMEOUT="+queryTimeout.String())
+	if err := c.Proc.Stop(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	upBefore := len(upstreamNames(t, up))
+	client := &dns.Client{Timeout: 5 * time.Second}
+	for _, name := range []string{c.Services[0].FQDN, corednstest.ReverseName(c.Services[0].IPv4), "node1." + nodeDomain + "."} {
+		m := new(dns.Msg)
+		m.SetQuestion(name, dns.TypeA)
+		m.SetEdns0(1232, false)
+		start := time.Now()
+		r, _, err := client.Exchange(m, s.DNS)
+		took := time.Since(start)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if r.Rcode != dns.RcodeServerFailure || took > queryTimeout+500*time.Millisecond {
+			t.Errorf("%s: %s after %v, want SERVFAIL within QUERY_TIMEOUT %v", name, dns.RcodeToString[r.Rcode], took, queryTimeout)
+		}
+		var ede *dns.EDNS0_EDE
+		if opt := r.IsEdns0(); opt != nil {
+			for _, o := range opt.Option {
+				if e, ok := o.(*dns.EDNS0_EDE); ok {
+					ede = e
+				}
+			}
+		}
+		if ede == nil {
+			t.Errorf("%s: SERVFAIL without an extended DNS error", name)
+		}
+	}
+	if got := upstreamNames(t, up)[upBefore:]; len(got) != 0 {
+		t.Errorf("with the cluster's resolver down, its names went to the public upstream: %q", got)
+	}
+	m := new(dns.Msg)
+	m.SetQuestion(up.Names[1].Name, dns.TypeA)
+	r, _, err := client.Exchange(m, s.DNS)
+	if err != nil || unboundtest.CheckA(r, up.Names[1]) != nil {
+		t.Errorf("a public name with the cluster's resolver down: %v %v", r, err)
+	}
+}
