@@ -16,6 +16,7 @@ import (
 // pod is one workload's pod template with what the checks need around it.
 type pod struct {
 	where string // overlay and workload, for messages
+	dir   string // overlay
 	mode  string // "native", "legacy" or "node"
 	spec  corev1.PodSpec
 	meta  corev1.PodTemplateSpec
@@ -32,7 +33,7 @@ func dotSidecarPods(t *testing.T) []pod {
 		for mode, ids := range map[string][]string{"native": want.native, "legacy": want.legacy, "node": want.node} {
 			for _, id := range ids {
 				w := findWorkload(t, objs, id)
-				pods = append(pods, pod{where: dir + ": " + id, mode: mode, spec: w.Template.Spec, meta: *w.Template, cms: configMaps(objs)})
+				pods = append(pods, pod{where: dir + ": " + id, dir: dir, mode: mode, spec: w.Template.Spec, meta: *w.Template, cms: configMaps(objs)})
 			}
 		}
 	}
@@ -190,9 +191,13 @@ func TestSidecarContainer(t *testing.T) {
 			cfg := loadSettings(t, p.env(t, c))
 
 			adminPort := portOf(t, cfg.AdminAddress)
-			if adminPort != defaultAdminPort {
+			switch {
+			case p.mode == "node" && adminPort == nodeLocalDNSMetricsPort:
+				t.Errorf("%s: admin port %d on the host network, where NodeLocal DNSCache's metrics listen", where, adminPort)
+			case p.mode != "node" && adminPort != defaultAdminPort:
 				t.Errorf("%s: admin port %d, want the sidecar's default %d", where, adminPort, defaultAdminPort)
 			}
+			checkClusterDNS(t, p, c, cfg)
 			if host := strings.Trim(cfg.AdminAddress[:strings.LastIndex(cfg.AdminAddress, ":")], "[]"); host != "" && host != "0.0.0.0" && host != "::" {
 				t.Errorf("%s: ADMIN_ADDRESS %q: the kubelet probes the pod IP, so listen on every address", where, cfg.AdminAddress)
 			}

@@ -38,9 +38,13 @@ type expectation struct {
 	plain  []string // workloads the overlay must leave without dot-sidecar
 	// ownInit lists, per workload, its own init containers in their order
 	// (none when absent).
-	ownInit    map[string][]string
-	mesh       string // "istio" or "linkerd": that mesh's annotations
-	monitoring bool   // the PodMonitor and the dashboard
+	ownInit map[string][]string
+	// clusterDNS is the CLUSTER_DNS the overlay's pods set on purpose
+	// (empty: auto, the sidecar finds the cluster's resolver itself), and
+	// clusterCA the volume with its CA the sidecar mounts for it.
+	clusterDNS, clusterCA string
+	mesh                  string // "istio" or "linkerd": that mesh's annotations
+	monitoring            bool   // the PodMonitor and the dashboard
 }
 
 // overlays are all the kustomizations that `kubectl apply -k` takes; a test
