@@ -59,6 +59,11 @@ var overlays = map[string]expectation{
 		native: []string{"StatefulSet/cache", "DaemonSet/agent"},
 		plain:  []string{"Deployment/untouched"},
 	},
+	"examples/encrypted-cluster-dns": {
+		native:     []string{"Deployment/api"},
+		clusterDNS: "tls://10.96.0.10:853#kube-dns.kube-system.svc.cluster.local;ca=/etc/dot-sidecar/cluster-dns/ca.crt",
+		clusterCA:  "cluster-dns-ca",
+	},
 	"examples/inject-legacy": {
 		legacy:  []string{"Deployment/worker"},
 		ownInit: map[string][]string{"Deployment/worker": {"fetch-settings"}},
@@ -357,6 +362,15 @@ func TestInjectedContainersEqualBase(t *testing.T) {
 					r, ours := ref[c.Name]
 					if !ours {
 						continue
+					}
+					if want.clusterDNS != "" {
+						// Settings of their own (CLUSTER_DNS), so another
+						// ConfigMap; the sidecar mounts the cluster's CA
+						// (TestClusterDNSOverTLS checks both).
+						c.EnvFrom = r.EnvFrom
+						if c.Name == sidecarName {
+							c.VolumeMounts = slices.DeleteFunc(slices.Clone(c.VolumeMounts), func(m corev1.VolumeMount) bool { return m.Name == want.clusterCA })
+						}
 					}
 					if slices.Contains(want.legacy, id) && c.Name == sidecarName {
 						// The one intended difference: a regular container that
