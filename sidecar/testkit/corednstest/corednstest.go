@@ -68,6 +68,10 @@ type Options struct {
 	// ServerName is the DNS name in the certificate; default
 	// kube-dns.kube-system.svc.<Domain>.
 	ServerName string
+	// CertFile, KeyFile and CAFile, when set, are the DoT certificate, its
+	// key and the CA that signed it, made elsewhere (by the commands of the
+	// docs, say); by default Start makes them with testpki.
+	CertFile, KeyFile, CAFile string
 	// Prefix runs CoreDNS through a wrapper, e.g. a netnstest namespace's
 	// Prefix(); DialContext must then reach Address.
 	Prefix []string
@@ -150,7 +154,12 @@ func Start(t testing.TB, opts Options) *Server {
 	if err := os.Chmod(s.Dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	certFile, keyFile := s.writeCredentials(t)
+	certFile, keyFile := opts.CertFile, opts.KeyFile
+	if certFile == "" {
+		certFile, keyFile = s.writeCredentials(t)
+	} else {
+		s.useCredentials(t)
+	}
 	files, err := s.writeZones()
 	if err != nil {
 		t.Fatal(err)
@@ -265,6 +274,20 @@ func (s *Server) writeCredentials(t testing.TB) (certFile, keyFile string) {
 	pool.AddCert(ca.Cert)
 	s.CA, s.CAPEM, s.CAPool, s.CAFile = ca, ca.PEM, pool, caFile
 	return certFile, keyFile
+}
+
+// useCredentials trusts Options.CAFile, for a certificate made elsewhere.
+func (s *Server) useCredentials(t testing.TB) {
+	t.Helper()
+	pem, err := os.ReadFile(s.opts.CAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		t.Fatalf("corednstest: no certificate in %s", s.opts.CAFile)
+	}
+	s.CAPEM, s.CAPool, s.CAFile = pem, pool, s.opts.CAFile
 }
 
 // freePort picks a port free on both TCP and UDP at addr, other than
