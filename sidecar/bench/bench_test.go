@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -322,5 +323,23 @@ func TestConfigValidate(t *testing.T) {
 		if err := validate(c); err == nil {
 			t.Errorf("%s: accepted", tt.name)
 		}
+	}
+}
+
+func TestRenderLookups(t *testing.T) {
+	out := renderLookups([]lookupCount{
+		{setting: "CLUSTER_DNS=off", public: []string{"api.example.com.c.example.internal. A", "api.example.com. A"}},
+		{setting: "CLUSTER_DNS=auto (default)", public: []string{"api.example.com. A"}, cluster: []string{"a", "b", "c", "d"}},
+	}, nil)
+	for _, want := range []string{
+		"| CLUSTER_DNS=off | 2: api.example.com.c.example.internal. A, api.example.com. A | 0 |",
+		"| CLUSTER_DNS=auto (default) | 1: api.example.com. A | 4 |",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("lookup count lacks %q:\n%s", want, out)
+		}
+	}
+	if out := renderLookups(nil, errors.New("no ip")); !strings.Contains(out, "not measured: no ip") || strings.Contains(out, "|---") {
+		t.Errorf("without counts:\n%s", out)
 	}
 }

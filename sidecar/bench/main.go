@@ -18,7 +18,11 @@
 // the rounds. Around every run the harness reads the relay's CPU time from
 // /proc/PID/stat, the upstream's TLS query counter (unbound-control) and an
 // nftables counter of SYNs to the upstream's DoT port, so CPU per query and
-// connections opened are exact, not sampled. Every process started is
+// connections opened are exact, not sampled. Last (-lookups), in a network
+// namespace standing in for a pod whose resolv.conf the kubelet wrote, it
+// counts the queries one glibc lookup of a public name sends to the public
+// upstream and to the cluster's resolver, with CLUSTER_DNS=off and with the
+// default. Every process started is
 // stopped on exit, on error and on Ctrl-C; the whole run has a deadline.
 package main
 
@@ -51,6 +55,7 @@ type config struct {
 	out         string
 	keep        bool
 	verifyCheck bool
+	lookups     bool
 }
 
 func parseFlags() config {
@@ -71,6 +76,7 @@ func parseFlags() config {
 	flag.StringVar(&c.out, "out", "", "also write the Markdown report to this file")
 	flag.BoolVar(&c.keep, "keep", false, "keep the temporary directory (configs and logs)")
 	flag.BoolVar(&c.verifyCheck, "verify-check", true, "first check that every relay refuses an upstream certificate without its server name")
+	flag.BoolVar(&c.lookups, "lookups", true, "also count what one glibc lookup of a public name from a pod sends to the public upstream (a network namespace, the iptables step, dot-sidecar's routing)")
 	flag.Parse()
 	c.targets = splitList(targets)
 	c.protos = splitList(protos)

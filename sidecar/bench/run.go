@@ -172,6 +172,14 @@ func run(ctx context.Context, cfg config) error {
 	}
 	notes = append(notes, fmt.Sprintf("1-minute load average: %s when the runs began, %s when they ended (%d CPUs).", loadBefore, loadAvg(), runtime.NumCPU()))
 	report := renderReport(cfg, rows, targets, startup, notes, versions(ctx, tl))
+	if cfg.lookups && tl["dot-sidecar"] != "" {
+		logf("counting what one lookup of a public name sends to the public upstream, in a network namespace")
+		counts, err := measureLookups(ctx, tl)
+		if err != nil {
+			logf("warning: %v", err)
+		}
+		report += renderLookups(counts, err)
+	}
 	fmt.Print(report)
 	if cfg.out != "" {
 		if err := os.WriteFile(cfg.out, []byte(report), 0o644); err != nil {

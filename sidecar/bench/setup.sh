@@ -2,7 +2,8 @@
 # Installs what the load harness (go run ./sidecar/bench) runs: dnsperf, the
 # peers it compares dot-sidecar with (Unbound, dnsdist, stubby from Debian;
 # CoreDNS built with Go), kdig for manual checks and nftables for the
-# connection counter. Run it once as root on Debian or Ubuntu; it is safe to
+# connection counter; iproute2 and iptables for the lookup count's network
+# namespace. Run it once as root on Debian or Ubuntu; it is safe to
 # run again.
 set -euo pipefail
 
@@ -16,7 +17,7 @@ export PATH="$PATH:/usr/local/go/bin:/usr/sbin:/sbin"
 
 apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-  dnsperf unbound dnsdist stubby knot-dnsutils nftables procps ca-certificates >/dev/null
+  dnsperf unbound dnsdist stubby knot-dnsutils nftables procps ca-certificates iproute2 iptables >/dev/null
 
 # The packages enable system services; the harness starts its own instances
 # on ports of its choosing and must not share the machine with idle copies.

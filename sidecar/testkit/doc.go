@@ -16,7 +16,12 @@
 //	                     RepoRoot
 //	testkit/dnstest      scriptable in-process DNS-over-TLS server (loopback)
 //	testkit/unboundtest  a real Unbound serving DoT from local data, one per
-//	                     test or one a package shares (Shared)
+//	                     test or one a package shares (Shared), with its
+//	                     query log (Queries)
+//	testkit/corednstest  a real CoreDNS as a cluster's DNS (Services, PTRs,
+//	                     SOA) over plain DNS and DoT, built once per machine
+//	                     from the Go module proxy with only the plugins the
+//	                     tests use, with its query log
 //	testkit/testpki      certificate authorities and certificates made at run time
 //	testkit/netnstest    network namespaces: make them, join them with veth
 //	                     pairs, run commands, processes and Go functions inside

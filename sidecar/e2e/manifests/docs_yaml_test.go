@@ -27,6 +27,11 @@ var (
 	ownKustomization = regexp.MustCompile(`^# your own kustomization\.yaml$`)
 	// A Pod of the reader's own, pointed at what the overlay sets up.
 	ownPod = regexp.MustCompile(`^# your own Pod, for manifests/(\S+)$`)
+	// A file under manifests/ that no overlay renders (the patches for the
+	// cluster's CoreDNS, applied with kubectl patch): a yaml block is part
+	// of an object of that file; a block in another language (a Corefile)
+	// is a run of its lines.
+	fromFile = regexp.MustCompile(`^# from manifests/(\S+\.yaml)$`)
 )
 
 func TestDocsYAMLMatchesManifests(t *testing.T) {
@@ -41,6 +46,14 @@ func TestDocsYAMLMatchesManifests(t *testing.T) {
 			where := fmt.Sprintf("%s:%d", f.file, f.line)
 			header, _, _ := strings.Cut(f.body, "\n")
 			switch {
+			case fromFile.MatchString(header):
+				objs, err := fileObjects(t, fromFile.FindStringSubmatch(header)[1])
+				if err == nil {
+					err = containedIn(objs, f.body)
+				}
+				if err != nil {
+					t.Errorf("%s: %v", where, err)
+				}
 			case fromOverlay.MatchString(header):
 				dir := fromOverlay.FindStringSubmatch(header)[1]
 				if _, ok := overlays[dir]; !ok {
@@ -64,13 +77,97 @@ func TestDocsYAMLMatchesManifests(t *testing.T) {
 					t.Errorf("%s: %v", where, err)
 				}
 			default:
-				t.Errorf("%s: a yaml block must start with `# from manifests/DIR`, `# your own kustomization.yaml` or `# your own Pod, for manifests/DIR`; it starts with %q", where, header)
+				t.Errorf("%s: a yaml block must start with `# from manifests/DIR`, `# from manifests/FILE.yaml`, `# your own kustomization.yaml` or `# your own Pod, for manifests/DIR`; it starts with %q", where, header)
 			}
 		}
 	}
 	if blocks == 0 {
 		t.Error("no yaml blocks in the docs: is the fence parser broken?")
 	}
+}
+
+// fileObjects reads the objects of a file under manifests/ that no overlay
+// renders, each document decoded strictly into its Kubernetes type.
+func fileObjects(t *testing.T, rel string) ([]object, error) {
+	b, err := os.ReadFile(filepath.Join(manifestsDir(t), filepath.FromSlash(rel)))
+	if err != nil {
+		return nil, err
+	}
+	var objs []object
+	for _, doc := range strings.Split(string(b), "\n---\n") {
+		var meta struct {
+			APIVersion string `json:"apiVersion"`
+			Kind       string
+			Metadata   struct{ Name string }
+		}
+		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
+			return nil, fmt.Errorf("manifests/%s: %w", rel, err)
+		}
+		o := object{APIVersion: meta.APIVersion, Kind: meta.Kind, Name: meta.Metadata.Name, YAML: []byte(doc)}
+		newTyped := typedKinds[o.APIVersion+"/"+o.Kind]
+		if newTyped == nil {
+			return nil, fmt.Errorf("manifests/%s: %s is not a kind the manifests are checked for", rel, o.id())
+		}
+		if err := yaml.UnmarshalStrict(o.YAML, newTyped()); err != nil {
+			return nil, fmt.Errorf("manifests/%s: %s does not decode strictly: %w", rel, o.id(), err)
+		}
+		objs = append(objs, o)
+	}
+	return objs, nil
+}
+
+// TestDocsQuoteFiles: a fenced block in another language than yaml whose
+// first line is `# from manifests/<file>.yaml` (a Corefile's own comment
+// syntax) quotes that file: its other lines, without their indentation,
+// are a run of the file's lines.
+func TestDocsQuoteFiles(t *testing.T) {
+	t.Parallel()
+	var n int
+	for _, file := range docFiles(t) {
+		for _, f := range fences(file, readDoc(t, file)) {
+			header, body, _ := strings.Cut(f.body, "\n")
+			m := fromFile.FindStringSubmatch(header)
+			if f.lang == "yaml" || m == nil {
+				continue
+			}
+			n++
+			b, err := os.ReadFile(filepath.Join(manifestsDir(t), filepath.FromSlash(m[1])))
+			if err != nil {
+				t.Errorf("%s:%d: %v", f.file, f.line, err)
+				continue
+			}
+			if err := quotes(string(b), body); err != nil {
+				t.Errorf("%s:%d: manifests/%s: %v", f.file, f.line, m[1], err)
+			}
+		}
+	}
+	if n == 0 {
+		t.Error("no block of the docs quotes a file of manifests/")
+	}
+}
+
+// quotes reports whether the lines of quote, trimmed, are a run of the
+// trimmed lines of text.
+func quotes(text, quote string) error {
+	trim := func(s string) []string {
+		var out []string
+		for _, l := range strings.Split(s, "\n") {
+			if l = strings.TrimSpace(l); l != "" {
+				out = append(out, l)
+			}
+		}
+		return out
+	}
+	lines, want := trim(text), trim(quote)
+	if len(want) == 0 {
+		return fmt.Errorf("the quote is empty")
+	}
+	for i := range lines {
+		if len(lines)-i >= len(want) && slices.Equal(lines[i:i+len(want)], want) {
+			return nil
+		}
+	}
+	return fmt.Errorf("the file has no run of lines:\n%s", strings.Join(want, "\n"))
 }
 
 // containedIn reports whether the YAML block is part of one of objs: some
@@ -307,6 +404,11 @@ func TestDocsYAMLCheckCatchesDrift(t *testing.T) {
 	}
 	if err := podForOverlay(render(t, "node"), "spec:\n  dnsPolicy: None\n  dnsConfg: {nameservers: [169.254.20.53]}\n"); err == nil {
 		t.Error("a Pod with a misspelt field passed")
+	}
+	for quote, ok := range map[string]bool{"b {\n  c\n": true, "  b {\n": true, "b {\nd\n": false, "c\nb {\n": false} {
+		if err := quotes("a\nb {\n    c\n}\nd\n", quote); (err == nil) != ok {
+			t.Errorf("quote %q: %v, want quoted %v", quote, err, ok)
+		}
 	}
 	if err := rendersWithSidecar(t, "resources:\n- d.yaml\ncomponents:\n- ../dot-sidecar/manifests/components/settings\n"); err == nil {
 		t.Error("a kustomization without the inject component passed")

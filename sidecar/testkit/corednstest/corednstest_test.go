@@ -3,6 +3,8 @@ package corednstest
 import (
 	"context"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -179,5 +181,17 @@ func TestSlowZone(t *testing.T) {
 	start := time.Now()
 	if r, err := c.Exchange(ctx, "udp", m); err != nil || len(r.Answer) != 1 || time.Since(start) >= delay {
 		t.Errorf("service name: %v %v after %v", r, err, time.Since(start))
+	}
+}
+
+// TestVersionIsTheBenchs: the load harness installs the CoreDNS the tests
+// build, so that both measure and prove the same release.
+func TestVersionIsTheBenchs(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(testkit.RepoRoot(t), "sidecar", "bench", "setup.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), "\nCOREDNS_VERSION="+Version+"\n") {
+		t.Errorf("sidecar/bench/setup.sh does not install CoreDNS %s (COREDNS_VERSION)", Version)
 	}
 }
