@@ -342,3 +342,55 @@ func docsCertificateCommands(t *testing.T) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// TestClusterResolverComesBack: CoreDNS stops, the sidecar marks it down
+// (its route answers SERVFAIL at once), CoreDNS comes back on the same
+// address, and the cluster's names are answered again within about a
+// second: the route's probe is a name CoreDNS answers from its own data,
+// and real queries probe it too while it is down.
+func TestClusterResolverComesBack(t *testing.T) {
+	t.Parallel()
+	c := startCoreDNS(t)
+	up := publicUpstream(t)
+	s := bintest.Start(t,
+		fmt.Sprintf("UPSTREAMS=tls://%s#%s", up.Addr, up.ServerName), "TLS_CA_FILE="+up.CAFile,
+		"RESOLV_CONF="+podResolvConf(t), "CLUSTER_DNS=dns://"+c.Addr, "QUERY_TIMEOUT=1s")
+	client := &dns.Client{Timeout: 3 * time.Second}
+	ask := func() (int, error) {
+		m := new(dns.Msg)
+		m.SetQuestion(c.Services[0].FQDN, dns.TypeA)
+		r, _, err := client.Exchange(m, s.DNS)
+		if err != nil {
+			return -1, err
+		}
+		return r.Rcode, nil
+	}
+	if rc, err := ask(); rc != dns.RcodeSuccess {
+		t.Fatalf("with CoreDNS up: %s %v", dns.RcodeToString[rc], err)
+	}
+	if err := c.Proc.Stop(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	down := `dot_sidecar_upstream_health_state{route="cluster",upstream="dns://` + c.Addr + `"} 0`
+	testkit.WaitFor(t, "the sidecar to mark CoreDNS down", 10*time.Second, func() error {
+		_, _ = ask()
+		if _, body := s.Get("/metrics"); !strings.Contains(body, down) {
+			return fmt.Errorf("no %s in /metrics yet", down)
+		}
+		return nil
+	})
+
+	c.Restart(t)
+	back := time.Now()
+	testkit.WaitFor(t, "the cluster's names to be answered again", 5*time.Second, func() error {
+		if rc, err := ask(); rc != dns.RcodeSuccess {
+			return fmt.Errorf("%s %v", dns.RcodeToString[rc], err)
+		}
+		return nil
+	})
+	took := time.Since(back)
+	t.Logf("cluster names answered again %v after CoreDNS answered", took.Round(time.Millisecond))
+	if took > 2*time.Second {
+		t.Errorf("the route came back %v after CoreDNS did, want about a second", took)
+	}
+}

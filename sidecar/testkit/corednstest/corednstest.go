@@ -125,6 +125,7 @@ type Server struct {
 	Proc       *testkit.Process
 
 	opts Options
+	bin  string
 }
 
 // Start starts CoreDNS for a test and waits until it answers over plain
@@ -199,7 +200,15 @@ func (s *Server) launch(t testing.TB, bin string, files []zoneFile, certFile, ke
 	if err := os.WriteFile(s.Corefile, []byte(s.corefile(files, port, tlsPort, certFile, keyFile)), 0o644); err != nil {
 		return err
 	}
-	argv := append(append([]string{}, opts.Prefix...), bin, "-conf", s.Corefile)
+	s.bin = bin
+	return s.run(t)
+}
+
+// run starts CoreDNS with the Corefile written and waits until it answers.
+func (s *Server) run(t testing.TB) error {
+	t.Helper()
+	opts := s.opts
+	argv := append(append([]string{}, opts.Prefix...), s.bin, "-conf", s.Corefile)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = s.Dir
 	s.Proc = testkit.StartProcess(t, "coredns", cmd)
@@ -274,6 +283,19 @@ func (s *Server) writeCredentials(t testing.TB) (certFile, keyFile string) {
 	pool.AddCert(ca.Cert)
 	s.CA, s.CAPEM, s.CAPool, s.CAFile = ca, ca.PEM, pool, caFile
 	return certFile, keyFile
+}
+
+// Restart starts CoreDNS again, on the same addresses, with the same
+// Corefile, after Proc was stopped (a resolver coming back), and waits until
+// it answers. Queries starts over with the new process's log.
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	if !s.Proc.Exited() {
+		t.Fatal("corednstest: Restart while CoreDNS runs; stop Proc first")
+	}
+	if err := s.run(t); err != nil {
+		t.Fatalf("restarting CoreDNS: %v", err)
+	}
 }
 
 // useCredentials trusts Options.CAFile, for a certificate made elsewhere.

@@ -195,3 +195,31 @@ func TestVersionIsTheBenchs(t *testing.T) {
 		t.Errorf("sidecar/bench/setup.sh does not install CoreDNS %s (COREDNS_VERSION)", Version)
 	}
 }
+
+// TestRestart: stopped, the server answers nothing; restarted, it answers
+// on the same addresses again.
+func TestRestart(t *testing.T) {
+	c := Start(t, Options{})
+	addr, tlsAddr := c.Addr, c.TLSAddr
+	if err := c.Proc.Stop(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	m := new(dns.Msg)
+	m.SetQuestion(c.Domain, dns.TypeSOA)
+	if r, err := c.Exchange(ctx, "tcp", m); err == nil {
+		t.Fatalf("stopped, it answered %v", r)
+	}
+	c.Restart(t)
+	if c.Addr != addr || c.TLSAddr != tlsAddr {
+		t.Errorf("restarted on %s and %s, was %s and %s", c.Addr, c.TLSAddr, addr, tlsAddr)
+	}
+	for _, network := range []string{"udp", "tls"} {
+		m := new(dns.Msg)
+		m.SetQuestion(c.Services[0].FQDN, dns.TypeA)
+		if r, err := c.Exchange(ctx, network, m); err != nil || len(r.Answer) != 1 {
+			t.Errorf("restarted, over %s: %v %v", network, r, err)
+		}
+	}
+}
