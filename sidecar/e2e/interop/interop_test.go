@@ -1,7 +1,10 @@
 // Package interop runs the dot-sidecar binary, built from this tree, against
-// a real third-party DNS-over-TLS server (Unbound, with a CA and key made by
-// the test) and queries it the way applications and operators do: kdig over
-// UDP and TCP, and a Go client.
+// real third-party servers and queries it the way applications and
+// operators do: kdig over UDP and TCP, and a Go client. Unbound, with a CA
+// and key made by the test, is the DNS-over-TLS upstream; CoreDNS
+// (corednstest) is the cluster's resolver, reached over dns://, tcp:// and
+// tls:// (cluster_test.go), stopped and restarted (cluster_health_test.go),
+// and serving the certificate the docs' commands make (docs_cert_test.go).
 package interop
 
 import (
