@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -15,27 +17,50 @@ import (
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/rawconn"
 )
 
+// tlsDialer opens and verifies the TLS connections of one upstream: what a
+// DNS-over-TLS and a DNS-over-HTTPS upstream share, so that both verify the
+// same way, count the same failures and log them alike.
+type tlsDialer struct {
+	name       string     // the upstream's Name(), for errors and logs
+	addr       string     // IP:port, never a name
+	serverName string     // verified in the certificate, sent as SNI
+	pins       [][32]byte // the upstream's own; the Trust's default ones when empty
+	trust      *Trust
+	nextProtos []string // ALPN; when set, the server must choose the first
+	timeout    time.Duration
+	sessions   tls.ClientSessionCache
+	log        *slog.Logger
+	m          *upstreamMetrics
+
+	lastTLSWarn atomic.Int64 // unix nanos of the last TLS failure logged at Warn
+
+	// verifyHook, when set by a test before the first query, sees every
+	// handshake's connection state.
+	verifyHook func(tls.ConnectionState)
+}
+
 // tlsConfig is built per dial from one snapshot of the Trust, so the roots
 // Go verifies the chain against and the pins checked below always agree.
 // Verification is never skipped: the pin check only narrows it.
-func (d *DoT) tlsConfig(st *trustState) *tls.Config {
-	pins := d.pinsFor(st)
+func (t *tlsDialer) tlsConfig(st *trustState) *tls.Config {
+	pins := t.pinsFor(st)
 	return &tls.Config{
-		ServerName: d.opts.ServerName,
+		ServerName: t.serverName,
 		RootCAs:    st.roots,
 		MinVersion: tls.VersionTLS12,
-		// No ALPN: RFC 7858 does not ask for it, common DoT clients (kdig,
-		// stubby, Unbound) send none, and a TLS front end that speaks ALPN
-		// for other protocols answers an unknown "dot" with a fatal
-		// no_application_protocol alert.
-		ClientSessionCache: d.sessions,
+		// DoT sends no ALPN: RFC 7858 does not ask for it, common DoT
+		// clients (kdig, stubby, Unbound) send none, and a TLS front end that
+		// speaks ALPN for other protocols answers an unknown "dot" with a
+		// fatal no_application_protocol alert. DoH offers "h2" alone.
+		NextProtos:         t.nextProtos,
+		ClientSessionCache: t.sessions,
 		// VerifyConnection, unlike VerifyPeerCertificate, also runs when a
 		// session is resumed, so a pin change cannot be bypassed by a ticket.
 		// On resumption Go has re-checked the session's chains against
 		// RootCAs before offering it.
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			if d.verifyHook != nil {
-				d.verifyHook(cs)
+			if t.verifyHook != nil {
+				t.verifyHook(cs)
 			}
 			if len(cs.VerifiedChains) == 0 {
 				return fmt.Errorf("%w: no verified certificate chain", ErrTLS)
@@ -48,70 +73,142 @@ func (d *DoT) tlsConfig(st *trustState) *tls.Config {
 	}
 }
 
-func (d *DoT) pinsFor(st *trustState) [][32]byte {
-	if len(d.opts.Pins) > 0 {
-		return d.opts.Pins
+func (t *tlsDialer) pinsFor(st *trustState) [][32]byte {
+	if len(t.pins) > 0 {
+		return t.pins
 	}
 	return st.pins
 }
 
-// dial opens and verifies one TLS connection. It is bounded by DialTimeout
-// and by Close, not by the query that asked for it: queries waiting for it
-// give up at their own deadlines, and the connection serves whoever comes
-// next.
-func (d *DoT) dial() (*conn, error) {
-	ctx, cancel := context.WithTimeout(d.ctx, d.opts.DialTimeout)
+// dial opens and verifies one TLS connection, and returns it with the trust
+// it was verified against. It is bounded by the dial timeout and by life
+// (the upstream's own context, cancelled by Close), not by the query that
+// asked for it: queries waiting for it give up at their own deadlines, and
+// the connection serves whoever comes next. A successful dial counts as
+// opened and open.
+func (t *tlsDialer) dial(life context.Context) (*tls.Conn, *trustState, error) {
+	ctx, cancel := context.WithTimeout(life, t.timeout)
 	defer cancel()
-	st := d.opts.Trust.load()
+	st := t.trust.load()
 
 	var nd net.Dialer
-	raw, err := nd.DialContext(ctx, "tcp", d.addr)
+	raw, err := nd.DialContext(ctx, "tcp", t.addr)
 	if err != nil {
-		if d.ctx.Err() != nil {
-			return nil, ErrClosed
+		if life.Err() != nil {
+			return nil, nil, ErrClosed
 		}
-		return nil, &dialError{stage: stageConnect, err: fmt.Errorf("%w: dialing %s: %w", ErrUnreachable, d.name, err)}
+		return nil, nil, &dialError{stage: stageConnect, err: fmt.Errorf("%w: dialing %s: %w", ErrUnreachable, t.name, err)}
 	}
-	tc := tls.Client(rawconn.Wrap(raw, true), d.tlsConfig(st))
+	tc := tls.Client(rawconn.Wrap(raw, true), t.tlsConfig(st))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		_ = raw.Close()
-		if d.ctx.Err() != nil {
-			return nil, ErrClosed
+		if life.Err() != nil {
+			return nil, nil, ErrClosed
 		}
-		d.m.hsFailures.Inc()
-		return nil, d.handshakeError(ctx, err)
+		t.m.hsFailures.Inc()
+		return nil, nil, t.handshakeError(ctx, err)
 	}
-	d.m.opened.Inc()
-	d.m.open.Inc()
-	return newConn(d, tc, st), nil
+	if len(t.nextProtos) > 0 && tc.ConnectionState().NegotiatedProtocol != t.nextProtos[0] {
+		// A server that ignores ALPN completes the handshake without
+		// choosing; one that speaks only other protocols fails it above.
+		_ = raw.Close()
+		t.m.hsFailures.Inc()
+		return nil, nil, &dialError{stage: stageHandshake, err: fmt.Errorf("%w: TLS handshake with %s: ALPN %q not chosen (got %q)",
+			ErrTLS, t.name, t.nextProtos[0], tc.ConnectionState().NegotiatedProtocol)}
+	}
+	t.m.opened.Inc()
+	t.m.open.Inc()
+	return tc, st, nil
 }
 
 // handshakeError classifies a failed handshake, whose TCP connection was
 // made, and says so: an operator must tell a server that accepts and then
 // says nothing (a firewall, a port that is not DoT) from one that refuses,
 // and both from a certificate that does not verify.
-func (d *DoT) handshakeError(ctx context.Context, err error) error {
+func (t *tlsDialer) handshakeError(ctx context.Context, err error) error {
 	switch {
 	case errors.Is(err, ErrTLS):
 		// Our own check rejected what the server presented.
-		e := &dialError{stage: stageVerify, err: fmt.Errorf("TLS handshake with %s: %w", d.name, err)}
+		e := &dialError{stage: stageVerify, err: fmt.Errorf("TLS handshake with %s: %w", t.name, err)}
 		if pm, ok := errors.AsType[*pinMismatchError](err); ok {
-			d.m.pinFails.Inc()
+			t.m.pinFails.Inc()
 			e.presented = pm.presented
 		}
 		return e
 	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil:
-		return &dialError{stage: stageHandshake, err: &handshakeTimeout{name: d.name, limit: d.opts.DialTimeout}}
+		return &dialError{stage: stageHandshake, err: &handshakeTimeout{name: t.name, limit: t.timeout}}
 	case isTransportErr(err):
 		// Silence or a reset before the handshake completes says nothing
 		// about certificates: the upstream is not really there.
-		return &dialError{stage: stageHandshake, err: fmt.Errorf("%w: TLS handshake with %s: %w", ErrUnreachable, d.name, err)}
+		return &dialError{stage: stageHandshake, err: fmt.Errorf("%w: TLS handshake with %s: %w", ErrUnreachable, t.name, err)}
 	}
 	stage := stageHandshake // an alert, a protocol or version mismatch
 	if _, ok := errors.AsType[*tls.CertificateVerificationError](err); ok {
 		stage = stageVerify // Go's own chain or name check
 	}
-	return &dialError{stage: stage, err: fmt.Errorf("%w: TLS handshake with %s: %w", ErrTLS, d.name, err)}
+	return &dialError{stage: stage, err: fmt.Errorf("%w: TLS handshake with %s: %w", ErrTLS, t.name, err)}
+}
+
+// recheck verifies the certificates of an open connection against st (a
+// Trust updated since the handshake): chain, name and pins, counting a pin
+// failure like a handshake's.
+func (t *tlsDialer) recheck(cs *tls.ConnectionState, st *trustState) error {
+	err := verifyPeer(cs.PeerCertificates, t.serverName, st, t.pinsFor(st))
+	if errors.Is(err, ErrPinMismatch) {
+		t.m.pinFails.Inc()
+	}
+	return err
+}
+
+// rejectedAttrs are the fields of the log line about a connection that
+// recheck rejected with err: for a pin mismatch, the pins the upstream
+// presented, so that an operator can correct the pins without openssl.
+func (t *tlsDialer) rejectedAttrs(err error, cs *tls.ConnectionState) []any {
+	attrs := []any{"upstream", t.name, "error", err}
+	if errors.Is(err, ErrPinMismatch) {
+		attrs = append(attrs, "presented_pins", presentedPins(cs.PeerCertificates))
+	}
+	return attrs
+}
+
+// tlsWarnEvery limits Warn logs of certificate and pin failures, which
+// repeat with every dial while the upstream or the trust is wrong.
+const tlsWarnEvery = 10 * time.Second
+
+// warnLimited reports whether a failure of the kind last stamps may be
+// logged at Warn now, at most once per tlsWarnEvery, and stamps it.
+func warnLimited(last *atomic.Int64) bool {
+	now := time.Now().UnixNano()
+	prev := last.Load()
+	return now-prev >= int64(tlsWarnEvery) && last.CompareAndSwap(prev, now)
+}
+
+func (t *tlsDialer) logDialError(err error) {
+	attrs := append([]any{"upstream", t.name, "error", err}, dialLogAttrs(err)...)
+	if errors.Is(err, ErrTLS) && warnLimited(&t.lastTLSWarn) {
+		t.log.Warn("upstream certificate rejected", attrs...)
+		return
+	}
+	t.log.Debug("dialing upstream failed", attrs...)
+}
+
+func tlsVersion(v uint16) string {
+	switch v {
+	case 0x0303:
+		return "1.2"
+	case 0x0304:
+		return "1.3"
+	}
+	return fmt.Sprintf("0x%04x", v)
+}
+
+// The DoT dials through its tlsDialer; it keeps what a dial yields in a conn.
+func (d *DoT) dial() (*conn, error) {
+	tc, st, err := d.tlsDialer.dial(d.ctx)
+	if err != nil {
+		return nil, err
+	}
+	return newConn(d, tc, st), nil
 }
 
 // How far a failed dial got, the stage field of its log lines.

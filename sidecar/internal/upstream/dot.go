@@ -66,23 +66,14 @@ const (
 // DoT is one DNS-over-TLS upstream: a small pool of verified TLS connections,
 // each carrying many queries at once.
 type DoT struct {
-	opts     DoTOptions
-	name     string
-	addr     string
-	log      *slog.Logger
-	m        *upstreamMetrics
-	sessions tls.ClientSessionCache
-	tick     time.Duration
-
-	// verifyHook, when set by a test before the first query, sees every
-	// handshake's connection state.
-	verifyHook func(tls.ConnectionState)
+	tlsDialer // name, addr, log, m: the upstream's, for all of the DoT
+	opts      DoTOptions
+	tick      time.Duration
 
 	ctx    context.Context // cancelled by Close: stops dials and housekeeping
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // every goroutine this DoT started
 
-	lastTLSWarn atomic.Int64 // unix nanos of the last TLS failure logged at Warn
 	noGrowUntil atomic.Int64 // unix nanos: after a failed dial, no dial merely to spread load
 
 	active atomic.Pointer[[]*conn] // usable connections, copy-on-write under mu
@@ -125,15 +116,22 @@ func NewDoT(opts DoTOptions) (*DoT, error) {
 		return nil, fmt.Errorf("upstream %s: MaxInFlightPerConn %d above %d", opts.Addr, opts.MaxInFlightPerConn, maxMaxInFlight)
 	}
 
+	name := opts.Addr.String() + "#" + opts.ServerName
 	d := &DoT{
-		opts:     opts,
-		name:     opts.Addr.String() + "#" + opts.ServerName,
-		addr:     opts.Addr.String(),
-		log:      opts.Logger,
-		sessions: tls.NewLRUClientSessionCache(0),
-		changed:  make(chan struct{}),
+		tlsDialer: tlsDialer{
+			name:       name,
+			addr:       opts.Addr.String(),
+			serverName: opts.ServerName,
+			pins:       opts.Pins,
+			trust:      opts.Trust,
+			timeout:    opts.DialTimeout,
+			sessions:   tls.NewLRUClientSessionCache(0),
+			log:        opts.Logger,
+			m:          newUpstreamMetrics(opts.Metrics, name),
+		},
+		opts:    opts,
+		changed: make(chan struct{}),
 	}
-	d.m = newUpstreamMetrics(opts.Metrics, d.name)
 	// Housekeeping runs often enough to honour the shortest limit within a
 	// quarter of it, and at least once a second.
 	d.tick = min(opts.IdleTimeout, opts.MaxAge, time.Second*4) / 4
@@ -311,14 +309,8 @@ func (d *DoT) Reverify() int {
 }
 
 func (d *DoT) reverifyConn(c *conn, st *trustState) bool {
-	err := verifyPeer(c.certs.PeerCertificates, d.opts.ServerName, st, d.pinsFor(st))
-	if err != nil {
-		attrs := []any{"upstream", d.name, "error", err}
-		if errors.Is(err, ErrPinMismatch) {
-			d.m.pinFails.Inc()
-			attrs = append(attrs, "presented_pins", presentedPins(c.certs.PeerCertificates))
-		}
-		d.log.Warn("retiring upstream connection that the updated trust rejects", attrs...)
+	if err := d.recheck(&c.certs, st); err != nil {
+		d.log.Warn("retiring upstream connection that the updated trust rejects", d.rejectedAttrs(err, &c.certs)...)
 		c.retire("trust update")
 		return false
 	}

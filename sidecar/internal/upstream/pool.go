@@ -189,32 +189,6 @@ func (d *DoT) runDial(dl *dialState) {
 	}
 }
 
-// tlsWarnEvery limits Warn logs of certificate and pin failures, which
-// repeat with every dial while the upstream or the trust is wrong.
-const tlsWarnEvery = 10 * time.Second
-
-func (d *DoT) logDialError(err error) {
-	if errors.Is(err, ErrTLS) {
-		now := time.Now().UnixNano()
-		last := d.lastTLSWarn.Load()
-		if now-last >= int64(tlsWarnEvery) && d.lastTLSWarn.CompareAndSwap(last, now) {
-			d.log.Warn("upstream certificate rejected", append([]any{"upstream", d.name, "error", err}, dialLogAttrs(err)...)...)
-			return
-		}
-	}
-	d.log.Debug("dialing upstream failed", append([]any{"upstream", d.name, "error", err}, dialLogAttrs(err)...)...)
-}
-
-func tlsVersion(v uint16) string {
-	switch v {
-	case 0x0303:
-		return "1.2"
-	case 0x0304:
-		return "1.3"
-	}
-	return fmt.Sprintf("0x%04x", v)
-}
-
 func (d *DoT) publishLocked(conns []*conn) { d.active.Store(&conns) }
 
 // notifyLocked wakes every query waiting for the pool to change.
