@@ -17,10 +17,12 @@ import (
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/rawconn"
 )
 
-// tlsDialer opens and verifies the TLS connections of one upstream: what a
-// DNS-over-TLS and a DNS-over-HTTPS upstream share, so that both verify the
-// same way, count the same failures and log them alike.
-type tlsDialer struct {
+// tlsUpstream is what a DNS-over-TLS and a DNS-over-HTTPS upstream share:
+// its identity, logger and metrics, the dialing and verifying of its TLS
+// connections, and the resending of a query whose connection died
+// (exchange.go), so that both verify the same way, count the same failures
+// and log them alike.
+type tlsUpstream struct {
 	name       string     // the upstream's Name(), for errors and logs
 	addr       string     // IP:port, never a name
 	serverName string     // verified in the certificate, sent as SNI
@@ -42,7 +44,7 @@ type tlsDialer struct {
 // tlsConfig is built per dial from one snapshot of the Trust, so the roots
 // Go verifies the chain against and the pins checked below always agree.
 // Verification is never skipped: the pin check only narrows it.
-func (t *tlsDialer) tlsConfig(st *trustState) *tls.Config {
+func (t *tlsUpstream) tlsConfig(st *trustState) *tls.Config {
 	pins := t.pinsFor(st)
 	return &tls.Config{
 		ServerName: t.serverName,
@@ -73,7 +75,7 @@ func (t *tlsDialer) tlsConfig(st *trustState) *tls.Config {
 	}
 }
 
-func (t *tlsDialer) pinsFor(st *trustState) [][32]byte {
+func (t *tlsUpstream) pinsFor(st *trustState) [][32]byte {
 	if len(t.pins) > 0 {
 		return t.pins
 	}
@@ -86,7 +88,7 @@ func (t *tlsDialer) pinsFor(st *trustState) [][32]byte {
 // asked for it: queries waiting for it give up at their own deadlines, and
 // the connection serves whoever comes next. A successful dial counts as
 // opened and open.
-func (t *tlsDialer) dial(life context.Context) (*tls.Conn, *trustState, error) {
+func (t *tlsUpstream) dial(life context.Context) (*tls.Conn, *trustState, error) {
 	ctx, cancel := context.WithTimeout(life, t.timeout)
 	defer cancel()
 	st := t.trust.load()
@@ -125,7 +127,7 @@ func (t *tlsDialer) dial(life context.Context) (*tls.Conn, *trustState, error) {
 // made, and says so: an operator must tell a server that accepts and then
 // says nothing (a firewall, a port that is not DoT) from one that refuses,
 // and both from a certificate that does not verify.
-func (t *tlsDialer) handshakeError(ctx context.Context, err error) error {
+func (t *tlsUpstream) handshakeError(ctx context.Context, err error) error {
 	switch {
 	case errors.Is(err, ErrTLS):
 		// Our own check rejected what the server presented.
@@ -152,7 +154,7 @@ func (t *tlsDialer) handshakeError(ctx context.Context, err error) error {
 // recheck verifies the certificates of an open connection against st (a
 // Trust updated since the handshake): chain, name and pins, counting a pin
 // failure like a handshake's.
-func (t *tlsDialer) recheck(cs *tls.ConnectionState, st *trustState) error {
+func (t *tlsUpstream) recheck(cs *tls.ConnectionState, st *trustState) error {
 	err := verifyPeer(cs.PeerCertificates, t.serverName, st, t.pinsFor(st))
 	if errors.Is(err, ErrPinMismatch) {
 		t.m.pinFails.Inc()
@@ -163,7 +165,7 @@ func (t *tlsDialer) recheck(cs *tls.ConnectionState, st *trustState) error {
 // rejectedAttrs are the fields of the log line about a connection that
 // recheck rejected with err: for a pin mismatch, the pins the upstream
 // presented, so that an operator can correct the pins without openssl.
-func (t *tlsDialer) rejectedAttrs(err error, cs *tls.ConnectionState) []any {
+func (t *tlsUpstream) rejectedAttrs(err error, cs *tls.ConnectionState) []any {
 	attrs := []any{"upstream", t.name, "error", err}
 	if errors.Is(err, ErrPinMismatch) {
 		attrs = append(attrs, "presented_pins", presentedPins(cs.PeerCertificates))
@@ -183,7 +185,7 @@ func warnLimited(last *atomic.Int64) bool {
 	return now-prev >= int64(tlsWarnEvery) && last.CompareAndSwap(prev, now)
 }
 
-func (t *tlsDialer) logDialError(err error) {
+func (t *tlsUpstream) logDialError(err error) {
 	attrs := append([]any{"upstream", t.name, "error", err}, dialLogAttrs(err)...)
 	if errors.Is(err, ErrTLS) && warnLimited(&t.lastTLSWarn) {
 		t.log.Warn("upstream certificate rejected", attrs...)
@@ -202,9 +204,9 @@ func tlsVersion(v uint16) string {
 	return fmt.Sprintf("0x%04x", v)
 }
 
-// The DoT dials through its tlsDialer; it keeps what a dial yields in a conn.
+// The DoT dials through its tlsUpstream; it keeps what a dial yields in a conn.
 func (d *DoT) dial() (*conn, error) {
-	tc, st, err := d.tlsDialer.dial(d.ctx)
+	tc, st, err := d.tlsUpstream.dial(d.ctx)
 	if err != nil {
 		return nil, err
 	}

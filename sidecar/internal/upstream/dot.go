@@ -55,20 +55,16 @@ type DoTOptions struct {
 	Metrics *Metrics
 }
 
-const (
-	maxMaxInFlight = 16384
-
-	// maxAttempts bounds the sends of one query when its connections keep
-	// dying under it.
-	maxAttempts = 3
-)
+// maxMaxInFlight caps MaxInFlightPerConn: IDs are 16-bit and must stay cheap
+// to draw unused.
+const maxMaxInFlight = 16384
 
 // DoT is one DNS-over-TLS upstream: a small pool of verified TLS connections,
 // each carrying many queries at once.
 type DoT struct {
-	tlsDialer // name, addr, log, m: the upstream's, for all of the DoT
-	opts      DoTOptions
-	tick      time.Duration
+	tlsUpstream // name, addr, log, m: the upstream's, for all of the DoT
+	opts        DoTOptions
+	tick        time.Duration
 
 	ctx    context.Context // cancelled by Close: stops dials and housekeeping
 	cancel context.CancelFunc
@@ -118,7 +114,7 @@ func NewDoT(opts DoTOptions) (*DoT, error) {
 
 	name := opts.Addr.String() + "#" + opts.ServerName
 	d := &DoT{
-		tlsDialer: tlsDialer{
+		tlsUpstream: tlsUpstream{
 			name:       name,
 			addr:       opts.Addr.String(),
 			serverName: opts.ServerName,
@@ -163,21 +159,21 @@ func (d *DoT) Name() string { return d.name }
 // before answering anything fails the query at once with ErrUnreachable:
 // the upstream is not serving. A ctx without deadline gets QueryTimeout.
 func (d *DoT) Exchange(ctx context.Context, q dnswire.Msg) (dnswire.Msg, error) {
-	if err := checkQuery(&q); err != nil {
+	ctx, cancel, err := d.queryContext(ctx, &q, d.opts.QueryTimeout)
+	defer cancel()
+	if err != nil {
 		return dnswire.Msg{}, err
-	}
-	if err := ctx.Err(); err != nil {
-		return dnswire.Msg{}, fmt.Errorf("query for %s: %w", d.name, err)
-	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, d.opts.QueryTimeout)
-		defer cancel()
 	}
 	req := reqPool.Get().(*request)
 	req.query = q
-	ans, err := d.exchange(ctx, req)
-	// Every path out of exchange has taken req's result or withdrawn req, so
+	ans, err := d.resending(ctx, func() (dnswire.Msg, error) {
+		c, err := d.acquire(ctx, req)
+		if err != nil {
+			return dnswire.Msg{}, err
+		}
+		return d.await(ctx, c, req, time.Now())
+	})
+	// Every path out of a send has taken req's result or withdrawn req, so
 	// its channel is empty and no connection refers to it.
 	req.query = dnswire.Msg{}
 	if len(req.done) == 0 { // always, by the protocol above; a stale answer must never reach another query
@@ -185,57 +181,6 @@ func (d *DoT) Exchange(ctx context.Context, q dnswire.Msg) (dnswire.Msg, error) 
 	}
 	return ans, err
 }
-
-// checkQuery refuses what Exchange cannot send and match an answer to: a
-// message Parse did not accept, or one without exactly one question (the
-// only kind a QUERY carries in practice, RFC 9619).
-func checkQuery(q *dnswire.Msg) error {
-	switch {
-	case !q.Valid():
-		return fmt.Errorf("%w: not a parsed DNS message", ErrBadQuery)
-	case q.QDCount != 1:
-		return fmt.Errorf("%w: %d questions", ErrBadQuery, q.QDCount)
-	}
-	return nil
-}
-
-func (d *DoT) exchange(ctx context.Context, req *request) (dnswire.Msg, error) {
-	start := time.Now()
-	for attempt := 1; ; attempt++ {
-		c, err := d.acquire(ctx, req)
-		if err != nil {
-			return dnswire.Msg{}, err
-		}
-		ans, err := d.await(ctx, c, req, time.Now())
-		if err == nil || errors.Is(err, ErrBadResponse) {
-			// A malformed answer is an answer all the same: timed, and
-			// final (another send would get the same).
-			d.m.observe(ans.Header.Rcode(), time.Since(start).Seconds())
-			return ans, err
-		}
-		if !errors.Is(err, ErrConnClosed) {
-			return dnswire.Msg{}, err
-		}
-		if ctx.Err() != nil {
-			if errors.Is(err, ctx.Err()) {
-				return dnswire.Msg{}, err // await said both already
-			}
-			return dnswire.Msg{}, fmt.Errorf("no answer from %s: %w (%w)", d.name, ctx.Err(), err)
-		}
-		if attempt >= maxAttempts {
-			return dnswire.Msg{}, fmt.Errorf("giving up on %s after %d sends: %w", d.name, attempt, err)
-		}
-		d.m.resent.Inc()
-		if d.log.Enabled(ctx, slog.LevelDebug) {
-			d.log.Debug("resending query after its connection died", "upstream", d.name, "attempt", attempt+1, "error", err)
-		}
-	}
-}
-
-// silentAfter: a query that waited this long on a connection that delivered
-// no response at all meanwhile suggests the connection is dead without
-// knowing it (a NAT or conntrack entry that expired, a half-open socket).
-const silentAfter = time.Second
 
 func (d *DoT) await(ctx context.Context, c *conn, req *request, sent time.Time) (dnswire.Msg, error) {
 	select {
