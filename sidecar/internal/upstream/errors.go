@@ -39,6 +39,13 @@ var (
 	// answer unusable for the client. Final like any answer: not retried,
 	// and not held against the upstream.
 	ErrBadResponse = errors.New("malformed upstream response")
+	// ErrHTTP: a DNS-over-HTTPS upstream answered the HTTP request without a
+	// usable DNS answer: a status other than 200, another content type, a
+	// body truncated, oversized or not a DNS message, an answer to another
+	// question, or a reset stream. A transport failure like a timeout,
+	// never passed to the client: a Group retries it on the next upstream
+	// and holds it against this one's health. Answers get EDE 22.
+	ErrHTTP = errors.New("upstream HTTP failure")
 	// ErrClosed: the Upstream was closed (shutdown).
 	ErrClosed = errors.New("upstream closed")
 	// ErrBadQuery: the caller handed Exchange something that is not a DNS

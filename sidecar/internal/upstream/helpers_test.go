@@ -5,6 +5,7 @@ import (
 	"context"
 	"log/slog"
 	"os"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -200,3 +201,44 @@ func (c *expiringCtx) Err() error {
 		return nil
 	}
 }
+
+// testDoHOptions are testDoTOptions' counterpart for a DoH upstream toward
+// srv, a dnstest server in DoH mode.
+func testDoHOptions(srv *dnstest.Server) DoHOptions {
+	o := testDoTOptions(srv)
+	return DoHOptions{
+		Addr:               o.Addr,
+		ServerName:         o.ServerName,
+		Path:               srv.Path,
+		Trust:              o.Trust,
+		PoolSize:           o.PoolSize,
+		DialTimeout:        o.DialTimeout,
+		IdleTimeout:        o.IdleTimeout,
+		MaxAge:             o.MaxAge,
+		MaxInFlightPerConn: o.MaxInFlightPerConn,
+		QueryTimeout:       o.QueryTimeout,
+		Logger:             o.Logger,
+		Metrics:            o.Metrics,
+	}
+}
+
+// newTestDoH starts a DoH test server and returns it with a DoH upstream
+// built from testDoHOptions, both closed at the end of the test; mod
+// adjusts the options.
+func newTestDoH(t testing.TB, sopts dnstest.Options, mod func(*DoHOptions)) (*dnstest.Server, *DoH) {
+	t.Helper()
+	sopts.DoH = true
+	srv := dnstest.New(t, sopts)
+	opts := testDoHOptions(srv)
+	if mod != nil {
+		mod(&opts)
+	}
+	d, err := NewDoH(opts)
+	if err != nil {
+		t.Fatalf("NewDoH: %v", err)
+	}
+	t.Cleanup(func() { _ = d.Close() })
+	return srv, d
+}
+
+func itoa[T ~int | ~uint16](n T) string { return strconv.Itoa(int(n)) }

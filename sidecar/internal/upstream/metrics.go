@@ -26,6 +26,7 @@ type Metrics struct {
 	Failovers           *prometheus.CounterVec // {upstream}: for the Group (the upstream failed over from)
 	HealthState         *prometheus.GaugeVec   // {upstream}: 1 up, 0 down; for the Group
 	HealthCheckFailures *prometheus.CounterVec // {upstream}: for the Group
+	HTTPErrors          *prometheus.CounterVec // {upstream, reason}: DNS-over-HTTPS upstreams only
 
 	route string
 	all   *collectors // every route's, as registered
@@ -36,7 +37,7 @@ type collectors struct {
 	duration                                                                *prometheus.HistogramVec
 	open, health                                                            *prometheus.GaugeVec
 	opened, hsFailures, pinFailures, mismatched, resent, retries, failovers *prometheus.CounterVec
-	hcFailures                                                              *prometheus.CounterVec
+	hcFailures, httpErrors                                                  *prometheus.CounterVec
 }
 
 // DefaultRoute is the `route` label of UPSTREAMS, the upstreams of every
@@ -87,9 +88,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		failovers:   counter("failovers_total", "Queries that moved from this upstream to another."),
 		health:      gauge("health_state", "1 when the upstream is considered up, 0 when down."),
 		hcFailures:  counter("health_check_failures_total", "Health probes that failed."),
+		httpErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: subsystem, Name: "http_errors_total",
+			Help: "DNS-over-HTTPS responses without a usable answer, by reason: status (not 200), content_type, " +
+				"body (truncated, oversized or not a DNS message), question (an answer to another query), stream_reset.",
+		}, []string{"route", "upstream", "reason"}),
 	}
 	reg.MustRegister(c.duration, c.open, c.opened, c.hsFailures, c.pinFailures, c.mismatched, c.resent,
-		c.retries, c.failovers, c.health, c.hcFailures)
+		c.retries, c.failovers, c.health, c.hcFailures, c.httpErrors)
 	return c.view(DefaultRoute)
 }
 
@@ -113,6 +119,7 @@ func (c *collectors) view(route string) *Metrics {
 		Failovers:           c.failovers.MustCurryWith(l),
 		HealthState:         c.health.MustCurryWith(l),
 		HealthCheckFailures: c.hcFailures.MustCurryWith(l),
+		HTTPErrors:          c.httpErrors.MustCurryWith(l),
 		route:               route,
 		all:                 c,
 	}
@@ -133,6 +140,17 @@ func (m *Metrics) Init(upstream string) {
 	m.HealthState.WithLabelValues(upstream).Set(1)
 }
 
+// HTTP error reasons: the `reason` label of HTTPErrors.
+const (
+	httpStatus      = "status"
+	httpContentType = "content_type"
+	httpBody        = "body"
+	httpQuestion    = "question"
+	httpStreamReset = "stream_reset"
+)
+
+var httpReasons = []string{httpStatus, httpContentType, httpBody, httpQuestion, httpStreamReset}
+
 func rcodeLabel(rc int) string {
 	if s, ok := dnswire.RcodeName(rc); ok {
 		return s
@@ -151,6 +169,8 @@ type upstreamMetrics struct {
 	pinFails   prometheus.Counter
 	mismatched prometheus.Counter
 	resent     prometheus.Counter
+	// httpErrs are HTTPErrors by reason, for a DoH upstream only (initHTTP).
+	httpErrs map[string]prometheus.Counter
 
 	// duration holds one observer per header rcode, filled on first use so
 	// that only initRcodes exist before they are seen.
@@ -174,6 +194,15 @@ func newUpstreamMetrics(m *Metrics, name string) *upstreamMetrics {
 		um.duration[rc].Store(&o)
 	}
 	return um
+}
+
+// initHTTP creates the upstream's HTTPErrors series, at zero: a DoH upstream
+// has them, a DoT upstream does not.
+func (um *upstreamMetrics) initHTTP() {
+	um.httpErrs = make(map[string]prometheus.Counter, len(httpReasons))
+	for _, r := range httpReasons {
+		um.httpErrs[r] = um.m.HTTPErrors.WithLabelValues(um.name, r)
+	}
 }
 
 func (um *upstreamMetrics) observe(rc int, seconds float64) {

@@ -68,7 +68,37 @@ type Behavior struct {
 	// Unbound does on its TLS port, so that an answer waits for the previous
 	// one's ACK. Takes effect on new connections.
 	Nagle atomic.Bool
+
+	// DNS over HTTPS only (Options.DoH):
+
+	// Status, when set and not 200, is every response's HTTP status, with
+	// a text body instead of the answer.
+	Status atomic.Int32
+	// ContentType, when set, replaces application/dns-message on answers.
+	ContentType atomic.Pointer[string]
+	// TruncateBody: answers declare their whole length, send half of it,
+	// and end the stream there.
+	TruncateBody atomic.Bool
+	// OversizeBody: answers are padded to 65536 bytes, one more than a DNS
+	// message can have.
+	OversizeBody atomic.Bool
+	// ResetStream: every request's stream is reset (RST_STREAM
+	// INTERNAL_ERROR) instead of answered.
+	ResetStream atomic.Bool
+	// GoAwayAfter > 0: on answering the Nth request of a connection, the
+	// server sends GOAWAY; it finishes the requests it has read, refuses
+	// those it has not, and closes the connection.
+	GoAwayAfter atomic.Int32
+	// NoH2: new handshakes offer HTTP/1.1 instead of HTTP/2 in ALPN.
+	NoH2 atomic.Bool
 }
+
+// SetContentType makes answers carry ct as their content type ("" sends
+// the header empty); Clear with ResetContentType.
+func (b *Behavior) SetContentType(ct string) { b.ContentType.Store(&ct) }
+
+// ResetContentType goes back to application/dns-message.
+func (b *Behavior) ResetContentType() { b.ContentType.Store(nil) }
 
 // SetDelay delays every answer by d (0: no delay).
 func (b *Behavior) SetDelay(d time.Duration) { b.DelayNanos.Store(int64(d)) }

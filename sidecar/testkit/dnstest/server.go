@@ -1,6 +1,7 @@
 // Package dnstest runs in-process DNS servers on loopback for tests and
-// benchmarks: a DNS-over-TLS server (this file), and a plaintext one on UDP
-// and TCP (plain.go) to stand for a cluster's resolver.
+// benchmarks: a DNS-over-TLS server (this file), the same as a
+// DNS-over-HTTPS one (Options.DoH, doh.go), and a plaintext one on UDP and
+// TCP (plain.go) to stand for a cluster's resolver.
 //
 // Unlike dns.Server's TCP loop, which answers one query at a time per
 // connection, the DoT server pipelines: it reads queries as they come and
@@ -13,11 +14,13 @@
 package dnstest
 
 import (
+	"cmp"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -43,6 +46,13 @@ type Options struct {
 	Raw        RawHandler // when set, used instead of Handler
 	ServerName string     // default "dns.test"
 	IPv6       bool       // listen on [::1] instead of 127.0.0.1
+
+	// DoH serves DNS over HTTPS on Path (default DefaultPath) instead of
+	// DNS over TLS, with MaxStreams concurrent streams per connection
+	// (0: the HTTP/2 server's default).
+	DoH        bool
+	Path       string
+	MaxStreams int
 }
 
 // DefaultServerName is the name the server's certificate carries by default.
@@ -58,6 +68,7 @@ var (
 type Server struct {
 	Addr       netip.AddrPort
 	ServerName string
+	Path       string // the DoH endpoint's path; "" for DoT
 	CA         *testpki.CA
 	CAPool     *x509.CertPool // trusts CA only
 	CAPEM      []byte
@@ -74,6 +85,10 @@ type Server struct {
 	certs   [4]*tls.Certificate // by CertKind
 	tlsConf *tls.Config
 	ln      net.Listener
+	httpSrv *http.Server  // DoH only
+	httpLn  *connListener // DoH only: connections handed to httpSrv
+	// httpConns maps each connection handed to httpSrv to its *httpConn.
+	httpConns sync.Map
 
 	accepted   atomic.Int64
 	handshakes atomic.Int64
@@ -82,11 +97,13 @@ type Server struct {
 	open       atomic.Int64
 	maxOutst   atomic.Int64
 
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-	closed bool
-	done   chan struct{}
-	wg     sync.WaitGroup
+	mu          sync.Mutex
+	authorities map[string]bool // DoH :authority values seen
+	snis        map[string]bool // DoH TLS server names seen
+	conns       map[net.Conn]struct{}
+	closed      bool
+	done        chan struct{}
+	wg          sync.WaitGroup
 }
 
 // New starts a server and closes it when the test ends.
@@ -94,7 +111,7 @@ func New(tb testing.TB, opts Options) *Server {
 	tb.Helper()
 	s, err := Start(opts)
 	if err != nil {
-		tb.Fatalf("starting DoT test server: %v", err)
+		tb.Fatalf("starting DNS test server: %v", err)
 	}
 	tb.Cleanup(func() { _ = s.Close() })
 	return s
@@ -129,6 +146,19 @@ func Start(opts Options) (*Server, error) {
 			return s.certs[k], nil
 		},
 	}
+	if opts.DoH {
+		s.Path = cmp.Or(opts.Path, DefaultPath)
+		s.tlsConf.NextProtos = []string{"h2"}
+		h2 := s.tlsConf
+		noH2 := h2.Clone()
+		noH2.NextProtos = []string{"http/1.1"}
+		s.tlsConf = &tls.Config{GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			if s.Behavior.NoH2.Load() {
+				return noH2, nil
+			}
+			return h2, nil
+		}}
+	}
 	host := "127.0.0.1:0"
 	if opts.IPv6 {
 		host = "[::1]:0"
@@ -139,6 +169,9 @@ func Start(opts Options) (*Server, error) {
 	}
 	s.ln = ln
 	s.Addr = ln.Addr().(*net.TCPAddr).AddrPort()
+	if opts.DoH {
+		s.startHTTP(opts.MaxStreams)
+	}
 	s.wg.Add(1)
 	go s.acceptLoop()
 	return s, nil
@@ -221,6 +254,9 @@ func (s *Server) Close() error {
 		_ = c.Close()
 	}
 	s.mu.Unlock()
+	if s.httpSrv != nil {
+		_ = s.httpSrv.Close()
+	}
 	s.wg.Wait()
 	return err
 }
@@ -296,6 +332,10 @@ func (s *Server) serveConn(raw net.Conn) {
 	}
 	s.open.Add(1)
 	defer s.open.Add(-1)
+	if s.httpSrv != nil {
+		s.serveHTTPConn(raw, tc)
+		return
+	}
 	c := newSession(s, raw, tc)
 	c.serve()
 }

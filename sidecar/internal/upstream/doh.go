@@ -1,0 +1,254 @@
+package upstream
+
+import (
+	"cmp"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
+)
+
+// DoHOptions configures a DNS-over-HTTPS upstream (RFC 8484). Every field
+// but Pins and GET is required, as for DoTOptions.
+type DoHOptions struct {
+	// Addr is the upstream's IP address and port (443 for DoH). An IP
+	// literal, never a name: resolving one would need a plaintext lookup.
+	Addr netip.AddrPort
+	// ServerName is the name the upstream's certificate must carry, sent as
+	// SNI and as the requests' :authority (with the port unless 443).
+	ServerName string
+	// Path is the path of the DoH endpoint, e.g. "/dns-query".
+	Path string
+	// GET sends queries as GET ?dns=BASE64URL instead of POST.
+	GET bool
+	// Pins, Trust, PoolSize, DialTimeout, IdleTimeout, MaxAge and
+	// QueryTimeout mean what they mean for a DoT upstream (DoTOptions).
+	Pins        [][32]byte
+	Trust       *Trust
+	PoolSize    int
+	DialTimeout time.Duration
+	IdleTimeout time.Duration
+	MaxAge      time.Duration
+	// MaxInFlightPerConn caps the streams open at once on one connection;
+	// the server's SETTINGS_MAX_CONCURRENT_STREAMS may cap them lower.
+	MaxInFlightPerConn int
+	QueryTimeout       time.Duration
+	// Logger is never nil.
+	Logger *slog.Logger
+	// Metrics is never nil.
+	Metrics *Metrics
+}
+
+// DoH is one DNS-over-HTTPS upstream: a small pool of verified HTTP/2
+// connections, each carrying many queries at once as concurrent streams.
+//
+// HTTP/2 is the standard library's, one http.ClientConn per connection, so
+// that the pool, not net/http's, decides how many connections there are,
+// when one is retired and what it was verified against, exactly as for a
+// DoT upstream: the TLS connection is dialed and verified by the same code
+// (tlsUpstream.dial) and only then handed to HTTP/2.
+type DoH struct {
+	tlsUpstream // name, addr, log, m: the upstream's, for all of the DoH
+	opts        DoHOptions
+	tick        time.Duration
+
+	tr   *http.Transport // makes ClientConns of connections dial made; never dials itself
+	post *http.Request   // template of every POST (URL, headers, :authority)
+	get  *http.Request   // template of every GET, its query string added per request
+
+	ctx    context.Context // cancelled by Close: stops dials and housekeeping
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // every goroutine this DoH started
+
+	lastHTTPWarn atomic.Int64 // unix nanos of the last bad HTTP response logged at Warn
+	noGrowUntil  atomic.Int64 // unix nanos: after a failed dial, no dial merely to spread load
+	waiting      atomic.Int32 // queries waiting for room on a connection
+
+	active atomic.Pointer[[]*dohConn] // usable connections, copy-on-write under mu
+	total  atomic.Int32               // open (active or draining) plus dialing: never above PoolSize
+
+	// mu guards the fields below. Lock order: mu before a dohConn's mu.
+	mu       sync.Mutex
+	draining []*dohConn
+	dialing  *dohDial
+	changed  chan struct{} // closed and replaced whenever the pool changes
+	closed   bool
+}
+
+var _ Upstream = (*DoH)(nil)
+
+// NewDoH validates opts and returns an upstream that dials lazily, on the
+// first query.
+func NewDoH(opts DoHOptions) (*DoH, error) {
+	if !opts.Addr.IsValid() || opts.Addr.Port() == 0 {
+		return nil, fmt.Errorf("upstream address %q: want an IP address and port", opts.Addr)
+	}
+	if opts.ServerName == "" {
+		return nil, fmt.Errorf("upstream %s: %w", opts.Addr, errNoServerName)
+	}
+	if err := checkPath(opts.Path); err != nil {
+		return nil, fmt.Errorf("upstream %s: %w", opts.Addr, err)
+	}
+	if opts.Trust == nil || opts.Logger == nil || opts.Metrics == nil {
+		return nil, fmt.Errorf("upstream %s: Trust, Logger and Metrics are required", opts.Addr)
+	}
+	err := cmp.Or(
+		positive("PoolSize", opts.PoolSize),
+		positive("DialTimeout", opts.DialTimeout),
+		positive("IdleTimeout", opts.IdleTimeout),
+		positive("MaxAge", opts.MaxAge),
+		positive("MaxInFlightPerConn", opts.MaxInFlightPerConn),
+		positive("QueryTimeout", opts.QueryTimeout))
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: %w", opts.Addr, err)
+	}
+
+	name := "https://" + opts.Addr.String() + opts.Path + "#" + opts.ServerName
+	d := &DoH{
+		tlsUpstream: tlsUpstream{
+			name:       name,
+			addr:       opts.Addr.String(),
+			serverName: opts.ServerName,
+			pins:       opts.Pins,
+			trust:      opts.Trust,
+			nextProtos: []string{"h2"},
+			timeout:    opts.DialTimeout,
+			sessions:   tls.NewLRUClientSessionCache(0),
+			log:        opts.Logger,
+			m:          newUpstreamMetrics(opts.Metrics, name),
+		},
+		opts:    opts,
+		changed: make(chan struct{}),
+	}
+	d.m.initHTTP()
+	d.tr = newH2Transport()
+	d.post, d.get = requestTemplates(authority(opts.ServerName, opts.Addr.Port()), opts.Path)
+	d.tick = min(opts.IdleTimeout, opts.MaxAge, time.Second*4) / 4
+	d.tick = max(d.tick, 5*time.Millisecond)
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	d.wg.Add(1)
+	go d.housekeeping()
+	return d, nil
+}
+
+// checkPath accepts an absolute URL path without query or fragment: the
+// GET form adds a query of its own, and a fragment is never sent.
+func checkPath(p string) error {
+	if !strings.HasPrefix(p, "/") {
+		return fmt.Errorf("path %q: want an absolute path such as /dns-query", p)
+	}
+	if strings.ContainsAny(p, "?# \t\r\n") {
+		return fmt.Errorf("path %q: want a path without query, fragment or spaces", p)
+	}
+	if u, err := url.Parse(p); err != nil || u.Path != p {
+		return fmt.Errorf("path %q: not a plain URL path", p)
+	}
+	return nil
+}
+
+// authority is the requests' :authority: the server name, with the port
+// when it is not HTTPS's own (RFC 9110 §4.2.2), as a browser would send it.
+// Front ends compare it with the SNI and answer 421 when they differ.
+func authority(serverName string, port uint16) string {
+	if port == 443 {
+		if strings.Contains(serverName, ":") {
+			return "[" + serverName + "]" // an IPv6 literal
+		}
+		return serverName
+	}
+	return net.JoinHostPort(serverName, strconv.Itoa(int(port)))
+}
+
+// Name is "https://ADDR:PORT/PATH#SERVERNAME", e.g.
+// "https://1.1.1.1:443/dns-query#cloudflare-dns.com".
+func (d *DoH) Name() string { return d.name }
+
+// Exchange sends q as one HTTP/2 request on a pooled connection and reads
+// its answer. As for a DoT upstream, a pooled connection that had served
+// and dies under the query (closed, reset, or sending GOAWAY before it
+// processed the query), or a stream the server refused unprocessed, is not
+// the caller's problem: the query is sent again on another, up to
+// maxAttempts sends within ctx. A new connection that dies before answering
+// anything fails the query with ErrUnreachable, and an HTTP response
+// without a usable answer with ErrHTTP. A ctx without deadline gets
+// QueryTimeout.
+func (d *DoH) Exchange(ctx context.Context, q dnswire.Msg) (dnswire.Msg, error) {
+	ctx, cancel, err := d.queryContext(ctx, &q, d.opts.QueryTimeout)
+	defer cancel()
+	if err != nil {
+		return dnswire.Msg{}, err
+	}
+	return d.resending(ctx, func() (dnswire.Msg, error) {
+		c, err := d.acquire(ctx)
+		if err != nil {
+			return dnswire.Msg{}, err
+		}
+		ans, err := d.roundTrip(ctx, c, &q)
+		c.release()
+		return ans, err
+	})
+}
+
+// Close closes every connection at once; queries in flight fail with
+// ErrClosed. It waits for the DoH's goroutines to end.
+func (d *DoH) Close() error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil
+	}
+	d.closed = true
+	conns := slices.Concat(d.activeConns(), d.draining)
+	d.notifyLocked()
+	d.mu.Unlock()
+	d.cancel()
+	for _, c := range conns {
+		c.shutdown()
+	}
+	d.wg.Wait()
+	return nil
+}
+
+// Reverify checks every open connection verified against an older state of
+// the DoH's Trust against the Trust as it is now, and retires those that no
+// longer pass, as DoT.Reverify does. It returns how many it retired.
+func (d *DoH) Reverify() int {
+	st := d.trust.load()
+	n := 0
+	for _, c := range d.activeConns() {
+		if c.verifiedAgainst(st) {
+			continue
+		}
+		if !d.reverifyConn(c, st) {
+			n++
+		}
+	}
+	return n
+}
+
+func (d *DoH) reverifyConn(c *dohConn, st *trustState) bool {
+	if err := d.recheck(&c.certs, st); err != nil {
+		d.log.Warn("retiring upstream connection that the updated trust rejects", "upstream", d.name, "error", err)
+		c.retire("trust update")
+		return false
+	}
+	c.mu.Lock()
+	c.trust = st
+	c.mu.Unlock()
+	return true
+}
+
+var errNoConn = errors.New("no connection dialed") // never: only dial makes ClientConns

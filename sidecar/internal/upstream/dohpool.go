@@ -1,0 +1,477 @@
+package upstream
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// The DoH pool follows the DoT pool's rules (pool.go): at most PoolSize
+// connections open or being dialed, retired ones included until they close;
+// one dial at a time, shared by every query that waits; another connection
+// only when the least-loaded one has growAt streams in flight. HTTP/2 keeps
+// the streams of a connection apart, so what the DoT's conn does with IDs
+// and frames, net/http's ClientConn does here; what is left is which
+// connection a query takes, and when a connection goes.
+
+// dohConn is one HTTP/2 connection.
+type dohConn struct {
+	d     *DoH
+	cc    *http.ClientConn
+	certs tls.ConnectionState // as verified at handshake
+	local net.Addr
+	born  time.Time
+
+	load    atomic.Int32  // streams this pool has reserved or running on it
+	answers atomic.Uint64 // answers read on it: proof the upstream serves on it
+	closing atomic.Bool   // retired or dead: the picker skips it
+
+	mu        sync.Mutex
+	trust     *trustState // the trust it was last verified against
+	retired   bool        // no new queries; closes once drained
+	retiredAt time.Time
+	dead      bool
+	idleSince time.Time // when load last fell to 0
+}
+
+type dohDial struct {
+	finished bool // guarded by DoH.mu, like err
+	err      error
+}
+
+// reserve takes a stream slot on c for one query. It fails when c takes no
+// new queries or is at its limit (ours or the server's); unusable says that
+// c will never take one again (closed, or the server sent GOAWAY), as
+// opposed to being full.
+func (c *dohConn) reserve() (ok, unusable bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.retired || c.dead {
+		return false, true
+	}
+	if int(c.load.Load()) >= c.d.opts.MaxInFlightPerConn {
+		return false, false
+	}
+	if err := c.cc.Reserve(); err != nil {
+		// At the server's stream limit, or not usable at all. With none of
+		// our streams on it, it cannot be the limit.
+		return false, c.load.Load() == 0 || c.cc.Err() != nil
+	}
+	c.load.Add(1)
+	return true, false
+}
+
+// release gives back the slot reserve took, once the query's stream is over.
+func (c *dohConn) release() {
+	c.mu.Lock()
+	n := c.load.Add(-1)
+	if n == 0 {
+		c.idleSince = time.Now()
+	}
+	closeNow := n == 0 && c.retired && !c.dead
+	c.mu.Unlock()
+	if c.d.waiting.Load() > 0 {
+		c.d.notify()
+	}
+	if closeNow {
+		c.shutdown()
+	}
+}
+
+// retire stops new queries on c; it closes once its streams are over.
+func (c *dohConn) retire(why string) {
+	c.mu.Lock()
+	if c.retired || c.dead {
+		c.mu.Unlock()
+		return
+	}
+	c.retired = true
+	c.retiredAt = time.Now()
+	c.closing.Store(true)
+	drained := c.load.Load() == 0
+	c.mu.Unlock()
+	c.d.log.Debug("retiring upstream connection", "upstream", c.d.name, "reason", why, "local", c.local.String())
+	c.d.retired(c, !drained)
+	if drained {
+		c.shutdown()
+	}
+}
+
+// shutdown closes c once, interrupting its streams, and frees its slot.
+func (c *dohConn) shutdown() {
+	c.mu.Lock()
+	if c.dead {
+		c.mu.Unlock()
+		return
+	}
+	c.dead = true
+	c.closing.Store(true)
+	c.mu.Unlock()
+	_ = c.cc.Close()
+	c.d.removeConn(c)
+}
+
+// closeIfIdle closes c if no stream has been on it since idleFor before now.
+func (c *dohConn) closeIfIdle(now time.Time, idleFor time.Duration) bool {
+	c.mu.Lock()
+	idle := !c.dead && c.load.Load() == 0 && now.Sub(c.idleSince) >= idleFor
+	if idle {
+		c.retired = true // reserve refuses from here on
+		c.closing.Store(true)
+	}
+	c.mu.Unlock()
+	if idle {
+		c.shutdown()
+	}
+	return idle
+}
+
+func (c *dohConn) verifiedAgainst(st *trustState) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.trust == st
+}
+
+// acquire reserves a stream slot for one query on a connection, dialing one
+// if none is open.
+func (d *DoH) acquire(ctx context.Context) (*dohConn, error) {
+	var dl *dohDial // the dial this query last waited for
+	for {
+		if c := d.pick(); c != nil {
+			if c.load.Load() >= growAt && int(d.total.Load()) < d.opts.PoolSize {
+				d.grow()
+			}
+			return c, nil
+		}
+
+		d.mu.Lock()
+		if d.closed {
+			d.mu.Unlock()
+			return nil, ErrClosed
+		}
+		if dl != nil && dl.finished && dl.err != nil && len(d.activeConns()) == 0 {
+			// The dial this query waited for failed and nothing else
+			// appeared: failing with its error beats dialing again at once,
+			// which against an upstream that refuses every dial would loop
+			// until the deadline.
+			d.mu.Unlock()
+			return nil, dl.err
+		}
+		if d.dialing == nil && int(d.total.Load()) < d.opts.PoolSize {
+			d.startDialLocked()
+		}
+		if d.dialing != nil {
+			dl = d.dialing
+		}
+		// Counted as waiting before looking once more, so that a stream
+		// ending after that look notifies (release), and wait is closed.
+		d.waiting.Add(1)
+		wait := d.changed
+		d.mu.Unlock()
+		if c := d.pick(); c != nil {
+			d.waiting.Add(-1)
+			return c, nil // room appeared meanwhile
+		}
+
+		// Wait for the dial, or for room on a connection or in the pool.
+		select {
+		case <-wait:
+			d.waiting.Add(-1)
+		case <-ctx.Done():
+			d.waiting.Add(-1)
+			return nil, fmt.Errorf("waiting for a connection to %s: %w", d.name, ctx.Err())
+		}
+	}
+}
+
+// pick reserves a slot on the least-loaded usable connection, without taking
+// the pool's lock. A connection found unusable is retired on the way.
+func (d *DoH) pick() *dohConn {
+	for {
+		var best *dohConn
+		bestLoad := int32(d.opts.MaxInFlightPerConn)
+		for _, c := range d.activeConns() {
+			if c.closing.Load() {
+				continue
+			}
+			if l := c.load.Load(); l < bestLoad {
+				best, bestLoad = c, l
+			}
+		}
+		if best == nil {
+			return nil
+		}
+		ok, unusable := best.reserve()
+		if ok {
+			return best
+		}
+		if !unusable {
+			// The least-loaded connection is at the server's limit: so is
+			// every other as far as we know; wait for room.
+			return nil
+		}
+		best.retire("not usable any more")
+	}
+}
+
+func (d *DoH) activeConns() []*dohConn {
+	if p := d.active.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// grow dials one more connection to spread load, if the pool has room.
+func (d *DoH) grow() {
+	if time.Now().UnixNano() < d.noGrowUntil.Load() {
+		return
+	}
+	d.mu.Lock()
+	if !d.closed && d.dialing == nil && int(d.total.Load()) < d.opts.PoolSize {
+		d.startDialLocked()
+	}
+	d.mu.Unlock()
+}
+
+func (d *DoH) startDialLocked() {
+	dl := &dohDial{}
+	d.dialing = dl
+	d.total.Add(1)
+	d.wg.Add(1)
+	go d.runDial(dl)
+}
+
+func (d *DoH) runDial(dl *dohDial) {
+	defer d.wg.Done()
+	c, err := d.dial()
+	if err != nil {
+		d.logDialError(err)
+	}
+	d.mu.Lock()
+	d.dialing = nil
+	dl.finished = true
+	closed := d.closed
+	switch {
+	case err != nil:
+		dl.err = err
+		d.total.Add(-1)
+		d.noGrowUntil.Store(time.Now().Add(growBackoff).UnixNano())
+	case closed:
+		dl.err = ErrClosed // c still holds its slot; shutdown below frees it
+	default:
+		conns := append(slices.Clone(d.activeConns()), c)
+		d.active.Store(&conns)
+		d.log.Debug("upstream connection open", "upstream", d.name, "local", c.local.String(),
+			"resumed", c.certs.DidResume, "tls", tlsVersion(c.certs.Version))
+	}
+	d.notifyLocked()
+	d.mu.Unlock()
+	if err == nil && closed {
+		c.shutdown()
+	}
+}
+
+// dial opens a verified TLS connection, as a DoT upstream does, and starts
+// HTTP/2 on it.
+func (d *DoH) dial() (*dohConn, error) {
+	tc, st, err := d.tlsUpstream.dial(d.ctx)
+	if err != nil {
+		return nil, err
+	}
+	cc, err := d.tr.NewClientConn(context.WithValue(d.ctx, dialedKey{}, net.Conn(tc)), "https", d.addr)
+	if err != nil {
+		_ = tc.Close()
+		d.m.open.Dec()
+		if d.ctx.Err() != nil {
+			return nil, ErrClosed
+		}
+		return nil, fmt.Errorf("%w: starting HTTP/2 with %s: %w", ErrUnreachable, d.name, err)
+	}
+	now := time.Now()
+	return &dohConn{
+		d:         d,
+		cc:        cc,
+		certs:     tc.ConnectionState(),
+		local:     tc.LocalAddr(),
+		born:      now,
+		trust:     st,
+		idleSince: now,
+	}, nil
+}
+
+// dialedKey carries the connection dial made to the Transport's
+// DialTLSContext, through NewClientConn's context.
+type dialedKey struct{}
+
+// newH2Transport returns the Transport that turns verified TLS connections
+// into HTTP/2 ClientConns. It never dials, pools or retries: NewClientConn
+// is its only use, and the DoH pool does the rest.
+func newH2Transport() *http.Transport {
+	var protos http.Protocols
+	protos.SetHTTP2(true)
+	return &http.Transport{
+		DialTLSContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			if c, ok := ctx.Value(dialedKey{}).(net.Conn); ok {
+				return c, nil
+			}
+			return nil, errNoConn
+		},
+		Protocols:         &protos,
+		ForceAttemptHTTP2: true,
+		// Proxy stays nil: a DNS upstream is reached directly, whatever
+		// HTTPS_PROXY says. No gzip: DNS messages hardly compress.
+		DisableCompression:     true,
+		MaxResponseHeaderBytes: 16 << 10,
+		HTTP2: &http.HTTP2Config{
+			// An upstream that stops reading for this long is dead, as for
+			// a DoT connection.
+			WriteByteTimeout: writeTimeout,
+			// A DNS message is at most 65535 bytes: no stream needs more
+			// window than that, and a connection's share stays bounded.
+			MaxReceiveBufferPerStream:     1 << 16,
+			MaxReceiveBufferPerConnection: 4 << 20,
+		},
+	}
+}
+
+// retired moves c from the usable connections to the draining ones. As in
+// the DoT pool, if c was busy and nothing else is usable, a replacement is
+// dialed at once (pool permitting); if the pool is full, the connection
+// retired first is closed instead, its queries resent on the replacement.
+func (d *DoH) retired(c *dohConn, busy bool) {
+	d.mu.Lock()
+	active := d.activeConns()
+	if i := slices.Index(active, c); i >= 0 {
+		conns := slices.Delete(slices.Clone(active), i, i+1)
+		d.active.Store(&conns)
+	}
+	c.mu.Lock()
+	dead := c.dead
+	c.mu.Unlock()
+	if dead {
+		d.mu.Unlock()
+		return // already closed and removed
+	}
+	d.draining = append(d.draining, c)
+	var evict *dohConn
+	if busy && !d.closed && len(d.activeConns()) == 0 && d.dialing == nil {
+		if int(d.total.Load()) < d.opts.PoolSize {
+			d.startDialLocked()
+		} else {
+			evict = d.draining[0]
+		}
+	}
+	d.notifyLocked()
+	d.mu.Unlock()
+	if evict != nil {
+		evict.shutdown()
+	}
+}
+
+// removeConn forgets c, which has closed, and frees its slot.
+func (d *DoH) removeConn(c *dohConn) {
+	d.mu.Lock()
+	active := d.activeConns()
+	if i := slices.Index(active, c); i >= 0 {
+		conns := slices.Delete(slices.Clone(active), i, i+1)
+		d.active.Store(&conns)
+	}
+	if i := slices.Index(d.draining, c); i >= 0 {
+		d.draining = slices.Delete(d.draining, i, i+1)
+	}
+	d.total.Add(-1)
+	d.notifyLocked()
+	d.mu.Unlock()
+	d.m.open.Dec()
+}
+
+// notifyLocked wakes every query waiting for the pool to change.
+func (d *DoH) notifyLocked() {
+	close(d.changed)
+	d.changed = make(chan struct{})
+}
+
+func (d *DoH) notify() {
+	d.mu.Lock()
+	d.notifyLocked()
+	d.mu.Unlock()
+}
+
+// housekeeping closes idle connections, retires old ones, re-checks
+// connections after a Trust update, forgets connections the server closed
+// and cuts drains that take too long.
+func (d *DoH) housekeeping() {
+	defer d.wg.Done()
+	t := time.NewTicker(d.tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.ctx.Done():
+			return
+		case now := <-t.C:
+			d.housekeep(now)
+		}
+	}
+}
+
+func (d *DoH) housekeep(now time.Time) {
+	st := d.trust.load()
+	for _, c := range d.activeConns() {
+		if c.cc.Err() != nil {
+			// Closed by the server while idle (its idle timeout): nothing
+			// to resend, the slot is free again.
+			d.log.Debug("upstream closed the connection", "upstream", d.name, "local", c.local.String())
+			c.shutdown()
+			continue
+		}
+		if !c.verifiedAgainst(st) && !d.reverifyConn(c, st) {
+			continue
+		}
+		if now.Sub(c.born) >= d.opts.MaxAge {
+			c.retire("max age")
+			continue
+		}
+		if c.closeIfIdle(now, d.opts.IdleTimeout) {
+			d.log.Debug("closed idle upstream connection", "upstream", d.name)
+		}
+	}
+
+	d.mu.Lock()
+	full := int(d.total.Load()) >= d.opts.PoolSize
+	var overdue []*dohConn
+	for _, c := range d.draining {
+		c.mu.Lock()
+		late := now.Sub(c.retiredAt) >= drainGrace
+		c.mu.Unlock()
+		if late && (full || c.cc.Err() != nil) {
+			overdue = append(overdue, c)
+		}
+	}
+	d.mu.Unlock()
+	for _, c := range overdue {
+		if d.log.Enabled(context.Background(), slog.LevelDebug) {
+			d.log.Debug("closing retired upstream connection still draining", "upstream", d.name, "after", drainGrace)
+		}
+		c.shutdown()
+	}
+}
+
+// lostErr is the error of a query whose connection failed under it (closed,
+// reset, GOAWAY before the query was processed), by the DoT's rule: a
+// connection that had answered and then ended is a pooled one ending
+// normally (ErrConnClosed: the query is resent, the upstream not blamed);
+// one that never answered means the upstream took the handshake and dropped
+// us (ErrUnreachable, counted against it).
+func (c *dohConn) lostErr(err error) error {
+	if c.answers.Load() == 0 {
+		return fmt.Errorf("%w: new connection to %s lost before any answer: %w", ErrUnreachable, c.d.name, err)
+	}
+	return fmt.Errorf("%w: %s: %w", ErrConnClosed, c.d.name, err)
+}
