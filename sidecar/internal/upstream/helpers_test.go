@@ -202,14 +202,71 @@ func (c *expiringCtx) Err() error {
 	}
 }
 
-// testDoHOptions are testDoTOptions' counterpart for a DoH upstream toward
-// srv, a dnstest server in DoH mode.
-func testDoHOptions(srv *dnstest.Server) DoHOptions {
+// transports are the kinds of upstream the tests shared by DoT and DoH run
+// against: each runs a dnstest server in that mode (newTestServer) and the
+// matching client (newTestUpstream).
+var transports = []string{"dot", "doh"}
+
+// newTestServer starts a dnstest server speaking transport.
+func newTestServer(t testing.TB, transport string, opts dnstest.Options) *dnstest.Server {
+	t.Helper()
+	opts.DoH = transport == "doh"
+	return dnstest.New(t, opts)
+}
+
+// testUpstream is what the shared tests use of a DoT or a DoH.
+type testUpstream interface {
+	Upstream
+	Reverify() int
+	core() *tlsUpstream
+	retireAll()     // retires every usable connection
+	openConns() int // connections open or dialing (the pool's slot count)
+}
+
+func (t *tlsUpstream) core() *tlsUpstream { return t }
+
+func (d *DoT) retireAll() {
+	for _, c := range d.activeConns() {
+		c.retire("test")
+	}
+}
+
+func (d *DoH) retireAll() {
+	for _, c := range d.activeConns() {
+		c.retire("test")
+	}
+}
+
+func (d *DoT) openConns() int { return int(d.total.Load()) }
+func (d *DoH) openConns() int { return int(d.total.Load()) }
+
+// newTestUpstream returns the client for srv's transport, built from
+// testDoTOptions(srv) adjusted by mod (a DoH takes the same values), closed
+// at the end of the test.
+func newTestUpstream(t testing.TB, srv *dnstest.Server, mod func(*DoTOptions)) testUpstream {
+	t.Helper()
+	if srv.Path == "" {
+		return newTestDoT(t, srv, mod)
+	}
 	o := testDoTOptions(srv)
+	if mod != nil {
+		mod(&o)
+	}
+	d, err := NewDoH(dohOptions(o, srv.Path))
+	if err != nil {
+		t.Fatalf("NewDoH: %v", err)
+	}
+	t.Cleanup(func() { _ = d.Close() })
+	return d
+}
+
+// dohOptions are o's values for a DoH upstream at path.
+func dohOptions(o DoTOptions, path string) DoHOptions {
 	return DoHOptions{
 		Addr:               o.Addr,
 		ServerName:         o.ServerName,
-		Path:               srv.Path,
+		Path:               path,
+		Pins:               o.Pins,
 		Trust:              o.Trust,
 		PoolSize:           o.PoolSize,
 		DialTimeout:        o.DialTimeout,
@@ -223,13 +280,13 @@ func testDoHOptions(srv *dnstest.Server) DoHOptions {
 }
 
 // newTestDoH starts a DoH test server and returns it with a DoH upstream
-// built from testDoHOptions, both closed at the end of the test; mod
+// built from testDoTOptions, both closed at the end of the test; mod
 // adjusts the options.
 func newTestDoH(t testing.TB, sopts dnstest.Options, mod func(*DoHOptions)) (*dnstest.Server, *DoH) {
 	t.Helper()
 	sopts.DoH = true
 	srv := dnstest.New(t, sopts)
-	opts := testDoHOptions(srv)
+	opts := dohOptions(testDoTOptions(srv), srv.Path)
 	if mod != nil {
 		mod(&opts)
 	}
