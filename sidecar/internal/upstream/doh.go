@@ -196,9 +196,7 @@ func (d *DoH) Exchange(ctx context.Context, q dnswire.Msg) (dnswire.Msg, error) 
 		if err != nil {
 			return dnswire.Msg{}, err
 		}
-		ans, err := d.roundTrip(ctx, c, &q)
-		c.release()
-		return ans, err
+		return d.roundTrip(ctx, c, &q)
 	})
 }
 

@@ -82,18 +82,21 @@ func (b *queryBody) Read(p []byte) (int, error) {
 
 func (b *queryBody) Close() error { return nil }
 
-// roundTrip sends q on c (a slot reserved there) and returns its answer with
-// q's ID.
+// roundTrip sends q on c, in the slot reserved there, and returns its answer
+// with q's ID. It gives the slot back once the stream is over, before
+// judging the connection by how it ended.
 func (d *DoH) roundTrip(ctx context.Context, c *dohConn, q *dnswire.Msg) (dnswire.Msg, error) {
 	sent, answered := time.Now(), c.answers.Load()
 	resp, err := c.cc.RoundTrip(d.newRequest(ctx, q))
 	if err != nil {
+		c.release()
 		return dnswire.Msg{}, d.failed(ctx, c, err, sent, answered)
 	}
 	ans, err := d.readAnswer(resp, q)
 	// readAnswer read the body to its end but on failures, when closing it
 	// resets the stream: nothing more of it is wanted.
 	_ = resp.Body.Close()
+	c.release()
 	switch {
 	case err == nil, errors.Is(err, ErrBadResponse):
 		c.answers.Add(1)
@@ -245,6 +248,9 @@ func (d *DoH) failed(ctx context.Context, c *dohConn, err error, sent time.Time,
 		}
 		return d.badHTTP(httpStreamReset, se.Error())
 	}
-	c.retire("connection failed: " + err.Error())
+	c.lose(err)
+	if cause := c.deathCause(); cause != nil {
+		return cause // one value for every query it took down
+	}
 	return c.lostErr(err)
 }

@@ -3,6 +3,7 @@ package upstream
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -38,12 +39,30 @@ type dohConn struct {
 	retired   bool        // no new queries; closes once drained
 	retiredAt time.Time
 	dead      bool
+	cause     error     // why it died, when the upstream ended it
 	idleSince time.Time // when load last fell to 0
 }
 
 type dohDial struct {
-	finished bool // guarded by DoH.mu, like err
+	finished bool // guarded by DoH.mu, like the fields below
 	err      error
+	conn     *dohConn // what a successful dial produced
+}
+
+// failure is why a finished dial left its waiters nothing to use, or nil:
+// the dial's error, or the death of its connection if the upstream dropped
+// it before answering anything, as for the DoT pool (dialState.failure).
+// Called with DoH.mu held.
+func (dl *dohDial) failure() error {
+	if dl.err != nil {
+		return dl.err
+	}
+	if dl.conn != nil {
+		if cause := dl.conn.deathCause(); errors.Is(cause, ErrUnreachable) {
+			return cause
+		}
+	}
+	return nil
 }
 
 // reserve takes a stream slot on c for one query. It fails when c takes no
@@ -105,17 +124,40 @@ func (c *dohConn) retire(why string) {
 }
 
 // shutdown closes c once, interrupting its streams, and frees its slot.
-func (c *dohConn) shutdown() {
+func (c *dohConn) shutdown() { c.shutdownFor(nil) }
+
+func (c *dohConn) shutdownFor(cause error) {
 	c.mu.Lock()
 	if c.dead {
 		c.mu.Unlock()
 		return
 	}
 	c.dead = true
+	c.cause = cause
 	c.closing.Store(true)
 	c.mu.Unlock()
 	_ = c.cc.Close()
 	c.d.removeConn(c)
+}
+
+// lose ends c after a failure of the connection itself, err: closed or
+// reset by the upstream, or GOAWAY. With nothing more to come on it, it
+// closes now; after a GOAWAY, the streams the server has read are still
+// answered, so it drains.
+func (c *dohConn) lose(err error) {
+	if c.cc.Err() == nil {
+		c.retire(err.Error())
+		return
+	}
+	c.shutdownFor(c.lostErr(err))
+}
+
+// deathCause is why the upstream ended c (nil while it lives, or when c
+// was closed by this side).
+func (c *dohConn) deathCause() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cause
 }
 
 // closeIfIdle closes c if no stream has been on it since idleFor before now.
@@ -156,13 +198,16 @@ func (d *DoH) acquire(ctx context.Context) (*dohConn, error) {
 			d.mu.Unlock()
 			return nil, ErrClosed
 		}
-		if dl != nil && dl.finished && dl.err != nil && len(d.activeConns()) == 0 {
-			// The dial this query waited for failed and nothing else
-			// appeared: failing with its error beats dialing again at once,
-			// which against an upstream that refuses every dial would loop
-			// until the deadline.
-			d.mu.Unlock()
-			return nil, dl.err
+		if dl != nil && dl.finished && len(d.activeConns()) == 0 {
+			// The dial this query waited for is over and left it nothing:
+			// it failed, or the upstream dropped the new connection before
+			// answering anything. Failing with that beats dialing again at
+			// once, which against an upstream that hangs up on every
+			// handshake would loop until the deadline.
+			if err := dl.failure(); err != nil {
+				d.mu.Unlock()
+				return nil, err
+			}
 		}
 		if d.dialing == nil && int(d.total.Load()) < d.opts.PoolSize {
 			d.startDialLocked()
@@ -217,7 +262,7 @@ func (d *DoH) pick() *dohConn {
 			// every other as far as we know; wait for room.
 			return nil
 		}
-		best.retire("not usable any more")
+		best.lose(errors.New("closed by the upstream, or GOAWAY, before this query"))
 	}
 }
 
@@ -256,7 +301,7 @@ func (d *DoH) runDial(dl *dohDial) {
 	}
 	d.mu.Lock()
 	d.dialing = nil
-	dl.finished = true
+	dl.finished, dl.conn = true, c
 	closed := d.closed
 	switch {
 	case err != nil:

@@ -221,6 +221,64 @@ type testUpstream interface {
 	core() *tlsUpstream
 	retireAll()     // retires every usable connection
 	openConns() int // connections open or dialing (the pool's slot count)
+	usable() int    // connections taking new queries
+	consistent() bool
+	grow()
+	conns() []testConn // the usable connections
+}
+
+// testConn is what the shared tests use of a DoT's or a DoH's connection.
+type testConn interface {
+	retire(why string)
+	isClosing() bool
+}
+
+func (c *conn) isClosing() bool    { return c.closing.Load() }
+func (c *dohConn) isClosing() bool { return c.closing.Load() }
+
+func (d *DoT) conns() []testConn {
+	var out []testConn
+	for _, c := range d.activeConns() {
+		out = append(out, c)
+	}
+	return out
+}
+
+func (d *DoH) conns() []testConn {
+	var out []testConn
+	for _, c := range d.activeConns() {
+		out = append(out, c)
+	}
+	return out
+}
+
+func (d *DoT) usable() int { return len(d.activeConns()) }
+func (d *DoH) usable() int { return len(d.activeConns()) }
+
+func (d *DoT) consistent() bool { return poolConsistent(d) }
+
+// consistent is poolConsistent for a DoH: the slot count equals the
+// connections listed plus the dial in progress, and none listed is closed.
+func (d *DoH) consistent() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	listed := append(append([]*dohConn(nil), d.activeConns()...), d.draining...)
+	n := len(listed)
+	if d.dialing != nil {
+		n++
+	}
+	if int(d.total.Load()) != n || n > d.opts.PoolSize {
+		return false
+	}
+	for _, c := range listed {
+		c.mu.Lock()
+		dead := c.dead
+		c.mu.Unlock()
+		if dead {
+			return false
+		}
+	}
+	return true
 }
 
 func (t *tlsUpstream) core() *tlsUpstream { return t }

@@ -17,7 +17,7 @@ import (
 
 // runQueries sends n distinct A queries from conc goroutines and returns the
 // first error (a failed Exchange or a wrong answer) and how many succeeded.
-func runQueries(t testing.TB, d *DoT, n, conc int, timeout time.Duration) (ok int64, err error) {
+func runQueries(t testing.TB, d Upstream, n, conc int, timeout time.Duration) (ok int64, err error) {
 	t.Helper()
 	var (
 		next    atomic.Int64
@@ -84,22 +84,26 @@ func TestSplitReads(t *testing.T) {
 }
 
 func TestPoolStaysWithinSizeUnderLoad(t *testing.T) {
-	for _, size := range []int{1, 3} {
-		t.Run(fmt.Sprintf("PoolSize=%d", size), func(t *testing.T) {
-			srv := dnstest.New(t, dnstest.Options{Raw: dnstest.ReflectRaw})
-			// A handshake starved of CPU on a loaded machine must not time
-			// out: a failed dial is one more connection for the server to
-			// count, though never more than PoolSize at once.
-			d := newTestDoT(t, srv, func(o *DoTOptions) { o.PoolSize = size; o.DialTimeout = 10 * time.Second })
-			ok, err := runQueries(t, d, 10000, 256, answerTimeout)
-			if err != nil || ok != 10000 {
-				t.Fatalf("%d/10000 answered right; first error: %v", ok, err)
+	for _, tr := range transports {
+		t.Run(tr, func(t *testing.T) {
+			for _, size := range []int{1, 3} {
+				t.Run(fmt.Sprintf("PoolSize=%d", size), func(t *testing.T) {
+					srv := newTestServer(t, tr, dnstest.Options{Raw: dnstest.ReflectRaw})
+					// A handshake starved of CPU on a loaded machine must not time
+					// out: a failed dial is one more connection for the server to
+					// count, though never more than PoolSize at once.
+					d := newTestUpstream(t, srv, func(o *DoTOptions) { o.PoolSize = size; o.DialTimeout = 10 * time.Second })
+					ok, err := runQueries(t, d, 10000, 256, answerTimeout)
+					if err != nil || ok != 10000 {
+						t.Fatalf("%d/10000 answered right; first error: %v", ok, err)
+					}
+					if got := srv.Accepted(); got > int64(size) || got < 1 {
+						t.Errorf("server accepted %d connections, want 1..%d", got, size)
+					}
+					eventually(t, 2*time.Second, "pool bookkeeping to settle", func() bool { return d.consistent() })
+					t.Logf("PoolSize %d: %d connections for 10000 queries from 256 goroutines", size, srv.Accepted())
+				})
 			}
-			if got := srv.Accepted(); got > int64(size) || got < 1 {
-				t.Errorf("server accepted %d connections, want 1..%d", got, size)
-			}
-			eventually(t, 2*time.Second, "pool bookkeeping to settle", func() bool { return poolConsistent(d) })
-			t.Logf("PoolSize %d: %d connections for 10000 queries from 256 goroutines", size, srv.Accepted())
 		})
 	}
 }
@@ -110,30 +114,34 @@ func TestPoolStaysWithinSizeUnderLoad(t *testing.T) {
 // unreachable once DialTimeout passes. DialTimeout leaves every goroutine
 // ample time to join the dial on a loaded machine.
 func TestBurstSharesOneDial(t *testing.T) {
-	srv := dnstest.New(t, dnstest.Options{})
-	srv.Behavior.BlackHole.Store(true)
-	d := newTestDoT(t, srv, func(o *DoTOptions) { o.PoolSize = 4; o.DialTimeout = time.Second })
-	start := make(chan struct{})
-	errs := make(chan error, 50)
-	var wg sync.WaitGroup
-	for i := range 50 {
-		wg.Go(func() {
-			<-start
-			q := packQuery(t, fmt.Sprintf("b%d.example.", i), dns.TypeA)
-			_, err := d.Exchange(ctxTimeout(t, 5*time.Second), q)
-			errs <- err
+	for _, tr := range transports {
+		t.Run(tr, func(t *testing.T) {
+			srv := newTestServer(t, tr, dnstest.Options{})
+			srv.Behavior.BlackHole.Store(true)
+			d := newTestUpstream(t, srv, func(o *DoTOptions) { o.PoolSize = 4; o.DialTimeout = time.Second })
+			start := make(chan struct{})
+			errs := make(chan error, 50)
+			var wg sync.WaitGroup
+			for i := range 50 {
+				wg.Go(func() {
+					<-start
+					q := packQuery(t, fmt.Sprintf("b%d.example.", i), dns.TypeA)
+					_, err := d.Exchange(ctxTimeout(t, 5*time.Second), q)
+					errs <- err
+				})
+			}
+			close(start)
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				if !errors.Is(err, ErrUnreachable) {
+					t.Errorf("Exchange error %v, want ErrUnreachable", err)
+				}
+			}
+			if got := srv.Accepted(); got != 1 {
+				t.Errorf("server accepted %d connections, want 1 (one shared dial)", got)
+			}
 		})
-	}
-	close(start)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if !errors.Is(err, ErrUnreachable) {
-			t.Errorf("Exchange error %v, want ErrUnreachable", err)
-		}
-	}
-	if got := srv.Accepted(); got != 1 {
-		t.Errorf("server accepted %d connections, want 1 (one shared dial)", got)
 	}
 }
 

@@ -61,44 +61,48 @@ func TestUpstreamDropsConnectionsUnderLoad(t *testing.T) {
 // ErrUnreachable, which a Group counts, after one connection and no resend,
 // rather than dialing again and again until its deadline.
 func TestNewConnectionDroppedIsUnreachable(t *testing.T) {
-	tests := []struct {
-		name      string
-		set       func(b *dnstest.Behavior)
-		wantSends int64 // queries the server reads per Exchange
-	}{
-		{"hang up after the handshake", func(b *dnstest.Behavior) { b.HangUp.Store(true) }, 0},
-		{"reset on the first query", func(b *dnstest.Behavior) { b.ResetAfter.Store(1) }, 1},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			srv := dnstest.New(t, dnstest.Options{})
-			tt.set(&srv.Behavior)
-			d := newTestDoT(t, srv, nil)
-			// Many rounds: a connection dropped between being published and
-			// being used is a race that only some rounds hit.
-			const n = 50
-			for i := range n {
-				_, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "h.example.", dns.TypeA))
-				if !errors.Is(err, ErrUnreachable) || errors.Is(err, ErrConnClosed) {
-					t.Fatalf("query %d: %v, want ErrUnreachable (and not ErrConnClosed)", i, err)
-				}
+	for _, tr := range transports {
+		t.Run(tr, func(t *testing.T) {
+			tests := []struct {
+				name      string
+				set       func(b *dnstest.Behavior)
+				wantSends int64 // queries the server reads per Exchange
+			}{
+				{"hang up after the handshake", func(b *dnstest.Behavior) { b.HangUp.Store(true) }, 0},
+				{"reset on the first query", func(b *dnstest.Behavior) { b.ResetAfter.Store(1) }, 1},
 			}
-			if got := srv.Accepted(); got != n {
-				t.Errorf("server accepted %d connections for %d queries, want one each", got, n)
-			}
-			if got := srv.Queries(); got != n*tt.wantSends {
-				t.Errorf("server read %d queries, want %d (no resends)", got, n*tt.wantSends)
-			}
-			if got := counterValue(d.m.resent); got != 0 {
-				t.Errorf("requests_resent_total = %v, want 0", got)
-			}
-			eventually(t, 2*time.Second, "every dead connection to be forgotten", func() bool {
-				return poolConsistent(d) && d.total.Load() == 0 && len(d.activeConns()) == 0 && counterValue(d.m.open) == 0
-			})
-			srv.Behavior.HangUp.Store(false)
-			srv.Behavior.ResetAfter.Store(0)
-			if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "h.example.", dns.TypeA)); err != nil {
-				t.Fatalf("Exchange once the upstream behaves: %v", err)
+			for _, tt := range tests {
+				t.Run(tt.name, func(t *testing.T) {
+					srv := newTestServer(t, tr, dnstest.Options{})
+					tt.set(&srv.Behavior)
+					d := newTestUpstream(t, srv, nil)
+					// Many rounds: a connection dropped between being published and
+					// being used is a race that only some rounds hit.
+					const n = 50
+					for i := range n {
+						_, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "h.example.", dns.TypeA))
+						if !errors.Is(err, ErrUnreachable) || errors.Is(err, ErrConnClosed) {
+							t.Fatalf("query %d: %v, want ErrUnreachable (and not ErrConnClosed)", i, err)
+						}
+					}
+					if got := srv.Accepted(); got != n {
+						t.Errorf("server accepted %d connections for %d queries, want one each", got, n)
+					}
+					if got := srv.Queries(); got != n*tt.wantSends {
+						t.Errorf("server read %d queries, want %d (no resends)", got, n*tt.wantSends)
+					}
+					if got := counterValue(d.core().m.resent); got != 0 {
+						t.Errorf("requests_resent_total = %v, want 0", got)
+					}
+					eventually(t, 2*time.Second, "every dead connection to be forgotten", func() bool {
+						return d.consistent() && d.openConns() == 0 && d.usable() == 0 && counterValue(d.core().m.open) == 0
+					})
+					srv.Behavior.HangUp.Store(false)
+					srv.Behavior.ResetAfter.Store(0)
+					if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "h.example.", dns.TypeA)); err != nil {
+						t.Fatalf("Exchange once the upstream behaves: %v", err)
+					}
+				})
 			}
 		})
 	}
@@ -109,42 +113,46 @@ func TestNewConnectionDroppedIsUnreachable(t *testing.T) {
 // without the caller noticing. Only if the fresh connection dies too before
 // answering anything does the query fail, with ErrUnreachable.
 func TestServedConnectionDying(t *testing.T) {
-	tests := []struct {
-		name       string
-		resetAfter int32 // set once the first connection has answered one query
-		wantErr    error // nil: answered
-	}{
-		{"resent and answered on a fresh connection", 2, nil},
-		{"the fresh connection dies too", 1, ErrUnreachable},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			srv := dnstest.New(t, dnstest.Options{})
-			d := newTestDoT(t, srv, nil)
-			if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "warm.example.", dns.TypeA)); err != nil {
-				t.Fatal(err)
+	for _, tr := range transports {
+		t.Run(tr, func(t *testing.T) {
+			tests := []struct {
+				name       string
+				resetAfter int32 // set once the first connection has answered one query
+				wantErr    error // nil: answered
+			}{
+				{"resent and answered on a fresh connection", 2, nil},
+				{"the fresh connection dies too", 1, ErrUnreachable},
 			}
-			srv.Behavior.ResetAfter.Store(tt.resetAfter)
-			q := packQuery(t, "x.example.", dns.TypeA)
-			resp, err := d.Exchange(ctxTimeout(t, answerTimeout), q)
-			switch {
-			case tt.wantErr == nil && err == nil:
-				if err := checkAnswer(resp, q); err != nil {
-					t.Fatal(err)
-				}
-			case tt.wantErr == nil || !errors.Is(err, tt.wantErr):
-				t.Fatalf("Exchange: %v, want %v", err, tt.wantErr)
-			}
-			if errors.Is(err, ErrConnClosed) {
-				t.Errorf("Exchange: %v; a connection that never answered is not a pooled one closing", err)
-			}
-			// The warm query, then the query on the served connection and
-			// once more on a fresh one.
-			if got := srv.Queries(); got != 3 {
-				t.Errorf("server read %d queries, want 3", got)
-			}
-			if got := counterValue(d.m.resent); got != 1 {
-				t.Errorf("requests_resent_total = %v, want 1", got)
+			for _, tt := range tests {
+				t.Run(tt.name, func(t *testing.T) {
+					srv := newTestServer(t, tr, dnstest.Options{})
+					d := newTestUpstream(t, srv, nil)
+					if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "warm.example.", dns.TypeA)); err != nil {
+						t.Fatal(err)
+					}
+					srv.Behavior.ResetAfter.Store(tt.resetAfter)
+					q := packQuery(t, "x.example.", dns.TypeA)
+					resp, err := d.Exchange(ctxTimeout(t, answerTimeout), q)
+					switch {
+					case tt.wantErr == nil && err == nil:
+						if err := checkAnswer(resp, q); err != nil {
+							t.Fatal(err)
+						}
+					case tt.wantErr == nil || !errors.Is(err, tt.wantErr):
+						t.Fatalf("Exchange: %v, want %v", err, tt.wantErr)
+					}
+					if errors.Is(err, ErrConnClosed) {
+						t.Errorf("Exchange: %v; a connection that never answered is not a pooled one closing", err)
+					}
+					// The warm query, then the query on the served connection and
+					// once more on a fresh one.
+					if got := srv.Queries(); got != 3 {
+						t.Errorf("server read %d queries, want 3", got)
+					}
+					if got := counterValue(d.core().m.resent); got != 1 {
+						t.Errorf("requests_resent_total = %v, want 1", got)
+					}
+				})
 			}
 		})
 	}
@@ -251,72 +259,84 @@ func TestDeadlineHonoured(t *testing.T) {
 
 // A query without a deadline gets QueryTimeout.
 func TestQueryTimeoutDefault(t *testing.T) {
-	srv := dnstest.New(t, dnstest.Options{})
-	srv.Behavior.Drop.Store(true)
-	d := newTestDoT(t, srv, func(o *DoTOptions) { o.QueryTimeout = 50 * time.Millisecond })
-	_, err := d.Exchange(context.Background(), packQuery(t, "n.example.", dns.TypeA))
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Exchange error %v, want DeadlineExceeded", err)
+	for _, tr := range transports {
+		t.Run(tr, func(t *testing.T) {
+			srv := newTestServer(t, tr, dnstest.Options{})
+			srv.Behavior.Drop.Store(true)
+			d := newTestUpstream(t, srv, func(o *DoTOptions) { o.QueryTimeout = 50 * time.Millisecond })
+			_, err := d.Exchange(context.Background(), packQuery(t, "n.example.", dns.TypeA))
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("Exchange error %v, want DeadlineExceeded", err)
+			}
+		})
 	}
 }
 
 // A connection that answers nothing for longer than silentAfter while a
 // query waits is presumed dead (half-open) and retired.
 func TestSilentConnectionRetired(t *testing.T) {
-	srv := dnstest.New(t, dnstest.Options{})
-	d := newTestDoT(t, srv, nil)
-	if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "s.example.", dns.TypeA)); err != nil {
-		t.Fatal(err)
-	}
-	srv.Behavior.Drop.Store(true)
-	// The deadline passes once silentAfter has surely gone by since the
-	// send: the server has read the query by the time it is counted.
-	ctx := newExpiringCtx()
-	errc := make(chan error, 1)
-	go func() {
-		_, err := d.Exchange(ctx, packQuery(t, "s.example.", dns.TypeA))
-		errc <- err
-	}()
-	eventually(t, 2*time.Second, "the query to reach the server", func() bool { return srv.Queries() == 2 })
-	time.AfterFunc(silentAfter, ctx.expire)
-	if err := <-errc; !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Exchange error %v, want DeadlineExceeded", err)
-	}
-	eventually(t, 2*time.Second, "the silent connection to close", func() bool { return srv.Open() == 0 })
-	srv.Behavior.Drop.Store(false)
-	if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "s.example.", dns.TypeA)); err != nil {
-		t.Fatal(err)
-	}
-	if srv.Accepted() != 2 {
-		t.Errorf("server accepted %d connections, want 2", srv.Accepted())
+	for _, tr := range transports {
+		t.Run(tr, func(t *testing.T) {
+			srv := newTestServer(t, tr, dnstest.Options{})
+			d := newTestUpstream(t, srv, nil)
+			if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "s.example.", dns.TypeA)); err != nil {
+				t.Fatal(err)
+			}
+			srv.Behavior.Drop.Store(true)
+			// The deadline passes once silentAfter has surely gone by since the
+			// send: the server has read the query by the time it is counted.
+			ctx := newExpiringCtx()
+			errc := make(chan error, 1)
+			go func() {
+				_, err := d.Exchange(ctx, packQuery(t, "s.example.", dns.TypeA))
+				errc <- err
+			}()
+			eventually(t, 2*time.Second, "the query to reach the server", func() bool { return srv.Queries() == 2 })
+			time.AfterFunc(silentAfter, ctx.expire)
+			if err := <-errc; !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("Exchange error %v, want DeadlineExceeded", err)
+			}
+			eventually(t, 2*time.Second, "the silent connection to close", func() bool { return srv.Open() == 0 })
+			srv.Behavior.Drop.Store(false)
+			if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "s.example.", dns.TypeA)); err != nil {
+				t.Fatal(err)
+			}
+			if srv.Accepted() != 2 {
+				t.Errorf("server accepted %d connections, want 2", srv.Accepted())
+			}
+		})
 	}
 }
 
 func TestConnectionLifetime(t *testing.T) {
-	tests := []struct {
-		name string
-		mod  func(*DoTOptions)
-	}{
-		{"idle timeout", func(o *DoTOptions) { o.IdleTimeout = 100 * time.Millisecond }},
-		{"max age", func(o *DoTOptions) { o.MaxAge = 100 * time.Millisecond }},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			srv := dnstest.New(t, dnstest.Options{})
-			d := newTestDoT(t, srv, tt.mod)
-			if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "l.example.", dns.TypeA)); err != nil {
-				t.Fatal(err)
+	for _, tr := range transports {
+		t.Run(tr, func(t *testing.T) {
+			tests := []struct {
+				name string
+				mod  func(*DoTOptions)
+			}{
+				{"idle timeout", func(o *DoTOptions) { o.IdleTimeout = 100 * time.Millisecond }},
+				{"max age", func(o *DoTOptions) { o.MaxAge = 100 * time.Millisecond }},
 			}
-			eventually(t, 3*time.Second, "the connection to close", func() bool { return srv.Open() == 0 })
-			// The socket closes before the pool forgets the connection, so
-			// the server can see the close before the gauge falls.
-			eventually(t, 2*time.Second, "connections_open to fall to 0", func() bool { return counterValue(d.m.open) == 0 })
-			if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "l.example.", dns.TypeA)); err != nil {
-				t.Fatalf("Exchange after close: %v", err)
-			}
-			// 2, or more if a stall outlasted MaxAge between a dial and its use.
-			if srv.Accepted() < 2 {
-				t.Errorf("server accepted %d connections, want a new one after the close", srv.Accepted())
+			for _, tt := range tests {
+				t.Run(tt.name, func(t *testing.T) {
+					srv := newTestServer(t, tr, dnstest.Options{})
+					d := newTestUpstream(t, srv, tt.mod)
+					if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "l.example.", dns.TypeA)); err != nil {
+						t.Fatal(err)
+					}
+					eventually(t, 3*time.Second, "the connection to close", func() bool { return srv.Open() == 0 })
+					// The socket closes before the pool forgets the connection, so
+					// the server can see the close before the gauge falls.
+					eventually(t, 2*time.Second, "connections_open to fall to 0", func() bool { return counterValue(d.core().m.open) == 0 })
+					if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "l.example.", dns.TypeA)); err != nil {
+						t.Fatalf("Exchange after close: %v", err)
+					}
+					// 2, or more if a stall outlasted MaxAge between a dial and its use.
+					if srv.Accepted() < 2 {
+						t.Errorf("server accepted %d connections, want a new one after the close", srv.Accepted())
+					}
+				})
 			}
 		})
 	}
@@ -325,21 +345,25 @@ func TestConnectionLifetime(t *testing.T) {
 // A connection past MaxAge that still has queries in flight drains: they
 // are answered on it, new ones go to a fresh connection.
 func TestMaxAgeDrainsInFlight(t *testing.T) {
-	const maxAge = 500 * time.Millisecond
-	srv := dnstest.New(t, dnstest.Options{})
-	d := newTestDoT(t, srv, func(o *DoTOptions) { o.MaxAge = maxAge; o.PoolSize = 2 })
-	if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "warm.example.", dns.TypeA)); err != nil {
-		t.Fatal(err)
-	}
-	// All 8 are on the connection long before it reaches MaxAge, and
-	// answered after.
-	srv.Behavior.SetDelay(maxAge + 250*time.Millisecond)
-	ok, err := runQueries(t, d, 8, 8, answerTimeout)
-	if err != nil || ok != 8 {
-		t.Fatalf("%d/8 answered; first error: %v", ok, err)
-	}
-	if got := counterValue(d.m.resent); got != 0 {
-		t.Errorf("requests_resent_total = %v; a retired connection must drain, not drop its queries", got)
+	for _, tr := range transports {
+		t.Run(tr, func(t *testing.T) {
+			const maxAge = 500 * time.Millisecond
+			srv := newTestServer(t, tr, dnstest.Options{})
+			d := newTestUpstream(t, srv, func(o *DoTOptions) { o.MaxAge = maxAge; o.PoolSize = 2 })
+			if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "warm.example.", dns.TypeA)); err != nil {
+				t.Fatal(err)
+			}
+			// All 8 are on the connection long before it reaches MaxAge, and
+			// answered after.
+			srv.Behavior.SetDelay(maxAge + 250*time.Millisecond)
+			ok, err := runQueries(t, d, 8, 8, answerTimeout)
+			if err != nil || ok != 8 {
+				t.Fatalf("%d/8 answered; first error: %v", ok, err)
+			}
+			if got := counterValue(d.core().m.resent); got != 0 {
+				t.Errorf("requests_resent_total = %v; a retired connection must drain, not drop its queries", got)
+			}
+		})
 	}
 }
 
@@ -349,70 +373,74 @@ func TestMaxAgeDrainsInFlight(t *testing.T) {
 // retired first is closed at once, its queries resent, and new queries are
 // answered on a replacement right away.
 func TestRetiringEveryConnectionDoesNotStall(t *testing.T) {
-	tests := []struct {
-		name     string
-		poolSize int
-		maxAge   time.Duration // 0: retired by hand, all at once
-	}{
-		{"pool of 1 at max age", 1, 200 * time.Millisecond},
-		{"pool of 2 retired at once", 2, 0},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			var slowSeen atomic.Int64
-			srv := dnstest.New(t, dnstest.Options{Handler: func(q *dns.Msg) *dns.Msg {
-				if len(q.Question) == 1 && strings.HasPrefix(q.Question[0].Name, "slow") {
-					slowSeen.Add(1)
-					return nil
-				}
-				return dnstest.DefaultHandler(q)
-			}})
-			d := newTestDoT(t, srv, func(o *DoTOptions) {
-				o.PoolSize = tt.poolSize
-				if tt.maxAge != 0 {
-					o.MaxAge = tt.maxAge
-				}
-			})
-			if tt.poolSize > 1 {
-				if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "warm.example.", dns.TypeA)); err != nil {
-					t.Fatal(err)
-				}
-				d.grow()
-				eventually(t, 2*time.Second, "the pool to fill", func() bool { return len(d.activeConns()) == tt.poolSize })
+	for _, tr := range transports {
+		t.Run(tr, func(t *testing.T) {
+			tests := []struct {
+				name     string
+				poolSize int
+				maxAge   time.Duration // 0: retired by hand, all at once
+			}{
+				{"pool of 1 at max age", 1, 200 * time.Millisecond},
+				{"pool of 2 retired at once", 2, 0},
 			}
-			// A slow query in flight on every connection.
-			for i := range tt.poolSize {
-				go func() {
-					_, _ = d.Exchange(ctxTimeout(t, 5*time.Second), packQuery(t, fmt.Sprintf("slow%d.example.", i), dns.TypeA))
-				}()
-				eventually(t, 2*time.Second, "the slow query to reach the upstream", func() bool { return slowSeen.Load() == int64(i+1) })
-			}
-			conns := d.activeConns()
-			if len(conns) != tt.poolSize {
-				t.Fatalf("%d connections, want %d", len(conns), tt.poolSize)
-			}
-			if tt.maxAge == 0 {
-				for _, c := range conns {
-					c.retire("test")
-				}
-			}
-			eventually(t, 2*time.Second, "every connection to be retired", func() bool {
-				for _, c := range conns {
-					if !c.closing.Load() {
-						return false
+			for _, tt := range tests {
+				t.Run(tt.name, func(t *testing.T) {
+					var slowSeen atomic.Int64
+					srv := newTestServer(t, tr, dnstest.Options{Handler: func(q *dns.Msg) *dns.Msg {
+						if len(q.Question) == 1 && strings.HasPrefix(q.Question[0].Name, "slow") {
+							slowSeen.Add(1)
+							return nil
+						}
+						return dnstest.DefaultHandler(q)
+					}})
+					d := newTestUpstream(t, srv, func(o *DoTOptions) {
+						o.PoolSize = tt.poolSize
+						if tt.maxAge != 0 {
+							o.MaxAge = tt.maxAge
+						}
+					})
+					if tt.poolSize > 1 {
+						if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "warm.example.", dns.TypeA)); err != nil {
+							t.Fatal(err)
+						}
+						d.grow()
+						eventually(t, 2*time.Second, "the pool to fill", func() bool { return d.usable() == tt.poolSize })
 					}
-				}
-				return true
-			})
-			// Well under drainGrace: a query waiting for the drain fails.
-			start := time.Now()
-			q := packQuery(t, "fast.example.", dns.TypeA)
-			resp, err := d.Exchange(ctxTimeout(t, drainGrace*6/10), q)
-			if err == nil {
-				err = checkAnswer(resp, q)
-			}
-			if err != nil {
-				t.Fatalf("query after every connection was retired: %v (after %s)", err, time.Since(start).Round(time.Millisecond))
+					// A slow query in flight on every connection.
+					for i := range tt.poolSize {
+						go func() {
+							_, _ = d.Exchange(ctxTimeout(t, 5*time.Second), packQuery(t, fmt.Sprintf("slow%d.example.", i), dns.TypeA))
+						}()
+						eventually(t, 2*time.Second, "the slow query to reach the upstream", func() bool { return slowSeen.Load() == int64(i+1) })
+					}
+					conns := d.conns()
+					if len(conns) != tt.poolSize {
+						t.Fatalf("%d connections, want %d", len(conns), tt.poolSize)
+					}
+					if tt.maxAge == 0 {
+						for _, c := range conns {
+							c.retire("test")
+						}
+					}
+					eventually(t, 2*time.Second, "every connection to be retired", func() bool {
+						for _, c := range conns {
+							if !c.isClosing() {
+								return false
+							}
+						}
+						return true
+					})
+					// Well under drainGrace: a query waiting for the drain fails.
+					start := time.Now()
+					q := packQuery(t, "fast.example.", dns.TypeA)
+					resp, err := d.Exchange(ctxTimeout(t, drainGrace*6/10), q)
+					if err == nil {
+						err = checkAnswer(resp, q)
+					}
+					if err != nil {
+						t.Fatalf("query after every connection was retired: %v (after %s)", err, time.Since(start).Round(time.Millisecond))
+					}
+				})
 			}
 		})
 	}
@@ -422,70 +450,78 @@ func TestRetiringEveryConnectionDoesNotStall(t *testing.T) {
 // waits for its answer or for the dial of its connection (the dial is cut
 // short), and Exchange keeps failing with ErrClosed afterwards.
 func TestCloseFailsInFlight(t *testing.T) {
-	tests := []struct {
-		name    string
-		set     func(b *dnstest.Behavior)
-		waiting func(srv *dnstest.Server) bool // the query is where the case wants it
-	}{
-		{"waiting for the answer", func(b *dnstest.Behavior) { b.Drop.Store(true) },
-			func(srv *dnstest.Server) bool { return srv.Queries() == 1 }},
-		{"waiting for the dial", func(b *dnstest.Behavior) { b.BlackHole.Store(true) },
-			func(srv *dnstest.Server) bool { return srv.Accepted() == 1 }},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			srv := dnstest.New(t, dnstest.Options{})
-			tt.set(&srv.Behavior)
-			d := newTestDoT(t, srv, func(o *DoTOptions) { o.DialTimeout = 10 * time.Second })
-			errc := make(chan error, 1)
-			go func() {
-				_, err := d.Exchange(ctxTimeout(t, 10*time.Second), packQuery(t, "c.example.", dns.TypeA))
-				errc <- err
-			}()
-			eventually(t, 2*time.Second, "the query to be "+tt.name, func() bool { return tt.waiting(srv) })
-			start := time.Now()
-			if err := d.Close(); err != nil {
-				t.Fatal(err)
+	for _, tr := range transports {
+		t.Run(tr, func(t *testing.T) {
+			tests := []struct {
+				name    string
+				set     func(b *dnstest.Behavior)
+				waiting func(srv *dnstest.Server) bool // the query is where the case wants it
+			}{
+				{"waiting for the answer", func(b *dnstest.Behavior) { b.Drop.Store(true) },
+					func(srv *dnstest.Server) bool { return srv.Queries() == 1 }},
+				{"waiting for the dial", func(b *dnstest.Behavior) { b.BlackHole.Store(true) },
+					func(srv *dnstest.Server) bool { return srv.Accepted() == 1 }},
 			}
-			if err := <-errc; !errors.Is(err, ErrClosed) {
-				t.Fatalf("in-flight Exchange: %v, want ErrClosed", err)
+			for _, tt := range tests {
+				t.Run(tt.name, func(t *testing.T) {
+					srv := newTestServer(t, tr, dnstest.Options{})
+					tt.set(&srv.Behavior)
+					d := newTestUpstream(t, srv, func(o *DoTOptions) { o.DialTimeout = 10 * time.Second })
+					errc := make(chan error, 1)
+					go func() {
+						_, err := d.Exchange(ctxTimeout(t, 10*time.Second), packQuery(t, "c.example.", dns.TypeA))
+						errc <- err
+					}()
+					eventually(t, 2*time.Second, "the query to be "+tt.name, func() bool { return tt.waiting(srv) })
+					start := time.Now()
+					if err := d.Close(); err != nil {
+						t.Fatal(err)
+					}
+					if err := <-errc; !errors.Is(err, ErrClosed) {
+						t.Fatalf("in-flight Exchange: %v, want ErrClosed", err)
+					}
+					if took := time.Since(start); took > 2*time.Second {
+						t.Errorf("Close and the in-flight query took %s", took)
+					}
+					if _, err := d.Exchange(ctxTimeout(t, time.Second), packQuery(t, "c.example.", dns.TypeA)); !errors.Is(err, ErrClosed) {
+						t.Fatalf("Exchange after Close: %v, want ErrClosed", err)
+					}
+					eventually(t, 2*time.Second, "the server to see the connection close", func() bool { return srv.Open() == 0 })
+				})
 			}
-			if took := time.Since(start); took > 2*time.Second {
-				t.Errorf("Close and the in-flight query took %s", took)
-			}
-			if _, err := d.Exchange(ctxTimeout(t, time.Second), packQuery(t, "c.example.", dns.TypeA)); !errors.Is(err, ErrClosed) {
-				t.Fatalf("Exchange after Close: %v, want ErrClosed", err)
-			}
-			eventually(t, 2*time.Second, "the server to see the connection close", func() bool { return srv.Open() == 0 })
 		})
 	}
 }
 
 func TestBadQuery(t *testing.T) {
-	srv := dnstest.New(t, dnstest.Options{})
-	d := newTestDoT(t, srv, nil)
-	gm := packQuery(t, "q.example.", dns.TypeA)
-	good := gm.Wire()
-	parse := func(b []byte) dnswire.Msg {
-		m, _ := dnswire.Parse(b)
-		return m
-	}
-	two := new(dns.Msg)
-	two.Question = []dns.Question{{Name: "a.", Qtype: dns.TypeA, Qclass: dns.ClassINET}, {Name: "b.", Qtype: dns.TypeA, Qclass: dns.ClassINET}}
-	for name, q := range map[string]dnswire.Msg{
-		"zero Msg":        {},
-		"short header":    parse(good[:11]),
-		"cut in question": parse(good[:len(good)-3]),
-		"too long":        parse(append(good, make([]byte, 65536)...)),
-		"no question":     parse(good[:12]),
-		"two questions":   parseMsg(t, two),
-	} {
-		if _, err := d.Exchange(ctxTimeout(t, time.Second), q); !errors.Is(err, ErrBadQuery) {
-			t.Errorf("%s: %v, want ErrBadQuery", name, err)
-		}
-	}
-	if srv.Accepted() != 0 {
-		t.Errorf("a bad query made a connection")
+	for _, tr := range transports {
+		t.Run(tr, func(t *testing.T) {
+			srv := newTestServer(t, tr, dnstest.Options{})
+			d := newTestUpstream(t, srv, nil)
+			gm := packQuery(t, "q.example.", dns.TypeA)
+			good := gm.Wire()
+			parse := func(b []byte) dnswire.Msg {
+				m, _ := dnswire.Parse(b)
+				return m
+			}
+			two := new(dns.Msg)
+			two.Question = []dns.Question{{Name: "a.", Qtype: dns.TypeA, Qclass: dns.ClassINET}, {Name: "b.", Qtype: dns.TypeA, Qclass: dns.ClassINET}}
+			for name, q := range map[string]dnswire.Msg{
+				"zero Msg":        {},
+				"short header":    parse(good[:11]),
+				"cut in question": parse(good[:len(good)-3]),
+				"too long":        parse(append(good, make([]byte, 65536)...)),
+				"no question":     parse(good[:12]),
+				"two questions":   parseMsg(t, two),
+			} {
+				if _, err := d.Exchange(ctxTimeout(t, time.Second), q); !errors.Is(err, ErrBadQuery) {
+					t.Errorf("%s: %v, want ErrBadQuery", name, err)
+				}
+			}
+			if srv.Accepted() != 0 {
+				t.Errorf("a bad query made a connection")
+			}
+		})
 	}
 }
 
@@ -525,38 +561,42 @@ func TestNewDoTValidates(t *testing.T) {
 // Close while queries are in full flow: every Exchange returns (answered or
 // ErrClosed), nothing panics, and no goroutine is left (TestMain checks).
 func TestCloseUnderLoad(t *testing.T) {
-	srv := dnstest.New(t, dnstest.Options{Raw: dnstest.ReflectRaw})
-	d := newTestDoT(t, srv, nil)
-	var wg sync.WaitGroup
-	errs := make(chan error, 64)
-	started := make(chan struct{}, 64)
-	for i := range 64 {
-		wg.Go(func() {
-			q := packQuery(t, fmt.Sprintf("c%d.example.", i), dns.TypeA)
-			for n := 0; ; n++ {
-				if n == 10 {
-					started <- struct{}{}
-				}
-				_, err := d.Exchange(ctxTimeout(t, answerTimeout), q)
-				if err != nil {
-					errs <- err
-					return
+	for _, tr := range transports {
+		t.Run(tr, func(t *testing.T) {
+			srv := newTestServer(t, tr, dnstest.Options{Raw: dnstest.ReflectRaw})
+			d := newTestUpstream(t, srv, nil)
+			var wg sync.WaitGroup
+			errs := make(chan error, 64)
+			started := make(chan struct{}, 64)
+			for i := range 64 {
+				wg.Go(func() {
+					q := packQuery(t, fmt.Sprintf("c%d.example.", i), dns.TypeA)
+					for n := 0; ; n++ {
+						if n == 10 {
+							started <- struct{}{}
+						}
+						_, err := d.Exchange(ctxTimeout(t, answerTimeout), q)
+						if err != nil {
+							errs <- err
+							return
+						}
+					}
+				})
+			}
+			for range 64 {
+				<-started
+			}
+			if err := d.Close(); err != nil {
+				t.Fatal(err)
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				if !errors.Is(err, ErrClosed) {
+					t.Errorf("Exchange during Close: %v, want ErrClosed", err)
 				}
 			}
 		})
-	}
-	for range 64 {
-		<-started
-	}
-	if err := d.Close(); err != nil {
-		t.Fatal(err)
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if !errors.Is(err, ErrClosed) {
-			t.Errorf("Exchange during Close: %v, want ErrClosed", err)
-		}
 	}
 }
 
@@ -564,40 +604,44 @@ func TestCloseUnderLoad(t *testing.T) {
 // passing are retired and replaced; queries keep being answered whenever
 // the trust accepts the server, and the race detector watches the swaps.
 func TestTrustUpdatesUnderLoad(t *testing.T) {
-	srv := dnstest.New(t, dnstest.Options{Raw: dnstest.ReflectRaw})
-	trust := NewTrust(srv.CAPool, [][32]byte{srv.LeafPinSum})
-	d := newTestDoT(t, srv, func(o *DoTOptions) { o.Trust = trust })
-	done := make(chan error, 1)
-	go func() {
-		pins := [][][32]byte{{srv.CAPinSum}, {srv.LeafPinSum}, {foreignPin, srv.CAPinSum}}
-		for i := range 60 {
-			trust.Update(srv.CAPool, pins[i%len(pins)])
-			if n := d.Reverify(); n != 0 {
-				done <- fmt.Errorf("Reverify retired %d connections under a trust that accepts them", n)
-				return
+	for _, tr := range transports {
+		t.Run(tr, func(t *testing.T) {
+			srv := newTestServer(t, tr, dnstest.Options{Raw: dnstest.ReflectRaw})
+			trust := NewTrust(srv.CAPool, [][32]byte{srv.LeafPinSum})
+			d := newTestUpstream(t, srv, func(o *DoTOptions) { o.Trust = trust })
+			done := make(chan error, 1)
+			go func() {
+				pins := [][][32]byte{{srv.CAPinSum}, {srv.LeafPinSum}, {foreignPin, srv.CAPinSum}}
+				for i := range 60 {
+					trust.Update(srv.CAPool, pins[i%len(pins)])
+					if n := d.Reverify(); n != 0 {
+						done <- fmt.Errorf("Reverify retired %d connections under a trust that accepts them", n)
+						return
+					}
+				}
+				done <- nil
+			}()
+			ok, err := runQueries(t, d, 2000, 32, answerTimeout)
+			if rerr := <-done; rerr != nil {
+				t.Fatal(rerr)
 			}
-		}
-		done <- nil
-	}()
-	ok, err := runQueries(t, d, 2000, 32, answerTimeout)
-	if rerr := <-done; rerr != nil {
-		t.Fatal(rerr)
-	}
-	if err != nil || ok != 2000 {
-		t.Fatalf("%d/2000 answered right; first error: %v", ok, err)
-	}
+			if err != nil || ok != 2000 {
+				t.Fatalf("%d/2000 answered right; first error: %v", ok, err)
+			}
 
-	// Now a trust that rejects the server: the next queries fail as TLS
-	// failures, never reach the server over an untrusted connection.
-	trust.Update(srv.CAPool, [][32]byte{foreignPin})
-	d.Reverify()
-	eventually(t, 3*time.Second, "the rejected connections to close", func() bool { return srv.Open() == 0 })
-	before := srv.Queries()
-	if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "t.example.", dns.TypeA)); !errors.Is(err, ErrPinMismatch) {
-		t.Fatalf("Exchange under a rejecting trust: %v, want ErrPinMismatch", err)
-	}
-	if srv.Queries() != before {
-		t.Error("a query reached the server under a trust that rejects it")
+			// Now a trust that rejects the server: the next queries fail as TLS
+			// failures, never reach the server over an untrusted connection.
+			trust.Update(srv.CAPool, [][32]byte{foreignPin})
+			d.Reverify()
+			eventually(t, 3*time.Second, "the rejected connections to close", func() bool { return srv.Open() == 0 })
+			before := srv.Queries()
+			if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "t.example.", dns.TypeA)); !errors.Is(err, ErrPinMismatch) {
+				t.Fatalf("Exchange under a rejecting trust: %v, want ErrPinMismatch", err)
+			}
+			if srv.Queries() != before {
+				t.Error("a query reached the server under a trust that rejects it")
+			}
+		})
 	}
 }
 
