@@ -258,8 +258,12 @@ func (d *DoH) pick() *dohConn {
 			return best
 		}
 		if !unusable {
-			// The least-loaded connection is at the server's limit: so is
-			// every other as far as we know; wait for room.
+			// The least-loaded connection is at its stream limit: so is
+			// every other as far as we know. Another connection, if the
+			// pool has room, takes the queries that would wait for one.
+			if int(d.total.Load()) < d.opts.PoolSize {
+				d.grow()
+			}
 			return nil
 		}
 		best.lose(errors.New("closed by the upstream, or GOAWAY, before this query"))

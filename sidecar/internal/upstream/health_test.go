@@ -250,56 +250,58 @@ func TestGroupSlowNameNotCounted(t *testing.T) {
 		{"connection answering other queries", true, 1},
 		{"connection answering nothing", false, 0},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			var slowSeen atomic.Int64
-			srv := dnstest.New(t, dnstest.Options{Handler: func(q *dns.Msg) *dns.Msg {
-				if len(q.Question) == 1 && strings.HasPrefix(q.Question[0].Name, "slow") {
-					slowSeen.Add(1)
-					return nil // answered long after any deadline
+	for _, tr := range transports {
+		for _, tt := range tests {
+			t.Run(tr+"/"+tt.name, func(t *testing.T) {
+				var slowSeen atomic.Int64
+				srv := newTestServer(t, tr, dnstest.Options{Handler: func(q *dns.Msg) *dns.Msg {
+					if len(q.Question) == 1 && strings.HasPrefix(q.Question[0].Name, "slow") {
+						slowSeen.Add(1)
+						return nil // answered long after any deadline
+					}
+					return dnstest.DefaultHandler(q)
+				}})
+				m := NewMetrics(prometheus.NewRegistry())
+				d := newTestUpstream(t, srv, func(o *DoTOptions) { o.PoolSize = 1; o.Metrics = m })
+				g, err := NewGroup(testGroupOptions(GroupOptions{Upstreams: []Upstream{d}, MaxFails: 1, ProbeInterval: time.Hour,
+					Logger: testLogger(), Metrics: m}))
+				if err != nil {
+					t.Fatal(err)
 				}
-				return dnstest.DefaultHandler(q)
-			}})
-			m := NewMetrics(prometheus.NewRegistry())
-			d := newTestDoT(t, srv, func(o *DoTOptions) { o.PoolSize = 1; o.Metrics = m })
-			g, err := NewGroup(testGroupOptions(GroupOptions{Upstreams: []Upstream{d}, MaxFails: 1, ProbeInterval: time.Hour,
-				Logger: testLogger(), Metrics: m}))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = g.Close() })
-			if _, err := g.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "warm.example.", dns.TypeA)); err != nil {
-				t.Fatal(err)
-			}
+				t.Cleanup(func() { _ = g.Close() })
+				if _, err := g.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "warm.example.", dns.TypeA)); err != nil {
+					t.Fatal(err)
+				}
 
-			const slow = 5
-			ctx := newExpiringCtx()
-			errs := make(chan error, slow)
-			for i := range slow {
-				go func() {
-					_, err := g.Exchange(ctx, packQuery(t, fmt.Sprintf("slow%d.example.", i), dns.TypeAAAA))
-					errs <- err
-				}()
-			}
-			eventually(t, 2*time.Second, "the slow queries to reach the upstream", func() bool { return slowSeen.Load() == slow })
-			if tt.otherLoad {
-				for i := range 3 {
-					if _, err := g.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, fmt.Sprintf("fast%d.example.", i), dns.TypeA)); err != nil {
-						t.Fatal(err)
+				const slow = 5
+				ctx := newExpiringCtx()
+				errs := make(chan error, slow)
+				for i := range slow {
+					go func() {
+						_, err := g.Exchange(ctx, packQuery(t, fmt.Sprintf("slow%d.example.", i), dns.TypeAAAA))
+						errs <- err
+					}()
+				}
+				eventually(t, 2*time.Second, "the slow queries to reach the upstream", func() bool { return slowSeen.Load() == slow })
+				if tt.otherLoad {
+					for i := range 3 {
+						if _, err := g.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, fmt.Sprintf("fast%d.example.", i), dns.TypeA)); err != nil {
+							t.Fatal(err)
+						}
 					}
 				}
-			}
-			ctx.expire()
-			for range slow {
-				if err := <-errs; !errors.Is(err, context.DeadlineExceeded) {
-					t.Fatalf("slow query: %v, want DeadlineExceeded", err)
-				} else if got := errors.Is(err, ErrSlowAnswer); got != tt.otherLoad {
-					t.Errorf("slow query: %v; errors.Is(ErrSlowAnswer) = %v, want %v", err, got, tt.otherLoad)
+				ctx.expire()
+				for range slow {
+					if err := <-errs; !errors.Is(err, context.DeadlineExceeded) {
+						t.Fatalf("slow query: %v, want DeadlineExceeded", err)
+					} else if got := errors.Is(err, ErrSlowAnswer); got != tt.otherLoad {
+						t.Errorf("slow query: %v; errors.Is(ErrSlowAnswer) = %v, want %v", err, got, tt.otherLoad)
+					}
 				}
-			}
-			if got := counterValue(m.HealthState.WithLabelValues(d.Name())); got != tt.wantHealth {
-				t.Errorf("health_state = %v after %d timeouts, want %v", got, slow, tt.wantHealth)
-			}
-		})
+				if got := counterValue(m.HealthState.WithLabelValues(d.Name())); got != tt.wantHealth {
+					t.Errorf("health_state = %v after %d timeouts, want %v", got, slow, tt.wantHealth)
+				}
+			})
+		}
 	}
 }

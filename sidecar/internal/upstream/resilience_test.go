@@ -23,35 +23,41 @@ import (
 // the queries caught on them are resent: callers see no failure.
 func TestUpstreamDropsConnectionsUnderLoad(t *testing.T) {
 	tests := []struct {
-		name string
-		set  func(b *dnstest.Behavior)
+		name      string
+		set       func(b *dnstest.Behavior)
+		transport string // "": both
 	}{
-		{"close after 50", func(b *dnstest.Behavior) { b.CloseAfter.Store(50) }},
-		{"reset after 50", func(b *dnstest.Behavior) { b.ResetAfter.Store(50) }},
-		{"close after 50, delayed", func(b *dnstest.Behavior) { b.CloseAfter.Store(50); b.SetDelay(time.Millisecond) }},
-		{"reset after 50, delayed", func(b *dnstest.Behavior) { b.ResetAfter.Store(50); b.SetDelay(time.Millisecond) }},
+		{"close after 50", func(b *dnstest.Behavior) { b.CloseAfter.Store(50) }, "dot"},
+		{"reset after 50", func(b *dnstest.Behavior) { b.ResetAfter.Store(50) }, ""},
+		{"close after 50, delayed", func(b *dnstest.Behavior) { b.CloseAfter.Store(50); b.SetDelay(time.Millisecond) }, "dot"},
+		{"reset after 50, delayed", func(b *dnstest.Behavior) { b.ResetAfter.Store(50); b.SetDelay(time.Millisecond) }, ""},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			srv := dnstest.New(t, dnstest.Options{})
-			tt.set(&srv.Behavior)
-			d := newTestDoT(t, srv, nil)
-			// 16 in flight, fewer than the 50 a connection lives for: a
-			// query resent on a fresh connection is among its first and is
-			// answered.
-			ok, err := runQueries(t, d, 1000, 16, answerTimeout)
-			if err != nil || ok != 1000 {
-				t.Fatalf("%d/1000 answered right; first error: %v", ok, err)
+	for _, tr := range transports {
+		for _, tt := range tests {
+			if tt.transport != "" && tt.transport != tr {
+				continue // CloseAfter is DoT's alone
 			}
-			if srv.Accepted() < 1000/50 {
-				t.Errorf("server accepted %d connections; the behaviour did not bite", srv.Accepted())
-			}
-			if counterValue(d.m.resent) == 0 {
-				t.Error("requests_resent_total = 0; expected queries caught on dying connections")
-			}
-			eventually(t, 2*time.Second, "pool bookkeeping to settle", func() bool { return poolConsistent(d) })
-			t.Logf("%d connections, %v queries resent", srv.Accepted(), counterValue(d.m.resent))
-		})
+			t.Run(tr+"/"+tt.name, func(t *testing.T) {
+				srv := newTestServer(t, tr, dnstest.Options{})
+				tt.set(&srv.Behavior)
+				d := newTestUpstream(t, srv, nil)
+				// 16 in flight, fewer than the 50 a connection lives for: a
+				// query resent on a fresh connection is among its first and is
+				// answered.
+				ok, err := runQueries(t, d, 1000, 16, answerTimeout)
+				if err != nil || ok != 1000 {
+					t.Fatalf("%d/1000 answered right; first error: %v", ok, err)
+				}
+				if srv.Accepted() < 1000/50 {
+					t.Errorf("server accepted %d connections; the behaviour did not bite", srv.Accepted())
+				}
+				if counterValue(d.core().m.resent) == 0 {
+					t.Error("requests_resent_total = 0; expected queries caught on dying connections")
+				}
+				eventually(t, 2*time.Second, "pool bookkeeping to settle", func() bool { return d.consistent() })
+				t.Logf("%d connections, %v queries resent", srv.Accepted(), counterValue(d.core().m.resent))
+			})
+		}
 	}
 }
 

@@ -94,11 +94,8 @@ type Behavior struct {
 }
 
 // SetContentType makes answers carry ct as their content type ("" sends
-// the header empty); Clear with ResetContentType.
+// the header empty).
 func (b *Behavior) SetContentType(ct string) { b.ContentType.Store(&ct) }
-
-// ResetContentType goes back to application/dns-message.
-func (b *Behavior) ResetContentType() { b.ContentType.Store(nil) }
 
 // SetDelay delays every answer by d (0: no delay).
 func (b *Behavior) SetDelay(d time.Duration) { b.DelayNanos.Store(int64(d)) }
@@ -111,3 +108,16 @@ func (b *Behavior) SetMangle(m Mangle, thenAnswer bool) {
 
 // SetCert selects the certificate for new handshakes.
 func (b *Behavior) SetCert(k CertKind) { b.Cert.Store(int32(k)) }
+
+// Reset makes the server well-behaved again, field by field, while it runs.
+func (b *Behavior) Reset() {
+	for _, v := range []*atomic.Int32{&b.ReverseBatch, &b.CloseAfter, &b.ResetAfter, &b.Mangle, &b.Cert, &b.Status, &b.GoAwayAfter} {
+		v.Store(0)
+	}
+	for _, v := range []*atomic.Bool{&b.Drop, &b.MangleThenAnswer, &b.BlackHole, &b.HangUp, &b.SplitWrites, &b.Nagle,
+		&b.TruncateBody, &b.OversizeBody, &b.ResetStream, &b.NoH2} {
+		v.Store(false)
+	}
+	b.DelayNanos.Store(0)
+	b.ContentType.Store(nil)
+}

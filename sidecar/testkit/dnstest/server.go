@@ -95,6 +95,7 @@ type Server struct {
 	resumed    atomic.Int64
 	queries    atomic.Int64
 	open       atomic.Int64
+	maxOpen    atomic.Int64
 	maxOutst   atomic.Int64
 
 	mu          sync.Mutex
@@ -225,15 +226,21 @@ func (s *Server) Queries() int64 { return s.queries.Load() }
 // Open is the number of TLS connections open now (handshake completed).
 func (s *Server) Open() int64 { return s.open.Load() }
 
+// MaxOpen is the most TLS connections that were open at once.
+func (s *Server) MaxOpen() int64 { return s.maxOpen.Load() }
+
 // MaxOutstanding is the most queries one connection has had read and not
 // yet answered at once: how deep the client pipelined. Dropped queries
 // do not count.
 func (s *Server) MaxOutstanding() int64 { return s.maxOutst.Load() }
 
-func (s *Server) noteOutstanding(n int64) {
+func (s *Server) noteOutstanding(n int64) { raise(&s.maxOutst, n) }
+
+// raise sets max to n if n is larger.
+func raise(max *atomic.Int64, n int64) {
 	for {
-		cur := s.maxOutst.Load()
-		if n <= cur || s.maxOutst.CompareAndSwap(cur, n) {
+		cur := max.Load()
+		if n <= cur || max.CompareAndSwap(cur, n) {
 			return
 		}
 	}
@@ -330,7 +337,7 @@ func (s *Server) serveConn(raw net.Conn) {
 		_ = tc.Close()
 		return
 	}
-	s.open.Add(1)
+	raise(&s.maxOpen, s.open.Add(1))
 	defer s.open.Add(-1)
 	if s.httpSrv != nil {
 		s.serveHTTPConn(raw, tc)
