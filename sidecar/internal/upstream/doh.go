@@ -90,6 +90,10 @@ type DoH struct {
 
 var _ Upstream = (*DoH)(nil)
 
+// maxDoHPool caps PoolSize (as the settings do): the picker tracks the
+// connections it tried in a 64-bit mask.
+const maxDoHPool = 64
+
 // NewDoH validates opts and returns an upstream that dials lazily, on the
 // first query.
 func NewDoH(opts DoHOptions) (*DoH, error) {
@@ -114,6 +118,9 @@ func NewDoH(opts DoHOptions) (*DoH, error) {
 		positive("QueryTimeout", opts.QueryTimeout))
 	if err != nil {
 		return nil, fmt.Errorf("upstream %s: %w", opts.Addr, err)
+	}
+	if opts.PoolSize > maxDoHPool {
+		return nil, fmt.Errorf("upstream %s: PoolSize %d above %d", opts.Addr, opts.PoolSize, maxDoHPool)
 	}
 
 	name := "https://" + opts.Addr.String() + opts.Path + "#" + opts.ServerName

@@ -32,7 +32,10 @@ type dohConn struct {
 
 	load    atomic.Int32  // streams this pool has reserved or running on it
 	answers atomic.Uint64 // answers read on it: proof the upstream serves on it
-	closing atomic.Bool   // retired or dead: the picker skips it
+	// maxStreams is MaxInFlightPerConn, or the server's stream limit from
+	// its first SETTINGS when lower.
+	maxStreams int32
+	closing    atomic.Bool // retired or dead: the picker skips it
 
 	mu        sync.Mutex
 	trust     *trustState // the trust it was last verified against
@@ -75,7 +78,7 @@ func (c *dohConn) reserve() (ok, unusable bool) {
 	if c.retired || c.dead {
 		return false, true
 	}
-	if int(c.load.Load()) >= c.d.opts.MaxInFlightPerConn {
+	if c.load.Load() >= c.maxStreams {
 		return false, false
 	}
 	if err := c.cc.Reserve(); err != nil {
@@ -236,38 +239,43 @@ func (d *DoH) acquire(ctx context.Context) (*dohConn, error) {
 	}
 }
 
-// pick reserves a slot on the least-loaded usable connection, without taking
-// the pool's lock. A connection found unusable is retired on the way.
+// pick reserves a slot on the least-loaded usable connection with room,
+// without taking the pool's lock. A connection found unusable is retired on
+// the way; when every usable one is full, the pool grows if it has room.
 func (d *DoH) pick() *dohConn {
+	conns := d.activeConns()
+	var tried uint64 // by index in conns: at most maxDoHPool of them
+	full := false
 	for {
-		var best *dohConn
+		best, bi := (*dohConn)(nil), -1
 		bestLoad := int32(d.opts.MaxInFlightPerConn)
-		for _, c := range d.activeConns() {
-			if c.closing.Load() {
+		for i, c := range conns {
+			if tried&(1<<i) != 0 || c.closing.Load() {
 				continue
 			}
 			if l := c.load.Load(); l < bestLoad {
-				best, bestLoad = c, l
+				best, bi, bestLoad = c, i, l
 			}
 		}
 		if best == nil {
-			return nil
+			break
 		}
+		tried |= 1 << bi
 		ok, unusable := best.reserve()
 		if ok {
 			return best
 		}
-		if !unusable {
-			// The least-loaded connection is at its stream limit: so is
-			// every other as far as we know. Another connection, if the
-			// pool has room, takes the queries that would wait for one.
-			if int(d.total.Load()) < d.opts.PoolSize {
-				d.grow()
-			}
-			return nil
+		if unusable {
+			best.lose(errors.New("closed by the upstream, or GOAWAY, before this query"))
+		} else {
+			full = true
 		}
-		best.lose(errors.New("closed by the upstream, or GOAWAY, before this query"))
 	}
+	if full && int(d.total.Load()) < d.opts.PoolSize {
+		// Another connection takes the queries that would wait for room.
+		d.grow()
+	}
+	return nil
 }
 
 func (d *DoH) activeConns() []*dohConn {
@@ -334,9 +342,16 @@ func (d *DoH) dial() (*dohConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	cc, err := d.tr.NewClientConn(context.WithValue(d.ctx, dialedKey{}, net.Conn(tc)), "https", d.addr)
+	bt := newBatchedTLS(tc)
+	cc, err := d.tr.NewClientConn(context.WithValue(d.ctx, dialedKey{}, net.Conn(bt)), "https", d.addr)
+	if err == nil {
+		err = d.awaitSettings(bt)
+		if err != nil {
+			_ = cc.Close()
+		}
+	}
 	if err != nil {
-		_ = tc.Close()
+		_ = bt.Close()
 		d.m.open.Dec()
 		if d.ctx.Err() != nil {
 			return nil, ErrClosed
@@ -344,15 +359,43 @@ func (d *DoH) dial() (*dohConn, error) {
 		return nil, fmt.Errorf("%w: starting HTTP/2 with %s: %w", ErrUnreachable, d.name, err)
 	}
 	now := time.Now()
-	return &dohConn{
-		d:         d,
-		cc:        cc,
-		certs:     tc.ConnectionState(),
-		local:     tc.LocalAddr(),
-		born:      now,
-		trust:     st,
-		idleSince: now,
-	}, nil
+	c := &dohConn{
+		d:          d,
+		cc:         cc,
+		certs:      tc.ConnectionState(),
+		local:      tc.LocalAddr(),
+		born:       now,
+		trust:      st,
+		idleSince:  now,
+		maxStreams: int32(d.opts.MaxInFlightPerConn),
+	}
+	if m := bt.maxStreams; m > 0 && m < uint32(c.maxStreams) {
+		c.maxStreams = int32(m)
+	}
+	return c, nil
+}
+
+// awaitSettings waits, within the dial timeout, for the server's
+// connection preface: its first SETTINGS, which carry its stream limit.
+// Until then the limit is unknown (HTTP/2 clients assume 100), and a burst
+// of queries on a new connection past it would be refused; some servers
+// take many refused streams for an attack and drop the connection. A server
+// sends its preface at once, so this costs nothing but against an upstream
+// that is not speaking HTTP/2.
+func (d *DoH) awaitSettings(bt *batchedTLS) error {
+	t := time.NewTimer(d.opts.DialTimeout)
+	defer t.Stop()
+	select {
+	case <-bt.settings:
+		if bt.prefaceErr != nil {
+			return bt.prefaceErr
+		}
+		return nil
+	case <-t.C:
+		return errors.New("no SETTINGS from the server within the dial timeout")
+	case <-d.ctx.Done():
+		return ErrClosed
+	}
 }
 
 // dialedKey carries the connection dial made to the Transport's
@@ -362,9 +405,15 @@ type dialedKey struct{}
 // newH2Transport returns the Transport that turns verified TLS connections
 // into HTTP/2 ClientConns. It never dials, pools or retries: NewClientConn
 // is its only use, and the DoH pool does the rest.
+//
+// The connection it gets is a batchedTLS, which it cannot tell from a plain
+// one: "unencrypted" HTTP/2 is the Protocols setting that has it speak
+// HTTP/2 from the first byte on any connection (prior knowledge, RFC 9113
+// §3.3), which this one is, ALPN h2 having been negotiated in its TLS
+// handshake.
 func newH2Transport() *http.Transport {
 	var protos http.Protocols
-	protos.SetHTTP2(true)
+	protos.SetUnencryptedHTTP2(true)
 	return &http.Transport{
 		DialTLSContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			if c, ok := ctx.Value(dialedKey{}).(net.Conn); ok {
@@ -379,9 +428,7 @@ func newH2Transport() *http.Transport {
 		DisableCompression:     true,
 		MaxResponseHeaderBytes: 16 << 10,
 		HTTP2: &http.HTTP2Config{
-			// An upstream that stops reading for this long is dead, as for
-			// a DoT connection.
-			WriteByteTimeout: writeTimeout,
+			// (Writes are batchedTLS's, which bounds them by writeTimeout.)
 			// A DNS message is at most 65535 bytes: no stream needs more
 			// window than that, and a connection's share stays bounded.
 			MaxReceiveBufferPerStream:     1 << 16,

@@ -26,7 +26,7 @@ func makeRecords(zone string, n int) []Record {
 
 // config renders unbound.conf. Caching does not matter (local data is
 // answered before the cache), so it is left at its defaults.
-func (s *Server) config(dotPort, plainPort int, extraDoT []int) string {
+func (s *Server) config(dotPort, plainPort, httpsPort int, extraDoT []int) string {
 	o := s.opts
 	var b strings.Builder
 	line := func(format string, args ...any) { fmt.Fprintf(&b, "\t"+format+"\n", args...) }
@@ -39,6 +39,14 @@ func (s *Server) config(dotPort, plainPort int, extraDoT []int) string {
 	}
 	for _, p := range extraDoT {
 		line("interface: %s@%d", o.Address, p)
+	}
+	if httpsPort != 0 {
+		// Only the interface on https-port speaks DoH, over HTTP/2 with
+		// TLS, at the one endpoint.
+		line("interface: %s@%d", o.Address, httpsPort)
+		line("https-port: %d", httpsPort)
+		line("http-endpoint: %q", HTTPPath)
+		line("http-notls-downstream: no")
 	}
 	// Only interfaces on tls-port (or a tls-additional-port) speak TLS; the
 	// plain port stays plain.

@@ -53,13 +53,22 @@ func (s *Server) launch(ctx context.Context) error {
 		}
 		s.ExtraAddrs = append(s.ExtraAddrs, net.JoinHostPort(s.opts.Address, strconv.Itoa(extra[i])))
 	}
+	var httpsPort int
+	if s.opts.HTTPS {
+		if httpsPort, err = pick(s.opts.HTTPSPort); err != nil {
+			return err
+		}
+	}
 	s.Addr = net.JoinHostPort(s.opts.Address, strconv.Itoa(dotPort))
-	s.PlainAddr = ""
+	s.PlainAddr, s.HTTPSAddr = "", ""
 	if s.opts.Plain {
 		s.PlainAddr = net.JoinHostPort(s.opts.Address, strconv.Itoa(plainPort))
 	}
+	if s.opts.HTTPS {
+		s.HTTPSAddr = net.JoinHostPort(s.opts.Address, strconv.Itoa(httpsPort))
+	}
 	s.ConfigFile = filepath.Join(s.Dir, "unbound.conf")
-	if err := os.WriteFile(s.ConfigFile, []byte(s.config(dotPort, plainPort, extra)), 0o644); err != nil {
+	if err := os.WriteFile(s.ConfigFile, []byte(s.config(dotPort, plainPort, httpsPort, extra)), 0o644); err != nil {
 		return fmt.Errorf("writing config: %w", err)
 	}
 	bin, err := s.unboundBinary()
@@ -132,6 +141,9 @@ func (s *Server) waitReady(ctx context.Context) error {
 	for {
 		pctx, pcancel := context.WithTimeout(ctx, time.Second)
 		last = s.probe(pctx)
+		if last == nil && s.HTTPSAddr != "" {
+			last = s.probeHTTPS(pctx)
+		}
 		pcancel()
 		if last == nil {
 			return nil
@@ -140,7 +152,7 @@ func (s *Server) waitReady(ctx context.Context) error {
 		case <-s.exited:
 			return fmt.Errorf("%w before answering: %v", errExited, s.waitErr)
 		case <-ctx.Done():
-			return fmt.Errorf("unbound at %s not answering over DoT: %w (last probe: %v)", s.Addr, ctx.Err(), last)
+			return fmt.Errorf("unbound at %s not answering: %w (last probe: %v)", s.Addr, ctx.Err(), last)
 		case <-tick.C:
 		}
 	}

@@ -1,11 +1,14 @@
 package unboundtest
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os/exec"
 	"strings"
 	"time"
@@ -108,4 +111,77 @@ func (s *Server) probeKdig(ctx context.Context, want Record) error {
 		}
 	}
 	return fmt.Errorf("kdig %s A: got %q, want %s", want.Name, strings.TrimSpace(string(out)), want.A)
+}
+
+// HTTPPath is the path of Unbound's DoH endpoint (http-endpoint).
+const HTTPPath = "/dns-query"
+
+// ExchangeHTTPS sends one query as an RFC 8484 POST over a fresh HTTP/2
+// connection to HTTPSAddr, verified like Exchange's, and returns the reply.
+// For checks, not load.
+func (s *Server) ExchangeHTTPS(ctx context.Context, m *dns.Msg) (*dns.Msg, error) {
+	if s.HTTPSAddr == "" {
+		return nil, errors.New("no DoH listener (Options.HTTPS)")
+	}
+	wire, err := m.Pack()
+	if err != nil {
+		return nil, err
+	}
+	tr := &http.Transport{TLSClientConfig: s.TLSConfig(), ForceAttemptHTTP2: true, DisableKeepAlives: true}
+	tr.Protocols = new(http.Protocols)
+	tr.Protocols.SetHTTP2(true)
+	defer tr.CloseIdleConnections()
+	dial := s.opts.DialContext
+	if dial == nil {
+		var d net.Dialer
+		dial = d.DialContext
+	}
+	url := "https://" + net.JoinHostPort(s.ServerName, portOf(s.HTTPSAddr)) + HTTPPath
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(wire))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/dns-message")
+	req.Header.Set("Accept", "application/dns-message")
+	// The URL names the certificate's name; the connection goes to the
+	// listener's address.
+	tr.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return dial(ctx, network, s.HTTPSAddr)
+	}
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("DoH query to %s: %w", s.HTTPSAddr, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 65536))
+	if err != nil {
+		return nil, fmt.Errorf("reading DoH reply from %s: %w", s.HTTPSAddr, err)
+	}
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "application/dns-message" {
+		return nil, fmt.Errorf("DoH reply from %s: %s, content type %q", s.HTTPSAddr, resp.Status, resp.Header.Get("Content-Type"))
+	}
+	if resp.ProtoMajor != 2 {
+		return nil, fmt.Errorf("DoH reply from %s over %s, want HTTP/2", s.HTTPSAddr, resp.Proto)
+	}
+	r := new(dns.Msg)
+	if err := r.Unpack(body); err != nil {
+		return nil, fmt.Errorf("DoH reply from %s: %w", s.HTTPSAddr, err)
+	}
+	return r, nil
+}
+
+// probeHTTPS checks that the DoH listener answers the first name's A record.
+func (s *Server) probeHTTPS(ctx context.Context) error {
+	m := new(dns.Msg)
+	m.SetQuestion(s.Names[0].Name, dns.TypeA)
+	r, err := s.ExchangeHTTPS(ctx, m)
+	if err != nil {
+		return err
+	}
+	return CheckA(r, s.Names[0])
+}
+
+func portOf(hostport string) string {
+	_, p, _ := net.SplitHostPort(hostport)
+	return p
 }

@@ -1,5 +1,5 @@
-// Package unboundtest runs a real Unbound as a DNS-over-TLS server answering
-// from local data, for interop tests, the network-namespace end-to-end tests
+// Package unboundtest runs a real Unbound as a DNS-over-TLS server (and, when
+// asked, DNS-over-HTTPS) answering from local data, for interop tests, the network-namespace end-to-end tests
 // and the load harness. Nothing is mocked: it writes a certificate made at run
 // time (testpki) and an unbound.conf into a temporary directory, starts the
 // system's unbound in the foreground, and returns once a real DoT query,
@@ -11,6 +11,7 @@
 //	// u.Addr       "127.0.0.1:PORT"  DoT (TLS on TCP)
 //	// u.PlainAddr  "127.0.0.1:PORT"  plain UDP and TCP (when Plain is set)
 //	// u.ExtraAddrs more DoT listeners, same certificate (Options.ExtraDoTPorts)
+//	// u.HTTPSAddr  "127.0.0.1:PORT"  DoH at HTTPPath ("/dns-query", Options.HTTPS)
 //	// u.ServerName "unbound.test"    the name in the certificate
 //	// u.CAFile     a PEM file for TLS_CA_FILE; u.CAPEM, u.CAPool the same CA
 //	// u.Pin        SPKI pin of the server's key (TLS_PINS form); u.CAPin the CA's
@@ -73,6 +74,12 @@ type Options struct {
 	// Server.ExtraAddrs), e.g. one per client so that connections can be
 	// counted per client at the server side.
 	ExtraDoTPorts int
+	// HTTPS also serves DNS over HTTPS (RFC 8484, HTTP/2) on HTTPSPort (0
+	// picks a free one) at HTTPPath, with the same certificate: Unbound's
+	// https-port, which Debian's unbound is built for (libnghttp2). Unbound
+	// has one such port.
+	HTTPS     bool
+	HTTPSPort int
 	// ServerName is the DNS name in the server certificate; default
 	// "unbound.test". The certificate also carries Address as an IP SAN.
 	ServerName string
@@ -122,6 +129,7 @@ type Server struct {
 	Addr       string   // DoT host:port
 	PlainAddr  string   // plain host:port, empty unless Options.Plain
 	ExtraAddrs []string // more DoT host:ports, Options.ExtraDoTPorts of them
+	HTTPSAddr  string   // DoH host:port, empty unless Options.HTTPS
 	ServerName string
 	CA         *testpki.CA
 	CAPEM      []byte
@@ -240,7 +248,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	// Picked ports can be taken between the pick and unbound's bind; unbound
 	// then exits at once and a fresh pick almost always succeeds.
 	attempts := 1
-	if opts.Port == 0 || (opts.Plain && opts.PlainPort == 0) || opts.ExtraDoTPorts > 0 {
+	if opts.Port == 0 || (opts.Plain && opts.PlainPort == 0) || opts.ExtraDoTPorts > 0 || (opts.HTTPS && opts.HTTPSPort == 0) {
 		attempts = 3
 	}
 	for i := 0; ; i++ {
