@@ -58,17 +58,20 @@ func (d *DoH) newRequest(ctx context.Context, q *dnswire.Msg) *http.Request {
 		r.URL = &u
 		return r
 	}
-	body := &queryBody{b: q.AppendTo(make([]byte, 0, len(q.Wire())), 0)}
+	body := new(queryBody)
+	body.b = q.AppendTo(body.small[:0], 0)
 	r := d.post.WithContext(ctx)
 	r.Body = body
 	r.ContentLength = int64(len(body.b))
 	return r
 }
 
-// queryBody is a POST body: the query's bytes, read once.
+// queryBody is a POST body: the query's bytes, read once. A query of
+// typical size fits in small, so that body and bytes are one allocation.
 type queryBody struct {
-	b   []byte
-	off int
+	b     []byte
+	off   int
+	small [128]byte
 }
 
 func (b *queryBody) Read(p []byte) (int, error) {
