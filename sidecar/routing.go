@@ -196,7 +196,7 @@ func (b groupBuilder) member(e config.Upstream, trustFor func(config.Upstream) (
 	if err != nil {
 		return nil, err
 	}
-	d, err := upstream.NewDoT(upstream.DoTOptions{
+	opts := upstream.DoTOptions{
 		Addr:               e.Addr,
 		ServerName:         e.ServerName,
 		Pins:               e.Pins,
@@ -209,9 +209,15 @@ func (b groupBuilder) member(e config.Upstream, trustFor func(config.Upstream) (
 		QueryTimeout:       cfg.QueryTimeout,
 		Logger:             b.log,
 		Metrics:            m,
-	})
+	}
+	var u upstream.Upstream
+	if e.Scheme == config.SchemeHTTPS {
+		u, err = upstream.NewDoH(upstream.DoHOptions{DoTOptions: opts, Path: e.Path, GET: e.GET})
+	} else {
+		u, err = upstream.NewDoT(opts)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("upstream %s: %w", e, err)
 	}
-	return d, nil
+	return u, nil
 }

@@ -343,3 +343,93 @@ func TestRouteTrust(t *testing.T) {
 		t.Errorf("error\n got: %v\nwant: %s", err, want)
 	}
 }
+
+// TestRoutingDoH: https:// entries become DNS-over-HTTPS upstreams in
+// UPSTREAMS (verified against TLS_CA_FILE) and in routes (against their own
+// ;ca=), with the path, method and server name of the entry, beside tls://
+// ones in the same list.
+func TestRoutingDoH(t *testing.T) {
+	public := dnstest.New(t, dnstest.Options{DoH: true})
+	dot := dnstest.New(t, dnstest.Options{})
+	corp := dnstest.New(t, dnstest.Options{DoH: true, ServerName: "doh.corp.example", Path: "/corp/resolve"})
+	dir := t.TempDir()
+	bothCAs, corpCA := filepath.Join(dir, "both.pem"), filepath.Join(dir, "corp.pem")
+	for p, b := range map[string][]byte{bothCAs: append(append([]byte(nil), public.CAPEM...), dot.CAPEM...), corpCA: corp.CAPEM} {
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dohEntry := "https://" + public.Addr.String() + "/dns-query#" + public.ServerName
+	cfg, err := config.Load(nil, []string{
+		"UPSTREAMS=" + dohEntry + ",tls://" + dot.Addr.String() + "#" + dot.ServerName,
+		"TLS_CA_FILE=" + bothCAs,
+		"CLUSTER_DNS=off",
+		"ROUTES=corp.example=https://" + corp.Addr.String() + corp.Path + "#" + corp.ServerName + ";ca=" + corpCA + ";method=get",
+		"QUERY_TIMEOUT=2s",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	trust, err := loadTrust(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	rt, err := newRouting(cfg, planRoutes(cfg), trust, slog.New(slog.DiscardHandler), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rt.router.Close() })
+	for _, name := range []string{"example.com.", "wiki.corp.example."} {
+		m := new(dns.Msg)
+		m.SetQuestion(name, dns.TypeA)
+		b, _ := m.Pack()
+		q, err := dnswire.Parse(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err = rt.router.Exchange(ctx, q)
+		cancel()
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	if public.Queries() != 1 || corp.Queries() != 1 || dot.Queries() != 0 {
+		t.Errorf("queries: UPSTREAMS' DoH %d, route's DoH %d, DoT %d; want 1, 1, 0 (the first upstream answers)",
+			public.Queries(), corp.Queries(), dot.Queries())
+	}
+	if got := public.Methods(); !slices.Equal(got, []string{"POST"}) {
+		t.Errorf("UPSTREAMS' DoH got %v, want POST", got)
+	}
+	if got := corp.Methods(); !slices.Equal(got, []string{"GET"}) {
+		t.Errorf("the route's DoH got %v, want GET (;method=get)", got)
+	}
+	if got := corp.SNIs(); !slices.Equal(got, []string{"doh.corp.example"}) {
+		t.Errorf("the route's DoH saw SNI %v", got)
+	}
+	// The metrics name the DoH upstream as the entry does.
+	name := "https://" + public.Addr.String() + "/dns-query#" + public.ServerName
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	opened := -1.0
+	for _, f := range families {
+		if f.GetName() != "dot_sidecar_upstream_connections_opened_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["route"] == upstream.DefaultRoute && labels["upstream"] == name {
+				opened = m.GetCounter().GetValue()
+			}
+		}
+	}
+	if opened != 1 {
+		t.Errorf("connections_opened_total{route=default, upstream=%s} = %v, want 1", name, opened)
+	}
+}

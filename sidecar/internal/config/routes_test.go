@@ -26,7 +26,7 @@ func TestRoutesErrors(t *testing.T) {
 		{"ROUTES", "clu$ter.local=dns://10.0.0.1", `route "clu$ter.local=dns://10.0.0.1": "clu$ter.local" is not a domain name`, nil},
 		{"ROUTES", strings.Repeat("a", 64) + ".example=dns://10.0.0.1", `is not a domain name`, nil},
 		{"ROUTES", "a.example=dns://10.0.0.1 A.Example.=tcp://10.0.0.2", `zone a.example is routed twice`, nil},
-		{"ROUTES", "a.example=udp://10.0.0.1", `route "a.example=udp://10.0.0.1": unknown scheme "udp" (supported: dns, tcp, tls)`, nil},
+		{"ROUTES", "a.example=udp://10.0.0.1", `route "a.example=udp://10.0.0.1": unknown scheme "udp" (supported: dns, https, tcp, tls)`, nil},
 		{"ROUTES", "a.example=dns://10.0.0.1,", `route "a.example=dns://10.0.0.1,": entry 2 is empty`, nil},
 		{"ROUTES", "a.example=dns://10.0.0.1,dns://10.0.0.1:53", `route "a.example=dns://10.0.0.1,dns://10.0.0.1:53": dns://10.0.0.1:53 is listed twice`, nil},
 		{"ROUTES", "a.example=dns://10.0.0.1#ns.example", `dns:// takes no #SERVERNAME: plaintext has no certificate to check`, nil},
@@ -39,6 +39,8 @@ func TestRoutesErrors(t *testing.T) {
 		{"ROUTES", "a.example=dns://10.0.0.1;probe=a.example;probe=b.example", `;probe= given twice`, nil},
 		{"ROUTES", "a.example=tls://10.0.0.1#ns.example,dns://10.0.0.2",
 			`route "a.example=tls://10.0.0.1#ns.example,dns://10.0.0.2": mixes encrypted and plaintext upstreams (10.0.0.1:853#ns.example, dns://10.0.0.2:53): failover must never drop to plaintext`, nil},
+		{"ROUTES", "a.example=https://10.0.0.1/dns-query#ns.example,dns://10.0.0.2",
+			`mixes encrypted and plaintext upstreams (https://10.0.0.1:443/dns-query#ns.example, dns://10.0.0.2:53)`, nil},
 		{"ROUTES", "a.example=tcp://198.51.100.53",
 			`route a.example: tcp://198.51.100.53:53 would send queries in plaintext to a public address; plaintext is allowed only to loopback, link-local, private (RFC 1918, RFC 6598, ULA) addresses and PLAINTEXT_ALLOWED_CIDRS`, nil},
 		{"ROUTES", "a.example=dns://[2001:db8::53]", `route a.example: dns://[2001:db8::53]:53 would send queries in plaintext`,
@@ -92,6 +94,9 @@ func TestRoutesAccepted(t *testing.T) {
 			"10.in-addr.arpa=dns://10.0.0.1:53 _tcp.corp.example=tls://10.0.0.2:853#ns.corp.example", "auto"},
 		{[]string{"CLUSTER_DNS=tls://10.96.0.10#kube-dns.kube-system.svc.cluster.local;ca=/etc/kube-dns/ca.crt;probe=cluster.local"},
 			"", "tls://10.96.0.10:853#kube-dns.kube-system.svc.cluster.local;ca=/etc/kube-dns/ca.crt;probe=cluster.local."},
+		// DNS over HTTPS and over TLS mix freely: both are encrypted.
+		{[]string{"ROUTES=corp.example=https://10.0.0.53/dns-query#doh.corp.example;ca=/etc/corp/ca.pem;method=get,tls://10.0.0.54#dot.corp.example"},
+			"corp.example=https://10.0.0.53:443/dns-query#doh.corp.example;ca=/etc/corp/ca.pem;method=get,tls://10.0.0.54:853#dot.corp.example", "auto"},
 	}
 	for _, tt := range tests {
 		c, err := config.Load(nil, tt.environ)
@@ -169,6 +174,7 @@ func FuzzParseRoutes(f *testing.F) {
 		"cluster.local=dns://10.96.0.10",
 		"a.example=dns://10.0.0.1,dns://[fd00::1]:5353;probe=a.example b.example=tcp://100.64.0.10",
 		"corp.example=tls://10.0.0.53#ns.corp.example;ca=/etc/ca.pem;pin=" + pin("a"),
+		"corp.example=https://[fd00::53]:8443/dns-query#doh.corp.example;method=get;ca=/etc/ca.pem,tls://10.0.0.53#ns.corp.example",
 		".=dns://10.0.0.1",
 		"a=b=c",
 		"a.example=tls://10.0.0.1#x,dns://10.0.0.2",

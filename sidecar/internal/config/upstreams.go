@@ -12,18 +12,21 @@ import (
 // Default ports of the schemes that name none.
 const (
 	DefaultDoTPort = 853 // tls:// (RFC 7858 §3.1)
+	DefaultDoHPort = 443 // https:// (RFC 8484: HTTPS's)
 	DefaultDNSPort = 53  // dns:// and tcp://
 )
 
 // Scheme is how an upstream is reached.
 type Scheme string
 
-// The schemes of upstream entries. A DNS-over-HTTPS scheme ("https") becomes
-// one more entry of the schemes table, with its own options, without
-// touching the list syntax or the other schemes.
+// The schemes of upstream entries. Each is one entry of the schemes table,
+// with its own target syntax and options; the list syntax is theirs alike.
 const (
 	// SchemeTLS is DNS over TLS (RFC 7858): verified, encrypted.
 	SchemeTLS Scheme = "tls"
+	// SchemeHTTPS is DNS over HTTPS (RFC 8484), over HTTP/2: verified and
+	// encrypted like tls://, through networks that let only HTTPS out.
+	SchemeHTTPS Scheme = "https"
 	// SchemeDNS is plain DNS over UDP, retried over TCP when truncated.
 	// Plaintext: accepted only in ROUTES and CLUSTER_DNS.
 	SchemeDNS Scheme = "dns"
@@ -41,17 +44,24 @@ type Upstream struct {
 	// resolving a name would take a plaintext DNS lookup first.
 	Addr netip.AddrPort
 	// ServerName is the name the upstream's certificate must carry; it is
-	// also sent as SNI. tls:// only.
+	// also sent as SNI (and, for https://, as the requests' :authority).
+	// tls:// and https:// only.
 	ServerName string
+	// Path is the DoH endpoint's path, e.g. "/dns-query". https:// only.
+	Path string
+	// GET sends DoH queries as GET ?dns= rather than POST (;method=get).
+	// https:// only.
+	GET bool
 	// Pins are the entry's own SPKI SHA-256 pins; when not empty, a
 	// connection is accepted only if one of them matches a key of the
 	// verified chain. When empty, the default pins apply (TLS_PINS or
-	// TLS_PINS_FILE) to UPSTREAMS entries, none to routes'. tls:// only.
+	// TLS_PINS_FILE) to UPSTREAMS entries, none to routes'. tls:// and
+	// https:// only.
 	Pins [][32]byte
 	// CAFile is the entry's own CA bundle (;ca=), trusted instead of the
 	// system roots for this entry alone, and re-read when it changes.
-	// tls:// entries of ROUTES and CLUSTER_DNS only: UPSTREAMS entries are
-	// verified against TLS_CA_FILE.
+	// tls:// and https:// entries of ROUTES and CLUSTER_DNS only: UPSTREAMS
+	// entries are verified against TLS_CA_FILE.
 	CAFile string
 	// Probe is the name of the entry's health probe (;probe=), in
 	// presentation form with its final dot; empty for the default of its
@@ -60,12 +70,17 @@ type Upstream struct {
 }
 
 // Name identifies the upstream in logs and as the `upstream` metric label:
-// "1.1.1.1:853#cloudflare-dns.com" for DNS over TLS, "dns://10.96.0.10:53"
-// for plaintext, so that plaintext shows at a glance. Pins and options are
-// left out so that rotating them does not start new metric series.
+// "1.1.1.1:853#cloudflare-dns.com" for DNS over TLS,
+// "https://1.1.1.1:443/dns-query#cloudflare-dns.com" for DNS over HTTPS,
+// "dns://10.96.0.10:53" for plaintext, so that plaintext shows at a glance.
+// Pins and options are left out so that rotating them does not start new
+// metric series.
 func (u Upstream) Name() string {
-	if u.Scheme == SchemeTLS {
+	switch u.Scheme {
+	case SchemeTLS:
 		return u.Addr.String() + "#" + u.ServerName
+	case SchemeHTTPS:
+		return "https://" + u.Addr.String() + u.Path + "#" + u.ServerName
 	}
 	return string(u.Scheme) + "://" + u.Addr.String()
 }
@@ -90,6 +105,9 @@ func (u Upstream) String() string {
 		b.WriteString(";probe=")
 		b.WriteString(u.Probe)
 	}
+	if u.GET {
+		b.WriteString(";method=get")
+	}
 	return b.String()
 }
 
@@ -105,6 +123,8 @@ type scheme struct {
 var schemes = map[Scheme]scheme{
 	SchemeTLS: {port: DefaultDoTPort, encrypted: true, target: tlsTarget,
 		options: map[string]func(*Upstream, string) error{"pin": optPin, "ca": optCA, "probe": optProbe}},
+	SchemeHTTPS: {port: DefaultDoHPort, encrypted: true, target: httpsTarget,
+		options: map[string]func(*Upstream, string) error{"pin": optPin, "ca": optCA, "probe": optProbe, "method": optMethod}},
 	SchemeDNS: {port: DefaultDNSPort, target: plainTarget,
 		options: map[string]func(*Upstream, string) error{"probe": optProbe}},
 	SchemeTCP: {port: DefaultDNSPort, target: plainTarget,
@@ -124,11 +144,12 @@ func schemeNames() string {
 // ParseUpstream parses one upstream entry of any scheme:
 //
 //	tls://IP[:PORT]#SERVERNAME[;pin=BASE64]...[;ca=PATH][;probe=NAME]
+//	https://IP[:PORT]/PATH#SERVERNAME[;pin=BASE64]...[;ca=PATH][;probe=NAME][;method=get|post]
 //	dns://IP[:PORT][;probe=NAME]
 //	tcp://IP[:PORT][;probe=NAME]
 //
-// IPv6 addresses go in brackets; PORT defaults to 853 for tls://, 53
-// otherwise. Where an entry may stand (plaintext only in routes) is for the
+// IPv6 addresses go in brackets; PORT defaults to 853 for tls://, 443 for
+// https://, 53 otherwise. Where an entry may stand (plaintext only in routes) is for the
 // list parsers to say.
 func ParseUpstream(entry string) (Upstream, error) {
 	name, rest, ok := strings.Cut(entry, "://")
@@ -287,6 +308,68 @@ func tlsTarget(u *Upstream, target string) error {
 	}
 	u.ServerName, err = parseServerName(name)
 	return err
+}
+
+// httpsTarget reads IP[:PORT]/PATH#SERVERNAME: a DoH URL whose host is the
+// address to connect to, with the certificate's name after '#', as for
+// tls://.
+func httpsTarget(u *Upstream, target string) error {
+	rest, name, ok := strings.Cut(target, "#")
+	if !ok {
+		return fmt.Errorf("missing #SERVERNAME: the name the upstream's certificate must carry is mandatory")
+	}
+	hostport, path, ok := strings.Cut(rest, "/")
+	if !ok {
+		return fmt.Errorf("missing /PATH after the address: the DoH endpoint's path, e.g. https://%s/dns-query#%s", rest, name)
+	}
+	var err error
+	if u.Addr, err = parseHostPort(hostport); err != nil {
+		return err
+	}
+	if u.Path, err = parseURLPath("/" + path); err != nil {
+		return err
+	}
+	u.ServerName, err = parseServerName(name)
+	return err
+}
+
+// parseURLPath checks a DoH path: URL path characters (RFC 3986 pchar and
+// '/'), percent escapes complete, and none of the characters the list
+// syntax uses (',' ';') or a URL would read otherwise ('?' '#').
+func parseURLPath(p string) (string, error) {
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case strings.IndexByte("-._~!$&'()*+=:@/", c) >= 0:
+		case c == '%':
+			if i+2 >= len(p) || !isHex(p[i+1]) || !isHex(p[i+2]) {
+				return "", fmt.Errorf("path %q: '%%' must start an escape such as %%2F", p)
+			}
+			i += 2
+		case c == '?':
+			return "", fmt.Errorf("path %q: no query: GET requests add ?dns= themselves", p)
+		default:
+			return "", fmt.Errorf("path %q: %q is not allowed in a path here", p, c)
+		}
+	}
+	return p, nil
+}
+
+func isHex(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
+}
+
+func optMethod(u *Upstream, value string) error {
+	switch strings.ToLower(value) {
+	case "post":
+		u.GET = false
+	case "get":
+		u.GET = true
+	default:
+		return fmt.Errorf(";method=%s: want get or post", value)
+	}
+	return nil
 }
 
 func plainTarget(u *Upstream, target string) error {

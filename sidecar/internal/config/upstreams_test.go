@@ -64,6 +64,24 @@ func TestParseUpstream(t *testing.T) {
 		{"tcp://169.254.20.10",
 			config.Upstream{Scheme: config.SchemeTCP, Addr: netip.MustParseAddrPort("169.254.20.10:53")},
 			"tcp://169.254.20.10:53"},
+		// DNS over HTTPS: port 443 by default, the path kept as written.
+		{"https://1.1.1.1/dns-query#cloudflare-dns.com",
+			config.Upstream{Scheme: config.SchemeHTTPS, Addr: netip.MustParseAddrPort("1.1.1.1:443"), Path: "/dns-query", ServerName: "cloudflare-dns.com"},
+			"https://1.1.1.1:443/dns-query#cloudflare-dns.com"},
+		{"HTTPS://[2606:4700:4700::1111]:8443/Resolve/v1#One.One.One.One;pin=" + p1 + ";method=GET",
+			config.Upstream{Scheme: config.SchemeHTTPS, Addr: netip.MustParseAddrPort("[2606:4700:4700::1111]:8443"), Path: "/Resolve/v1",
+				ServerName: "one.one.one.one", Pins: [][32]byte{pinBytes("one")}, GET: true},
+			"https://[2606:4700:4700::1111]:8443/Resolve/v1#one.one.one.one"},
+		{"https://10.0.0.53/dns-query#doh.internal;method=post;ca=/etc/doh/ca.pem;probe=internal",
+			config.Upstream{Scheme: config.SchemeHTTPS, Addr: netip.MustParseAddrPort("10.0.0.53:443"), Path: "/dns-query",
+				ServerName: "doh.internal", CAFile: "/etc/doh/ca.pem", Probe: "internal."},
+			"https://10.0.0.53:443/dns-query#doh.internal"},
+		{"https://9.9.9.9/#dns.quad9.net",
+			config.Upstream{Scheme: config.SchemeHTTPS, Addr: netip.MustParseAddrPort("9.9.9.9:443"), Path: "/", ServerName: "dns.quad9.net"},
+			"https://9.9.9.9:443/#dns.quad9.net"},
+		{"https://9.9.9.9/dns%2Dquery:x@y#dns.quad9.net",
+			config.Upstream{Scheme: config.SchemeHTTPS, Addr: netip.MustParseAddrPort("9.9.9.9:443"), Path: "/dns%2Dquery:x@y", ServerName: "dns.quad9.net"},
+			"https://9.9.9.9:443/dns%2Dquery:x@y#dns.quad9.net"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.entry, func(t *testing.T) {
@@ -117,8 +135,19 @@ func TestParseUpstreamErrors(t *testing.T) {
 		{"tls://1.1.1.1#c.example;sni=other", `unknown option "sni" for tls:// (supported: ca, pin, probe)`},
 		{"tls://1.1.1.1#c.example;pin", `option "pin": want key=value`},
 		{"tls://1.1.1.1#c.example;", `empty option after ';'`},
-		{"https://1.1.1.1/dns-query", `unknown scheme "https" (supported: dns, tcp, tls)`},
-		{"udp://1.1.1.1#c.example", `unknown scheme "udp" (supported: dns, tcp, tls)`},
+		{"udp://1.1.1.1#c.example", `unknown scheme "udp" (supported: dns, https, tcp, tls)`},
+		{"https://1.1.1.1/dns-query", `missing #SERVERNAME`},
+		{"https://1.1.1.1#cloudflare-dns.com", `missing /PATH after the address: the DoH endpoint's path, e.g. https://1.1.1.1/dns-query#cloudflare-dns.com`},
+		{"https://dns.google/dns-query#dns.google", `"dns.google" is a hostname, not an IP literal`},
+		{"https://1.1.1.1:0/dns-query#c.example", `port "0" must be 1-65535`},
+		{"https://2606:4700::1111/dns-query#c.example", `IPv6 address "2606:4700::1111" must be in brackets`},
+		{"https://1.1.1.1/dns-query?dns=x#c.example", `path "/dns-query?dns=x": no query: GET requests add ?dns= themselves`},
+		{"https://1.1.1.1/dns query#c.example", `path "/dns query": ' ' is not allowed in a path here`},
+		{"https://1.1.1.1/dns%2#c.example", `'%' must start an escape`},
+		{"https://1.1.1.1/dns-query#", `empty server name`},
+		{"https://1.1.1.1/dns-query#c.example;method=put", `;method=put: want get or post`},
+		{"https://1.1.1.1/dns-query#c.example;sni=x", `unknown option "sni" for https:// (supported: ca, method, pin, probe)`},
+		{"tls://1.1.1.1#c.example;method=get", `unknown option "method" for tls://`},
 		{"1.1.1.1#c.example", `want scheme://...`},
 		{"tcp://10.0.0.1;ca=/etc/ca.pem", `unknown option "ca" for tcp:// (supported: probe)`},
 		{"dns://10.0.0.1:0", `port "0" must be 1-65535`},
@@ -139,11 +168,12 @@ func TestParseUpstreamErrors(t *testing.T) {
 }
 
 func TestParseUpstreams(t *testing.T) {
-	ups, err := config.ParseUpstreams(" tls://1.1.1.1#one.one.one.one ,\n tls://[2606:4700:4700::1111]#one.one.one.one ")
+	ups, err := config.ParseUpstreams(" tls://1.1.1.1#one.one.one.one ,\n tls://[2606:4700:4700::1111]#one.one.one.one , https://1.1.1.1/dns-query#one.one.one.one")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ups) != 2 || ups[0].Name() != "1.1.1.1:853#one.one.one.one" || ups[1].Name() != "[2606:4700:4700::1111]:853#one.one.one.one" {
+	if len(ups) != 3 || ups[0].Name() != "1.1.1.1:853#one.one.one.one" || ups[1].Name() != "[2606:4700:4700::1111]:853#one.one.one.one" ||
+		ups[2].Name() != "https://1.1.1.1:443/dns-query#one.one.one.one" {
 		t.Errorf("got %+v", ups)
 	}
 	for _, tt := range []struct{ list, want string }{
@@ -152,6 +182,8 @@ func TestParseUpstreams(t *testing.T) {
 		{"tls://1.1.1.1#a.example,tls://1.1.1.1#b.example,tls://x#c", `entry 3 "tls://x#c": "x" is a hostname`},
 		{"tls://1.1.1.1#a.example,tcp://10.0.0.1", `tcp://10.0.0.1:53 is plaintext: UPSTREAMS must be encrypted`},
 		{"tls://10.0.0.1#a.example;ca=/etc/ca.pem", `10.0.0.1:853#a.example: ;ca= is for ROUTES and CLUSTER_DNS entries; UPSTREAMS entries are verified against TLS_CA_FILE`},
+		{"https://10.0.0.1/dns-query#a.example;ca=/etc/ca.pem", `https://10.0.0.1:443/dns-query#a.example: ;ca= is for ROUTES`},
+		{"https://1.1.1.1/dns-query#a.example,https://1.1.1.1:443/dns-query#a.example;method=get", `https://1.1.1.1:443/dns-query#a.example is listed twice`},
 	} {
 		if _, err := config.ParseUpstreams(tt.list); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("ParseUpstreams(%q) error = %v, want %q", tt.list, err, tt.want)
@@ -233,6 +265,9 @@ func FuzzParseUpstream(f *testing.F) {
 		"tls://[fe80::1%eth0]#x",
 		"TLS://1.1.1.1#A.B.",
 		"https://1.1.1.1/dns-query",
+		"https://1.1.1.1/dns-query#cloudflare-dns.com;method=get",
+		"https://[2606:4700::1111]:8443/a/b%2Fc#x.example;pin=" + pin("a") + ";ca=/ca.pem;probe=.;method=POST",
+		"https://1.1.1.1/#x",
 		"tls://1.1.1.1:#x;",
 		"tls://[::1]]#x",
 		"dns://10.96.0.10;probe=cluster.local",
@@ -249,8 +284,11 @@ func FuzzParseUpstream(f *testing.F) {
 		if !u.Addr.IsValid() || u.Addr.Port() == 0 || u.Addr.Addr().Zone() != "" || u.Addr.Addr().IsUnspecified() {
 			t.Fatalf("%q: unusable address %v", entry, u.Addr)
 		}
-		if u.Scheme.Encrypted() != (u.Scheme == config.SchemeTLS) {
+		if u.Scheme.Encrypted() != (u.Scheme == config.SchemeTLS || u.Scheme == config.SchemeHTTPS) {
 			t.Fatalf("%q: scheme %q", entry, u.Scheme)
+		}
+		if (u.Scheme == config.SchemeHTTPS) != (u.Path != "") || u.Path != "" && (u.Path[0] != '/' || strings.ContainsAny(u.Path, "?#;, ")) {
+			t.Fatalf("%q: path %q for %s", entry, u.Path, u.Scheme)
 		}
 		if (u.ServerName == "") == u.Scheme.Encrypted() || strings.ContainsAny(u.ServerName, "#;, ") {
 			t.Fatalf("%q: bad server name %q for %s", entry, u.ServerName, u.Scheme)

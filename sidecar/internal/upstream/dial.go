@@ -41,6 +41,23 @@ type tlsUpstream struct {
 	verifyHook func(tls.ConnectionState)
 }
 
+// newTLSUpstream is the shared part of an upstream named name, offering
+// nextProtos in ALPN.
+func newTLSUpstream(opts DoTOptions, name string, nextProtos ...string) tlsUpstream {
+	return tlsUpstream{
+		name:       name,
+		addr:       opts.Addr.String(),
+		serverName: opts.ServerName,
+		pins:       opts.Pins,
+		trust:      opts.Trust,
+		nextProtos: nextProtos,
+		timeout:    opts.DialTimeout,
+		sessions:   tls.NewLRUClientSessionCache(0),
+		log:        opts.Logger,
+		m:          newUpstreamMetrics(opts.Metrics, name),
+	}
+}
+
 // tlsConfig is built per dial from one snapshot of the Trust, so the roots
 // Go verifies the chain against and the pins checked below always agree.
 // Verification is never skipped: the pin check only narrows it.

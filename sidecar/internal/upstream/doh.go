@@ -1,15 +1,11 @@
 package upstream
 
 import (
-	"cmp"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -21,35 +17,18 @@ import (
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
 )
 
-// DoHOptions configures a DNS-over-HTTPS upstream (RFC 8484). Every field
-// but Pins and GET is required, as for DoTOptions.
+// DoHOptions configures a DNS-over-HTTPS upstream (RFC 8484): a DoT
+// upstream's options, which mean the same here, and the HTTP part. Addr's
+// port is HTTPS's (443); ServerName is also sent as the requests'
+// :authority (with the port unless 443); MaxInFlightPerConn caps the
+// streams open at once on a connection, which the server's
+// SETTINGS_MAX_CONCURRENT_STREAMS may cap lower.
 type DoHOptions struct {
-	// Addr is the upstream's IP address and port (443 for DoH). An IP
-	// literal, never a name: resolving one would need a plaintext lookup.
-	Addr netip.AddrPort
-	// ServerName is the name the upstream's certificate must carry, sent as
-	// SNI and as the requests' :authority (with the port unless 443).
-	ServerName string
-	// Path is the path of the DoH endpoint, e.g. "/dns-query".
+	DoTOptions
+	// Path is the path of the DoH endpoint, e.g. "/dns-query". Required.
 	Path string
 	// GET sends queries as GET ?dns=BASE64URL instead of POST.
 	GET bool
-	// Pins, Trust, PoolSize, DialTimeout, IdleTimeout, MaxAge and
-	// QueryTimeout mean what they mean for a DoT upstream (DoTOptions).
-	Pins        [][32]byte
-	Trust       *Trust
-	PoolSize    int
-	DialTimeout time.Duration
-	IdleTimeout time.Duration
-	MaxAge      time.Duration
-	// MaxInFlightPerConn caps the streams open at once on one connection;
-	// the server's SETTINGS_MAX_CONCURRENT_STREAMS may cap them lower.
-	MaxInFlightPerConn int
-	QueryTimeout       time.Duration
-	// Logger is never nil.
-	Logger *slog.Logger
-	// Metrics is never nil.
-	Metrics *Metrics
 }
 
 // DoH is one DNS-over-HTTPS upstream: a small pool of verified HTTP/2
@@ -97,54 +76,25 @@ const maxDoHPool = 64
 // NewDoH validates opts and returns an upstream that dials lazily, on the
 // first query.
 func NewDoH(opts DoHOptions) (*DoH, error) {
-	if !opts.Addr.IsValid() || opts.Addr.Port() == 0 {
-		return nil, fmt.Errorf("upstream address %q: want an IP address and port", opts.Addr)
-	}
-	if opts.ServerName == "" {
-		return nil, fmt.Errorf("upstream %s: %w", opts.Addr, errNoServerName)
+	if err := opts.check(); err != nil {
+		return nil, err
 	}
 	if err := checkPath(opts.Path); err != nil {
-		return nil, fmt.Errorf("upstream %s: %w", opts.Addr, err)
-	}
-	if opts.Trust == nil || opts.Logger == nil || opts.Metrics == nil {
-		return nil, fmt.Errorf("upstream %s: Trust, Logger and Metrics are required", opts.Addr)
-	}
-	err := cmp.Or(
-		positive("PoolSize", opts.PoolSize),
-		positive("DialTimeout", opts.DialTimeout),
-		positive("IdleTimeout", opts.IdleTimeout),
-		positive("MaxAge", opts.MaxAge),
-		positive("MaxInFlightPerConn", opts.MaxInFlightPerConn),
-		positive("QueryTimeout", opts.QueryTimeout))
-	if err != nil {
 		return nil, fmt.Errorf("upstream %s: %w", opts.Addr, err)
 	}
 	if opts.PoolSize > maxDoHPool {
 		return nil, fmt.Errorf("upstream %s: PoolSize %d above %d", opts.Addr, opts.PoolSize, maxDoHPool)
 	}
 
-	name := "https://" + opts.Addr.String() + opts.Path + "#" + opts.ServerName
 	d := &DoH{
-		tlsUpstream: tlsUpstream{
-			name:       name,
-			addr:       opts.Addr.String(),
-			serverName: opts.ServerName,
-			pins:       opts.Pins,
-			trust:      opts.Trust,
-			nextProtos: []string{"h2"},
-			timeout:    opts.DialTimeout,
-			sessions:   tls.NewLRUClientSessionCache(0),
-			log:        opts.Logger,
-			m:          newUpstreamMetrics(opts.Metrics, name),
-		},
-		opts:    opts,
-		changed: make(chan struct{}),
+		tlsUpstream: newTLSUpstream(opts.DoTOptions, "https://"+opts.Addr.String()+opts.Path+"#"+opts.ServerName, "h2"),
+		opts:        opts,
+		tick:        housekeepingTick(opts.DoTOptions),
+		changed:     make(chan struct{}),
 	}
 	d.m.initHTTP()
 	d.tr = newH2Transport()
 	d.post, d.get = requestTemplates(authority(opts.ServerName, opts.Addr.Port()), opts.Path)
-	d.tick = min(opts.IdleTimeout, opts.MaxAge, time.Second*4) / 4
-	d.tick = max(d.tick, 5*time.Millisecond)
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	d.wg.Add(1)
 	go d.housekeeping()

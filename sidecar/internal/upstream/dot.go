@@ -3,7 +3,6 @@ package upstream
 import (
 	"cmp"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -89,14 +88,38 @@ var _ Upstream = (*DoT)(nil)
 // NewDoT validates opts and returns an upstream that dials lazily, on the
 // first query.
 func NewDoT(opts DoTOptions) (*DoT, error) {
+	if err := opts.check(); err != nil {
+		return nil, err
+	}
+
+	d := &DoT{
+		tlsUpstream: newTLSUpstream(opts, opts.Addr.String()+"#"+opts.ServerName),
+		opts:        opts,
+		tick:        housekeepingTick(opts),
+		changed:     make(chan struct{}),
+	}
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	d.wg.Add(1)
+	go d.housekeeping()
+	return d, nil
+}
+
+// housekeepingTick runs housekeeping often enough to honour the shortest
+// limit within a quarter of it, and at least once a second.
+func housekeepingTick(opts DoTOptions) time.Duration {
+	return max(min(opts.IdleTimeout, opts.MaxAge, time.Second*4)/4, 5*time.Millisecond)
+}
+
+// check refuses options a DoT or DoH upstream cannot work with.
+func (opts *DoTOptions) check() error {
 	if !opts.Addr.IsValid() || opts.Addr.Port() == 0 {
-		return nil, fmt.Errorf("upstream address %q: want an IP address and port", opts.Addr)
+		return fmt.Errorf("upstream address %q: want an IP address and port", opts.Addr)
 	}
 	if opts.ServerName == "" {
-		return nil, fmt.Errorf("upstream %s: %w", opts.Addr, errNoServerName)
+		return fmt.Errorf("upstream %s: %w", opts.Addr, errNoServerName)
 	}
 	if opts.Trust == nil || opts.Logger == nil || opts.Metrics == nil {
-		return nil, fmt.Errorf("upstream %s: Trust, Logger and Metrics are required", opts.Addr)
+		return fmt.Errorf("upstream %s: Trust, Logger and Metrics are required", opts.Addr)
 	}
 	err := cmp.Or(
 		positive("PoolSize", opts.PoolSize),
@@ -106,36 +129,12 @@ func NewDoT(opts DoTOptions) (*DoT, error) {
 		positive("MaxInFlightPerConn", opts.MaxInFlightPerConn),
 		positive("QueryTimeout", opts.QueryTimeout))
 	if err != nil {
-		return nil, fmt.Errorf("upstream %s: %w", opts.Addr, err)
+		return fmt.Errorf("upstream %s: %w", opts.Addr, err)
 	}
 	if opts.MaxInFlightPerConn > maxMaxInFlight {
-		return nil, fmt.Errorf("upstream %s: MaxInFlightPerConn %d above %d", opts.Addr, opts.MaxInFlightPerConn, maxMaxInFlight)
+		return fmt.Errorf("upstream %s: MaxInFlightPerConn %d above %d", opts.Addr, opts.MaxInFlightPerConn, maxMaxInFlight)
 	}
-
-	name := opts.Addr.String() + "#" + opts.ServerName
-	d := &DoT{
-		tlsUpstream: tlsUpstream{
-			name:       name,
-			addr:       opts.Addr.String(),
-			serverName: opts.ServerName,
-			pins:       opts.Pins,
-			trust:      opts.Trust,
-			timeout:    opts.DialTimeout,
-			sessions:   tls.NewLRUClientSessionCache(0),
-			log:        opts.Logger,
-			m:          newUpstreamMetrics(opts.Metrics, name),
-		},
-		opts:    opts,
-		changed: make(chan struct{}),
-	}
-	// Housekeeping runs often enough to honour the shortest limit within a
-	// quarter of it, and at least once a second.
-	d.tick = min(opts.IdleTimeout, opts.MaxAge, time.Second*4) / 4
-	d.tick = max(d.tick, 5*time.Millisecond)
-	d.ctx, d.cancel = context.WithCancel(context.Background())
-	d.wg.Add(1)
-	go d.housekeeping()
-	return d, nil
+	return nil
 }
 
 // positive refuses a size or duration that is not above zero. This

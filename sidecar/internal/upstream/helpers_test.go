@@ -320,21 +320,7 @@ func newTestUpstream(t testing.TB, srv *dnstest.Server, mod func(*DoTOptions)) t
 
 // dohOptions are o's values for a DoH upstream at path.
 func dohOptions(o DoTOptions, path string) DoHOptions {
-	return DoHOptions{
-		Addr:               o.Addr,
-		ServerName:         o.ServerName,
-		Path:               path,
-		Pins:               o.Pins,
-		Trust:              o.Trust,
-		PoolSize:           o.PoolSize,
-		DialTimeout:        o.DialTimeout,
-		IdleTimeout:        o.IdleTimeout,
-		MaxAge:             o.MaxAge,
-		MaxInFlightPerConn: o.MaxInFlightPerConn,
-		QueryTimeout:       o.QueryTimeout,
-		Logger:             o.Logger,
-		Metrics:            o.Metrics,
-	}
+	return DoHOptions{DoTOptions: o, Path: path}
 }
 
 // newTestDoH starts a DoH test server and returns it with a DoH upstream

@@ -41,10 +41,12 @@ func (s *Server) URL() string {
 	return "https://" + net.JoinHostPort(s.ServerName, strconv.Itoa(int(s.Addr.Port()))) + s.Path
 }
 
-// Authorities returns every :authority (Host) the DoH requests carried, and
-// SNIs every TLS server name their connections were opened with, each once.
+// Authorities returns every :authority (Host) the DoH requests carried,
+// SNIs every TLS server name their connections were opened with, and
+// Methods every HTTP method, each once.
 func (s *Server) Authorities() []string { return s.seen(&s.authorities) }
 func (s *Server) SNIs() []string        { return s.seen(&s.snis) }
+func (s *Server) Methods() []string     { return s.seen(&s.methods) }
 
 func (s *Server) seen(m *map[string]bool) []string {
 	s.mu.Lock()
@@ -159,6 +161,7 @@ const maxQuery = 65535
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	hc, _ := r.Context().Value(connKey{}).(*httpConn)
 	s.note(&s.authorities, r.Host)
+	s.note(&s.methods, r.Method)
 	if r.TLS != nil {
 		s.note(&s.snis, r.TLS.ServerName)
 	}

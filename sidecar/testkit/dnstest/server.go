@@ -101,6 +101,7 @@ type Server struct {
 	mu          sync.Mutex
 	authorities map[string]bool // DoH :authority values seen
 	snis        map[string]bool // DoH TLS server names seen
+	methods     map[string]bool // DoH HTTP methods seen
 	conns       map[net.Conn]struct{}
 	closed      bool
 	done        chan struct{}
