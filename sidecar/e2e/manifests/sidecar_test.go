@@ -86,6 +86,8 @@ func exportedMetrics(t *testing.T) map[string]family {
 	up := upstream.NewMetrics(reg)
 	up.Init("192.0.2.1:853#dns.example")
 	up.ForRoute("cluster").Init("dns://10.96.0.10:53")
+	up.Init("https://192.0.2.1:443/dns-query#dns.example")
+	up.InitHTTP("https://192.0.2.1:443/dns-query#dns.example")
 	if _, err := router.New(router.Options{Default: idleUpstream{}, Registerer: reg, Routes: []router.RouteOptions{
 		{Name: "cluster", Zones: []string{"cluster.local"}, Upstream: idleUpstream{}, Cluster: true},
 	}}); err != nil {

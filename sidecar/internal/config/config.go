@@ -55,7 +55,7 @@ type Config struct {
 	DoTServerName string     `env:"DOT_SERVER_NAME" envDefault:"cloudflare-dns.com" help:"name the upstream certificate must carry, used when UPSTREAMS is empty"`
 	// UpstreamList is UPSTREAMS as written; use Upstreams() for the effective
 	// list.
-	UpstreamList []Upstream `env:"UPSTREAMS" envDefault:"" help:"comma-separated upstreams, each tls://IP[:PORT]#SERVERNAME[;pin=BASE64]...[;probe=NAME] (IPv6 in brackets, port 853 by default); when set, replaces DOT_ADDRESS, DOT_PORT and DOT_SERVER_NAME"`
+	UpstreamList []Upstream `env:"UPSTREAMS" envDefault:"" help:"comma-separated upstreams, each tls://IP[:PORT]#SERVERNAME[;pin=BASE64]...[;probe=NAME] (DNS over TLS, port 853 by default) or https://IP[:PORT]/PATH#SERVERNAME with the same options and ;method=get (DNS over HTTPS, port 443 by default), IPv6 in brackets; when set, replaces DOT_ADDRESS, DOT_PORT and DOT_SERVER_NAME"`
 
 	// The trust files are named here and read by package upstream, which
 	// also watches them (LoadTrust, TrustReloader).

@@ -196,9 +196,18 @@ func newUpstreamMetrics(m *Metrics, name string) *upstreamMetrics {
 	return um
 }
 
-// initHTTP creates the upstream's HTTPErrors series, at zero: a DoH upstream
-// has them, a DoT upstream does not.
+// InitHTTP creates the HTTPErrors series of upstream, a DNS-over-HTTPS one,
+// at zero, one per reason; other upstreams have none.
+func (m *Metrics) InitHTTP(upstream string) {
+	for _, r := range httpReasons {
+		m.HTTPErrors.WithLabelValues(upstream, r)
+	}
+}
+
+// initHTTP creates the upstream's HTTPErrors series (InitHTTP) and keeps
+// them for the query path.
 func (um *upstreamMetrics) initHTTP() {
+	um.m.InitHTTP(um.name)
 	um.httpErrs = make(map[string]prometheus.Counter, len(httpReasons))
 	for _, r := range httpReasons {
 		um.httpErrs[r] = um.m.HTTPErrors.WithLabelValues(um.name, r)

@@ -13,6 +13,7 @@ func TestMetricsInitAndLint(t *testing.T) {
 	m := NewMetrics(reg)
 	const name = "192.0.2.53:853#dns.test"
 	m.Init(name)
+	m.InitHTTP(name) // as a DoH upstream does
 
 	problems, err := testutil.GatherAndLint(reg)
 	if err != nil {
@@ -31,7 +32,7 @@ func TestMetricsInitAndLint(t *testing.T) {
 		"request_duration_seconds", "connections_open", "connections_opened_total",
 		"tls_handshake_failures_total", "pin_failures_total", "mismatched_responses_total",
 		"requests_resent_total", "retries_total", "failovers_total", "health_state",
-		"health_check_failures_total",
+		"health_check_failures_total", "http_errors_total",
 	}
 	seen := map[string]int{}
 	for _, f := range families {
