@@ -44,6 +44,9 @@ func (s *Server) config(dotPort, plainPort, httpsPort int, extraDoT []int) strin
 		// Only the interface on https-port speaks DoH, over HTTP/2 with
 		// TLS, at the one endpoint.
 		line("interface: %s@%d", o.Address, httpsPort)
+		for _, a := range s.ExtraHTTPSAddrs {
+			line("interface: %s", strings.Replace(a, ":", "@", 1))
+		}
 		line("https-port: %d", httpsPort)
 		line("http-endpoint: %q", HTTPPath)
 		line("http-notls-downstream: no")

@@ -64,8 +64,12 @@ func (s *Server) launch(ctx context.Context) error {
 	if s.opts.Plain {
 		s.PlainAddr = net.JoinHostPort(s.opts.Address, strconv.Itoa(plainPort))
 	}
+	s.ExtraHTTPSAddrs = s.ExtraHTTPSAddrs[:0]
 	if s.opts.HTTPS {
 		s.HTTPSAddr = net.JoinHostPort(s.opts.Address, strconv.Itoa(httpsPort))
+		for i := range s.opts.ExtraHTTPS {
+			s.ExtraHTTPSAddrs = append(s.ExtraHTTPSAddrs, net.JoinHostPort(fmt.Sprintf("127.0.0.%d", i+2), strconv.Itoa(httpsPort)))
+		}
 	}
 	s.ConfigFile = filepath.Join(s.Dir, "unbound.conf")
 	if err := os.WriteFile(s.ConfigFile, []byte(s.config(dotPort, plainPort, httpsPort, extra)), 0o644); err != nil {

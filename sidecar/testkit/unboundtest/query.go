@@ -123,6 +123,12 @@ func (s *Server) ExchangeHTTPS(ctx context.Context, m *dns.Msg) (*dns.Msg, error
 	if s.HTTPSAddr == "" {
 		return nil, errors.New("no DoH listener (Options.HTTPS)")
 	}
+	return s.ExchangeHTTPSAt(ctx, s.HTTPSAddr, m)
+}
+
+// ExchangeHTTPSAt is ExchangeHTTPS to another of the server's DoH listeners
+// (one of ExtraHTTPSAddrs).
+func (s *Server) ExchangeHTTPSAt(ctx context.Context, addr string, m *dns.Msg) (*dns.Msg, error) {
 	wire, err := m.Pack()
 	if err != nil {
 		return nil, err
@@ -136,7 +142,7 @@ func (s *Server) ExchangeHTTPS(ctx context.Context, m *dns.Msg) (*dns.Msg, error
 		var d net.Dialer
 		dial = d.DialContext
 	}
-	url := "https://" + net.JoinHostPort(s.ServerName, portOf(s.HTTPSAddr)) + HTTPPath
+	url := "https://" + net.JoinHostPort(s.ServerName, portOf(addr)) + HTTPPath
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(wire))
 	if err != nil {
 		return nil, err
@@ -146,26 +152,26 @@ func (s *Server) ExchangeHTTPS(ctx context.Context, m *dns.Msg) (*dns.Msg, error
 	// The URL names the certificate's name; the connection goes to the
 	// listener's address.
 	tr.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
-		return dial(ctx, network, s.HTTPSAddr)
+		return dial(ctx, network, addr)
 	}
 	resp, err := (&http.Client{Transport: tr}).Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("DoH query to %s: %w", s.HTTPSAddr, err)
+		return nil, fmt.Errorf("DoH query to %s: %w", addr, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 65536))
 	if err != nil {
-		return nil, fmt.Errorf("reading DoH reply from %s: %w", s.HTTPSAddr, err)
+		return nil, fmt.Errorf("reading DoH reply from %s: %w", addr, err)
 	}
 	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "application/dns-message" {
-		return nil, fmt.Errorf("DoH reply from %s: %s, content type %q", s.HTTPSAddr, resp.Status, resp.Header.Get("Content-Type"))
+		return nil, fmt.Errorf("DoH reply from %s: %s, content type %q", addr, resp.Status, resp.Header.Get("Content-Type"))
 	}
 	if resp.ProtoMajor != 2 {
-		return nil, fmt.Errorf("DoH reply from %s over %s, want HTTP/2", s.HTTPSAddr, resp.Proto)
+		return nil, fmt.Errorf("DoH reply from %s over %s, want HTTP/2", addr, resp.Proto)
 	}
 	r := new(dns.Msg)
 	if err := r.Unpack(body); err != nil {
-		return nil, fmt.Errorf("DoH reply from %s: %w", s.HTTPSAddr, err)
+		return nil, fmt.Errorf("DoH reply from %s: %w", addr, err)
 	}
 	return r, nil
 }

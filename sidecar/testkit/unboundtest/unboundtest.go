@@ -12,6 +12,7 @@
 //	// u.PlainAddr  "127.0.0.1:PORT"  plain UDP and TCP (when Plain is set)
 //	// u.ExtraAddrs more DoT listeners, same certificate (Options.ExtraDoTPorts)
 //	// u.HTTPSAddr  "127.0.0.1:PORT"  DoH at HTTPPath ("/dns-query", Options.HTTPS)
+//	// u.ExtraHTTPSAddrs "127.0.0.2:PORT", ...: more DoH listeners (Options.ExtraHTTPS)
 //	// u.ServerName "unbound.test"    the name in the certificate
 //	// u.CAFile     a PEM file for TLS_CA_FILE; u.CAPEM, u.CAPool the same CA
 //	// u.Pin        SPKI pin of the server's key (TLS_PINS form); u.CAPin the CA's
@@ -76,10 +77,13 @@ type Options struct {
 	ExtraDoTPorts int
 	// HTTPS also serves DNS over HTTPS (RFC 8484, HTTP/2) on HTTPSPort (0
 	// picks a free one) at HTTPPath, with the same certificate: Unbound's
-	// https-port, which Debian's unbound is built for (libnghttp2). Unbound
-	// has one such port.
+	// https-port, which Debian's unbound is built for (libnghttp2).
 	HTTPS     bool
 	HTTPSPort int
+	// ExtraHTTPS adds that many more DoH listeners (Server.ExtraHTTPSAddrs),
+	// on the same port at the next loopback addresses (127.0.0.2, ...), as
+	// Unbound has one https-port; with an Address of 127.0.0.1 only.
+	ExtraHTTPS int
 	// ServerName is the DNS name in the server certificate; default
 	// "unbound.test". The certificate also carries Address as an IP SAN.
 	ServerName string
@@ -130,18 +134,20 @@ type Server struct {
 	PlainAddr  string   // plain host:port, empty unless Options.Plain
 	ExtraAddrs []string // more DoT host:ports, Options.ExtraDoTPorts of them
 	HTTPSAddr  string   // DoH host:port, empty unless Options.HTTPS
-	ServerName string
-	CA         *testpki.CA
-	CAPEM      []byte
-	CAPool     *x509.CertPool
-	CAFile     string
-	Pin        string // SPKI pin of the leaf
-	CAPin      string // SPKI pin of the CA
-	Names      []Record
-	Dir        string // temporary directory, removed by Stop
-	ConfigFile string
-	LogFile    string
-	PID        int
+	// ExtraHTTPSAddrs are more DoH listeners, Options.ExtraHTTPS of them.
+	ExtraHTTPSAddrs []string
+	ServerName      string
+	CA              *testpki.CA
+	CAPEM           []byte
+	CAPool          *x509.CertPool
+	CAFile          string
+	Pin             string // SPKI pin of the leaf
+	CAPin           string // SPKI pin of the CA
+	Names           []Record
+	Dir             string // temporary directory, removed by Stop
+	ConfigFile      string
+	LogFile         string
+	PID             int
 
 	opts    Options
 	tools   tools
@@ -230,6 +236,9 @@ func Shared(t testing.TB, opts Options) *Server {
 // call Stop. Errors carry the tail of unbound's log.
 func New(ctx context.Context, opts Options) (*Server, error) {
 	opts.setDefaults()
+	if err := opts.check(); err != nil {
+		return nil, err
+	}
 	tl, err := findTools(opts)
 	if err != nil {
 		return nil, err
@@ -266,6 +275,16 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 }
 
 var errExited = errors.New("unbound exited")
+
+func (o *Options) check() error {
+	if o.ExtraHTTPS > 0 && (!o.HTTPS || o.Address != "127.0.0.1") {
+		return errors.New("ExtraHTTPS needs HTTPS on Address 127.0.0.1")
+	}
+	if o.ExtraHTTPS > 250 {
+		return errors.New("ExtraHTTPS above 250")
+	}
+	return nil
+}
 
 func (o *Options) setDefaults() {
 	if o.Address == "" {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"net"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -262,5 +263,44 @@ func TestParseQueryLog(t *testing.T) {
 	want := []Query{{"192.0.2.10", "api.example.com.", "A"}, {"2001:db8::10", "x.test.", "AAAA"}}
 	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
 		t.Errorf("parseQueryLog = %v, want %v", got, want)
+	}
+}
+
+// The DoH listeners answer RFC 8484 requests over HTTP/2 (Go's client, and
+// kdig +https as a second one), verified like the DoT ones, and Unbound
+// counts them apart from DoT.
+func TestServerAnswersOverDoH(t *testing.T) {
+	tools := testkit.RequireTools(t, "kdig")
+	u := Start(t, Options{Names: 5, HTTPS: true, ExtraHTTPS: 2})
+	if len(u.ExtraHTTPSAddrs) != 2 || u.ExtraHTTPSAddrs[1] != "127.0.0.3:"+portOf(u.HTTPSAddr) {
+		t.Fatalf("extra DoH listeners %v beside %s", u.ExtraHTTPSAddrs, u.HTTPSAddr)
+	}
+	rec := u.Names[2]
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	m := new(dns.Msg)
+	m.SetQuestion(rec.Name, dns.TypeA)
+	for _, addr := range append([]string{u.HTTPSAddr}, u.ExtraHTTPSAddrs...) {
+		r, err := u.ExchangeHTTPSAt(ctx, addr, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := CheckA(r, rec); err != nil {
+			t.Fatalf("%s: %v", addr, err)
+		}
+		host, port, _ := net.SplitHostPort(addr)
+		out, err := exec.CommandContext(ctx, tools["kdig"], "@"+host, "-p", port, "+https="+HTTPPath, "+tls-ca="+u.CAFile,
+			"+tls-hostname="+u.ServerName, "+short", "+timeout=3", "+retry=0", rec.Name, "A").CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != rec.A.String() {
+			t.Fatalf("kdig +https %s: %v: %q, want %s", addr, err, out, rec.A)
+		}
+	}
+	st, err := u.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Three listeners, two clients each, and the readiness probe.
+	if got := st["num.query.https"]; got < 7 {
+		t.Errorf("num.query.https = %v, want at least 7", got)
 	}
 }
