@@ -1,10 +1,12 @@
 // Package interop runs the dot-sidecar binary, built from this tree, against
 // real third-party servers and queries it the way applications and
 // operators do: kdig over UDP and TCP, and a Go client. Unbound, with a CA
-// and key made by the test, is the DNS-over-TLS upstream; CoreDNS
-// (corednstest) is the cluster's resolver, reached over dns://, tcp:// and
-// tls:// (cluster_test.go), stopped and restarted (cluster_health_test.go),
-// and serving the certificate the docs' commands make (docs_cert_test.go).
+// and key made by the test, is the DNS-over-TLS and DNS-over-HTTPS upstream,
+// and dnsdist's DoH frontend a second DNS-over-HTTPS one (doh_test.go);
+// CoreDNS (corednstest) is the cluster's resolver, reached over dns://,
+// tcp:// and tls:// (cluster_test.go), stopped and restarted
+// (cluster_health_test.go), and serving the certificate the docs' commands
+// make (docs_cert_test.go).
 package interop
 
 import (
@@ -30,9 +32,10 @@ import (
 
 func TestMain(m *testing.M) { testkit.Main(m) }
 
-// upstream is the Unbound the package's tests share: they only query it.
+// upstream is the Unbound the package's tests share: they only query it,
+// over DoT, over DoH, or through dnsdist over its plain port.
 func upstream(t *testing.T) *unboundtest.Server {
-	return unboundtest.Shared(t, unboundtest.Options{Names: 10})
+	return unboundtest.Shared(t, unboundtest.Options{Names: 10, HTTPS: true, Plain: true})
 }
 
 func TestRelayToUnbound(t *testing.T) {
