@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"errors"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -171,14 +172,17 @@ func TestCountEstablished(t *testing.T) {
 }
 
 func TestCounterRuleset(t *testing.T) {
-	got := counterRuleset("dot_sidecar_bench_7", []int{853, 8853})
+	got := counterRuleset("dot_sidecar_bench_7", []netip.AddrPort{
+		netip.MustParseAddrPort("127.0.0.1:853"), netip.MustParseAddrPort("127.0.0.2:443"), netip.MustParseAddrPort("[::1]:8853")})
 	for _, want := range []string{
 		"table inet dot_sidecar_bench_7 {",
-		"counter syn_853 { }",
-		"counter syn_8853 { }",
+		"counter syn_127_0_0_1_853 { }",
+		"counter syn_127_0_0_2_443 { }",
+		"counter syn___1_8853 { }",
 		"type filter hook input priority 0; policy accept;",
-		`tcp dport 853 tcp flags & (syn | ack) == syn counter name "syn_853"`,
-		`tcp dport 8853 tcp flags & (syn | ack) == syn counter name "syn_8853"`,
+		`ip daddr 127.0.0.1 tcp dport 853 tcp flags & (syn | ack) == syn counter name "syn_127_0_0_1_853"`,
+		`ip daddr 127.0.0.2 tcp dport 443 tcp flags & (syn | ack) == syn counter name "syn_127_0_0_2_443"`,
+		`ip6 daddr ::1 tcp dport 8853 tcp flags & (syn | ack) == syn counter name "syn___1_8853"`,
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("ruleset lacks %q:\n%s", want, got)
@@ -276,7 +280,7 @@ func TestRenderTable(t *testing.T) {
 			avgLat: 200 * time.Microsecond, maxLat: 40 * time.Millisecond, rss: 30 << 20, conns: 400, peakOpen: 100, upPerAns: 1, hasUpPerQ: true},
 		{target: "coredns", proto: "tcp", qps: 5000, conns: -1, peakOpen: -1},
 	}
-	out := renderTable(rows)
+	out := renderTable(rows, baseTarget)
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	if len(lines) != 2+len(rows) {
 		t.Fatalf("%d lines, want header, rule and %d rows:\n%s", len(lines), len(rows), out)
@@ -341,5 +345,21 @@ func TestRenderLookups(t *testing.T) {
 	}
 	if out := renderLookups(nil, errors.New("no ip")); !strings.Contains(out, "not measured: no ip") || strings.Contains(out, "|---") {
 		t.Errorf("without counts:\n%s", out)
+	}
+}
+
+func TestDoHVersusDoT(t *testing.T) {
+	rows := []row{
+		{target: "dot-sidecar", proto: "udp", qps: 50000, cpuPerQ: 10 * time.Microsecond, hasCPU: true},
+		{target: "dot-sidecar-doh", proto: "udp", qps: 40000, cpuPerQ: 13 * time.Microsecond, hasCPU: true, doh: true},
+		{target: "dot-sidecar", proto: "tcp", qps: 50000, hasCPU: false},
+		{target: "dot-sidecar-doh", proto: "tcp", qps: 40000, cpuPerQ: 13 * time.Microsecond, hasCPU: true, doh: true},
+	}
+	want := "dot-sidecar over DoH against itself over DoT: UDP clients: CPU/query 1.30× (13.0 µs vs 10.0 µs), qps 0.80×."
+	if got := dohVersusDoT(rows); got != want {
+		t.Errorf("got  %q\nwant %q", got, want)
+	}
+	if got := dohVersusDoT(rows[:1]); got != "" {
+		t.Errorf("without a DoH row: %q", got)
 	}
 }

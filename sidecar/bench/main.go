@@ -1,7 +1,9 @@
 // Command bench runs dot-sidecar beside the DNS relays users would pick
 // instead (dnsdist, Unbound, stubby, CoreDNS), all forwarding over verified
-// DNS-over-TLS to the same Unbound upstream, drives each with dnsperf and
-// prints one Markdown table comparing them.
+// DNS-over-TLS to the same Unbound upstream, and, for those that can,
+// dot-sidecar, dnsdist and CoreDNS over verified DNS-over-HTTPS to the same
+// Unbound's https-port; drives each with dnsperf and prints Markdown tables
+// comparing them.
 //
 // Run sidecar/bench/setup.sh once (it installs the peers), then, from the
 // repository root and as root (for the nftables connection counter):
@@ -9,20 +11,22 @@
 //	go run ./sidecar/bench                          # full run, a few minutes
 //	go run ./sidecar/bench -duration 1s -rounds 1   # smoke run, under a minute
 //
-// Everything runs on 127.0.0.1. The upstream is Unbound (one thread, local
-// data, plain port for the direct baseline, see package unboundtest). Each
-// relay gets its own port; before it is measured it must answer control
+// Everything runs on loopback: 127.0.0.1, and 127.0.0.2 and up for the
+// upstream's DoH listeners. The upstream is Unbound (one thread, local data,
+// plain port for the direct baseline, see package unboundtest). Each relay
+// gets its own port, and its own DoT port or DoH address on the upstream;
+// before it is measured it must answer control
 // queries correctly over UDP and TCP. For each round, each client protocol
 // (UDP, TCP) and each run shape (as fast as possible; fixed rate) the targets
 // run one after another (A B C A B C ...), and the table shows the median of
 // the rounds. Around every run the harness reads the relay's CPU time from
 // /proc/PID/stat, the upstream's TLS query counter (unbound-control) and an
-// nftables counter of SYNs to the upstream's DoT port, so CPU per query and
-// connections opened are exact, not sampled. Last (-lookups), in a network
-// namespace standing in for a pod whose resolv.conf the kubelet wrote, it
-// counts the queries one glibc lookup of a public name sends to the public
-// upstream and to the cluster's resolver, with CLUSTER_DNS=off and with the
-// default. Every process started is
+// nftables counter of SYNs to the relay's endpoint on the upstream, so CPU
+// per query and connections opened are exact, not sampled. Last (-lookups),
+// in a network namespace standing in for a pod whose resolv.conf the kubelet
+// wrote, it counts the queries one glibc lookup of a public name sends to the
+// public upstream and to the cluster's resolver, with CLUSTER_DNS=off and
+// with the default. Every process started is
 // stopped on exit, on error and on Ctrl-C; the whole run has a deadline.
 package main
 
@@ -68,7 +72,7 @@ func parseFlags() config {
 	flag.IntVar(&c.inflight, "inflight", 100, "dnsperf queries outstanding (-q)")
 	flag.IntVar(&c.rate, "rate", 2000, "queries per second of the fixed-rate (latency) runs")
 	flag.DurationVar(&c.timeout, "timeout", 0, "deadline of the whole run (default: estimated from the other flags)")
-	flag.StringVar(&targets, "targets", "direct,dot-sidecar,dnsdist,dnsdist-pipelined,unbound,stubby,coredns", "targets to run, in order")
+	flag.StringVar(&targets, "targets", "direct,dot-sidecar,dnsdist,dnsdist-pipelined,unbound,stubby,coredns,dot-sidecar-doh,dnsdist-doh,coredns-doh", "targets to run, in order")
 	flag.StringVar(&protos, "protos", "udp,tcp", "client protocols")
 	flag.StringVar(&c.sidecarBin, "sidecar", "", "dot-sidecar binary (default: built from this tree)")
 	flag.StringVar(&c.corednsBin, "coredns", "", "coredns binary (default: PATH, then $(go env GOPATH)/bin)")

@@ -49,11 +49,11 @@ func measureOne(ctx context.Context, cfg config, perfBin string, l *live, proto 
 	}
 	var conns0 int64
 	if counter != nil {
-		if conns0, err = counter.read(ctx, l.upPort); err != nil {
+		if conns0, err = counter.read(ctx, l.up); err != nil {
 			return s, err
 		}
 	}
-	up0, err := upQueries(ctx, up)
+	up0, err := upQueries(ctx, up, l.doh)
 	if err != nil {
 		return s, err
 	}
@@ -66,7 +66,7 @@ func measureOne(ctx context.Context, cfg config, perfBin string, l *live, proto 
 	sctx, stopSampling := context.WithCancel(ctx)
 	defer stopSampling()
 	go func() {
-		n, err := peakConns(sctx, pid, l.upPort, connSampleInterval)
+		n, err := peakConns(sctx, pid, int(l.up.Port()), connSampleInterval)
 		sampled <- peak{n, err}
 	}()
 	s.perf, err = runDnsperf(ctx, perfBin, a)
@@ -89,13 +89,13 @@ func measureOne(ctx context.Context, cfg config, perfBin string, l *live, proto 
 	}
 	s.cpu, s.hasCPU = cpu1-cpu0, true
 	if counter != nil {
-		conns1, err := counter.read(ctx, l.upPort)
+		conns1, err := counter.read(ctx, l.up)
 		if err != nil {
 			return s, err
 		}
 		s.conns = conns1 - conns0
 	}
-	up1, err := upQueries(ctx, up)
+	up1, err := upQueries(ctx, up, l.doh)
 	if err != nil {
 		return s, err
 	}
@@ -103,15 +103,20 @@ func measureOne(ctx context.Context, cfg config, perfBin string, l *live, proto 
 	return s, nil
 }
 
-// upQueries is the number of queries the upstream has received over TLS.
-func upQueries(ctx context.Context, up *unboundtest.Server) (float64, error) {
+// upQueries is the number of queries the upstream has received over TLS
+// (DoT and DoH alike), or over DoH alone.
+func upQueries(ctx context.Context, up *unboundtest.Server, doh bool) (float64, error) {
 	st, err := up.Stats(ctx)
 	if err != nil {
 		return 0, err
 	}
-	v, ok := st["num.query.tls"]
+	name := "num.query.tls"
+	if doh {
+		name = "num.query.https"
+	}
+	v, ok := st[name]
 	if !ok {
-		return 0, fmt.Errorf("unbound-control stats lacks num.query.tls")
+		return 0, fmt.Errorf("unbound-control stats lacks %s", name)
 	}
 	return v, nil
 }
@@ -126,7 +131,7 @@ func totalOpened(ctx context.Context, counter *synCounter, targets []*live) (map
 		if l.proc == nil {
 			continue
 		}
-		n, err := counter.read(ctx, l.upPort)
+		n, err := counter.read(ctx, l.up)
 		if err != nil {
 			return nil, err
 		}

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/unboundtest"
 )
 
 // target is where dnsperf sends queries: the upstream's plain port (the
@@ -14,6 +16,9 @@ import (
 type target struct {
 	name string
 	tool string // program the relay needs; "" for direct
+	// doh: the relay forwards over DNS over HTTPS (to the upstream's
+	// https-port), not over DNS over TLS.
+	doh bool
 	// note says how caching was turned off (or why it could not be) and any
 	// other setting a reader needs to judge the figures.
 	note string
@@ -22,14 +27,20 @@ type target struct {
 	start func(u upstreamInfo, t tools, dir string, port int) (argv, env []string, err error)
 }
 
-// upstreamInfo is what a relay needs to reach the upstream over verified DoT.
+// upstreamInfo is what a relay needs to reach the upstream over verified DoT
+// or DoH.
 type upstreamInfo struct {
-	host       string
+	host       string // DoT
 	port       int
+	dohHost    string // DoH, at unboundtest.HTTPPath
+	dohPort    int
 	serverName string
 	caFile     string
 	checkName  string // a name the upstream serves, for health checks
 }
+
+// dohPath is the upstream's DoH endpoint.
+const dohPath = unboundtest.HTTPPath
 
 // dnsdistMaxInFlight is the pipelining depth given to the dnsdist variant,
 // on the frontend (so TCP clients' queries are read ahead) and on the
@@ -51,18 +62,32 @@ func allTargets() []target {
 			note: "GETDNS_TRANSPORT_TLS only, authentication required; stubby has no cache."},
 		{name: "coredns", tool: "coredns", start: startCoreDNS,
 			note: "forward . tls://… with tls CA and tls_servername; cache plugin not loaded (no cache)."},
+		{name: "dot-sidecar-doh", tool: "dot-sidecar", doh: true, start: startDotSidecarDoH,
+			note: "as dot-sidecar, with an https:// upstream (POST)."},
+		{name: "dnsdist-doh", tool: "dnsdist", doh: true, start: startDnsdistDoH,
+			note: "as dnsdist, with outgoing DoH (dohPath, libnghttp2; queries multiplexed over HTTP/2 by its DoH worker)."},
+		{name: "coredns-doh", tool: "coredns", doh: true, start: startCoreDNSDoH,
+			note: "forward . https://… (path /dns-query, POST, Go's net/http Transport) with tls CA and tls_servername."},
 	}
 }
 
 func hostPort(host string, port int) string { return net.JoinHostPort(host, strconv.Itoa(port)) }
 
 func startDotSidecar(u upstreamInfo, t tools, dir string, port int) ([]string, []string, error) {
+	return runDotSidecar("tls://"+hostPort(u.host, u.port)+"#"+u.serverName, u, t, port)
+}
+
+func startDotSidecarDoH(u upstreamInfo, t tools, dir string, port int) ([]string, []string, error) {
+	return runDotSidecar("https://"+hostPort(u.dohHost, u.dohPort)+dohPath+"#"+u.serverName, u, t, port)
+}
+
+func runDotSidecar(entry string, u upstreamInfo, t tools, port int) ([]string, []string, error) {
 	adminPort, err := freePort()
 	if err != nil {
 		return nil, nil, err
 	}
 	env := []string{
-		"UPSTREAMS=tls://" + hostPort(u.host, u.port) + "#" + u.serverName,
+		"UPSTREAMS=" + entry,
 		"TLS_CA_FILE=" + u.caFile,
 		"BIND_ADDRESS=127.0.0.1",
 		"BIND_PORT=" + strconv.Itoa(port),
@@ -81,19 +106,29 @@ func startDnsdist(maxInFlight int) func(upstreamInfo, tools, string, int) ([]str
 			local = fmt.Sprintf(", {maxInFlight=%d}", maxInFlight)
 			backend = fmt.Sprintf(", maxInFlight=%d", maxInFlight)
 		}
-		// The default health check asks for a.root-servers.net; ask for a
-		// name the upstream serves so "up" means "answers our data".
-		conf := fmt.Sprintf(`setSecurityPollSuffix("")
+		return runDnsdist(u, t, dir, port, local, hostPort(u.host, u.port), backend)
+	}
+}
+
+// startDnsdistDoH is dnsdist with outgoing DNS over HTTPS: dohPath on the
+// backend makes its TLS connection an HTTP/2 one.
+func startDnsdistDoH(u upstreamInfo, t tools, dir string, port int) ([]string, []string, error) {
+	return runDnsdist(u, t, dir, port, "", hostPort(u.dohHost, u.dohPort), fmt.Sprintf(", dohPath=%q", dohPath))
+}
+
+func runDnsdist(u upstreamInfo, t tools, dir string, port int, local, upstream, backend string) ([]string, []string, error) {
+	// The default health check asks for a.root-servers.net; ask for a name
+	// the upstream serves so "up" means "answers our data".
+	conf := fmt.Sprintf(`setSecurityPollSuffix("")
 setLocal(%q%s)
 setACL({"127.0.0.0/8"})
 newServer({address=%q, tls="openssl", subjectName=%q, caStore=%q, validateCertificates=true, checkName=%q, checkType="A"%s})
-`, hostPort("127.0.0.1", port), local, hostPort(u.host, u.port), u.serverName, u.caFile, u.checkName, backend)
-		path := filepath.Join(dir, "dnsdist.conf")
-		if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
-			return nil, nil, err
-		}
-		return []string{t["dnsdist"], "--supervised", "--disable-syslog", "-C", path}, nil, nil
+`, hostPort("127.0.0.1", port), local, upstream, u.serverName, u.caFile, u.checkName, backend)
+	path := filepath.Join(dir, "dnsdist.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		return nil, nil, err
 	}
+	return []string{t["dnsdist"], "--supervised", "--disable-syslog", "-C", path}, nil, nil
 }
 
 func startUnboundForwarder(u upstreamInfo, t tools, dir string, port int) ([]string, []string, error) {
@@ -182,14 +217,24 @@ upstream_recursive_servers:
 }
 
 func startCoreDNS(u upstreamInfo, t tools, dir string, port int) ([]string, []string, error) {
+	return runCoreDNS("tls://"+hostPort(u.host, u.port), u, t, dir, port)
+}
+
+// startCoreDNSDoH forwards over DNS over HTTPS; CoreDNS's path is always
+// /dns-query, which is the upstream's.
+func startCoreDNSDoH(u upstreamInfo, t tools, dir string, port int) ([]string, []string, error) {
+	return runCoreDNS("https://"+hostPort(u.dohHost, u.dohPort), u, t, dir, port)
+}
+
+func runCoreDNS(to string, u upstreamInfo, t tools, dir string, port int) ([]string, []string, error) {
 	conf := fmt.Sprintf(`.:%d {
 	bind 127.0.0.1
-	forward . tls://%s {
+	forward . %s {
 		tls %s
 		tls_servername %s
 	}
 }
-`, port, hostPort(u.host, u.port), u.caFile, u.serverName)
+`, port, to, u.caFile, u.serverName)
 	path := filepath.Join(dir, "Corefile")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return nil, nil, err

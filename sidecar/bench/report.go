@@ -17,13 +17,33 @@ func renderReport(cfg config, rows []row, targets []*live, startup []time.Durati
 	fmt.Fprintf(&b, "Measured %s on %s (%s).\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"), machine(), versions)
 	fmt.Fprintf(&b, "Load: dnsperf -c %d -q %d, %s per run, %d round(s) with targets interleaved, median of rounds; "+
 		"\"@rate\" columns are the fixed-rate runs at %d queries/s, the others the unlimited-rate runs. "+
-		"Upstream: Unbound, 1 thread, %d names × A/AAAA/TXT from local data, over verified DoT.\n\n",
+		"Upstream: Unbound, 1 thread, %d names × A/AAAA/TXT from local data, over verified DoT (its tls-port) "+
+		"or verified DoH (its https-port, HTTP/2, default stream limit of 100).\n\n",
 		cfg.clients, cfg.inflight, cfg.duration, cfg.rounds, cfg.rate, cfg.names)
 	b.WriteString("**The load generator, the relays and the upstream share this machine's cores: absolute queries per second " +
 		"and latencies move with whatever else runs. The ratios to dot-sidecar (in parentheses) and the CPU time per query " +
 		"are the figures that mean something.**\n\n")
-	b.WriteString(renderTable(rows))
-	b.WriteString("\n")
+	var dot, doh []row
+	for _, r := range rows {
+		if r.doh {
+			doh = append(doh, r)
+		} else {
+			dot = append(dot, r)
+		}
+	}
+	if len(dot) > 0 {
+		fmt.Fprintf(&b, "Relays forwarding over DNS over TLS (ratios to %s):\n\n", baseTarget)
+		b.WriteString(renderTable(dot, baseTarget))
+		b.WriteString("\n")
+	}
+	if len(doh) > 0 {
+		fmt.Fprintf(&b, "Relays forwarding over DNS over HTTPS to the same upstream (ratios to %s):\n\n", baseDoH)
+		b.WriteString(renderTable(doh, baseDoH))
+		b.WriteString("\n")
+		if s := dohVersusDoT(rows); s != "" {
+			b.WriteString(s + "\n\n")
+		}
+	}
 	b.WriteString("- CPU/query: the relay's user+system time (/proc/PID/stat, all threads) during the run divided by the queries answered.\n")
 	b.WriteString("- peak RSS: VmHWM of the relay process at the end of all runs (the same figure on its UDP and TCP rows).\n")
 	b.WriteString("- TLS conns opened: new TCP connections to the upstream during a run, the most in any run of that row, counted " +
@@ -31,8 +51,9 @@ func renderReport(cfg config, rows []row, targets []*live, startup []time.Durati
 		"connections it already had.\n")
 	b.WriteString("- TLS conns open (peak): the most connections the relay held established to the upstream at once, " +
 		"counted from /proc every " + connSampleInterval.String() + " during each run (a sample, unlike the column before), the most of any run.\n")
-	b.WriteString("- upstream queries/answer: queries the upstream received over TLS (unbound-control num.query.tls) per answer " +
-		"dnsperf got, unlimited-rate runs; below 1 would mean a cache answered, above 1 retries or health checks.\n")
+	b.WriteString("- upstream queries/answer: queries the upstream received over TLS (unbound-control num.query.tls; " +
+		"num.query.https for DoH relays) per answer dnsperf got, unlimited-rate runs; below 1 would mean a cache answered, " +
+		"above 1 retries or health checks.\n")
 	if len(startup) > 0 {
 		s := slices.Clone(startup)
 		slices.Sort(s)
@@ -62,6 +83,11 @@ func renderReport(cfg config, rows []row, targets []*live, startup []time.Durati
 		b.WriteString("- " + n + "\n")
 	}
 	return b.String()
+}
+
+func hostOf(addr string) string {
+	h, _, _ := net.SplitHostPort(addr)
+	return h
 }
 
 func portOf(addr string) int {

@@ -41,6 +41,7 @@ type key struct {
 // A NaN-free zero value means "not measured" where the has* flag is false.
 type row struct {
 	target, proto string
+	doh           bool // the relay forwards over DoH
 
 	qps       float64
 	lost      float64

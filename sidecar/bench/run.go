@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -16,10 +17,10 @@ import (
 // live is a started target.
 type live struct {
 	target
-	addr   string
-	port   int
-	upPort int   // the relay's own DoT port on the upstream
-	proc   *proc // nil for the direct baseline
+	addr string
+	port int
+	up   netip.AddrPort // the relay's own endpoint on the upstream: a DoT port or a DoH address
+	proc *proc          // nil for the direct baseline
 }
 
 func run(ctx context.Context, cfg config) error {
@@ -57,27 +58,37 @@ func run(ctx context.Context, cfg config) error {
 	}
 
 	logf("starting the upstream (Unbound, 1 thread, %d names)", cfg.names)
-	relays := 0
+	dotRelays, dohRelays := 0, 0
 	for _, t := range selected {
-		if t.start != nil {
-			relays++
+		switch {
+		case t.start == nil:
+		case t.doh:
+			dohRelays++
+		default:
+			dotRelays++
 		}
 	}
-	up, err := startUpstream(ctx, cfg.names, relays)
+	up, err := startUpstream(ctx, cfg.names, dotRelays, dohRelays)
 	if err != nil {
 		return fmt.Errorf("starting upstream: %w", err)
 	}
 	defer up.Stop()
-	// The main DoT port serves the verification check and the startup
-	// timing; each measured relay gets one of the extra ports.
+	// The main DoT port and DoH address serve the verification check and
+	// the startup timing; each measured relay gets one of the extra ones.
 	ui := upstreamInfo{host: "127.0.0.1", port: portOf(up.Addr), serverName: up.ServerName, caFile: up.CAFile, checkName: up.Names[0].Name}
-	var relayPorts []int
+	if up.HTTPSAddr != "" {
+		ui.dohHost, ui.dohPort = hostOf(up.HTTPSAddr), portOf(up.HTTPSAddr)
+	}
+	var dotEnds, dohEnds []netip.AddrPort
 	for _, a := range up.ExtraAddrs {
-		relayPorts = append(relayPorts, portOf(a))
+		dotEnds = append(dotEnds, netip.MustParseAddrPort(a))
+	}
+	for _, a := range up.ExtraHTTPSAddrs {
+		dohEnds = append(dohEnds, netip.MustParseAddrPort(a))
 	}
 
 	var notes []string
-	counter, err := newSynCounter(ctx, relayPorts)
+	counter, err := newSynCounter(ctx, slices.Concat(dotEnds, dohEnds))
 	if err != nil {
 		notes = append(notes, "TLS connections not counted: "+err.Error()+".")
 		logf("warning: %v", err)
@@ -109,12 +120,16 @@ func run(ctx context.Context, cfg config) error {
 			}
 		}
 	}()
-	next := 0
 	for _, t := range selected {
 		tui := ui
-		if t.start != nil {
-			tui.port = relayPorts[next]
-			next++
+		switch {
+		case t.start == nil:
+		case t.doh:
+			tui.dohHost, tui.dohPort = dohEnds[0].Addr().String(), int(dohEnds[0].Port())
+			dohEnds = dohEnds[1:]
+		default:
+			tui.port = int(dotEnds[0].Port())
+			dotEnds = dotEnds[1:]
 		}
 		l, err := startTarget(ctx, t, tui, tl, dir, up)
 		if l != nil {
@@ -166,8 +181,9 @@ func run(ctx context.Context, cfg config) error {
 					return fmt.Errorf("%s: %w", l.name, err)
 				}
 			}
-			rows = append(rows, aggregate(l.name, proto,
-				samples[key{l.name, proto, kindMax}], samples[key{l.name, proto, kindRate}], rss))
+			r := aggregate(l.name, proto, samples[key{l.name, proto, kindMax}], samples[key{l.name, proto, kindRate}], rss)
+			r.doh = l.doh
+			rows = append(rows, r)
 		}
 	}
 	notes = append(notes, fmt.Sprintf("1-minute load average: %s when the runs began, %s when they ended (%d CPUs).", loadBefore, loadAvg(), runtime.NumCPU()))
@@ -192,7 +208,10 @@ func run(ctx context.Context, cfg config) error {
 // startTarget starts a relay (nothing for the direct baseline) and requires
 // correct answers to control queries before it may be measured.
 func startTarget(ctx context.Context, t target, ui upstreamInfo, tl tools, dir string, up *unboundtest.Server) (*live, error) {
-	l := &live{target: t, upPort: ui.port}
+	l := &live{target: t, up: netip.AddrPortFrom(netip.MustParseAddr(ui.host), uint16(ui.port))}
+	if t.doh {
+		l.up = netip.AddrPortFrom(netip.MustParseAddr(ui.dohHost), uint16(ui.dohPort))
+	}
 	if t.start == nil {
 		l.addr = up.PlainAddr
 		l.port = portOf(up.PlainAddr)

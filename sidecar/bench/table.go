@@ -6,8 +6,12 @@ import (
 	"time"
 )
 
-// baseTarget is the relay every figure is compared with.
-const baseTarget = "dot-sidecar"
+// baseTarget is the relay every figure of the DoT table is compared with,
+// baseDoH that of the DoH table.
+const (
+	baseTarget = "dot-sidecar"
+	baseDoH    = "dot-sidecar-doh"
+)
 
 // ratio renders v relative to base as "1.23×". It returns "" when there is
 // nothing meaningful to show: no base, or a zero base with a non-zero value.
@@ -36,12 +40,12 @@ func ms(d time.Duration) string { return fmt.Sprintf("%.3f ms", float64(d)/float
 func us(d time.Duration) string { return fmt.Sprintf("%.1f µs", float64(d)/float64(time.Microsecond)) }
 
 // renderTable writes one Markdown table: a row per target and client
-// protocol, every figure with its ratio to dot-sidecar's for the same
+// protocol, every figure with its ratio to baseName's for the same
 // protocol. Rows whose target is the direct baseline have no relay figures.
-func renderTable(rows []row) string {
+func renderTable(rows []row, baseName string) string {
 	base := map[string]row{}
 	for _, r := range rows {
-		if r.target == baseTarget {
+		if r.target == baseName {
 			base[r.proto] = r
 		}
 	}
@@ -82,3 +86,32 @@ func renderTable(rows []row) string {
 }
 
 const dash = "—"
+
+// dohVersusDoT says what DoH costs dot-sidecar against DoT, per client
+// protocol: CPU per query and throughput of dot-sidecar-doh over
+// dot-sidecar's.
+func dohVersusDoT(rows []row) string {
+	find := func(target, proto string) (row, bool) {
+		for _, r := range rows {
+			if r.target == target && r.proto == proto {
+				return r, true
+			}
+		}
+		return row{}, false
+	}
+	var parts []string
+	for _, proto := range []string{"udp", "tcp"} {
+		dot, ok1 := find(baseTarget, proto)
+		doh, ok2 := find(baseDoH, proto)
+		if !ok1 || !ok2 || !dot.hasCPU || !doh.hasCPU {
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s clients: CPU/query %s (%s vs %s), qps %s",
+			strings.ToUpper(proto), ratio(float64(doh.cpuPerQ), float64(dot.cpuPerQ)), us(doh.cpuPerQ), us(dot.cpuPerQ),
+			ratio(doh.qps, dot.qps)))
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return "dot-sidecar over DoH against itself over DoT: " + strings.Join(parts, "; ") + "."
+}

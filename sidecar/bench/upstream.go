@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,25 +16,28 @@ import (
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/unboundtest"
 )
 
-// startUpstream starts the one DoT upstream every relay forwards to: Unbound,
+// startUpstream starts the one upstream every relay forwards to: Unbound,
 // one thread, answering from local data, with a plain port for the direct
-// baseline and a DoT port of its own for each relay (same server, same
-// certificate), so that connections can be counted per relay. Its idle
-// timeouts stay at Unbound's defaults, as a real upstream would close idle
-// connections too.
-func startUpstream(ctx context.Context, names, relays int) (*unboundtest.Server, error) {
+// baseline, and a DoT port of its own for each DoT relay and a DoH address
+// of its own (Unbound has one https-port) for each DoH relay (same server,
+// same certificate), so that connections can be counted per relay. Its idle
+// timeouts and HTTP/2 stream limit stay at Unbound's defaults, as a real
+// upstream's would.
+func startUpstream(ctx context.Context, names, dotRelays, dohRelays int) (*unboundtest.Server, error) {
 	return unboundtest.New(ctx, unboundtest.Options{
 		Names:         names,
 		Threads:       1,
 		Plain:         true,
-		ExtraDoTPorts: relays,
+		ExtraDoTPorts: dotRelays,
+		HTTPS:         dohRelays > 0,
+		ExtraHTTPS:    dohRelays,
 		// Unbound keeps incoming-num-tcp buffers per listening port. Relays
 		// that open a connection per in-flight query (dnsdist without
 		// maxInFlight, CoreDNS) must not be capped by the default 10, and
 		// Unbound shortens tcp-idle-timeout (down to 200 ms) once half of a
 		// port's buffers are taken, which would measure the upstream
 		// closing connections rather than the relay.
-		IncomingNumTCP: incomingPerPort(relays + 2),
+		IncomingNumTCP: incomingPerPort(dotRelays + dohRelays + 3),
 		KillWithParent: true,
 	})
 }
@@ -71,20 +75,20 @@ func writeQueryFile(dir string, recs []unboundtest.Record) (string, error) {
 }
 
 // synCounter counts TCP connection attempts (SYN without ACK) arriving at
-// each relay's own DoT port on the upstream, with nftables counters in a
-// table of the harness's own. The count is exact, taken by the kernel at the
-// upstream side, and costs the relays nothing: no extra hop, no sampling.
-// The ports carry nothing but TLS, and each relay has its own (an idle
-// relay's health checks do not land in another's count), so each SYN is one
-// TLS connection opened by that relay. (A SYN retransmitted because the
-// accept queue was full would count twice; with hundreds of TCP buffers per
-// port that does not happen here.)
+// each relay's own endpoint on the upstream (a DoT port, or a DoH address),
+// with nftables counters in a table of the harness's own. The count is
+// exact, taken by the kernel at the upstream side, and costs the relays
+// nothing: no extra hop, no sampling. The endpoints carry nothing but TLS,
+// and each relay has its own (an idle relay's health checks do not land in
+// another's count), so each SYN is one TLS connection opened by that relay.
+// (A SYN retransmitted because the accept queue was full would count twice;
+// with hundreds of TCP buffers per port that does not happen here.)
 type synCounter struct {
 	nft   string
 	table string
 }
 
-func newSynCounter(ctx context.Context, ports []int) (*synCounter, error) {
+func newSynCounter(ctx context.Context, endpoints []netip.AddrPort) (*synCounter, error) {
 	if os.Geteuid() != 0 {
 		return nil, fmt.Errorf("counting upstream connections needs root (an nftables counter)")
 	}
@@ -98,27 +102,37 @@ func newSynCounter(ctx context.Context, ports []int) (*synCounter, error) {
 	removeStaleTables(ctx, nft)
 	c := &synCounter{nft: nft, table: tablePrefix + strconv.Itoa(os.Getpid())}
 	cmd := exec.CommandContext(ctx, nft, "-f", "-")
-	cmd.Stdin = strings.NewReader(counterRuleset(c.table, ports))
+	cmd.Stdin = strings.NewReader(counterRuleset(c.table, endpoints))
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("nft: adding table %s: %w: %s", c.table, err, out)
 	}
 	return c, nil
 }
 
-// counterRuleset is the nft script: one named counter per port, bumped by
-// SYNs to it.
-func counterRuleset(table string, ports []int) string {
+// counterRuleset is the nft script: one named counter per endpoint, bumped
+// by SYNs to it.
+func counterRuleset(table string, endpoints []netip.AddrPort) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "table inet %s {\n", table)
-	for _, p := range ports {
-		fmt.Fprintf(&b, "\tcounter syn_%d { }\n", p)
+	for _, e := range endpoints {
+		fmt.Fprintf(&b, "\tcounter %s { }\n", counterName(e))
 	}
 	b.WriteString("\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n")
-	for _, p := range ports {
-		fmt.Fprintf(&b, "\t\ttcp dport %d tcp flags & (syn | ack) == syn counter name \"syn_%d\"\n", p, p)
+	for _, e := range endpoints {
+		family := "ip"
+		if e.Addr().Is6() {
+			family = "ip6"
+		}
+		fmt.Fprintf(&b, "\t\t%s daddr %s tcp dport %d tcp flags & (syn | ack) == syn counter name \"%s\"\n",
+			family, e.Addr(), e.Port(), counterName(e))
 	}
 	b.WriteString("\t}\n}\n")
 	return b.String()
+}
+
+// counterName is an nft identifier for the endpoint, e.g. syn_127_0_0_2_443.
+func counterName(e netip.AddrPort) string {
+	return "syn_" + strings.NewReplacer(".", "_", ":", "_").Replace(e.Addr().String()) + "_" + strconv.Itoa(int(e.Port()))
 }
 
 const tablePrefix = "dot_sidecar_bench_"
@@ -144,9 +158,9 @@ func removeStaleTables(ctx context.Context, nft string) {
 
 var rePackets = regexp.MustCompile(`packets (\d+)`)
 
-// read returns the SYNs counted so far to port.
-func (c *synCounter) read(ctx context.Context, port int) (int64, error) {
-	out, err := exec.CommandContext(ctx, c.nft, "list", "counter", "inet", c.table, "syn_"+strconv.Itoa(port)).CombinedOutput()
+// read returns the SYNs counted so far to the endpoint.
+func (c *synCounter) read(ctx context.Context, e netip.AddrPort) (int64, error) {
+	out, err := exec.CommandContext(ctx, c.nft, "list", "counter", "inet", c.table, counterName(e)).CombinedOutput()
 	if err != nil {
 		return 0, fmt.Errorf("nft list counter: %w: %s", err, out)
 	}
