@@ -235,6 +235,7 @@ const (
 	stageConnect   = "tcp_connect"   // no TCP connection: refused, unreachable, timed out
 	stageHandshake = "tls_handshake" // TCP connected; the TLS handshake failed or never completed
 	stageVerify    = "tls_verify"    // a certificate came, and the chain, the name or a pin was rejected
+	stageHTTP2     = "http2_start"   // DoH: TLS verified, then HTTP/2 did not start (no SETTINGS, a close)
 )
 
 // dialError is a failed dial with what its log lines say about it besides

@@ -196,7 +196,7 @@ func (d *DoH) Reverify() int {
 
 func (d *DoH) reverifyConn(c *dohConn, st *trustState) bool {
 	if err := d.recheck(&c.certs, st); err != nil {
-		d.log.Warn("retiring upstream connection that the updated trust rejects", "upstream", d.name, "error", err)
+		d.log.Warn("retiring upstream connection that the updated trust rejects", d.rejectedAttrs(err, &c.certs)...)
 		c.retire("trust update")
 		return false
 	}

@@ -356,7 +356,7 @@ func (d *DoH) dial() (*dohConn, error) {
 		if d.ctx.Err() != nil {
 			return nil, ErrClosed
 		}
-		return nil, fmt.Errorf("%w: starting HTTP/2 with %s: %w", ErrUnreachable, d.name, err)
+		return nil, &dialError{stage: stageHTTP2, err: fmt.Errorf("%w: starting HTTP/2 with %s: %w", ErrUnreachable, d.name, err)}
 	}
 	now := time.Now()
 	c := &dohConn{
