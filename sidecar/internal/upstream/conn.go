@@ -458,6 +458,14 @@ func (c *conn) mismatch(ans *dnswire.Msg, why error) {
 	}
 }
 
+func (c *conn) peer() *tls.ConnectionState { return &c.certs }
+
+func (c *conn) setTrust(st *trustState) {
+	c.mu.Lock()
+	c.trust = st
+	c.mu.Unlock()
+}
+
 // verifiedAgainst reports whether c was last verified against st.
 func (c *conn) verifiedAgainst(st *trustState) bool {
 	c.mu.Lock()
@@ -474,6 +482,16 @@ func (c *conn) isDead() bool {
 // silentSince reports whether c has answered no query at all since req was
 // queued on it.
 func (c *conn) silentSince(req *request) bool { return c.answers.Load() == req.answers }
+
+// retiredSince is when c was retired (zero if it was not).
+func (c *conn) retiredSince() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.retiredAt
+}
+
+// evict closes c now; its queries are resent on another connection.
+func (c *conn) evict(why string) { c.lost(fmt.Errorf("%s: %s", c.d.name, why)) }
 
 // deathCause is why c died (nil while it lives).
 func (c *conn) deathCause() error {

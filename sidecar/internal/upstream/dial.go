@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -188,6 +189,57 @@ func (t *tlsUpstream) rejectedAttrs(err error, cs *tls.ConnectionState) []any {
 		attrs = append(attrs, "presented_pins", presentedPins(cs.PeerCertificates))
 	}
 	return attrs
+}
+
+// verifiedConn is what re-checking a connection after a Trust update needs
+// of it, a DoT's conn or a DoH's dohConn.
+type verifiedConn interface {
+	verifiedAgainst(st *trustState) bool
+	peer() *tls.ConnectionState // as verified at handshake
+	retire(why string)
+	setTrust(st *trustState)
+}
+
+// reverify checks every connection of conns verified against an older state
+// of the Trust against st, the Trust as it is now, and retires those whose
+// chain, name or pins no longer pass: they take no new queries and close once
+// their queries are done. It returns how many it retired.
+func reverify[C verifiedConn](t *tlsUpstream, conns []C, st *trustState) int {
+	n := 0
+	for _, c := range conns {
+		if !c.verifiedAgainst(st) && !reverifyConn(t, c, st) {
+			n++
+		}
+	}
+	return n
+}
+
+// reverifyConn re-checks c against st, retiring it if it fails; it reports
+// whether c passed.
+func reverifyConn[C verifiedConn](t *tlsUpstream, c C, st *trustState) bool {
+	if err := t.recheck(c.peer(), st); err != nil {
+		t.log.Warn("retiring upstream connection that the updated trust rejects", t.rejectedAttrs(err, c.peer())...)
+		c.retire("trust update")
+		return false
+	}
+	c.setTrust(st)
+	return true
+}
+
+// everyTick calls fn every tick until ctx is done; the caller has counted
+// it in wg.
+func everyTick(ctx context.Context, wg *sync.WaitGroup, tick time.Duration, fn func(now time.Time)) {
+	defer wg.Done()
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			fn(now)
+		}
+	}
 }
 
 // tlsWarnEvery limits Warn logs of certificate and pin failures, which

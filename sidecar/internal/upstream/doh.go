@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -40,9 +39,10 @@ type DoHOptions struct {
 // DoT upstream: the TLS connection is dialed and verified by the same code
 // (tlsUpstream.dial) and only then handed to HTTP/2.
 type DoH struct {
-	tlsUpstream // name, addr, log, m: the upstream's, for all of the DoH
-	opts        DoHOptions
-	tick        time.Duration
+	tlsUpstream    // name, addr, log, m: the upstream's, for all of the DoH
+	pool[*dohConn] // the connections (poolstate.go; how a DoH uses them: dohpool.go)
+	opts           DoHOptions
+	tick           time.Duration
 
 	tr   *http.Transport // makes ClientConns of connections dial made; never dials itself
 	post *http.Request   // template of every POST (URL, headers, :authority)
@@ -53,18 +53,7 @@ type DoH struct {
 	wg     sync.WaitGroup // every goroutine this DoH started
 
 	lastHTTPWarn atomic.Int64 // unix nanos of the last bad HTTP response logged at Warn
-	noGrowUntil  atomic.Int64 // unix nanos: after a failed dial, no dial merely to spread load
 	waiting      atomic.Int32 // queries waiting for room on a connection
-
-	active atomic.Pointer[[]*dohConn] // usable connections, copy-on-write under mu
-	total  atomic.Int32               // open (active or draining) plus dialing: never above PoolSize
-
-	// mu guards the fields below. Lock order: mu before a dohConn's mu.
-	mu       sync.Mutex
-	draining []*dohConn
-	dialing  *dohDial
-	changed  chan struct{} // closed and replaced whenever the pool changes
-	closed   bool
 }
 
 var _ Upstream = (*DoH)(nil)
@@ -90,14 +79,14 @@ func NewDoH(opts DoHOptions) (*DoH, error) {
 		tlsUpstream: newTLSUpstream(opts.DoTOptions, "https://"+opts.Addr.String()+opts.Path+"#"+opts.ServerName, "h2"),
 		opts:        opts,
 		tick:        housekeepingTick(opts.DoTOptions),
-		changed:     make(chan struct{}),
 	}
+	d.pool.init(opts.PoolSize, d.m.open, d.launchDial)
 	d.m.initHTTP()
 	d.tr = newH2Transport()
 	d.post, d.get = requestTemplates(authority(opts.ServerName, opts.Addr.Port()), opts.Path)
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	d.wg.Add(1)
-	go d.housekeeping()
+	go everyTick(d.ctx, &d.wg, d.tick, d.housekeep)
 	return d, nil
 }
 
@@ -160,15 +149,10 @@ func (d *DoH) Exchange(ctx context.Context, q dnswire.Msg) (dnswire.Msg, error) 
 // Close closes every connection at once; queries in flight fail with
 // ErrClosed. It waits for the DoH's goroutines to end.
 func (d *DoH) Close() error {
-	d.mu.Lock()
-	if d.closed {
-		d.mu.Unlock()
+	conns, ok := d.close()
+	if !ok {
 		return nil
 	}
-	d.closed = true
-	conns := slices.Concat(d.activeConns(), d.draining)
-	d.notifyLocked()
-	d.mu.Unlock()
 	d.cancel()
 	for _, c := range conns {
 		c.shutdown()
@@ -180,30 +164,6 @@ func (d *DoH) Close() error {
 // Reverify checks every open connection verified against an older state of
 // the DoH's Trust against the Trust as it is now, and retires those that no
 // longer pass, as DoT.Reverify does. It returns how many it retired.
-func (d *DoH) Reverify() int {
-	st := d.trust.load()
-	n := 0
-	for _, c := range d.activeConns() {
-		if c.verifiedAgainst(st) {
-			continue
-		}
-		if !d.reverifyConn(c, st) {
-			n++
-		}
-	}
-	return n
-}
-
-func (d *DoH) reverifyConn(c *dohConn, st *trustState) bool {
-	if err := d.recheck(&c.certs, st); err != nil {
-		d.log.Warn("retiring upstream connection that the updated trust rejects", d.rejectedAttrs(err, &c.certs)...)
-		c.retire("trust update")
-		return false
-	}
-	c.mu.Lock()
-	c.trust = st
-	c.mu.Unlock()
-	return true
-}
+func (d *DoH) Reverify() int { return reverify(&d.tlsUpstream, d.activeConns(), d.trust.load()) }
 
 var errNoConn = errors.New("no connection dialed") // never: only dial makes ClientConns

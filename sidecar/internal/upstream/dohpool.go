@@ -5,10 +5,8 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,28 +42,6 @@ type dohConn struct {
 	dead      bool
 	cause     error     // why it died, when the upstream ended it
 	idleSince time.Time // when load last fell to 0
-}
-
-type dohDial struct {
-	finished bool // guarded by DoH.mu, like the fields below
-	err      error
-	conn     *dohConn // what a successful dial produced
-}
-
-// failure is why a finished dial left its waiters nothing to use, or nil:
-// the dial's error, or the death of its connection if the upstream dropped
-// it before answering anything, as for the DoT pool (dialState.failure).
-// Called with DoH.mu held.
-func (dl *dohDial) failure() error {
-	if dl.err != nil {
-		return dl.err
-	}
-	if dl.conn != nil {
-		if cause := dl.conn.deathCause(); errors.Is(cause, ErrUnreachable) {
-			return cause
-		}
-	}
-	return nil
 }
 
 // reserve takes a stream slot on c for one query. It fails when c takes no
@@ -155,6 +131,25 @@ func (c *dohConn) lose(err error) {
 	c.shutdownFor(c.lostErr(err))
 }
 
+func (c *dohConn) isDead() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.dead
+}
+
+// retiredSince is when c was retired (zero if it was not).
+func (c *dohConn) retiredSince() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.retiredAt
+}
+
+// evict closes c now: its streams fail and their queries are resent.
+func (c *dohConn) evict(why string) {
+	c.d.log.Debug("closing upstream connection", "upstream", c.d.name, "reason", why)
+	c.shutdown()
+}
+
 // deathCause is why the upstream ended c (nil while it lives, or when c
 // was closed by this side).
 func (c *dohConn) deathCause() error {
@@ -178,6 +173,14 @@ func (c *dohConn) closeIfIdle(now time.Time, idleFor time.Duration) bool {
 	return idle
 }
 
+func (c *dohConn) peer() *tls.ConnectionState { return &c.certs }
+
+func (c *dohConn) setTrust(st *trustState) {
+	c.mu.Lock()
+	c.trust = st
+	c.mu.Unlock()
+}
+
 func (c *dohConn) verifiedAgainst(st *trustState) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -187,7 +190,7 @@ func (c *dohConn) verifiedAgainst(st *trustState) bool {
 // acquire reserves a stream slot for one query on a connection, dialing one
 // if none is open.
 func (d *DoH) acquire(ctx context.Context) (*dohConn, error) {
-	var dl *dohDial // the dial this query last waited for
+	var dl *dialState[*dohConn] // the dial this query last waited for
 	for {
 		if c := d.pick(); c != nil {
 			if c.load.Load() >= growAt && int(d.total.Load()) < d.opts.PoolSize {
@@ -278,60 +281,25 @@ func (d *DoH) pick() *dohConn {
 	return nil
 }
 
-func (d *DoH) activeConns() []*dohConn {
-	if p := d.active.Load(); p != nil {
-		return *p
-	}
-	return nil
-}
-
-// grow dials one more connection to spread load, if the pool has room.
-func (d *DoH) grow() {
-	if time.Now().UnixNano() < d.noGrowUntil.Load() {
-		return
-	}
-	d.mu.Lock()
-	if !d.closed && d.dialing == nil && int(d.total.Load()) < d.opts.PoolSize {
-		d.startDialLocked()
-	}
-	d.mu.Unlock()
-}
-
-func (d *DoH) startDialLocked() {
-	dl := &dohDial{}
-	d.dialing = dl
-	d.total.Add(1)
+func (d *DoH) launchDial(dl *dialState[*dohConn]) {
 	d.wg.Add(1)
 	go d.runDial(dl)
 }
 
-func (d *DoH) runDial(dl *dohDial) {
+func (d *DoH) runDial(dl *dialState[*dohConn]) {
 	defer d.wg.Done()
 	c, err := d.dial()
 	if err != nil {
 		d.logDialError(err)
 	}
-	d.mu.Lock()
-	d.dialing = nil
-	dl.finished, dl.conn = true, c
-	closed := d.closed
+	closed := d.finishDial(dl, c, err)
 	switch {
 	case err != nil:
-		dl.err = err
-		d.total.Add(-1)
-		d.noGrowUntil.Store(time.Now().Add(growBackoff).UnixNano())
 	case closed:
-		dl.err = ErrClosed // c still holds its slot; shutdown below frees it
-	default:
-		conns := append(slices.Clone(d.activeConns()), c)
-		d.active.Store(&conns)
-		d.log.Debug("upstream connection open", "upstream", d.name, "local", c.local.String(),
-			"resumed", c.certs.DidResume, "tls", tlsVersion(c.certs.Version))
-	}
-	d.notifyLocked()
-	d.mu.Unlock()
-	if err == nil && closed {
 		c.shutdown()
+	case dl.err == nil:
+		d.log.Debug("upstream connection open", "upstream", d.name, "local", c.local.String(),
+			"resumed", c.certs.DidResume, "tls", tlsVersion(c.certs.Version), "max_streams", c.maxStreams)
 	}
 }
 
@@ -437,86 +405,9 @@ func newH2Transport() *http.Transport {
 	}
 }
 
-// retired moves c from the usable connections to the draining ones. As in
-// the DoT pool, if c was busy and nothing else is usable, a replacement is
-// dialed at once (pool permitting); if the pool is full, the connection
-// retired first is closed instead, its queries resent on the replacement.
-func (d *DoH) retired(c *dohConn, busy bool) {
-	d.mu.Lock()
-	active := d.activeConns()
-	if i := slices.Index(active, c); i >= 0 {
-		conns := slices.Delete(slices.Clone(active), i, i+1)
-		d.active.Store(&conns)
-	}
-	c.mu.Lock()
-	dead := c.dead
-	c.mu.Unlock()
-	if dead {
-		d.mu.Unlock()
-		return // already closed and removed
-	}
-	d.draining = append(d.draining, c)
-	var evict *dohConn
-	if busy && !d.closed && len(d.activeConns()) == 0 && d.dialing == nil {
-		if int(d.total.Load()) < d.opts.PoolSize {
-			d.startDialLocked()
-		} else {
-			evict = d.draining[0]
-		}
-	}
-	d.notifyLocked()
-	d.mu.Unlock()
-	if evict != nil {
-		evict.shutdown()
-	}
-}
-
-// removeConn forgets c, which has closed, and frees its slot.
-func (d *DoH) removeConn(c *dohConn) {
-	d.mu.Lock()
-	active := d.activeConns()
-	if i := slices.Index(active, c); i >= 0 {
-		conns := slices.Delete(slices.Clone(active), i, i+1)
-		d.active.Store(&conns)
-	}
-	if i := slices.Index(d.draining, c); i >= 0 {
-		d.draining = slices.Delete(d.draining, i, i+1)
-	}
-	d.total.Add(-1)
-	d.notifyLocked()
-	d.mu.Unlock()
-	d.m.open.Dec()
-}
-
-// notifyLocked wakes every query waiting for the pool to change.
-func (d *DoH) notifyLocked() {
-	close(d.changed)
-	d.changed = make(chan struct{})
-}
-
-func (d *DoH) notify() {
-	d.mu.Lock()
-	d.notifyLocked()
-	d.mu.Unlock()
-}
-
-// housekeeping closes idle connections, retires old ones, re-checks
-// connections after a Trust update, forgets connections the server closed
-// and cuts drains that take too long.
-func (d *DoH) housekeeping() {
-	defer d.wg.Done()
-	t := time.NewTicker(d.tick)
-	defer t.Stop()
-	for {
-		select {
-		case <-d.ctx.Done():
-			return
-		case now := <-t.C:
-			d.housekeep(now)
-		}
-	}
-}
-
+// housekeep, every tick, closes idle connections, retires old ones,
+// re-checks connections after a Trust update, forgets connections the server
+// closed and cuts drains that take too long.
 func (d *DoH) housekeep(now time.Time) {
 	st := d.trust.load()
 	for _, c := range d.activeConns() {
@@ -527,7 +418,7 @@ func (d *DoH) housekeep(now time.Time) {
 			c.shutdown()
 			continue
 		}
-		if !c.verifiedAgainst(st) && !d.reverifyConn(c, st) {
+		if !c.verifiedAgainst(st) && !reverifyConn(&d.tlsUpstream, c, st) {
 			continue
 		}
 		if now.Sub(c.born) >= d.opts.MaxAge {
@@ -539,22 +430,16 @@ func (d *DoH) housekeep(now time.Time) {
 		}
 	}
 
+	d.cutDrains(now)
 	d.mu.Lock()
-	full := int(d.total.Load()) >= d.opts.PoolSize
-	var overdue []*dohConn
+	var gone []*dohConn
 	for _, c := range d.draining {
-		c.mu.Lock()
-		late := now.Sub(c.retiredAt) >= drainGrace
-		c.mu.Unlock()
-		if late && (full || c.cc.Err() != nil) {
-			overdue = append(overdue, c)
+		if c.cc.Err() != nil {
+			gone = append(gone, c) // closed by the server while draining
 		}
 	}
 	d.mu.Unlock()
-	for _, c := range overdue {
-		if d.log.Enabled(context.Background(), slog.LevelDebug) {
-			d.log.Debug("closing retired upstream connection still draining", "upstream", d.name, "after", drainGrace)
-		}
+	for _, c := range gone {
 		c.shutdown()
 	}
 }

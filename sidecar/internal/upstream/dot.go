@@ -7,9 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
@@ -62,25 +60,13 @@ const maxMaxInFlight = 16384
 // each carrying many queries at once.
 type DoT struct {
 	tlsUpstream // name, addr, log, m: the upstream's, for all of the DoT
+	pool[*conn] // the connections (poolstate.go; how a DoT uses them: pool.go)
 	opts        DoTOptions
 	tick        time.Duration
 
 	ctx    context.Context // cancelled by Close: stops dials and housekeeping
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // every goroutine this DoT started
-
-	noGrowUntil atomic.Int64 // unix nanos: after a failed dial, no dial merely to spread load
-
-	active atomic.Pointer[[]*conn] // usable connections, copy-on-write under mu
-	total  atomic.Int32            // open (active or draining) plus dialing: never above PoolSize
-
-	// mu guards the fields below. Lock order: mu before a conn's mu, never
-	// the reverse (a conn's mu is a leaf).
-	mu       sync.Mutex
-	draining []*conn
-	dialing  *dialState    // the one dial in progress, shared by every query that waits
-	changed  chan struct{} // closed and replaced whenever the pool changes
-	closed   bool
 }
 
 var _ Upstream = (*DoT)(nil)
@@ -96,11 +82,11 @@ func NewDoT(opts DoTOptions) (*DoT, error) {
 		tlsUpstream: newTLSUpstream(opts, opts.Addr.String()+"#"+opts.ServerName),
 		opts:        opts,
 		tick:        housekeepingTick(opts),
-		changed:     make(chan struct{}),
 	}
+	d.pool.init(opts.PoolSize, d.m.open, d.launchDial)
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	d.wg.Add(1)
-	go d.housekeeping()
+	go everyTick(d.ctx, &d.wg, d.tick, d.housekeep)
 	return d, nil
 }
 
@@ -214,15 +200,10 @@ func (d *DoT) await(ctx context.Context, c *conn, req *request, sent time.Time) 
 // Close closes every connection at once; queries in flight fail with
 // ErrClosed. It waits for the DoT's goroutines to end.
 func (d *DoT) Close() error {
-	d.mu.Lock()
-	if d.closed {
-		d.mu.Unlock()
+	conns, ok := d.close()
+	if !ok {
 		return nil
 	}
-	d.closed = true
-	conns := slices.Concat(d.activeConns(), d.draining)
-	d.notifyLocked()
-	d.mu.Unlock()
 	d.cancel()
 	for _, c := range conns {
 		c.shutdown(ErrClosed, true)
@@ -238,28 +219,4 @@ func (d *DoT) Close() error {
 // how many it retired. Housekeeping does the same on its own within a tick
 // of an Update; calling Reverify makes it immediate. A DoT whose Trust did
 // not change has nothing to do.
-func (d *DoT) Reverify() int {
-	st := d.opts.Trust.load()
-	n := 0
-	for _, c := range d.activeConns() {
-		if c.verifiedAgainst(st) {
-			continue
-		}
-		if !d.reverifyConn(c, st) {
-			n++
-		}
-	}
-	return n
-}
-
-func (d *DoT) reverifyConn(c *conn, st *trustState) bool {
-	if err := d.recheck(&c.certs, st); err != nil {
-		d.log.Warn("retiring upstream connection that the updated trust rejects", d.rejectedAttrs(err, &c.certs)...)
-		c.retire("trust update")
-		return false
-	}
-	c.mu.Lock()
-	c.trust = st
-	c.mu.Unlock()
-	return true
-}
+func (d *DoT) Reverify() int { return reverify(&d.tlsUpstream, d.activeConns(), d.opts.Trust.load()) }

@@ -2,9 +2,7 @@ package upstream
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"slices"
 	"time"
 )
 
@@ -28,33 +26,10 @@ const (
 	drainGrace = time.Second
 )
 
-type dialState struct {
-	finished bool // guarded by DoT.mu, like the fields below
-	err      error
-	conn     *conn // what a successful dial produced
-}
-
-// failure is why a finished dial left its waiters nothing to use, or nil: the
-// dial's error, or the death of its connection if the upstream dropped it
-// before answering anything. A connection that served and then closed is a
-// pooled one ending normally; its waiters may dial again. Called with
-// DoT.mu held.
-func (dl *dialState) failure() error {
-	if dl.err != nil {
-		return dl.err
-	}
-	if dl.conn != nil {
-		if cause := dl.conn.deathCause(); errors.Is(cause, ErrUnreachable) {
-			return cause
-		}
-	}
-	return nil
-}
-
 // acquire registers req on a connection with room, dialing one if none is
 // open. It returns when req is queued for sending.
 func (d *DoT) acquire(ctx context.Context, req *request) (*conn, error) {
-	var dl *dialState // the dial this query last waited for
+	var dl *dialState[*conn] // the dial this query last waited for
 	for {
 		if c := d.pick(); c != nil && c.send(req) {
 			if c.load.Load() >= growAt && int(d.total.Load()) < d.opts.PoolSize {
@@ -121,35 +96,12 @@ func (d *DoT) pick() *conn {
 	return best
 }
 
-func (d *DoT) activeConns() []*conn {
-	if p := d.active.Load(); p != nil {
-		return *p
-	}
-	return nil
-}
-
-// grow dials one more connection to spread load, if the pool has room.
-func (d *DoT) grow() {
-	if time.Now().UnixNano() < d.noGrowUntil.Load() {
-		return
-	}
-	d.mu.Lock()
-	if !d.closed && d.dialing == nil && int(d.total.Load()) < d.opts.PoolSize {
-		d.startDialLocked()
-	}
-	d.mu.Unlock()
-}
-
-func (d *DoT) startDialLocked() *dialState {
-	dl := &dialState{}
-	d.dialing = dl
-	d.total.Add(1)
+func (d *DoT) launchDial(dl *dialState[*conn]) {
 	d.wg.Add(1)
 	go d.runDial(dl)
-	return dl
 }
 
-func (d *DoT) runDial(dl *dialState) {
+func (d *DoT) runDial(dl *dialState[*conn]) {
 	defer d.wg.Done()
 	c, err := d.dial()
 	if err != nil {
@@ -157,123 +109,24 @@ func (d *DoT) runDial(dl *dialState) {
 	} else {
 		c.start()
 	}
-	d.mu.Lock()
-	d.dialing = nil
-	dl.finished, dl.conn = true, c
-	closed := d.closed
+	closed := d.finishDial(dl, c, err)
 	switch {
 	case err != nil:
-		dl.err = err
-		d.total.Add(-1)
-		d.noGrowUntil.Store(time.Now().Add(growBackoff).UnixNano())
 	case closed:
-		dl.err = ErrClosed // c still holds its slot; shutdown below frees it
-	case c.isDead():
-		// The upstream completed the handshake and hung up at once (at its
-		// connection limit, or broken); removeConn has freed the slot. The
-		// queries waiting for this dial get that as its error (the conn's
-		// own, ErrUnreachable, one value for all of them), rather than each
-		// dialing again at once: a hang-up per handshake would otherwise be
-		// a dial loop until their deadlines.
-		dl.err = c.deathCause()
-		d.noGrowUntil.Store(time.Now().Add(growBackoff).UnixNano())
-	default:
-		d.publishLocked(append(slices.Clone(d.activeConns()), c))
+		c.shutdown(ErrClosed, true)
+	case dl.err == nil:
 		d.log.Debug("upstream connection open", "upstream", d.name, "local", c.localAddr().String(),
 			"resumed", c.certs.DidResume, "tls", tlsVersion(c.certs.Version))
 	}
-	d.notifyLocked()
-	d.mu.Unlock()
-	if err == nil && closed {
-		c.shutdown(ErrClosed, true)
-	}
 }
 
-func (d *DoT) publishLocked(conns []*conn) { d.active.Store(&conns) }
-
-// notifyLocked wakes every query waiting for the pool to change.
-func (d *DoT) notifyLocked() {
-	close(d.changed)
-	d.changed = make(chan struct{})
-}
-
-func (d *DoT) notify() {
-	d.mu.Lock()
-	d.notifyLocked()
-	d.mu.Unlock()
-}
-
-// retired moves c from the usable connections to the draining ones. If c was
-// busy and nothing else is usable, a replacement is dialed at once (pool
-// permitting) rather than by the next query. If the pool has no room for
-// one (PoolSize 1, or every connection retired at once: they reach MaxAge
-// in the same tick when the second was dialed moments after the first, and
-// a trust change retires them all), every new query would wait for a drain,
-// which a single slow name stretches to drainGrace and beyond; so the
-// connection retired first is closed now instead, its queries resent on the
-// replacement.
-func (d *DoT) retired(c *conn, busy bool) {
-	d.mu.Lock()
-	active := d.activeConns()
-	if i := slices.Index(active, c); i >= 0 {
-		d.publishLocked(slices.Delete(slices.Clone(active), i, i+1))
-	}
-	if c.isDead() {
-		d.mu.Unlock()
-		return // already closed and removed
-	}
-	d.draining = append(d.draining, c)
-	var evict *conn
-	if busy && !d.closed && len(d.activeConns()) == 0 && d.dialing == nil {
-		if int(d.total.Load()) < d.opts.PoolSize {
-			d.startDialLocked()
-		} else {
-			evict = d.draining[0]
-		}
-	}
-	d.notifyLocked()
-	d.mu.Unlock()
-	if evict != nil {
-		evict.lost(fmt.Errorf("retired connection to %s closed to make room for a replacement", d.name))
-	}
-}
-
-// removeConn forgets c, which has died, and frees its slot.
-func (d *DoT) removeConn(c *conn) {
-	d.mu.Lock()
-	active := d.activeConns()
-	if i := slices.Index(active, c); i >= 0 {
-		d.publishLocked(slices.Delete(slices.Clone(active), i, i+1))
-	}
-	if i := slices.Index(d.draining, c); i >= 0 {
-		d.draining = slices.Delete(d.draining, i, i+1)
-	}
-	d.total.Add(-1)
-	d.notifyLocked()
-	d.mu.Unlock()
-	d.m.open.Dec()
-}
-
-// housekeeping closes idle connections, retires old ones, re-checks
-// connections after a Trust update and cuts drains that take too long.
-func (d *DoT) housekeeping() {
-	defer d.wg.Done()
-	t := time.NewTicker(d.tick)
-	defer t.Stop()
-	for {
-		select {
-		case <-d.ctx.Done():
-			return
-		case now := <-t.C:
-			d.housekeep(now)
-		}
-	}
-}
-
+// housekeep, every tick, closes idle connections, retires old ones,
+// re-checks connections after a Trust update and cuts drains that take too
+// long.
 func (d *DoT) housekeep(now time.Time) {
 	st := d.opts.Trust.load()
 	for _, c := range d.activeConns() {
-		if !c.verifiedAgainst(st) && !d.reverifyConn(c, st) {
+		if !c.verifiedAgainst(st) && !reverifyConn(&d.tlsUpstream, c, st) {
 			continue
 		}
 		if now.Sub(c.born) >= d.opts.MaxAge {
@@ -285,19 +138,5 @@ func (d *DoT) housekeep(now time.Time) {
 		}
 	}
 
-	d.mu.Lock()
-	full := int(d.total.Load()) >= d.opts.PoolSize
-	var overdue []*conn
-	for _, c := range d.draining {
-		c.mu.Lock()
-		late := now.Sub(c.retiredAt) >= drainGrace
-		c.mu.Unlock()
-		if late && full {
-			overdue = append(overdue, c)
-		}
-	}
-	d.mu.Unlock()
-	for _, c := range overdue {
-		c.lost(fmt.Errorf("retired connection to %s still draining after %s", d.name, drainGrace))
-	}
+	d.cutDrains(now)
 }
