@@ -363,3 +363,26 @@ func TestDoHVersusDoT(t *testing.T) {
 		t.Errorf("without a DoH row: %q", got)
 	}
 }
+
+func TestPoolNote(t *testing.T) {
+	rows := []row{
+		{target: "dot-sidecar", proto: "udp", peakOpen: 2},
+		{target: "dot-sidecar", proto: "tcp", peakOpen: 1},
+		{target: "dot-sidecar-doh", proto: "udp", peakOpen: 1, doh: true},
+		{target: "dot-sidecar-doh", proto: "tcp", peakOpen: 2, doh: true},
+		{target: "coredns-doh", proto: "udp", peakOpen: 9, doh: true},
+	}
+	opened := map[string]int64{"dot-sidecar": 3, "dot-sidecar-doh": 1, "coredns-doh": 40}
+	want := "Upstream connections against dot-sidecar's pool (UPSTREAM_POOL_SIZE=2, per upstream): " +
+		"dot-sidecar held at most 2 open at once and opened 3 over the whole measurement; " +
+		"dot-sidecar-doh held at most 2 open at once and opened 1 over the whole measurement: within the pool."
+	if got := poolNote(rows, opened, 2); got != want {
+		t.Errorf("got  %q\nwant %q", got, want)
+	}
+	if got := poolNote(rows, nil, 1); !strings.HasSuffix(got, "once: **above the pool**.") {
+		t.Errorf("above the pool, without counts: %q", got)
+	}
+	if got := poolNote(rows[4:], opened, 2); got != "" {
+		t.Errorf("without dot-sidecar rows: %q", got)
+	}
+}

@@ -42,6 +42,10 @@ type upstreamInfo struct {
 // dohPath is the upstream's DoH endpoint.
 const dohPath = unboundtest.HTTPPath
 
+// sidecarPool is dot-sidecar's UPSTREAM_POOL_SIZE here, its default: the
+// bound its upstream connections are checked against (poolNote).
+const sidecarPool = 2
+
 // dnsdistMaxInFlight is the pipelining depth given to the dnsdist variant,
 // on the frontend (so TCP clients' queries are read ahead) and on the
 // backend (so they share a DoT connection out of order).
@@ -51,7 +55,7 @@ func allTargets() []target {
 	return []target{
 		{name: "direct", note: "dnsperf straight to the upstream's plain port: the floor every relay adds to."},
 		{name: "dot-sidecar", tool: "dot-sidecar", start: startDotSidecar,
-			note: "built from this tree; no cache exists; pool size default (UPSTREAM_POOL_SIZE)."},
+			note: "built from this tree; no cache exists; UPSTREAM_POOL_SIZE=" + strconv.Itoa(sidecarPool) + " (the default)."},
 		{name: "dnsdist", tool: "dnsdist", start: startDnsdist(0),
 			note: "no packet cache configured (dnsdist caches only when told); outgoing DoT with its defaults (one query per connection at a time)."},
 		{name: "dnsdist-pipelined", tool: "dnsdist", start: startDnsdist(dnsdistMaxInFlight),
@@ -92,6 +96,7 @@ func runDotSidecar(entry string, u upstreamInfo, t tools, port int) ([]string, [
 		"BIND_ADDRESS=127.0.0.1",
 		"BIND_PORT=" + strconv.Itoa(port),
 		"ADMIN_ADDRESS=" + hostPort("127.0.0.1", adminPort),
+		"UPSTREAM_POOL_SIZE=" + strconv.Itoa(sidecarPool),
 		"LOG_LEVEL=warn",
 		// The lame-duck pause matters in a pod, not here; it only slows stops.
 		"SHUTDOWN_LAMEDUCK=0s",

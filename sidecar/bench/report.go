@@ -47,7 +47,8 @@ func renderReport(cfg config, rows []row, targets []*live, startup []time.Durati
 	b.WriteString("- CPU/query: the relay's user+system time (/proc/PID/stat, all threads) during the run divided by the queries answered.\n")
 	b.WriteString("- peak RSS: VmHWM of the relay process at the end of all runs (the same figure on its UDP and TCP rows).\n")
 	b.WriteString("- TLS conns opened: new TCP connections to the upstream during a run, the most in any run of that row, counted " +
-		"by an nftables counter of SYNs at the upstream side on a DoT port of the relay's own; 0 means the relay reused " +
+		"by an nftables counter of SYNs at the upstream side on an endpoint of the relay's own (a DoT port; for DoH, the https-port " +
+		"on a loopback address of its own); 0 means the relay reused " +
 		"connections it already had.\n")
 	b.WriteString("- TLS conns open (peak): the most connections the relay held established to the upstream at once, " +
 		"counted from /proc every " + connSampleInterval.String() + " during each run (a sample, unlike the column before), the most of any run.\n")

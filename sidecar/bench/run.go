@@ -171,6 +171,10 @@ func run(ctx context.Context, cfg config) error {
 		notes = append(notes, fmt.Sprintf("TLS connections opened over the whole measurement (%s, runs and the idle time between a relay's runs): %s.",
 			time.Since(began).Round(time.Second), strings.Join(parts, ", ")))
 	}
+	whole := map[string]int64{}
+	for name, n := range opened1 {
+		whole[name] = n - opened0[name]
+	}
 
 	var rows []row
 	for _, proto := range cfg.protos {
@@ -185,6 +189,9 @@ func run(ctx context.Context, cfg config) error {
 			r.doh = l.doh
 			rows = append(rows, r)
 		}
+	}
+	if s := poolNote(rows, whole, sidecarPool); s != "" {
+		notes = append(notes, s)
 	}
 	notes = append(notes, fmt.Sprintf("1-minute load average: %s when the runs began, %s when they ended (%d CPUs).", loadBefore, loadAvg(), runtime.NumCPU()))
 	report := renderReport(cfg, rows, targets, startup, notes, versions(ctx, tl))

@@ -115,3 +115,38 @@ func dohVersusDoT(rows []row) string {
 	}
 	return "dot-sidecar over DoH against itself over DoT: " + strings.Join(parts, "; ") + "."
 }
+
+// poolNote checks dot-sidecar's upstream connections against its pool, over
+// DoT and over DoH: the most it held open at once (sampled, every run of
+// either client protocol) must not exceed pool; how many it opened over the
+// whole measurement (counted, from opened) says whether it kept them.
+func poolNote(rows []row, opened map[string]int64, pool int) string {
+	var parts []string
+	within := true
+	for _, target := range []string{baseTarget, baseDoH} {
+		peak := -1
+		for _, r := range rows {
+			if r.target == target {
+				peak = max(peak, r.peakOpen)
+			}
+		}
+		if peak < 0 {
+			continue
+		}
+		within = within && peak <= pool
+		part := fmt.Sprintf("%s held at most %d open at once", target, peak)
+		if n, ok := opened[target]; ok {
+			part += fmt.Sprintf(" and opened %d over the whole measurement", n)
+		}
+		parts = append(parts, part)
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	verdict := "within the pool"
+	if !within {
+		verdict = "**above the pool**"
+	}
+	return fmt.Sprintf("Upstream connections against dot-sidecar's pool (UPSTREAM_POOL_SIZE=%d, per upstream): %s: %s.",
+		pool, strings.Join(parts, "; "), verdict)
+}
