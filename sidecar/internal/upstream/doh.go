@@ -2,10 +2,8 @@ package upstream
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
@@ -33,20 +31,18 @@ type DoHOptions struct {
 // DoH is one DNS-over-HTTPS upstream: a small pool of verified HTTP/2
 // connections, each carrying many queries at once as concurrent streams.
 //
-// HTTP/2 is the standard library's, one http.ClientConn per connection, so
-// that the pool, not net/http's, decides how many connections there are,
-// when one is retired and what it was verified against, exactly as for a
-// DoT upstream: the TLS connection is dialed and verified by the same code
-// (tlsUpstream.dial) and only then handed to HTTP/2.
+// HTTP/2 is this package's (h2Conn, dohh2.go), one per connection, so that
+// the pool decides how many connections there are, when one is retired and
+// what it was verified against, exactly as for a DoT upstream: the TLS
+// connection is dialed and verified by the same code (tlsUpstream.dial) and
+// only then does HTTP/2 start on it.
 type DoH struct {
 	tlsUpstream    // name, addr, log, m: the upstream's, for all of the DoH
 	pool[*dohConn] // the connections (poolstate.go; how a DoH uses them: dohpool.go)
 	opts           DoHOptions
 	tick           time.Duration
 
-	tr   *http.Transport // makes ClientConns of connections dial made; never dials itself
-	post *http.Request   // template of every POST (URL, headers, :authority)
-	get  *http.Request   // template of every GET, its query string added per request
+	authority string // every request's :authority
 
 	ctx    context.Context // cancelled by Close: stops dials and housekeeping
 	cancel context.CancelFunc
@@ -82,8 +78,7 @@ func NewDoH(opts DoHOptions) (*DoH, error) {
 	}
 	d.pool.init(opts.PoolSize, d.m.open, d.launchDial)
 	d.m.initHTTP()
-	d.tr = newH2Transport()
-	d.post, d.get = requestTemplates(authority(opts.ServerName, opts.Addr.Port()), opts.Path)
+	d.authority = authority(opts.ServerName, opts.Addr.Port())
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	d.wg.Add(1)
 	go everyTick(d.ctx, &d.wg, d.tick, d.housekeep)
@@ -165,5 +160,3 @@ func (d *DoH) Close() error {
 // the DoH's Trust against the Trust as it is now, and retires those that no
 // longer pass, as DoT.Reverify does. It returns how many it retired.
 func (d *DoH) Reverify() int { return reverify(&d.tlsUpstream, d.activeConns(), d.trust.load()) }
-
-var errNoConn = errors.New("no connection dialed") // never: only dial makes ClientConns

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,13 +16,13 @@ import (
 // one dial at a time, shared by every query that waits; another connection
 // only when the least-loaded one has growAt streams in flight. HTTP/2 keeps
 // the streams of a connection apart, so what the DoT's conn does with IDs
-// and frames, net/http's ClientConn does here; what is left is which
+// and frames, h2Conn does here (dohh2.go); what is left is which
 // connection a query takes, and when a connection goes.
 
 // dohConn is one HTTP/2 connection.
 type dohConn struct {
 	d     *DoH
-	cc    *http.ClientConn
+	h2    *h2Conn
 	certs tls.ConnectionState // as verified at handshake
 	local net.Addr
 	born  time.Time
@@ -31,7 +30,8 @@ type dohConn struct {
 	load    atomic.Int32  // streams this pool has reserved or running on it
 	answers atomic.Uint64 // answers read on it: proof the upstream serves on it
 	// maxStreams is MaxInFlightPerConn, or the server's stream limit from
-	// its first SETTINGS when lower.
+	// its first SETTINGS when lower (a later SETTINGS may lower it again:
+	// reserve).
 	maxStreams int32
 	closing    atomic.Bool // retired or dead: the picker skips it
 
@@ -54,13 +54,17 @@ func (c *dohConn) reserve() (ok, unusable bool) {
 	if c.retired || c.dead {
 		return false, true
 	}
-	if c.load.Load() >= c.maxStreams {
-		return false, false
+	if !c.h2.usable.Load() {
+		return false, true // closed, or the server sent GOAWAY
 	}
-	if err := c.cc.Reserve(); err != nil {
-		// At the server's stream limit, or not usable at all. With none of
-		// our streams on it, it cannot be the limit.
-		return false, c.load.Load() == 0 || c.cc.Err() != nil
+	limit := c.maxStreams
+	if p := c.h2.peerMaxStreams.Load(); p < uint32(limit) {
+		limit = int32(p)
+	}
+	if n := c.load.Load(); n >= limit {
+		// With none of our streams on it, a connection the server now
+		// allows no streams on is of no use.
+		return false, n == 0
 	}
 	c.load.Add(1)
 	return true, false
@@ -115,7 +119,7 @@ func (c *dohConn) shutdownFor(cause error) {
 	c.cause = cause
 	c.closing.Store(true)
 	c.mu.Unlock()
-	_ = c.cc.Close()
+	c.h2.close(errClosedHere)
 	c.d.removeConn(c)
 }
 
@@ -124,7 +128,7 @@ func (c *dohConn) shutdownFor(cause error) {
 // closes now; after a GOAWAY, the streams the server has read are still
 // answered, so it drains.
 func (c *dohConn) lose(err error) {
-	if c.cc.Err() == nil {
+	if c.h2.Err() == nil {
 		c.retire(err.Error())
 		return
 	}
@@ -310,16 +314,10 @@ func (d *DoH) dial() (*dohConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	bt := newBatchedTLS(tc)
-	cc, err := d.tr.NewClientConn(context.WithValue(d.ctx, dialedKey{}, net.Conn(bt)), "https", d.addr)
-	if err == nil {
-		err = d.awaitSettings(bt)
-		if err != nil {
-			_ = cc.Close()
-		}
-	}
-	if err != nil {
-		_ = bt.Close()
+	h := newH2Conn(tc, d.name)
+	h.start(&d.wg)
+	if err := d.awaitSettings(h); err != nil {
+		h.fail(fmt.Errorf("starting HTTP/2 with %s: %w", d.name, err), true)
 		d.m.open.Dec()
 		if d.ctx.Err() != nil {
 			return nil, ErrClosed
@@ -329,7 +327,7 @@ func (d *DoH) dial() (*dohConn, error) {
 	now := time.Now()
 	c := &dohConn{
 		d:          d,
-		cc:         cc,
+		h2:         h,
 		certs:      tc.ConnectionState(),
 		local:      tc.LocalAddr(),
 		born:       now,
@@ -337,7 +335,7 @@ func (d *DoH) dial() (*dohConn, error) {
 		idleSince:  now,
 		maxStreams: int32(d.opts.MaxInFlightPerConn),
 	}
-	if m := bt.maxStreams; m > 0 && m < uint32(c.maxStreams) {
+	if m := h.peerMaxStreams.Load(); m < uint32(c.maxStreams) {
 		c.maxStreams = int32(m)
 	}
 	return c, nil
@@ -350,15 +348,12 @@ func (d *DoH) dial() (*dohConn, error) {
 // take many refused streams for an attack and drop the connection. A server
 // sends its preface at once, so this costs nothing but against an upstream
 // that is not speaking HTTP/2.
-func (d *DoH) awaitSettings(bt *batchedTLS) error {
+func (d *DoH) awaitSettings(h *h2Conn) error {
 	t := time.NewTimer(d.opts.DialTimeout)
 	defer t.Stop()
 	select {
-	case <-bt.settings:
-		if bt.prefaceErr != nil {
-			return bt.prefaceErr
-		}
-		return nil
+	case <-h.settings:
+		return h.prefaceErr // written before settings was closed
 	case <-t.C:
 		return errors.New("no SETTINGS from the server within the dial timeout")
 	case <-d.ctx.Done():
@@ -366,44 +361,9 @@ func (d *DoH) awaitSettings(bt *batchedTLS) error {
 	}
 }
 
-// dialedKey carries the connection dial made to the Transport's
-// DialTLSContext, through NewClientConn's context.
-type dialedKey struct{}
-
-// newH2Transport returns the Transport that turns verified TLS connections
-// into HTTP/2 ClientConns. It never dials, pools or retries: NewClientConn
-// is its only use, and the DoH pool does the rest.
-//
-// The connection it gets is a batchedTLS, which it cannot tell from a plain
-// one: "unencrypted" HTTP/2 is the Protocols setting that has it speak
-// HTTP/2 from the first byte on any connection (prior knowledge, RFC 9113
-// §3.3), which this one is, ALPN h2 having been negotiated in its TLS
-// handshake.
-func newH2Transport() *http.Transport {
-	var protos http.Protocols
-	protos.SetUnencryptedHTTP2(true)
-	return &http.Transport{
-		DialTLSContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			if c, ok := ctx.Value(dialedKey{}).(net.Conn); ok {
-				return c, nil
-			}
-			return nil, errNoConn
-		},
-		Protocols:         &protos,
-		ForceAttemptHTTP2: true,
-		// Proxy stays nil: a DNS upstream is reached directly, whatever
-		// HTTPS_PROXY says. No gzip: DNS messages hardly compress.
-		DisableCompression:     true,
-		MaxResponseHeaderBytes: 16 << 10,
-		HTTP2: &http.HTTP2Config{
-			// (Writes are batchedTLS's, which bounds them by writeTimeout.)
-			// A DNS message is at most 65535 bytes: no stream needs more
-			// window than that, and a connection's share stays bounded.
-			MaxReceiveBufferPerStream:     1 << 16,
-			MaxReceiveBufferPerConnection: 4 << 20,
-		},
-	}
-}
+// errClosedHere fails the streams of a connection this side closed: the
+// pool's housekeeping, an eviction, or Close.
+var errClosedHere = errors.New("connection closed by this side")
 
 // housekeep, every tick, closes idle connections, retires old ones,
 // re-checks connections after a Trust update, forgets connections the server
@@ -411,7 +371,7 @@ func newH2Transport() *http.Transport {
 func (d *DoH) housekeep(now time.Time) {
 	st := d.trust.load()
 	for _, c := range d.activeConns() {
-		if c.cc.Err() != nil {
+		if c.h2.Err() != nil {
 			// Closed by the server while idle (its idle timeout): nothing
 			// to resend, the slot is free again.
 			d.log.Debug("upstream closed the connection", "upstream", d.name, "local", c.local.String())
@@ -434,7 +394,7 @@ func (d *DoH) housekeep(now time.Time) {
 	d.mu.Lock()
 	var gone []*dohConn
 	for _, c := range d.draining {
-		if c.cc.Err() != nil {
+		if c.h2.Err() != nil {
 			gone = append(gone, c) // closed by the server while draining
 		}
 	}
