@@ -2,10 +2,14 @@ package upstream
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/miekg/dns"
@@ -13,6 +17,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/testpki"
 )
 
 // The HTTP/2 client (dohh2.go) is checked against x/net's framer and HPACK:
@@ -603,4 +608,98 @@ func FuzzH2Frames(f *testing.F) {
 			}
 		}
 	})
+}
+
+// Over a real TLS connection, with the writer and the reader running: the
+// preface, a request answered, and after a frame the protocol forbids, a
+// GOAWAY naming the error before the connection closes.
+func TestH2OverTLS(t *testing.T) {
+	ca, err := testpki.NewCA("h2 test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := ca.Issue([]string{"dns.test"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{leaf.TLS},
+		NextProtos: []string{"h2"}, MinVersion: tls.VersionTLS12})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+
+	type seen struct {
+		goAway http2.ErrCode
+		eof    bool
+		err    error
+	}
+	done := make(chan seen, 1)
+	go func() {
+		var g seen
+		defer func() { done <- g }()
+		c, err := ln.Accept()
+		if err != nil {
+			g.err = err
+			return
+		}
+		defer c.Close()
+		pre := make([]byte, len(h2Preface))
+		if _, err := io.ReadFull(c, pre); err != nil || string(pre) != h2Preface {
+			g.err = fmt.Errorf("preface %q: %v", pre, err)
+			return
+		}
+		s := newServer()
+		fr := http2.NewFramer(c, c)
+		_ = fr.WriteSettings()
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				g.eof = errors.Is(err, io.EOF)
+				return
+			}
+			switch f := f.(type) {
+			case *http2.DataFrame:
+				// The answer echoes the query, then a PUSH_PROMISE breaks
+				// the protocol.
+				body := bytes.Clone(f.Data())
+				_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, EndHeaders: true,
+					BlockFragment: s.block(":status", "200", "content-type", dnsMessage, "content-length", itoa(len(body)))})
+				_ = fr.WriteData(f.StreamID, true, body)
+				_ = fr.WritePushPromise(http2.PushPromiseParam{StreamID: f.StreamID, PromiseID: 2, EndHeaders: true,
+					BlockFragment: s.block(":method", "GET")})
+			case *http2.GoAwayFrame:
+				g.goAway = f.ErrCode
+			}
+		}
+	}()
+
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	tc, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: pool, ServerName: "dns.test",
+		NextProtos: []string{"h2"}, MinVersion: tls.VersionTLS12})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newH2Conn(tc, "test")
+	var wg sync.WaitGroup
+	h.start(&wg)
+	<-h.settings
+	if h.prefaceErr != nil {
+		t.Fatalf("preface: %v", h.prefaceErr)
+	}
+	q := packQuery(t, "example.com.", dns.TypeA)
+	res := h.roundTrip(ctxTimeout(t, answerTimeout), &h2Request{authority: "dns.test", path: "/dns-query", q: &q})
+	if res.err != nil || res.status != 200 || !bytes.Equal(res.body, q.AppendTo(nil, 0)) {
+		t.Fatalf("result %+v, want the query echoed", res)
+	}
+	g := <-done
+	if g.err != nil || g.goAway != http2.ErrCodeProtocol || !g.eof {
+		t.Errorf("server saw GOAWAY %v then EOF %v (%v); want PROTOCOL_ERROR, then EOF", g.goAway, g.eof, g.err)
+	}
+	wg.Wait()
+	var ce h2ConnError
+	if err := h.Err(); !errors.As(err, &ce) || ce.code != h2ProtocolError {
+		t.Errorf("connection error %v, want PROTOCOL_ERROR", err)
+	}
 }

@@ -158,7 +158,11 @@ func (h *h2Conn) start(wg *sync.WaitGroup) {
 	go func() {
 		defer wg.Done()
 		err := h.readFrames(bufio.NewReaderSize(h.tc, readBufSize))
-		h.fail(fmt.Errorf("reading from %s: %w", h.name, err), true)
+		// After a protocol error of the server's, the writer sends the
+		// GOAWAY that says so before it closes; a read that failed
+		// leaves nothing to say.
+		var ce h2ConnError
+		h.fail(fmt.Errorf("reading from %s: %w", h.name, err), !errors.As(err, &ce))
 	}()
 	h.signal()
 }
