@@ -49,11 +49,18 @@ const (
 	TypeTXT   = 16
 	TypeAAAA  = 28
 	TypeOPT   = 41
+	TypeIXFR  = 251
+	TypeAXFR  = 252
 	ClassINET = 1
 
-	OptionEDE = 15 // Extended DNS Error, RFC 8914
+	OptionECS       = 8  // EDNS Client Subnet, RFC 7871
+	OptionCookie    = 10 // DNS Cookies, RFC 7873
+	OptionKeepalive = 11 // edns-tcp-keepalive, RFC 7828
+	OptionPadding   = 12 // RFC 7830
+	OptionEDE       = 15 // Extended DNS Error, RFC 8914
 
 	EDEOther                = 0
+	EDEStaleAnswer          = 3
 	EDENoReachableAuthority = 22
 	EDENetworkError         = 23
 
@@ -62,6 +69,7 @@ const (
 	flagTC = 1 << 9
 	flagRD = 1 << 8
 	flagRA = 1 << 7
+	flagAD = 1 << 5
 	flagCD = 1 << 4
 	flagDO = 1 << 15 // in the OPT record's TTL field
 )
@@ -101,6 +109,13 @@ func (h Header) RecursionDesired() bool { return h.Flags&flagRD != 0 }
 
 // Rcode returns the low four bits of the response code held in the header.
 func (h Header) Rcode() int { return int(h.Flags & 0xF) }
+
+// AuthenticData reports whether the AD bit is set (RFC 4035 §3.2.3; in a
+// query, RFC 6840 §5.7: the client understands it).
+func (h Header) AuthenticData() bool { return h.Flags&flagAD != 0 }
+
+// CheckingDisabled reports whether the CD bit is set (RFC 4035 §3.2.2).
+func (h Header) CheckingDisabled() bool { return h.Flags&flagCD != 0 }
 
 // Msg is one DNS message in wire format together with what Parse learned
 // about it. It is a small value (64 bytes) meant to be passed by value: from

@@ -1,6 +1,7 @@
 package dnswire
 
 import (
+	"encoding/binary"
 	"reflect"
 	"strings"
 	"testing"
@@ -130,6 +131,81 @@ func FuzzSameQuestion(f *testing.F) {
 			strings.EqualFold(qd.Question[0].Name, rd.Question[0].Name)
 		if got != want {
 			t.Fatalf("Answers = %v, miekg/dns says %v\nquery %x\nresp  %x\n%v\n%v", got, want, query, resp, qd.Question, rd.Question)
+		}
+	})
+}
+
+// FuzzRecords checks the record walk and the Template built on it on
+// arbitrary bytes: the walk never panics, visits exactly the records the
+// header counts, each inside the message, and reads the TTLs miekg/dns
+// reads; a Template written for a query of the same question is a valid
+// message whose TTLs are the originals, capped and counted down, never
+// more.
+func FuzzRecords(f *testing.F) {
+	q := withEDNS(query("www.example.com.", dns.TypeA), 1232, true)
+	r := new(dns.Msg)
+	r.SetReply(q)
+	r.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: "www.example.com.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 300}, A: []byte{192, 0, 2, 1}}}
+	r.Ns = []dns.RR{&dns.SOA{Hdr: dns.RR_Header{Name: "example.com.", Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: 900},
+		Ns: "ns.example.com.", Mbox: "h.example.com.", Serial: 1, Refresh: 2, Retry: 3, Expire: 4, Minttl: 60}}
+	r.Compress = true
+	f.Add(pack(f, r), uint32(100), uint32(10))
+	f.Add(pack(f, q), uint32(0), uint32(0))
+	f.Fuzz(func(t *testing.T, b []byte, maxTTL, age uint32) {
+		m, err := Parse(b)
+		if err != nil {
+			return
+		}
+		var ttls []uint32
+		prev := 0
+		for rr := range m.Records() {
+			if rr.Start < prev || rr.TTLOff+4 > rr.RData || rr.RData > rr.End || rr.End > len(m.Wire()) {
+				t.Fatalf("record %+v outside the message or out of order", rr)
+			}
+			if got := binary.BigEndian.Uint32(m.Wire()[rr.TTLOff:]); got != rr.TTL {
+				t.Fatalf("TTL %d at TTLOff, %d reported", got, rr.TTL)
+			}
+			prev = rr.End
+			_, _ = m.SOAMinimum(rr)
+			if rr.Type != TypeOPT {
+				ttls = append(ttls, rr.TTL)
+			}
+		}
+		ref := new(dns.Msg)
+		if ref.Unpack(b) == nil {
+			var want []uint32
+			for _, rr := range append(append(append([]dns.RR(nil), ref.Answer...), ref.Ns...), ref.Extra...) {
+				if rr.Header().Rrtype != dns.TypeOPT {
+					want = append(want, rr.Header().Ttl)
+				}
+			}
+			if !reflect.DeepEqual(ttls, want) && len(ttls)+len(want) > 0 {
+				t.Fatalf("TTLs walked %v, miekg/dns reads %v", ttls, want)
+			}
+		}
+
+		tpl, err := NewTemplate(&m, maxTTL)
+		if err != nil {
+			return
+		}
+		cq, err := Parse(append([]byte{0xAB, 0xCD, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0}, m.Wire()[HeaderLen:m.qEnd]...))
+		if err != nil {
+			t.Fatalf("the answer's question is not a query: %v", err)
+		}
+		out := tpl.AppendTo(nil, &cq, WriteOptions{Age: age})
+		om, err := Parse(out)
+		if err != nil || om.ID != 0xABCD || om.HasOPT() || !om.Answers(&cq) && m.Response() {
+			t.Fatalf("written answer: %v, %+v", err, om.Header)
+		}
+		i := 0
+		for rr := range om.Records() {
+			if i >= len(ttls) {
+				t.Fatalf("written answer has more records than the original")
+			}
+			if want := min(ttls[i], maxTTL) - min(min(ttls[i], maxTTL), age); rr.TTL != want {
+				t.Fatalf("record %d: TTL %d, want %d (original %d, cap %d, age %d)", i, rr.TTL, want, ttls[i], maxTTL, age)
+			}
+			i++
 		}
 	})
 }

@@ -155,22 +155,33 @@ func appendOPT(dst []byte, rcode int, e *EDNS) []byte {
 	if e.HasEDE {
 		rdlen = 6 + len(text)
 	}
+	dst = appendOPTHeader(dst, rcode, e.UDPSize, e.DO, rdlen)
+	if e.HasEDE {
+		dst = appendEDE(dst, e.EDE, text)
+	}
+	return dst
+}
+
+// appendOPTHeader appends an OPT record up to its RDATA, which the caller
+// appends next: rdlen bytes of options.
+func appendOPTHeader(dst []byte, rcode int, udpSize uint16, do bool, rdlen int) []byte {
 	var ttl uint32 = uint32(rcode>>4&0xFF) << 24 // version 0
-	if e.DO {
+	if do {
 		ttl |= flagDO
 	}
 	dst = append(dst, 0) // root owner
 	dst = binary.BigEndian.AppendUint16(dst, TypeOPT)
-	dst = binary.BigEndian.AppendUint16(dst, e.UDPSize)
+	dst = binary.BigEndian.AppendUint16(dst, udpSize)
 	dst = binary.BigEndian.AppendUint32(dst, ttl)
-	dst = binary.BigEndian.AppendUint16(dst, uint16(rdlen))
-	if e.HasEDE {
-		dst = binary.BigEndian.AppendUint16(dst, OptionEDE)
-		dst = binary.BigEndian.AppendUint16(dst, uint16(2+len(text)))
-		dst = binary.BigEndian.AppendUint16(dst, e.EDE)
-		dst = append(dst, text...)
-	}
-	return dst
+	return binary.BigEndian.AppendUint16(dst, uint16(rdlen))
+}
+
+// appendEDE appends an Extended DNS Error option: 6+len(text) bytes.
+func appendEDE(dst []byte, code uint16, text string) []byte {
+	dst = binary.BigEndian.AppendUint16(dst, OptionEDE)
+	dst = binary.BigEndian.AppendUint16(dst, uint16(2+len(text)))
+	dst = binary.BigEndian.AppendUint16(dst, code)
+	return append(dst, text...)
 }
 
 // NewQuery returns a parsed query with RD set for name (in presentation
