@@ -187,7 +187,7 @@ func TestTemplate(t *testing.T) {
 		{name: "AD for a client that set DO", q: withEDNS(query("www.example.com.", dns.TypeA), 512, true),
 			o: WriteOptions{UDPSize: 1400}, ttls: []uint32{200, 60}, opt: true, ad: true, ede: []uint16{dns.ExtendedErrorCodeForgedAnswer}, udpSize: 1400},
 		{name: "stale", q: withEDNS(query("www.example.com.", dns.TypeA), 1232, false),
-			o: WriteOptions{Age: 5000, FixTTL: true, TTL: 30, UDPSize: 1232, HasEDE: true, EDE: EDEStaleAnswer},
+			o:    WriteOptions{Age: 5000, FixTTL: true, TTL: 30, UDPSize: 1232, HasEDE: true, EDE: EDEStaleAnswer},
 			ttls: []uint32{30, 30}, opt: true, ede: []uint16{dns.ExtendedErrorCodeForgedAnswer, EDEStaleAnswer}, udpSize: 1232},
 	}
 	for _, tt := range tests {
