@@ -5,6 +5,7 @@ go 1.26.0
 require (
 	github.com/caarlos0/env/v9 v9.0.0
 	github.com/hashicorp/go-retryablehttp v0.7.8
+	github.com/maypok86/otter/v2 v2.4.0
 	github.com/miekg/dns v1.1.73
 	github.com/prometheus/client_golang v1.25.0
 	github.com/prometheus/client_model v0.6.3
