@@ -207,6 +207,22 @@ func (m *Msg) SetID(id uint16) {
 	m.ID = id
 }
 
+// ReadHeader reads the header of the message in b, and nothing else: for a
+// message the caller wrote itself. A message from elsewhere is Parsed whole.
+func ReadHeader(b []byte) (Header, error) {
+	if len(b) < HeaderLen {
+		return Header{}, ErrShort
+	}
+	return Header{
+		ID:      binary.BigEndian.Uint16(b[0:]),
+		Flags:   binary.BigEndian.Uint16(b[2:]),
+		QDCount: binary.BigEndian.Uint16(b[4:]),
+		ANCount: binary.BigEndian.Uint16(b[6:]),
+		NSCount: binary.BigEndian.Uint16(b[8:]),
+		ARCount: binary.BigEndian.Uint16(b[10:]),
+	}, nil
+}
+
 // Parse checks the structure of the whole message in b and records where its
 // first question and OPT record are. It does not allocate. The Msg shares b.
 //
@@ -215,16 +231,9 @@ func (m *Msg) SetID(id uint16) {
 // unless there were two), so that a FORMERR reply can echo them.
 func Parse(b []byte) (Msg, error) {
 	m := Msg{wire: b}
-	if len(b) < HeaderLen {
-		return m, ErrShort
-	}
-	m.Header = Header{
-		ID:      binary.BigEndian.Uint16(b[0:]),
-		Flags:   binary.BigEndian.Uint16(b[2:]),
-		QDCount: binary.BigEndian.Uint16(b[4:]),
-		ANCount: binary.BigEndian.Uint16(b[6:]),
-		NSCount: binary.BigEndian.Uint16(b[8:]),
-		ARCount: binary.BigEndian.Uint16(b[10:]),
+	var err error
+	if m.Header, err = ReadHeader(b); err != nil {
+		return m, err
 	}
 	if len(b) > MaxMsgSize {
 		// Past this, offsets would not fit the Msg, and no transport the

@@ -3,7 +3,9 @@ package server
 import (
 	"context"
 	"encoding/binary"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
 	"github.com/miekg/dns"
@@ -74,6 +76,11 @@ func FuzzServe(f *testing.F) {
 	})
 }
 
+// stepClock is a cache.Clock a test moves.
+type stepClock struct{ ns atomic.Int64 }
+
+func (c *stepClock) NowNano() int64 { return c.ns.Load() }
+
 // answerUpstream answers every query with a copy of the same bytes, whatever
 // they are: a broken or hostile upstream, behind the checks every upstream
 // client makes (answerTo).
@@ -117,6 +124,11 @@ func FuzzRelay(f *testing.F) {
 	}
 	answers := &answerUpstream{}
 	s := newUnstarted(f, Options{Upstream: answers})
+	// The same answers through a cache. Its clock moves past every
+	// entry's life between inputs, so that each input starts empty.
+	clock := &stepClock{}
+	c := newCacheWith(f, answers, 16, clock)
+	cs := newUnstarted(f, Options{Upstream: c, Cache: c})
 	f.Fuzz(func(t *testing.T, resp []byte, edns bool, size uint16) {
 		answers.resp = resp // the fuzz function is never called concurrently
 		q := newQuery("www.example.", dns.TypeTXT)
@@ -129,8 +141,7 @@ func FuzzRelay(f *testing.F) {
 		// leave every compression pointer valid.
 		upm, upErr := dnswire.Parse(resp)
 		decodable := upErr == nil && new(dns.Msg).Unpack(upm.Wire()) == nil
-		for _, p := range []proto{protoUDP, protoTCP} {
-			r := s.answer(qb, p)
+		check := func(s *Server, p proto, r result) {
 			if decodable && r.err == nil {
 				if err := new(dns.Msg).Unpack(r.reply); err != nil {
 					t.Fatalf("%v: the upstream's answer decodes, the reply does not: %v\n% x", p, err, r.reply)
@@ -157,6 +168,16 @@ func FuzzRelay(f *testing.F) {
 			if r.truncated && (!m.Truncated() || edns && upErr == nil && upm.HasOPT() && !m.HasOPT()) {
 				t.Fatalf("%v: truncated reply with TC=%v OPT=%v, want TC and, for EDNS, the OPT record", p, m.Truncated(), m.HasOPT())
 			}
+		}
+		for _, p := range []proto{protoUDP, protoTCP} {
+			check(s, p, s.answer(qb, p))
+		}
+		// Through the cache, the same answer relayed, then kept and given
+		// again, passes the same checks.
+		clock.ns.Add(int64(1000 * time.Hour))
+		for _, p := range []proto{protoUDP, protoTCP} {
+			check(cs, p, cs.answer(qb, p))
+			check(cs, p, cs.answer(qb, p))
 		}
 	})
 }

@@ -35,19 +35,22 @@ type result struct {
 
 // answer decides the reply to one message received over p. It is the whole
 // protocol logic, free of sockets, so that the fuzz target and the
-// benchmark drive exactly what the listeners do.
-func (s *Server) answer(msg []byte, p proto) result { return s.decide(msg, p, nil) }
-
-// shed answers a message that came when the server was full: the protocol
-// rules and the canary as usual, but SERVFAIL instead of asking upstream.
-func (s *Server) shed(msg []byte, p proto) result { return s.decide(msg, p, errOverloaded) }
-
-// decide parses msg, the one time the server reads a query, applies the
-// protocol rules, then asks the upstream, unless refuse is set: then the
-// query fails with it.
-func (s *Server) decide(msg []byte, p proto, refuse error) result {
+// benchmark drive exactly what the listeners do: early, then forward.
+func (s *Server) answer(msg []byte, p proto) result {
 	q, perr := dnswire.Parse(msg)
-	var r result
+	if r, done := s.early(&q, perr, p, nil); done {
+		return r
+	}
+	return s.forward(&q, p, nil)
+}
+
+// early decides what the listener answers by itself, in its read loop,
+// before a goroutine or an in-flight slot is taken for the query: the
+// protocol rules, the canary, and the cache's hits (written into dst's
+// room). q and perr are what dnswire.Parse made of the message, the one
+// time the server parses it. done false: the query goes to the upstream
+// (forward).
+func (s *Server) early(q *dnswire.Msg, perr error, p proto, dst []byte) (r result, done bool) {
 	switch {
 	case errors.Is(perr, dnswire.ErrShort):
 		r = result{malformed: true}
@@ -55,26 +58,42 @@ func (s *Server) decide(msg []byte, p proto, refuse error) result {
 		// Answering a response could start a loop between two servers.
 		r = result{malformed: true}
 	case q.Opcode() != dnswire.OpcodeQuery:
-		r = s.local(&q, dnswire.RcodeNotImplemented, noEDE, "")
+		r = s.local(q, dnswire.RcodeNotImplemented, noEDE, "")
 	case perr != nil, q.QDCount != 1:
-		r = s.local(&q, dnswire.RcodeFormatError, noEDE, "")
+		r = s.local(q, dnswire.RcodeFormatError, noEDE, "")
 		r.malformed = true
 	case q.HasOPT() && q.EDNSVersion() > 0:
-		r = s.local(&q, dnswire.RcodeBadVers, noEDE, "")
-	case isCanary(&q):
-		r = s.canary(&q)
-	case refuse != nil:
-		s.m.overloaded.Inc()
-		r = s.fail(&q, refuse)
+		r = s.local(q, dnswire.RcodeBadVers, noEDE, "")
+	case isCanary(q):
+		r = s.canary(q)
+	case s.cache == nil:
+		return result{}, false
 	default:
-		ans, err := s.up.Exchange(s.deadlines.get(), q)
-		if err != nil {
-			r = s.fail(&q, err)
-		} else {
-			r = s.relay(&q, ans, p)
+		reply, hit := s.cache.Lookup(dst, q)
+		if !hit {
+			return result{}, false
 		}
+		// Kept answers carry no extended rcode: the header's is whole.
+		h, _ := dnswire.ReadHeader(reply)
+		r = s.fit(q, reply, h.Rcode(), p)
 	}
-	r.query = q
+	r.query = *q
+	return r, true
+}
+
+// forward asks the upstream for q's answer, unless refuse is set (the
+// server is full): then the query fails with it.
+func (s *Server) forward(q *dnswire.Msg, p proto, refuse error) result {
+	var r result
+	if refuse != nil {
+		s.m.overloaded.Inc()
+		r = s.fail(q, refuse)
+	} else if ans, err := s.up.Exchange(s.deadlines.get(), *q); err != nil {
+		r = s.fail(q, err)
+	} else {
+		r = s.relay(q, ans, p)
+	}
+	r.query = *q
 	return r
 }
 
@@ -113,17 +132,26 @@ func (s *Server) relay(q *dnswire.Msg, ans dnswire.Msg, p proto) result {
 			return s.fail(q, fmt.Errorf("%w: %w", upstream.ErrBadResponse, err))
 		}
 	}
-	r := result{reply: ans.Wire(), rcode: ans.Rcode()}
+	return s.fit(q, ans.Wire(), ans.Rcode(), p)
+}
+
+// fit sends reply, an answer to q shaped for its client with the given full
+// rcode, relayed or from the cache: whole when it fits, truncated over UDP
+// when it does not (the client's size, see udpLimit), a failure over TCP
+// past what the length prefix can frame.
+func (s *Server) fit(q *dnswire.Msg, reply []byte, rcode int, p proto) result {
+	r := result{reply: reply, rcode: rcode}
 	limit := dnswire.MaxMsgSize
 	if p == protoUDP {
 		limit = s.udpLimit(q)
 	}
-	if len(r.reply) > limit {
-		if p != protoUDP {
-			return s.fail(q, fmt.Errorf("%w: %d bytes", upstream.ErrBadResponse, len(r.reply)))
-		}
-		r.reply, r.truncated = s.truncate(q, &ans, limit)
+	if len(reply) <= limit {
+		return r
 	}
+	if p != protoUDP {
+		return s.fail(q, fmt.Errorf("%w: %d bytes", upstream.ErrBadResponse, len(reply)))
+	}
+	r.reply, r.truncated = s.truncate(q, reply, r.rcode, limit)
 	return r
 }
 
@@ -142,11 +170,13 @@ func (s *Server) udpLimit(q *dnswire.Msg) int {
 // truncated then, and says so (no TC). If the answer cannot be cut record
 // by record, the client gets the question alone with TC set, which sends it
 // to TCP just as well.
-func (s *Server) truncate(q, ans *dnswire.Msg, limit int) ([]byte, bool) {
-	if out, tc, ok := ans.Truncate(limit); ok {
-		return out, tc
+func (s *Server) truncate(q *dnswire.Msg, reply []byte, rcode, limit int) ([]byte, bool) {
+	if ans, err := dnswire.Parse(reply); err == nil {
+		if out, tc, ok := ans.Truncate(limit); ok {
+			return out, tc
+		}
 	}
-	rep := dnswire.Reply{Rcode: ans.Rcode(), Truncated: true}
+	rep := dnswire.Reply{Rcode: rcode, Truncated: true}
 	if q.HasOPT() {
 		rep.EDNS = &dnswire.EDNS{UDPSize: uint16(s.opts.UDPMaxSize), DO: q.DO()}
 	}

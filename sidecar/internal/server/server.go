@@ -23,7 +23,9 @@
 //     (RFC 8914) when the query carried EDNS: 23 Network Error for TLS and
 //     pin failures, 22 No Reachable Authority otherwise (see failure); a
 //     query the upstream rejects as malformed gets FORMERR;
-//   - the canary name is answered locally (see canary.go).
+//   - the canary name is answered locally (see canary.go);
+//   - with a Cache, queries it has answers for are answered from it, shaped
+//     for each client (its ID, EDNS, size), in the read loop itself.
 package server
 
 import (
@@ -38,6 +40,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/upstream"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -61,6 +64,10 @@ type Options struct {
 
 	// Upstream answers the queries the server does not answer itself.
 	Upstream upstream.Upstream
+	// Cache, when not nil, answers the queries it has fresh answers for,
+	// from the read loops (Cache.Lookup). It is usually the Upstream too,
+	// which the misses go to.
+	Cache Cache
 
 	// QueryTimeout bounds each query from its arrival to its answer;
 	// clients get SERVFAIL when it runs out.
@@ -92,6 +99,16 @@ type Options struct {
 	Registerer prometheus.Registerer
 }
 
+// Cache answers queries from memory, in the listeners' read loops: a hit
+// costs a lookup and a write, no goroutine and no in-flight slot.
+// cache.Cache is one.
+type Cache interface {
+	// Lookup appends to dst the answer to q shaped for its client, and
+	// reports whether it had one; q passed the protocol rules. It must not
+	// block, and should not allocate when dst has room.
+	Lookup(dst []byte, q *dnswire.Msg) ([]byte, bool)
+}
+
 // Errors returned by Start, Shutdown and Alive.
 var (
 	ErrNotStarted = errors.New("server not started")
@@ -109,10 +126,11 @@ const (
 
 // Server is a DNS server on UDP and TCP. Create it with New, then Start it.
 type Server struct {
-	opts Options
-	up   upstream.Upstream
-	log  *slog.Logger
-	m    *metrics
+	opts  Options
+	up    upstream.Upstream
+	cache Cache // nil: none
+	log   *slog.Logger
+	m     *metrics
 
 	// base parents every query's context; Shutdown cancels it when its own
 	// context ends before the queries do, so that they end in SERVFAIL.
@@ -208,6 +226,7 @@ func New(opts Options) (*Server, error) {
 	s := &Server{
 		opts:  opts,
 		up:    opts.Upstream,
+		cache: opts.Cache,
 		log:   opts.Logger,
 		quit:  make(chan struct{}),
 		conns: make(map[*tcpConn]struct{}),

@@ -74,8 +74,9 @@ func (s *Server) untrack(c *tcpConn) {
 	s.connWG.Done()
 }
 
-// tcpConn is one client connection: a reader that frames queries and
-// answers each in its own goroutine (clients may pipeline, and answers go
+// tcpConn is one client connection: a reader that frames queries, answers
+// those the server answers by itself (cache hits, protocol errors) at once
+// and each other in its own goroutine (clients may pipeline, and answers go
 // back in whatever order they come), and writes serialised by wmu.
 type tcpConn struct {
 	s    *Server
@@ -93,6 +94,8 @@ type tcpConn struct {
 	wmu    sync.Mutex // serialises writes
 	wbuf   []byte
 	broken bool // a write failed; the connection is closing
+
+	hits []byte // the reader's: where the cache writes a hit
 }
 
 // stopReading makes the reader stop at the next message boundary (Shutdown).
@@ -155,6 +158,18 @@ func (c *tcpConn) serve() {
 			c.s.m.malformed.Inc()
 			continue
 		}
+		start := time.Now()
+		query, perr := dnswire.Parse(msg)
+		// The protocol rules and cache hits are answered here, without
+		// a goroutine or an in-flight slot.
+		if r, done := c.s.early(&query, perr, protoTCP, c.hits[:0]); done {
+			c.finish(start, &r)
+			if cap(r.reply) <= maxPooledSize {
+				c.hits = r.reply[:0] // the write copied it
+			}
+			recycleTCPMsg(q)
+			continue
+		}
 		select {
 		case c.sem <- struct{}{}:
 		case <-c.s.quit:
@@ -162,21 +177,25 @@ func (c *tcpConn) serve() {
 			return
 		}
 		if !c.s.admit() {
-			start := time.Now()
-			r := c.s.shed(msg, protoTCP)
-			c.s.m.done(protoTCP, start, &r)
-			if r.reply != nil {
-				c.write(r.reply)
-			}
-			c.s.logQuery(protoTCP, c.from, start, &r)
+			r := c.s.forward(&query, protoTCP, errOverloaded)
+			c.finish(start, &r)
 			recycleTCPMsg(q)
 			<-c.sem
 			continue
 		}
 		c.queries.Add(1)
 		c.inflight.Add(1)
-		go c.answer(q)
+		go c.answer(q, query, start)
 	}
+}
+
+// finish accounts for and sends the answer to one query.
+func (c *tcpConn) finish(start time.Time, r *result) {
+	c.s.m.done(protoTCP, start, r)
+	if r.reply != nil {
+		c.write(r.reply)
+	}
+	c.s.logQuery(protoTCP, c.from, start, r)
 }
 
 var tcpMsgPool = sync.Pool{New: func() any { b := make([]byte, 0, pooledMsgSize); return &b }}
@@ -190,9 +209,10 @@ func recycleTCPMsg(q *[]byte) {
 	}
 }
 
-func (c *tcpConn) answer(q *[]byte) {
-	start := time.Now()
-	r := c.s.answer(*q, protoTCP)
+// answer asks the upstream for query's answer, in a goroutine of its own;
+// q holds query's bytes.
+func (c *tcpConn) answer(q *[]byte, query dnswire.Msg, start time.Time) {
+	r := c.s.forward(&query, protoTCP, nil)
 	c.s.m.done(protoTCP, start, &r)
 	if r.reply != nil {
 		c.write(r.reply)

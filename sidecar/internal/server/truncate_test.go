@@ -86,7 +86,7 @@ func TestTruncateFallback(t *testing.T) {
 	rb = append(rb, 0xC0, 12, 0, byte(dns.TypeTXT), 0, 1, 0, 0, 0, 60, byte(len(rdata)>>8), byte(len(rdata)))
 	rb = append(rb, rdata...)
 	ans := mustParse(t, rb)
-	out, tc := s.truncate(&qm, &ans, 512)
+	out, tc := s.truncate(&qm, ans.Wire(), ans.Rcode(), 512)
 	got := new(dns.Msg)
 	if err := got.Unpack(out); err != nil {
 		t.Fatalf("fallback answer does not unpack: %v", err)

@@ -21,7 +21,8 @@ type udpQuery struct {
 	sock  *udpSocket
 	from  netip.AddrPort
 	msg   []byte
-	oob   []byte // on a wildcard socket: sets the answer's source (pktinfo_linux.go)
+	query dnswire.Msg // msg, parsed
+	oob   []byte      // on a wildcard socket: sets the answer's source (pktinfo_linux.go)
 	reply []byte
 }
 
@@ -38,18 +39,22 @@ func releaseUDPQuery(q *udpQuery) {
 	if cap(q.msg) > maxPooledSize {
 		return
 	}
-	q.sock, q.msg, q.oob, q.reply = nil, q.msg[:0], q.oob[:0], nil
+	q.sock, q.msg, q.oob, q.reply, q.query = nil, q.msg[:0], q.oob[:0], nil, dnswire.Msg{}
 	udpQueryPool.Put(q)
 }
 
-// readUDP reads datagrams until Shutdown, up to udpBatch per system call,
-// and answers each in its own goroutine: the upstream's latency must not hold
-// the reader. On a wildcard socket it also reads each datagram's destination
-// address, which becomes its answer's source.
+// readUDP reads datagrams until Shutdown, up to udpBatch per system call.
+// What the server answers by itself (the protocol rules, the canary, cache
+// hits, and SERVFAIL when full) is answered here, and written back one
+// system call per batch read; each other query is answered in a goroutine
+// of its own, so that the upstream's latency does not hold the reader. On
+// a wildcard socket it also reads each datagram's destination address,
+// which becomes its answer's source.
 func (s *Server) readUDP(u *udpSocket) {
 	defer s.loops.Done()
 	ms := u.newReadBatch()
 	rd := rawconn.NewBatch(u.c, udpBatch)
+	out := newLoopWrites(u.c)
 	var info []byte
 	if u.wild {
 		info = make([]byte, 0, pktinfoSize)
@@ -81,24 +86,43 @@ func (s *Server) readUDP(u *udpSocket) {
 			if u.wild {
 				info = replyPktinfo(info, m.OOB[:m.OOBN])
 			}
-			if !s.admit() {
-				s.shedUDP(u.c, m.Addr, msg, info)
-				continue
-			}
-			q := udpQueryPool.Get().(*udpQuery)
-			q.sock, q.from = u, m.Addr
-			q.msg, q.oob = append(q.msg[:0], msg...), append(q.oob[:0], info...)
-			s.queries.Add(1)
-			go s.serveUDP(q)
+			s.readUDPQuery(u, out, msg, m.Addr, info)
 		}
+		out.flush(s)
 	}
 }
 
-func (s *Server) serveUDP(q *udpQuery) {
+// readUDPQuery parses one datagram, the one time the server does, and
+// answers it at once into out, or hands it to a goroutine.
+func (s *Server) readUDPQuery(u *udpSocket, out *loopWrites, msg []byte, from netip.AddrPort, info []byte) {
 	start := time.Now()
-	r := s.answer(q.msg, protoUDP)
+	q := udpQueryPool.Get().(*udpQuery)
+	q.sock, q.from = u, from
+	q.msg, q.oob = append(q.msg[:0], msg...), append(q.oob[:0], info...)
+	var perr error
+	q.query, perr = dnswire.Parse(q.msg)
+	r, done := s.early(&q.query, perr, protoUDP, out.room())
+	if !done && !s.admit() {
+		// Full: a local answer costs less than a goroutine.
+		r, done = s.forward(&q.query, protoUDP, errOverloaded), true
+	}
+	if !done {
+		s.queries.Add(1)
+		go s.serveUDP(q, start)
+		return
+	}
 	// Counted before the write, so that a client holding an answer can
 	// trust the metrics to include it.
+	s.m.done(protoUDP, start, &r)
+	s.logQuery(protoUDP, from, start, &r)
+	if r.reply != nil {
+		out.add(r.reply, from, info)
+	}
+	releaseUDPQuery(q)
+}
+
+func (s *Server) serveUDP(q *udpQuery, start time.Time) {
+	r := s.forward(&q.query, protoUDP, nil)
 	s.m.done(protoUDP, start, &r)
 	s.logQuery(protoUDP, q.from, start, &r)
 	if r.reply != nil {
@@ -109,28 +133,6 @@ func (s *Server) serveUDP(q *udpQuery) {
 	}
 	s.inflight.Add(-1)
 	s.queries.Done()
-}
-
-// shedUDP answers, from the reader itself, a query that came when the server
-// was full: a local answer costs less than a goroutine.
-func (s *Server) shedUDP(c *net.UDPConn, from netip.AddrPort, msg, oob []byte) {
-	start := time.Now()
-	r := s.shed(msg, protoUDP)
-	s.m.done(protoUDP, start, &r)
-	if r.reply != nil {
-		_ = writeUDP(c, r.reply, from, oob)
-	}
-	s.logQuery(protoUDP, from, start, &r)
-}
-
-// writeUDP sends an answer, with the control message oob when there is one.
-func writeUDP(c *net.UDPConn, b []byte, to netip.AddrPort, oob []byte) error {
-	if len(oob) > 0 {
-		_, _, err := c.WriteMsgUDPAddrPort(b, oob, to)
-		return err
-	}
-	_, err := c.WriteToUDPAddrPort(b, to)
-	return err
 }
 
 // logQuery writes the per-query line, at Debug only: at any other level it

@@ -1,7 +1,9 @@
 package server
 
 import (
+	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
@@ -95,8 +97,7 @@ func (u *udpSocket) send(s *Server, q *udpQuery) {
 	}
 }
 
-// write sends the answers of batch, udpBatch per call. A datagram the kernel
-// refuses is skipped (the client will retry, as after any loss).
+// write sends the answers of batch.
 func (u *udpSocket) write(s *Server, batch []*udpQuery) {
 	for len(batch) > 0 {
 		n := min(len(batch), udpBatch)
@@ -105,15 +106,67 @@ func (u *udpSocket) write(s *Server, batch []*udpQuery) {
 			ms = append(ms, rawconn.Msg{Buf: q.reply, OOB: q.oob, Addr: q.from})
 		}
 		u.msgs = ms
-		for len(ms) > 0 {
-			sent, err := u.w.Write(ms)
-			if err != nil && sent < len(ms) {
-				s.log.Debug("writing a UDP answer failed", "client", ms[sent].Addr, "err", err)
-				sent++
-			}
-			ms = ms[min(sent, len(ms)):]
-		}
+		writeAll(u.w, ms, s.log)
 		clear(u.msgs)
 		batch = batch[n:]
 	}
+}
+
+// writeAll sends ms, as many per system call as w takes. A datagram the
+// kernel refuses is skipped (the client will retry, as after any loss).
+func writeAll(w *rawconn.Batch, ms []rawconn.Msg, log *slog.Logger) {
+	for len(ms) > 0 {
+		sent, err := w.Write(ms)
+		if err != nil && sent < len(ms) {
+			log.Debug("writing a UDP answer failed", "client", ms[sent].Addr, "err", err)
+			sent++
+		}
+		ms = ms[min(sent, len(ms)):]
+	}
+}
+
+// loopWrites holds the answers a read loop made by itself (cache hits,
+// protocol errors, SERVFAIL when full) from one batch of datagrams, and
+// writes them back in one system call. Each of its slots keeps its buffer
+// from batch to batch, so that the cache writes hits into memory it
+// reuses: a hit allocates nothing.
+type loopWrites struct {
+	w    *rawconn.Batch
+	ms   []rawconn.Msg
+	bufs [udpBatch][]byte
+	oobs [udpBatch][]byte
+}
+
+func newLoopWrites(c *net.UDPConn) *loopWrites {
+	o := &loopWrites{w: rawconn.NewBatch(c, udpBatch), ms: make([]rawconn.Msg, 0, udpBatch)}
+	for i := range o.bufs {
+		o.bufs[i] = make([]byte, 0, pooledMsgSize)
+	}
+	return o
+}
+
+// room returns the buffer of the next answer, empty. A read returns at
+// most udpBatch datagrams, and flush follows each read, so there is always
+// one.
+func (o *loopWrites) room() []byte { return o.bufs[len(o.ms)][:0] }
+
+// add queues reply for to, with the control message oob. The slot keeps
+// reply's buffer for the next batch, unless a large answer grew it.
+func (o *loopWrites) add(reply []byte, to netip.AddrPort, oob []byte) {
+	k := len(o.ms)
+	if cap(reply) <= maxPooledSize {
+		o.bufs[k] = reply[:0]
+	}
+	o.oobs[k] = append(o.oobs[k][:0], oob...)
+	o.ms = append(o.ms, rawconn.Msg{Buf: reply, OOB: o.oobs[k], Addr: to})
+}
+
+// flush writes the queued answers.
+func (o *loopWrites) flush(s *Server) {
+	if len(o.ms) == 0 {
+		return
+	}
+	writeAll(o.w, o.ms, s.log)
+	clear(o.ms)
+	o.ms = o.ms[:0]
 }
