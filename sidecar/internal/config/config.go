@@ -83,6 +83,20 @@ type Config struct {
 	TCPMaxInflight int           `env:"TCP_MAX_INFLIGHT" envDefault:"128" valid:"1.." help:"most queries in flight on one client TCP connection"`
 	MaxInflight    int           `env:"MAX_INFLIGHT" envDefault:"8192" valid:"1.." help:"most client queries in flight over all listeners; past it a query gets SERVFAIL at once, which bounds memory under a flood"`
 
+	// The answer cache (package cache; what each setting does: cache.go
+	// there and docs/cache.md).
+	CacheSize               int           `env:"CACHE_SIZE" envDefault:"10000" valid:"0.." help:"most answers cached (an answer over 1 KiB counts once per KiB); 0 turns the cache off and every query goes upstream"`
+	CacheMaxTTL             time.Duration `env:"CACHE_MAX_TTL" envDefault:"1h" valid:">0" help:"longest a positive answer is cached, whatever its TTLs say (at least 1s)"`
+	CacheMinTTL             time.Duration `env:"CACHE_MIN_TTL" envDefault:"0s" valid:">=0" help:"shortest an answer is cached, whatever its TTLs say; 0 respects them, down to not caching TTL 0"`
+	CacheMaxNegativeTTL     time.Duration `env:"CACHE_MAX_NEGATIVE_TTL" envDefault:"30m" valid:">0" help:"longest an NXDOMAIN or NODATA answer is cached, whatever its SOA says (at least 1s)"`
+	CacheServfailTTL        time.Duration `env:"CACHE_SERVFAIL_TTL" envDefault:"5s" valid:">=0" help:"how long an upstream's SERVFAIL is cached (at most 5m; 0 never)"`
+	CacheStaleMax           time.Duration `env:"CACHE_STALE_MAX" envDefault:"6h" valid:">=0" help:"how long after it expires an answer may be served stale, when the upstreams fail or are slow; 0 turns serve-stale off"`
+	CacheStaleExclude       StaleExclude  `env:"CACHE_STALE_EXCLUDE" envDefault:"auto" help:"zones never served stale: auto (the cluster route's and plaintext routes' zones and the private reverse zones), none, or a comma-separated list of zones, auto among them to keep those"`
+	CacheStaleClientTimeout time.Duration `env:"CACHE_STALE_CLIENT_TIMEOUT" envDefault:"1.8s" valid:">0" help:"how long a query for an expired answer waits for the upstream before it gets the stale one; less than QUERY_TIMEOUT"`
+	CachePrefetch           int           `env:"CACHE_PREFETCH" envDefault:"10" valid:"0.." help:"hits, each within CACHE_PREFETCH_WINDOW of the last, that make an answer hot: a hot answer is refreshed before it expires; 0 turns prefetch off"`
+	CachePrefetchWindow     time.Duration `env:"CACHE_PREFETCH_WINDOW" envDefault:"1m" valid:">0" help:"longest gap between two hits of a hot answer"`
+	CachePrefetchPercent    int           `env:"CACHE_PREFETCH_PERCENT" envDefault:"10" valid:"1..99" help:"a hot answer is refreshed once this percentage of its lifetime remains (or 1s, if later)"`
+
 	UpstreamPoolSize    int           `env:"UPSTREAM_POOL_SIZE" envDefault:"2" valid:"1..64" help:"persistent TLS connections per upstream (1-64)"`
 	UpstreamIdleTimeout time.Duration `env:"UPSTREAM_IDLE_TIMEOUT" envDefault:"30s" valid:">0" help:"idle time after which an upstream connection is closed"`
 	UpstreamMaxAge      time.Duration `env:"UPSTREAM_MAX_AGE" envDefault:"5m" valid:">0" help:"age at which an upstream connection is retired, so certificates are verified again"`

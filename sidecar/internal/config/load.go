@@ -335,6 +335,7 @@ func (l *loader) crossCheck(c *Config) error {
 	if err := checkPlaintext(c.ClusterDNS.Upstreams, allowed); err != nil {
 		l.fail(l.setting("CLUSTER_DNS"), err)
 	}
+	l.checkCache(c)
 	if len(l.errs) > 0 {
 		return joinOneLine(l.errs)
 	}
@@ -381,6 +382,7 @@ func (l *loader) warn(c *Config) {
 		c.warnings = append(c.warnings, fmt.Sprintf("%s has no effect: no ROUTES or CLUSTER_DNS entry sends plaintext to an address of your choosing",
 			l.source(l.setting("PLAINTEXT_ALLOWED_CIDRS"))))
 	}
+	l.warnCache(c)
 	if c.DialTimeout > c.QueryTimeout {
 		c.warnings = append(c.warnings, fmt.Sprintf("%s (%s) exceeds %s (%s): a query gives up before a slow dial completes",
 			l.source(l.setting("DIAL_TIMEOUT")), c.DialTimeout, l.source(l.setting("QUERY_TIMEOUT")), c.QueryTimeout))

@@ -115,6 +115,7 @@ func parsers() map[reflect.Type]func(string) (any, error) {
 		reflect.TypeFor[[]Route]():        func(s string) (any, error) { return ParseRoutes(s) },
 		reflect.TypeFor[ClusterDNS]():     func(s string) (any, error) { return parseClusterDNS(s) },
 		reflect.TypeFor[[]netip.Prefix](): func(s string) (any, error) { return parseCIDRList(s) },
+		reflect.TypeFor[StaleExclude]():   func(s string) (any, error) { return parseStaleExclude(s) },
 	}
 }
 
