@@ -45,20 +45,22 @@ func (n *namesSeen) get() []string {
 }
 
 // routedSidecar is the sidecar's relay as serve wires it (planRoutes,
-// newRouting, server.New), on a loopback port, with a DoT test upstream
+// newRouting, newFront, server.New), on a loopback port, with a DoT test upstream
 // for UPSTREAMS, an in-process plaintext "kube-dns" for the cluster route
 // and another for a tcp:// route.
 type routedSidecar struct {
 	srv              *server.Server
 	dot              *namesSeen
+	dotServer        *dnstest.Server
 	kubeDNS, corpDNS *dnstest.PlainServer
 	reg              *prometheus.Registry
 }
 
-func startRoutedSidecar(t *testing.T) *routedSidecar {
+func startRoutedSidecar(t *testing.T, environ ...string) *routedSidecar {
 	t.Helper()
 	rs := &routedSidecar{dot: &namesSeen{}, reg: prometheus.NewRegistry()}
 	ds := dnstest.New(t, dnstest.Options{Handler: rs.dot.handler})
+	rs.dotServer = ds
 	rs.kubeDNS = dnstest.NewPlain(t, dnstest.PlainOptions{})
 	rs.corpDNS = dnstest.NewPlain(t, dnstest.PlainOptions{IP: netip.MustParseAddr("127.0.0.2")})
 	dir := t.TempDir()
@@ -72,14 +74,14 @@ func startRoutedSidecar(t *testing.T) *routedSidecar {
 	if err := os.WriteFile(resolvConf, []byte(kubeletResolvConf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := config.Load(nil, []string{
+	cfg, err := config.Load(nil, append([]string{
 		"UPSTREAMS=tls://" + ds.Addr.String() + "#" + ds.ServerName,
 		"TLS_CA_FILE=" + caFile,
 		"CLUSTER_DNS=dns://" + rs.kubeDNS.Addr.String(),
 		"RESOLV_CONF=" + resolvConf,
 		"ROUTES=corp.example=tcp://" + rs.corpDNS.Addr.String(),
 		"QUERY_TIMEOUT=1s",
-	})
+	}, environ...))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,10 +98,14 @@ func startRoutedSidecar(t *testing.T) *routedSidecar {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = rt.router.Close() })
+	front, hits, err := newFront(cfg, rt, log, rs.reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = front.Close() })
 	rs.srv, err = server.New(server.Options{
 		BindAddrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, BindExplicit: true, Proto: "both",
-		Upstream: rt.router, QueryTimeout: cfg.QueryTimeout, UDPMaxSize: cfg.UDPMaxSize,
+		Upstream: front, Cache: hits, QueryTimeout: cfg.QueryTimeout, UDPMaxSize: cfg.UDPMaxSize,
 		TCPIdleTimeout: cfg.TCPIdleTimeout, TCPMaxConns: cfg.TCPMaxConns, TCPMaxInFlight: cfg.TCPMaxInflight,
 		MaxInFlight: cfg.MaxInflight, Logger: log, Registerer: rs.reg,
 	})

@@ -61,8 +61,13 @@ func runServe(ctx context.Context, args, environ []string, stdout, stderr io.Wri
 		return stop(exitConfig, err)
 	}
 	rt.log(log)
+	front, hits, err := newFront(cfg, rt, log, reg)
+	if err != nil {
+		_ = rt.router.Close()
+		return stop(exitConfig, err)
+	}
 	closeUpstreams := func() {
-		if err := rt.router.Close(); err != nil {
+		if err := front.Close(); err != nil {
 			log.Warn("closing upstream connections", "err", err)
 		}
 	}
@@ -72,7 +77,8 @@ func runServe(ctx context.Context, args, environ []string, stdout, stderr io.Wri
 		BindExplicit:   cfg.BindAddressExplicit(),
 		Port:           cfg.BindPort,
 		Proto:          cfg.Proto,
-		Upstream:       rt.router,
+		Upstream:       front,
+		Cache:          hits,
 		QueryTimeout:   cfg.QueryTimeout,
 		UDPMaxSize:     cfg.UDPMaxSize,
 		TCPIdleTimeout: cfg.TCPIdleTimeout,
