@@ -14,6 +14,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/admin"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/cache"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/router"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/server"
@@ -88,9 +89,15 @@ func exportedMetrics(t *testing.T) map[string]family {
 	up.ForRoute("cluster").Init("dns://10.96.0.10:53")
 	up.Init("https://192.0.2.1:443/dns-query#dns.example")
 	up.InitHTTP("https://192.0.2.1:443/dns-query#dns.example")
-	if _, err := router.New(router.Options{Default: idleUpstream{}, Registerer: reg, Routes: []router.RouteOptions{
+	rt, err := router.New(router.Options{Default: idleUpstream{}, Registerer: reg, Routes: []router.RouteOptions{
 		{Name: "cluster", Zones: []string{"cluster.local"}, Upstream: idleUpstream{}, Cluster: true},
-	}}); err != nil {
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// cache.New needs every option; their values play no part here.
+	if _, err := cache.New(cache.Options{Upstream: rt, Size: 1, MaxTTL: time.Hour, MaxNegativeTTL: time.Hour,
+		QueryTimeout: time.Second, Logger: log, Registerer: reg}); err != nil {
 		t.Fatal(err)
 	}
 	// server.New needs every option; their values play no part here.
