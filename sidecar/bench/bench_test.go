@@ -309,7 +309,7 @@ func TestRenderTable(t *testing.T) {
 
 func TestConfigValidate(t *testing.T) {
 	good := config{duration: time.Second, rounds: 1, names: 1, clients: 1, inflight: 1, rate: 1,
-		targets: []string{"direct", "dot-sidecar"}, protos: []string{"udp", "tcp"}}
+		targets: []string{"direct", "dot-sidecar"}, protos: []string{"udp", "tcp"}, mode: modeRelay}
 	if err := validate(good); err != nil {
 		t.Fatalf("valid config rejected: %v", err)
 	}
@@ -320,6 +320,7 @@ func TestConfigValidate(t *testing.T) {
 		{"unknown target", func(c *config) { c.targets = []string{"bind9"} }},
 		{"unknown proto", func(c *config) { c.protos = []string{"dot"} }},
 		{"zero rounds", func(c *config) { c.rounds = 0 }},
+		{"unknown mode", func(c *config) { c.mode = "fast" }},
 	}
 	for _, tt := range tests {
 		c := good
@@ -384,5 +385,49 @@ func TestPoolNote(t *testing.T) {
 	}
 	if got := poolNote(rows[4:], opened, 2); got != "" {
 		t.Errorf("without dot-sidecar rows: %q", got)
+	}
+}
+
+// TestRenderCacheRows: caching relays get a table of their own, compared
+// with dot-sidecar's cache and headed by the direct row; the notes set each
+// caching relay's throughput against direct.
+func TestRenderCacheRows(t *testing.T) {
+	rows := []row{
+		{target: "direct", proto: "udp", qps: 100000, conns: -1, peakOpen: -1},
+		{target: "dot-sidecar", proto: "udp", qps: 50000, cpuPerQ: 14 * time.Microsecond, hasCPU: true, conns: -1, peakOpen: -1},
+		{target: "dot-sidecar-cache", proto: "udp", qps: 90000, cpuPerQ: 5 * time.Microsecond, hasCPU: true, conns: -1, peakOpen: -1, cache: true},
+		{target: "dnsdist-cache", proto: "udp", qps: 45000, cpuPerQ: 10 * time.Microsecond, hasCPU: true, conns: -1, peakOpen: -1, cache: true},
+		{target: "unbound", proto: "udp", qps: 25000, cpuPerQ: 28 * time.Microsecond, hasCPU: true, conns: -1, peakOpen: -1},
+	}
+	dot, doh, cached := splitRows(rows)
+	if len(dot) != 3 || len(doh) != 0 || len(cached) != 3 {
+		t.Fatalf("split into %d DoT, %d DoH, %d caching rows; want 3, 0, 3", len(dot), len(doh), len(cached))
+	}
+	out := renderTable(cached, cacheBaseTarget)
+	for _, want := range []string{
+		"| direct | UDP | 100000 (1.11×) |",
+		"| dot-sidecar-cache | UDP | 90000 (1.00×) |",
+		"| dnsdist-cache | UDP | 45000 (0.50×) |",
+		"10.0 µs (2.00×)",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+	if out := renderTable(dot, baseTarget); !strings.Contains(out, "| unbound | UDP | 25000 (0.50×) |") || !strings.Contains(out, "28.0 µs (2.00×)") {
+		t.Errorf("DoT table:\n%s", out)
+	}
+	notes := strings.Join(cacheNotes(rows), "\n")
+	for _, want := range []string{"dot-sidecar-cache/UDP 0.90×", "dnsdist-cache/UDP 0.45×"} {
+		if !strings.Contains(notes, want) {
+			t.Errorf("notes lack %q:\n%s", want, notes)
+		}
+	}
+	if strings.Contains(notes, "unbound/UDP") {
+		t.Errorf("a relay without cache in the cache notes:\n%s", notes)
+	}
+	// A cache-mode run (direct and caching relays only) has no DoT table.
+	if dot, _, cached := splitRows([]row{rows[0], rows[2]}); len(dot) != 0 || len(cached) != 2 {
+		t.Errorf("cache mode: %d DoT rows, %d caching rows; want 0, 2", len(dot), len(cached))
 	}
 }

@@ -31,6 +31,7 @@ type perfArgs struct {
 	Inflight  int // -q: most queries outstanding
 	Rate      int // -Q: queries per second; 0 = as fast as possible
 	Timeout   time.Duration
+	Passes    int // -n: stop after this many passes over the query file; 0 = no limit
 }
 
 func (a perfArgs) argv(bin string) []string {
@@ -43,6 +44,9 @@ func (a perfArgs) argv(bin string) []string {
 	}
 	if a.Rate > 0 {
 		argv = append(argv, "-Q", strconv.Itoa(a.Rate))
+	}
+	if a.Passes > 0 {
+		argv = append(argv, "-n", strconv.Itoa(a.Passes))
 	}
 	return argv
 }

@@ -60,6 +60,13 @@ type config struct {
 	keep        bool
 	verifyCheck bool
 	lookups     bool
+	mode        string
+}
+
+// defaultTargets are each mode's targets.
+var defaultTargets = map[string]string{
+	modeRelay: "direct,dot-sidecar,dnsdist,dnsdist-pipelined,unbound,stubby,coredns,dot-sidecar-doh,dnsdist-doh,coredns-doh",
+	modeCache: "direct,dot-sidecar-cache,dnsdist-cache,unbound-cache,coredns-cache",
 }
 
 func parseFlags() config {
@@ -72,7 +79,8 @@ func parseFlags() config {
 	flag.IntVar(&c.inflight, "inflight", 100, "dnsperf queries outstanding (-q)")
 	flag.IntVar(&c.rate, "rate", 2000, "queries per second of the fixed-rate (latency) runs")
 	flag.DurationVar(&c.timeout, "timeout", 0, "deadline of the whole run (default: estimated from the other flags)")
-	flag.StringVar(&targets, "targets", "direct,dot-sidecar,dnsdist,dnsdist-pipelined,unbound,stubby,coredns,dot-sidecar-doh,dnsdist-doh,coredns-doh", "targets to run, in order")
+	flag.StringVar(&targets, "targets", "", "targets to run, in order (default: the -mode's)")
+	flag.StringVar(&c.mode, "mode", modeRelay, "relay: every relay with its cache off; cache: every relay that has one with its cache on, warmed, so that every query is a hit")
 	flag.StringVar(&protos, "protos", "udp,tcp", "client protocols")
 	flag.StringVar(&c.sidecarBin, "sidecar", "", "dot-sidecar binary (default: built from this tree)")
 	flag.StringVar(&c.corednsBin, "coredns", "", "coredns binary (default: PATH, then $(go env GOPATH)/bin)")
@@ -82,6 +90,9 @@ func parseFlags() config {
 	flag.BoolVar(&c.verifyCheck, "verify-check", true, "first check that every relay refuses an upstream certificate without its server name")
 	flag.BoolVar(&c.lookups, "lookups", true, "also count what one glibc lookup of a public name from a pod sends to the public upstream (a network namespace, the iptables step, dot-sidecar's routing)")
 	flag.Parse()
+	if targets == "" {
+		targets = defaultTargets[c.mode]
+	}
 	c.targets = splitList(targets)
 	c.protos = splitList(protos)
 	return c
@@ -140,6 +151,9 @@ func validate(c config) error {
 		if !known[t] {
 			errs = append(errs, fmt.Errorf("unknown target %q", t))
 		}
+	}
+	if _, ok := defaultTargets[c.mode]; !ok {
+		errs = append(errs, fmt.Errorf("unknown mode %q (relay, cache)", c.mode))
 	}
 	for _, p := range c.protos {
 		if p != "udp" && p != "tcp" {

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -22,6 +23,9 @@ type target struct {
 	// note says how caching was turned off (or why it could not be) and any
 	// other setting a reader needs to judge the figures.
 	note string
+	// cache: the relay runs with its cache on, and is warmed before it is
+	// measured (cache.go).
+	cache bool
 	// start writes the relay's configuration into dir and returns how to run
 	// it. nil for the direct baseline.
 	start func(u upstreamInfo, t tools, dir string, port int) (argv, env []string, err error)
@@ -52,19 +56,19 @@ const sidecarPool = 2
 const dnsdistMaxInFlight = 100
 
 func allTargets() []target {
-	return []target{
+	return append([]target{
 		{name: "direct", note: "dnsperf straight to the upstream's plain port: the floor every relay adds to."},
-		{name: "dot-sidecar", tool: "dot-sidecar", start: startDotSidecar,
-			note: "built from this tree; no cache exists; UPSTREAM_POOL_SIZE=" + strconv.Itoa(sidecarPool) + " (the default)."},
-		{name: "dnsdist", tool: "dnsdist", start: startDnsdist(0),
+		{name: "dot-sidecar", tool: "dot-sidecar", start: startDotSidecar(false),
+			note: "built from this tree; CACHE_SIZE=0 (cache off); UPSTREAM_POOL_SIZE=" + strconv.Itoa(sidecarPool) + " (the default)."},
+		{name: "dnsdist", tool: "dnsdist", start: startDnsdist(0, false),
 			note: "no packet cache configured (dnsdist caches only when told); outgoing DoT with its defaults (one query per connection at a time)."},
-		{name: "dnsdist-pipelined", tool: "dnsdist", start: startDnsdist(dnsdistMaxInFlight),
+		{name: "dnsdist-pipelined", tool: "dnsdist", start: startDnsdist(dnsdistMaxInFlight, false),
 			note: "as dnsdist, with maxInFlight=" + strconv.Itoa(dnsdistMaxInFlight) + " on the listener and the backend (out-of-order pipelining)."},
-		{name: "unbound", tool: "unbound", start: startUnboundForwarder,
+		{name: "unbound", tool: "unbound", start: startUnboundForwarder(false),
 			note: "forward-zone \".\" with forward-tls-upstream; Unbound cannot turn its cache off: cache-max-ttl 0 and cache-max-negative-ttl 0 expire every entry at once, caches at their smallest; its default one thread."},
 		{name: "stubby", tool: "stubby", start: startStubby,
 			note: "GETDNS_TRANSPORT_TLS only, authentication required; stubby has no cache."},
-		{name: "coredns", tool: "coredns", start: startCoreDNS,
+		{name: "coredns", tool: "coredns", start: startCoreDNS(false),
 			note: "forward . tls://… with tls CA and tls_servername; cache plugin not loaded (no cache)."},
 		{name: "dot-sidecar-doh", tool: "dot-sidecar", doh: true, start: startDotSidecarDoH,
 			note: "as dot-sidecar, with an https:// upstream (POST)."},
@@ -72,20 +76,24 @@ func allTargets() []target {
 			note: "as dnsdist, with outgoing DoH (dohPath, libnghttp2; queries multiplexed over HTTP/2 by its DoH worker)."},
 		{name: "coredns-doh", tool: "coredns", doh: true, start: startCoreDNSDoH,
 			note: "forward . https://… (path /dns-query, POST, Go's net/http Transport) with tls CA and tls_servername."},
-	}
+	}, cacheTargets()...)
 }
 
 func hostPort(host string, port int) string { return net.JoinHostPort(host, strconv.Itoa(port)) }
 
-func startDotSidecar(u upstreamInfo, t tools, dir string, port int) ([]string, []string, error) {
-	return runDotSidecar("tls://"+hostPort(u.host, u.port)+"#"+u.serverName, u, t, port)
+// startDotSidecar runs dot-sidecar over DoT with its cache (default size)
+// or without (CACHE_SIZE=0).
+func startDotSidecar(cache bool) func(upstreamInfo, tools, string, int) ([]string, []string, error) {
+	return func(u upstreamInfo, t tools, dir string, port int) ([]string, []string, error) {
+		return runDotSidecar("tls://"+hostPort(u.host, u.port)+"#"+u.serverName, u, t, port, cache)
+	}
 }
 
 func startDotSidecarDoH(u upstreamInfo, t tools, dir string, port int) ([]string, []string, error) {
-	return runDotSidecar("https://"+hostPort(u.dohHost, u.dohPort)+dohPath+"#"+u.serverName, u, t, port)
+	return runDotSidecar("https://"+hostPort(u.dohHost, u.dohPort)+dohPath+"#"+u.serverName, u, t, port, false)
 }
 
-func runDotSidecar(entry string, u upstreamInfo, t tools, port int) ([]string, []string, error) {
+func runDotSidecar(entry string, u upstreamInfo, t tools, port int, cache bool) ([]string, []string, error) {
 	adminPort, err := freePort()
 	if err != nil {
 		return nil, nil, err
@@ -101,27 +109,32 @@ func runDotSidecar(entry string, u upstreamInfo, t tools, port int) ([]string, [
 		// The lame-duck pause matters in a pod, not here; it only slows stops.
 		"SHUTDOWN_LAMEDUCK=0s",
 	}
+	if !cache {
+		env = append(env, "CACHE_SIZE=0")
+	}
 	return []string{t["dot-sidecar"]}, env, nil
 }
 
-func startDnsdist(maxInFlight int) func(upstreamInfo, tools, string, int) ([]string, []string, error) {
+// startDnsdist runs dnsdist, with a packet cache of that many entries when
+// cache is set.
+func startDnsdist(maxInFlight int, cache bool) func(upstreamInfo, tools, string, int) ([]string, []string, error) {
 	return func(u upstreamInfo, t tools, dir string, port int) ([]string, []string, error) {
 		var local, backend string
 		if maxInFlight > 0 {
 			local = fmt.Sprintf(", {maxInFlight=%d}", maxInFlight)
 			backend = fmt.Sprintf(", maxInFlight=%d", maxInFlight)
 		}
-		return runDnsdist(u, t, dir, port, local, hostPort(u.host, u.port), backend)
+		return runDnsdist(u, t, dir, port, local, hostPort(u.host, u.port), backend, cache)
 	}
 }
 
 // startDnsdistDoH is dnsdist with outgoing DNS over HTTPS: dohPath on the
 // backend makes its TLS connection an HTTP/2 one.
 func startDnsdistDoH(u upstreamInfo, t tools, dir string, port int) ([]string, []string, error) {
-	return runDnsdist(u, t, dir, port, "", hostPort(u.dohHost, u.dohPort), fmt.Sprintf(", dohPath=%q", dohPath))
+	return runDnsdist(u, t, dir, port, "", hostPort(u.dohHost, u.dohPort), fmt.Sprintf(", dohPath=%q", dohPath), false)
 }
 
-func runDnsdist(u upstreamInfo, t tools, dir string, port int, local, upstream, backend string) ([]string, []string, error) {
+func runDnsdist(u upstreamInfo, t tools, dir string, port int, local, upstream, backend string, cache bool) ([]string, []string, error) {
 	// The default health check asks for a.root-servers.net; ask for a name
 	// the upstream serves so "up" means "answers our data".
 	conf := fmt.Sprintf(`setSecurityPollSuffix("")
@@ -129,6 +142,9 @@ setLocal(%q%s)
 setACL({"127.0.0.0/8"})
 newServer({address=%q, tls="openssl", subjectName=%q, caStore=%q, validateCertificates=true, checkName=%q, checkType="A"%s})
 `, hostPort("127.0.0.1", port), local, upstream, u.serverName, u.caFile, u.checkName, backend)
+	if cache {
+		conf += dnsdistPacketCache
+	}
 	path := filepath.Join(dir, "dnsdist.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return nil, nil, err
@@ -136,8 +152,27 @@ newServer({address=%q, tls="openssl", subjectName=%q, caStore=%q, validateCertif
 	return []string{t["dnsdist"], "--supervised", "--disable-syslog", "-C", path}, nil, nil
 }
 
-func startUnboundForwarder(u upstreamInfo, t tools, dir string, port int) ([]string, []string, error) {
-	conf := strings.Join([]string{
+// startUnboundForwarder runs an Unbound forwarder, its caches at their
+// smallest unless cache is set, then at their defaults.
+func startUnboundForwarder(cache bool) func(upstreamInfo, tools, string, int) ([]string, []string, error) {
+	return func(u upstreamInfo, t tools, dir string, port int) ([]string, []string, error) {
+		return unboundForwarder(u, t, dir, port, cache)
+	}
+}
+
+func unboundForwarder(u upstreamInfo, t tools, dir string, port int, cache bool) ([]string, []string, error) {
+	caches := []string{
+		"  cache-max-ttl: 0",
+		"  cache-max-negative-ttl: 0",
+		"  msg-cache-size: 0",
+		"  rrset-cache-size: 0",
+		"  key-cache-size: 0",
+		"  neg-cache-size: 0",
+	}
+	if cache {
+		caches = nil
+	}
+	conf := strings.Join(slices.Concat([]string{
 		"server:",
 		"  verbosity: 1",
 		"  interface: " + fmt.Sprintf("127.0.0.1@%d", port),
@@ -156,12 +191,7 @@ func startUnboundForwarder(u upstreamInfo, t tools, dir string, port int) ([]str
 		// Unbound serves test. itself (RFC 6761) unless told not to.
 		"  local-zone: \"test.\" nodefault",
 		"  tls-cert-bundle: " + strconv.Quote(u.caFile),
-		"  cache-max-ttl: 0",
-		"  cache-max-negative-ttl: 0",
-		"  msg-cache-size: 0",
-		"  rrset-cache-size: 0",
-		"  key-cache-size: 0",
-		"  neg-cache-size: 0",
+	}, caches, []string{
 		"  prefetch: no",
 		"  incoming-num-tcp: 1000",
 		"forward-zone:",
@@ -169,7 +199,7 @@ func startUnboundForwarder(u upstreamInfo, t tools, dir string, port int) ([]str
 		fmt.Sprintf("  forward-addr: %s@%d#%s", u.host, u.port, u.serverName),
 		"  forward-tls-upstream: yes",
 		"",
-	}, "\n")
+	}), "\n")
 	path := filepath.Join(dir, "unbound.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return nil, nil, err
@@ -221,25 +251,33 @@ upstream_recursive_servers:
 	return []string{t["stubby"], "-C", path}, nil, nil
 }
 
-func startCoreDNS(u upstreamInfo, t tools, dir string, port int) ([]string, []string, error) {
-	return runCoreDNS("tls://"+hostPort(u.host, u.port), u, t, dir, port)
+// startCoreDNS runs CoreDNS's forward plugin over DoT, behind its cache
+// plugin (defaults) when cache is set.
+func startCoreDNS(cache bool) func(upstreamInfo, tools, string, int) ([]string, []string, error) {
+	return func(u upstreamInfo, t tools, dir string, port int) ([]string, []string, error) {
+		return runCoreDNS("tls://"+hostPort(u.host, u.port), u, t, dir, port, cache)
+	}
 }
 
 // startCoreDNSDoH forwards over DNS over HTTPS; CoreDNS's path is always
 // /dns-query, which is the upstream's.
 func startCoreDNSDoH(u upstreamInfo, t tools, dir string, port int) ([]string, []string, error) {
-	return runCoreDNS("https://"+hostPort(u.dohHost, u.dohPort), u, t, dir, port)
+	return runCoreDNS("https://"+hostPort(u.dohHost, u.dohPort), u, t, dir, port, false)
 }
 
-func runCoreDNS(to string, u upstreamInfo, t tools, dir string, port int) ([]string, []string, error) {
+func runCoreDNS(to string, u upstreamInfo, t tools, dir string, port int, cache bool) ([]string, []string, error) {
+	plugin := ""
+	if cache {
+		plugin = "\tcache\n"
+	}
 	conf := fmt.Sprintf(`.:%d {
 	bind 127.0.0.1
-	forward . %s {
+%s	forward . %s {
 		tls %s
 		tls_servername %s
 	}
 }
-`, port, to, u.caFile, u.serverName)
+`, port, plugin, to, u.caFile, u.serverName)
 	path := filepath.Join(dir, "Corefile")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return nil, nil, err

@@ -10,6 +10,36 @@ import (
 	"time"
 )
 
+// splitRows sorts rows into the report's tables: relays forwarding over
+// DoT, over DoH, and relays answering from their caches. The direct rows,
+// the box's plain-UDP limit, head the DoT table and the caching one, each
+// when it has other rows.
+func splitRows(rows []row) (dot, doh, cached []row) {
+	hasDot, hasCache := false, false
+	for _, r := range rows {
+		hasDot = hasDot || (r.target != "direct" && !r.doh && !r.cache)
+		hasCache = hasCache || r.cache
+	}
+	for _, r := range rows {
+		switch {
+		case r.target == "direct":
+			if hasDot || !hasCache {
+				dot = append(dot, r)
+			}
+			if hasCache {
+				cached = append(cached, r)
+			}
+		case r.doh:
+			doh = append(doh, r)
+		case r.cache:
+			cached = append(cached, r)
+		default:
+			dot = append(dot, r)
+		}
+	}
+	return dot, doh, cached
+}
+
 // renderReport writes the header, the table and the notes a reader needs to
 // judge the figures.
 func renderReport(cfg config, rows []row, targets []*live, startup []time.Duration, notes []string, versions string) string {
@@ -23,14 +53,7 @@ func renderReport(cfg config, rows []row, targets []*live, startup []time.Durati
 	b.WriteString("**The load generator, the relays and the upstream share this machine's cores: absolute queries per second " +
 		"and latencies move with whatever else runs. The ratios to dot-sidecar (in parentheses) and the CPU time per query " +
 		"are the figures that mean something.**\n\n")
-	var dot, doh []row
-	for _, r := range rows {
-		if r.doh {
-			doh = append(doh, r)
-		} else {
-			dot = append(dot, r)
-		}
-	}
+	dot, doh, cached := splitRows(rows)
 	if len(dot) > 0 {
 		fmt.Fprintf(&b, "Relays forwarding over DNS over TLS (ratios to %s):\n\n", baseTarget)
 		b.WriteString(renderTable(dot, baseTarget))
@@ -43,6 +66,11 @@ func renderReport(cfg config, rows []row, targets []*live, startup []time.Durati
 		if s := dohVersusDoT(rows); s != "" {
 			b.WriteString(s + "\n\n")
 		}
+	}
+	if len(cached) > 0 {
+		fmt.Fprintf(&b, "Relays answering from their caches, warmed, over DNS over TLS (ratios to %s):\n\n", cacheBaseTarget)
+		b.WriteString(renderTable(cached, cacheBaseTarget))
+		b.WriteString("\n")
 	}
 	b.WriteString("- CPU/query: the relay's user+system time (/proc/PID/stat, all threads) during the run divided by the queries answered.\n")
 	b.WriteString("- peak RSS: VmHWM of the relay process at the end of all runs (the same figure on its UDP and TCP rows).\n")

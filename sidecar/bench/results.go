@@ -42,6 +42,7 @@ type key struct {
 type row struct {
 	target, proto string
 	doh           bool // the relay forwards over DoH
+	cache         bool // the relay runs with its cache on, warmed (cache.go)
 
 	qps       float64
 	lost      float64

@@ -140,6 +140,10 @@ func run(ctx context.Context, cfg config) error {
 		}
 	}
 
+	if err := warm(ctx, tl["dnsperf"], targets, cfg.protos, qfile, len(up.Names)*3); err != nil {
+		return err
+	}
+
 	var startup []time.Duration
 	if cfg.startupRuns > 0 && tl["dot-sidecar"] != "" {
 		if startup, err = measureStartup(ctx, cfg.startupRuns, ui, tl, dir); err != nil {
@@ -186,13 +190,14 @@ func run(ctx context.Context, cfg config) error {
 				}
 			}
 			r := aggregate(l.name, proto, samples[key{l.name, proto, kindMax}], samples[key{l.name, proto, kindRate}], rss)
-			r.doh = l.doh
+			r.doh, r.cache = l.doh, l.cache
 			rows = append(rows, r)
 		}
 	}
 	if s := poolNote(rows, whole, sidecarPool); s != "" {
 		notes = append(notes, s)
 	}
+	notes = append(notes, cacheNotes(rows)...)
 	notes = append(notes, fmt.Sprintf("1-minute load average: %s when the runs began, %s when they ended (%d CPUs).", loadBefore, loadAvg(), runtime.NumCPU()))
 	report := renderReport(cfg, rows, targets, startup, notes, versions(ctx, tl))
 	if cfg.lookups && tl["dot-sidecar"] != "" {

@@ -22,7 +22,7 @@ func measureStartup(ctx context.Context, n int, ui upstreamInfo, t tools, dir st
 		if err := os.MkdirAll(sub, 0o755); err != nil {
 			return nil, err
 		}
-		argv, env, err := startDotSidecar(ui, t, sub, port)
+		argv, env, err := startDotSidecar(true)(ui, t, sub, port) // as it ships: cache on
 		if err != nil {
 			return nil, err
 		}

@@ -7,7 +7,8 @@ import (
 )
 
 // baseTarget is the relay every figure of the DoT table is compared with,
-// baseDoH that of the DoH table.
+// baseDoH that of the DoH table (cacheBaseTarget, in cache.go, that of the
+// caching relays' table).
 const (
 	baseTarget = "dot-sidecar"
 	baseDoH    = "dot-sidecar-doh"
