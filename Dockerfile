@@ -25,6 +25,7 @@ RUN go mod download \
       github.com/cespare/xxhash/v2 \
       github.com/hashicorp/go-cleanhttp \
       github.com/hashicorp/go-retryablehttp \
+      github.com/maypok86/otter/v2 \
       github.com/miekg/dns \
       github.com/munnerz/goautoneg \
       github.com/prometheus/client_golang \
