@@ -123,7 +123,9 @@ func (s *routing) startServers(t *testing.T) {
 }
 
 // startSidecar runs the sidecar in the pod as its UID with only its
-// upstream and trust set, plus env, and waits until it answers.
+// upstream and trust set, plus env, and waits until it answers. Its cache is
+// off: the tests count the queries each lookup sends, and lookups repeat
+// names (every search-list expansion of a short name, for one).
 func (s *routing) startSidecar(t *testing.T, name string, env ...string) *testkit.Process {
 	t.Helper()
 	env = append([]string{
@@ -131,6 +133,7 @@ func (s *routing) startSidecar(t *testing.T, name string, env ...string) *testki
 		"TLS_CA_FILE=" + filepath.Join(s.dir, "ca.pem"),
 		"BIND_PORT=" + bindPort,
 		"LOG_LEVEL=debug",
+		"CACHE_SIZE=0",
 	}, env...)
 	p := start(t, s.pod, name, sidecarUID, env, s.bin)
 	waitForCanary(t, s.pod, p, "127.0.0.1")
