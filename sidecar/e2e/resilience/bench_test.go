@@ -2,11 +2,16 @@ package resilience
 
 import (
 	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
 
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
 )
 
@@ -54,4 +59,76 @@ func BenchmarkAllDownServfail(b *testing.B) {
 			b.Fatal(fmt.Errorf("rcode %s, want SERVFAIL", dns.RcodeToString[r.Rcode]))
 		}
 	}
+}
+
+// BenchmarkCacheMemory fills the built binary's cache with 100,000 answers
+// (distinct names, one A record each, asked with EDNS as a pod's resolver
+// asks) and reports its resident memory then, beside the same process
+// before the queries: what CACHE_SIZE=100000 costs a pod. Run it once
+// (-benchtime=1x): each iteration starts its own sidecar.
+func BenchmarkCacheMemory(b *testing.B) {
+	const entries = 100_000
+	srv := dnstest.New(b, dnstest.Options{Raw: dnstest.ReflectRaw})
+	for b.Loop() {
+		s := startSidecar(b, append(upstreamEnv(b, srv), "CACHE_SIZE="+strconv.Itoa(entries))...)
+		idle := procStatus(b, s.Cmd.Process.Pid, "VmRSS")
+		var wg sync.WaitGroup
+		const clients = 8
+		for c := range clients {
+			wg.Go(func() {
+				conn, err := dns.Dial("udp", s.DNS)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				defer conn.Close()
+				for i := c; i < entries; i += clients {
+					q := new(dns.Msg)
+					q.SetQuestion(fmt.Sprintf("host-%d.example.", i), dns.TypeA)
+					q.SetEdns0(1232, false)
+					_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+					if err := conn.WriteMsg(q); err != nil {
+						b.Error(err)
+						return
+					}
+					if r, err := conn.ReadMsg(); err != nil || len(r.Answer) != 1 {
+						b.Errorf("host-%d: %v %v", i, r, err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		kept, _ := metricValue(s.metrics(b), "dot_sidecar_cache_entries", "type", "success")
+		if kept < entries*99/100 {
+			b.Fatalf("%v entries cached of %d", kept, entries)
+		}
+		rss, hwm := procStatus(b, s.Cmd.Process.Pid, "VmRSS"), procStatus(b, s.Cmd.Process.Pid, "VmHWM")
+		b.ReportMetric(float64(idle)/(1<<20), "idle-RSS-MiB")
+		b.ReportMetric(float64(rss)/(1<<20), "RSS-MiB")
+		b.ReportMetric(float64(hwm)/(1<<20), "peak-RSS-MiB")
+		b.ReportMetric(float64(rss-idle)/kept, "RSS-B/entry")
+		_ = s.Stop(testkit.StopGrace)
+	}
+}
+
+// procStatus reads a size field (VmRSS, VmHWM) of /proc/PID/status, in
+// bytes.
+func procStatus(b *testing.B, pid int, field string) int64 {
+	b.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for line := range strings.Lines(string(data)) {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return kb << 10
+		}
+	}
+	b.Fatalf("/proc/%d/status has no %s", pid, field)
+	return 0
 }
