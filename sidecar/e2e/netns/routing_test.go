@@ -66,26 +66,9 @@ type routing struct {
 // resolver, public names to the DoT upstream only, and nothing else leaves
 // the pod in plaintext.
 func TestClusterRouting(t *testing.T) {
-	testkit.RequireRoot(t)
-	testkit.RequireTools(t, "ip", "iptables-nft", "ip6tables-nft", "unbound", "unbound-control", "kdig", "tcpdump",
-		"getent", "setpriv", "sysctl")
-	root := testkit.RepoRoot(t)
-	s := &routing{bin: bintest.Binary(t), dir: sharedDir(t, true), pod: netnstest.New(t), node: netnstest.New(t)}
-	netnstest.Veth(t, netnstest.End{NS: s.pod, Name: podIface, Addrs: []string{routePodIP + "/24"}},
-		netnstest.End{NS: s.node, Name: podIface, Addrs: []string{nodeIP + "/24"}})
-	s.pod.Must(t, "ip", "route", "add", "default", "via", nodeIP)
-	s.node.Must(t, "ip", "addr", "add", dnsServiceIP+"/32", "dev", "lo")
-	s.pod.WriteEtc(t, "resolv.conf", kubeletResolvConf())
-	s.pod.WriteEtc(t, "nsswitch.conf", "passwd: files\ngroup: files\nhosts: files dns\n")
-	s.pod.WriteEtc(t, "hosts", "127.0.0.1 localhost\n::1 localhost ip6-localhost\n")
-
+	s := newRouting(t)
 	capture := netnstest.StartCapture(t, s.pod, podIface, s.dir)
-	s.startServers(t)
-	r := run(s.pod, rootUID, []string{"IPTABLES_MODE=nft", "BIND_PORT=" + bindPort, "SIDECAR_UID=" + strconv.Itoa(sidecarUID)},
-		"sh", filepath.Join(root, "entrypoint.sh"), "init")
-	if r.Err != nil {
-		t.Fatalf("entrypoint.sh init: %v", r)
-	}
+	s.serve(t)
 	s.sidecar = s.startSidecar(t, "sidecar")
 
 	t.Run("glibc lookups", s.testLookups)
@@ -104,9 +87,40 @@ func TestClusterRouting(t *testing.T) {
 	t.Run("public lookup count", s.testCount)
 }
 
-func (s *routing) startServers(t *testing.T) {
+// newRouting builds the scenario's pod and node, linked, with the pod's
+// resolv.conf, nsswitch.conf and hosts as the kubelet and the image make
+// them; nothing runs in them yet (serve).
+func newRouting(t testing.TB) *routing {
 	t.Helper()
-	var local []string
+	testkit.RequireRoot(t)
+	testkit.RequireTools(t, "ip", "iptables-nft", "ip6tables-nft", "unbound", "unbound-control", "kdig", "tcpdump",
+		"getent", "setpriv", "sysctl")
+	s := &routing{bin: bintest.Binary(t), dir: sharedDir(t, true), pod: netnstest.New(t), node: netnstest.New(t)}
+	netnstest.Veth(t, netnstest.End{NS: s.pod, Name: podIface, Addrs: []string{routePodIP + "/24"}},
+		netnstest.End{NS: s.node, Name: podIface, Addrs: []string{nodeIP + "/24"}})
+	s.pod.Must(t, "ip", "route", "add", "default", "via", nodeIP)
+	s.node.Must(t, "ip", "addr", "add", dnsServiceIP+"/32", "dev", "lo")
+	s.pod.WriteEtc(t, "resolv.conf", kubeletResolvConf())
+	s.pod.WriteEtc(t, "nsswitch.conf", "passwd: files\ngroup: files\nhosts: files dns\n")
+	s.pod.WriteEtc(t, "hosts", "127.0.0.1 localhost\n::1 localhost ip6-localhost\n")
+	return s
+}
+
+// serve starts the resolvers on the node (extra: more configuration lines
+// for the public upstream) and applies the iptables init step in the pod.
+func (s *routing) serve(t testing.TB, extra ...string) {
+	t.Helper()
+	s.startServers(t, extra...)
+	r := run(s.pod, rootUID, []string{"IPTABLES_MODE=nft", "BIND_PORT=" + bindPort, "SIDECAR_UID=" + strconv.Itoa(sidecarUID)},
+		"sh", filepath.Join(testkit.RepoRoot(t), "entrypoint.sh"), "init")
+	if r.Err != nil {
+		t.Fatalf("entrypoint.sh init: %v", r)
+	}
+}
+
+func (s *routing) startServers(t testing.TB, extra ...string) {
+	t.Helper()
+	local := extra
 	for name, addrs := range publicNames {
 		local = append(local, fmt.Sprintf("local-data: %q", name+". 300 IN A "+addrs[0]),
 			fmt.Sprintf("local-data: %q", name+". 300 IN AAAA "+addrs[1]))
@@ -126,7 +140,7 @@ func (s *routing) startServers(t *testing.T) {
 // upstream and trust set, plus env, and waits until it answers. Its cache is
 // off: the tests count the queries each lookup sends, and lookups repeat
 // names (every search-list expansion of a short name, for one).
-func (s *routing) startSidecar(t *testing.T, name string, env ...string) *testkit.Process {
+func (s *routing) startSidecar(t testing.TB, name string, env ...string) *testkit.Process {
 	t.Helper()
 	env = append([]string{
 		"UPSTREAMS=tls://" + nodeIP + ":853#" + s.up.ServerName,
@@ -360,7 +374,7 @@ func (s *routing) testCount(t *testing.T) {
 
 // waitForCanary waits until the sidecar p, started in ns, answers the
 // check's canary on addr.
-func waitForCanary(t *testing.T, ns *netnstest.Netns, p *testkit.Process, addr string) {
+func waitForCanary(t testing.TB, ns *netnstest.Netns, p *testkit.Process, addr string) {
 	t.Helper()
 	testkit.WaitFor(t, "the sidecar to answer the canary on "+addr, 15*time.Second, func() error {
 		if p.Exited() {

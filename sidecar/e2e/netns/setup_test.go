@@ -13,7 +13,7 @@ func TestMain(m *testing.M) { testkit.Main(m) }
 // traverse (t.TempDir is 0700 under a 0700 parent, unreadable to the
 // sidecar's UID, which must load its CA file and binary from it). With keep,
 // it outlives a failed test so that its logs and captures can be read.
-func sharedDir(t *testing.T, keep bool) string {
+func sharedDir(t testing.TB, keep bool) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "dot-sidecar-e2e-")
 	if err != nil {
@@ -35,7 +35,7 @@ func sharedDir(t *testing.T, keep bool) string {
 }
 
 // copyFile copies src to dst with mode (readable by the sidecar's UID).
-func copyFile(t *testing.T, src, dst string, mode os.FileMode) {
+func copyFile(t testing.TB, src, dst string, mode os.FileMode) {
 	t.Helper()
 	b, err := os.ReadFile(src)
 	if err != nil {
