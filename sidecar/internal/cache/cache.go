@@ -74,8 +74,8 @@ type Options struct {
 	// StaleExclude lists zones (presentation form) never served stale.
 	StaleExclude []string
 	// StaleExcludeCluster also excludes the cluster's names: every route
-	// that is router.Route.Cluster (the cluster route and plaintext
-	// routes) and the private reverse zones. Their answers follow the
+	// that is router.Route.Cluster (the cluster route) or not Encrypted
+	// (plaintext routes), and the private reverse zones. Their answers follow the
 	// cluster's state (Pods and Services come and go, addresses are
 	// reused): a stale one can be wrong.
 	StaleExcludeCluster bool

@@ -112,7 +112,8 @@ func answerA(ttl int) func(q *dns.Msg) *dns.Msg {
 }
 
 // harness is a Cache in front of a router, as the sidecar builds them in
-// a pod: pub for UPSTREAMS, cluster for the cluster route (cluster.local,
+// a pod: pub for UPSTREAMS and for a plaintext route (lan.example, neither
+// Encrypted nor Cluster), cluster for the cluster route (cluster.local,
 // Cluster true), both scripted unless the test gives its own.
 type harness struct {
 	*Cache
@@ -133,6 +134,7 @@ func newHarness(t testing.TB, opts Options) *harness {
 			Default: h.pub,
 			Routes: []router.RouteOptions{
 				{Name: "cluster", Zones: []string{"cluster.local"}, Upstream: h.cluster, Cluster: true},
+				{Name: "lan", Zones: []string{"lan.example"}, Upstream: h.pub},
 			},
 			UDPSize:    1232,
 			Registerer: prometheus.NewRegistry(),

@@ -171,6 +171,7 @@ func TestNoStale(t *testing.T) {
 		{"StaleMax 0", Options{}, "www.example.com."},
 		{"excluded zone", Options{StaleMax: time.Hour, StaleExclude: []string{"Corp.Example"}}, "db.corp.example."},
 		{"private reverse zone", Options{StaleMax: time.Hour, StaleExcludeCluster: true}, "1.0.0.10.in-addr.arpa."},
+		{"plaintext route", Options{StaleMax: time.Hour, StaleExcludeCluster: true}, "db.lan.example."},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -40,9 +40,10 @@ func (s zoneSet) covers(name []byte) bool {
 }
 
 // excluded reports whether q's name must never be served stale: it is in
-// StaleExclude, or, with StaleExcludeCluster, the cluster's (its route is
-// the cluster route or a plaintext one, or a private reverse zone holds
-// it).
+// StaleExclude, or, with StaleExcludeCluster, the cluster's or the
+// network's: its route is the cluster route or a plaintext one (to a
+// resolver of the network's, whatever the route was told), or a private
+// reverse zone holds it.
 func (c *Cache) excluded(q *dnswire.Msg, rt *router.Route) bool {
-	return c.opts.StaleExcludeCluster && rt.Cluster || c.exclude.covers(q.QName())
+	return c.opts.StaleExcludeCluster && (rt.Cluster || !rt.Encrypted) || c.exclude.covers(q.QName())
 }
