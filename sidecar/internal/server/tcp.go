@@ -95,7 +95,11 @@ type tcpConn struct {
 	wbuf   []byte
 	broken bool // a write failed; the connection is closing
 
-	hits []byte // the reader's: where the cache writes a hit
+	// The reader's: the query just read, parsed (a field, so that
+	// passing it on does not move it to the heap for every query), and
+	// where the cache writes a hit.
+	query dnswire.Msg
+	hits  []byte
 }
 
 // stopReading makes the reader stop at the next message boundary (Shutdown).
@@ -159,10 +163,11 @@ func (c *tcpConn) serve() {
 			continue
 		}
 		start := time.Now()
-		query, perr := dnswire.Parse(msg)
+		var perr error
+		c.query, perr = dnswire.Parse(msg)
 		// The protocol rules and cache hits are answered here, without
 		// a goroutine or an in-flight slot.
-		if r, done := c.s.early(&query, perr, protoTCP, c.hits[:0]); done {
+		if r, done := c.s.early(&c.query, perr, protoTCP, c.hits[:0]); done {
 			c.finish(start, &r)
 			if cap(r.reply) <= maxPooledSize {
 				c.hits = r.reply[:0] // the write copied it
@@ -177,7 +182,7 @@ func (c *tcpConn) serve() {
 			return
 		}
 		if !c.s.admit() {
-			r := c.s.forward(&query, protoTCP, errOverloaded)
+			r := c.s.forward(&c.query, protoTCP, errOverloaded)
 			c.finish(start, &r)
 			recycleTCPMsg(q)
 			<-c.sem
@@ -185,7 +190,7 @@ func (c *tcpConn) serve() {
 		}
 		c.queries.Add(1)
 		c.inflight.Add(1)
-		go c.answer(q, query, start)
+		go c.answer(q, c.query, start)
 	}
 }
 
