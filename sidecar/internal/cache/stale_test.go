@@ -121,13 +121,22 @@ func TestStaleWhenUpstreamsDown(t *testing.T) {
 	}
 }
 
+// expiredEntry starts a harness with opts, asks it for name (type A, with
+// EDNS) and moves its clock past the answer's TTL of 300 s: the entry has
+// just expired.
+func expiredEntry(t *testing.T, opts Options, name string) (*harness, dnswire.Msg) {
+	t.Helper()
+	h := newHarness(t, opts)
+	q := query(t, name, dns.TypeA, true, false)
+	h.mustAsk(t, q)
+	h.clock.advance(301 * time.Second)
+	return h, q
+}
+
 // TestStaleWhenUpstreamSlow: a refresh slower than StaleClientTimeout
 // gives the client the stale answer, and updates the entry when it comes.
 func TestStaleWhenUpstreamSlow(t *testing.T) {
-	h := newHarness(t, Options{StaleMax: time.Hour, StaleClientTimeout: 50 * time.Millisecond})
-	q := query(t, "slow.example.com.", dns.TypeA, true, false)
-	h.mustAsk(t, q)
-	h.clock.advance(301 * time.Second)
+	h, q := expiredEntry(t, Options{StaleMax: time.Hour, StaleClientTimeout: 50 * time.Millisecond}, "slow.example.com.")
 	gate := make(chan struct{})
 	h.pub.gate = gate
 	h.pub.handler = answerA(600)
@@ -147,10 +156,7 @@ func TestStaleWhenUpstreamSlow(t *testing.T) {
 // TestServfailDoesNotHideStale: an upstream's SERVFAIL for an expired
 // entry gives the stale answer, and is not kept in its place.
 func TestServfailDoesNotHideStale(t *testing.T) {
-	h := newHarness(t, Options{StaleMax: time.Hour, ServfailTTL: 5 * time.Second})
-	q := query(t, "www.example.com.", dns.TypeA, true, false)
-	h.mustAsk(t, q)
-	h.clock.advance(301 * time.Second)
+	h, q := expiredEntry(t, Options{StaleMax: time.Hour, ServfailTTL: 5 * time.Second}, "www.example.com.")
 	h.pub.handler = func(q *dns.Msg) *dns.Msg { return replyTo(q, dns.RcodeServerFailure) }
 	if a := h.mustAsk(t, q); a.Rcode != dns.RcodeSuccess || !staleEDE(a) {
 		t.Fatalf("SERVFAIL upstream: %v; want the stale answer", a)
@@ -175,11 +181,8 @@ func TestNoStale(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h := newHarness(t, tt.opts)
-			q := query(t, tt.q, dns.TypeA, true, false)
-			h.mustAsk(t, q)
+			h, q := expiredEntry(t, tt.opts, tt.q)
 			h.pub.handler = func(*dns.Msg) *dns.Msg { return nil }
-			h.clock.advance(301 * time.Second)
 			_, err := h.ask(t, q)
 			if !errors.Is(err, upstream.ErrUnreachable) {
 				t.Errorf("got %v, want the upstream's failure", err)
@@ -187,11 +190,8 @@ func TestNoStale(t *testing.T) {
 		})
 	}
 	// Names outside the excluded zone are still served stale.
-	h := newHarness(t, Options{StaleMax: time.Hour, StaleExclude: []string{"corp.example"}})
-	q := query(t, "notcorp.example.", dns.TypeA, true, false)
-	h.mustAsk(t, q)
+	h, q := expiredEntry(t, Options{StaleMax: time.Hour, StaleExclude: []string{"corp.example"}}, "notcorp.example.")
 	h.pub.handler = func(*dns.Msg) *dns.Msg { return nil }
-	h.clock.advance(301 * time.Second)
 	if a := h.mustAsk(t, q); !staleEDE(a) {
 		t.Errorf("a name beside the excluded zone: %v", a)
 	}
@@ -200,10 +200,7 @@ func TestNoStale(t *testing.T) {
 // TestStaleClientGone: a client whose deadline ends first still gets the
 // stale answer rather than an error.
 func TestStaleClientGone(t *testing.T) {
-	h := newHarness(t, Options{StaleMax: time.Hour, StaleClientTimeout: time.Hour})
-	q := query(t, "www.example.com.", dns.TypeA, true, false)
-	h.mustAsk(t, q)
-	h.clock.advance(301 * time.Second)
+	h, q := expiredEntry(t, Options{StaleMax: time.Hour, StaleClientTimeout: time.Hour}, "www.example.com.")
 	h.pub.gate = make(chan struct{}) // never opens: the refresh waits for its own deadline
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
