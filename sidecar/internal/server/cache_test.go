@@ -211,3 +211,29 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name, label, value str
 	t.Fatalf("no series %s{%s=%q}", name, label, value)
 	return 0
 }
+
+// TestKeepLarger: a read loop keeps the larger of its buffer and the one
+// an answer came in, up to maxPooledSize, so that a small local answer
+// does not leave the cache a buffer it must grow again.
+func TestKeepLarger(t *testing.T) {
+	own := make([]byte, 10, pooledMsgSize)
+	tests := []struct {
+		name  string
+		reply []byte
+		want  int // cap kept
+	}{
+		{"written in place", own[:40], pooledMsgSize},
+		{"a small local answer", make([]byte, 12, 64), pooledMsgSize},
+		{"grown by a larger answer", make([]byte, 900, 1024), 1024},
+		{"a large answer", make([]byte, 5000), pooledMsgSize},
+		{"no answer", nil, pooledMsgSize},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := keepLarger(own, tt.reply)
+			if len(got) != 0 || cap(got) != tt.want {
+				t.Errorf("kept len %d cap %d, want an empty buffer of cap %d", len(got), cap(got), tt.want)
+			}
+		})
+	}
+}

@@ -169,9 +169,7 @@ func (c *tcpConn) serve() {
 		// a goroutine or an in-flight slot.
 		if r, done := c.s.early(&c.query, perr, protoTCP, c.hits[:0]); done {
 			c.finish(start, &r)
-			if cap(r.reply) <= maxPooledSize {
-				c.hits = r.reply[:0] // the write copied it
-			}
+			c.hits = keepLarger(c.hits, r.reply) // the write copied it
 			recycleTCPMsg(q)
 			continue
 		}

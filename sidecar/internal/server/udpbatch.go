@@ -151,12 +151,11 @@ func newLoopWrites(c *net.UDPConn) *loopWrites {
 func (o *loopWrites) room() []byte { return o.bufs[len(o.ms)][:0] }
 
 // add queues reply for to, with the control message oob. The slot keeps
-// reply's buffer for the next batch, unless a large answer grew it.
+// reply's buffer for the next batch when it is larger than its own (the
+// cache grew it), short of a large answer's.
 func (o *loopWrites) add(reply []byte, to netip.AddrPort, oob []byte) {
 	k := len(o.ms)
-	if cap(reply) <= maxPooledSize {
-		o.bufs[k] = reply[:0]
-	}
+	o.bufs[k] = keepLarger(o.bufs[k], reply)
 	o.oobs[k] = append(o.oobs[k][:0], oob...)
 	o.ms = append(o.ms, rawconn.Msg{Buf: reply, OOB: o.oobs[k], Addr: to})
 }
@@ -169,4 +168,16 @@ func (o *loopWrites) flush(s *Server) {
 	writeAll(o.w, o.ms, s.log)
 	clear(o.ms)
 	o.ms = o.ms[:0]
+}
+
+// keepLarger returns the buffer a read loop keeps for the next answer
+// written in place: reply's, once written, if it is larger than own (an
+// answer grew own, or came in a larger buffer of its own) but not past
+// maxPooledSize; own otherwise. A small buffer of a local answer (FORMERR,
+// the canary) never replaces a loop's larger one.
+func keepLarger(own, reply []byte) []byte {
+	if cap(reply) > cap(own) && cap(reply) <= maxPooledSize {
+		return reply[:0]
+	}
+	return own[:0]
 }
