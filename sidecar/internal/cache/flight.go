@@ -31,7 +31,25 @@ type flight struct {
 // must lead (leader true). Every follower counts as a waiter, and so does a
 // leader with leaderWaits (one that sends the query in the background and
 // waits like the others), so that the flight leaves an answer for them.
-func (c *Cache) join(key string, leaderWaits bool) (f *flight, leader bool) {
+//
+// A query whose route is plaintext (rt not Encrypted) gets a flight of its
+// own, which no other query joins. Its upstream is reached on port 53,
+// which the interception redirects to the sidecar, and conntrack keeps an
+// application's redirected UDP flow for a while after its socket closed:
+// when the sidecar's query to the cluster's resolver leaves from such a
+// source port, conntrack sends it back to the sidecar as a client's query.
+// Had it joined the flight it belongs to, it would wait for itself until
+// the deadline (a lookup stalled for QUERY_TIMEOUT, then SERVFAIL); with
+// its own, it is relayed once more from another port, and its answer comes
+// back to the first query as the upstream's.
+func (c *Cache) join(key string, rt *router.Route, leaderWaits bool) (f *flight, leader bool) {
+	if !rt.Encrypted {
+		f = &flight{done: make(chan struct{})}
+		if leaderWaits {
+			f.waiters = 1
+		}
+		return f, true
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	f = c.flights[key]
@@ -57,7 +75,9 @@ func (c *Cache) lead(ctx context.Context, f *flight, key string, q *dnswire.Msg,
 // wake to what it got.
 func (c *Cache) land(f *flight, key string, ans *dnswire.Msg, e *entry, err error) {
 	c.mu.Lock()
-	delete(c.flights, key)
+	if c.flights[key] == f {
+		delete(c.flights, key)
+	}
 	waiters := f.waiters
 	c.mu.Unlock()
 	f.e, f.err = e, err
@@ -95,7 +115,7 @@ func (c *Cache) follow(ctx context.Context, f *flight, q *dnswire.Msg) (dnswire.
 // resolve gets the answer to q from the upstream, through the flight of
 // key: it leads one, or follows the one in the air.
 func (c *Cache) resolve(ctx context.Context, key string, q *dnswire.Msg, rt *router.Route, old *entry) (dnswire.Msg, error) {
-	f, leader := c.join(key, false)
+	f, leader := c.join(key, rt, false)
 	if leader {
 		return c.lead(ctx, f, key, q, rt, old)
 	}

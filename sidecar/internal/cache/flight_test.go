@@ -5,10 +5,15 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/router"
 )
 
 // waiters is how many queries wait for the flight of q's key.
@@ -144,5 +149,57 @@ func TestFollowersShareAnswersNotKept(t *testing.T) {
 	wg.Wait()
 	if got := h.pub.queries.Load(); got != 1 {
 		t.Errorf("upstream got %d queries, want 1", got)
+	}
+}
+
+// looping is a plaintext upstream whose first query comes back to the
+// cache as a client's, as conntrack sends the sidecar's own query to the
+// cluster's resolver back to it when its source port was an application's
+// a moment before; the query that came back is answered by the upstream,
+// and that answer is the first query's.
+type looping struct {
+	scripted
+	c     *Cache
+	loops atomic.Bool
+}
+
+func (u *looping) Exchange(ctx context.Context, q dnswire.Msg) (dnswire.Msg, error) {
+	if u.loops.CompareAndSwap(false, true) {
+		return u.c.Exchange(ctx, q)
+	}
+	return u.scripted.Exchange(ctx, q)
+}
+
+// TestOwnQueryComingBack: the sidecar's own query to a plaintext route's
+// upstream that comes back to it as a client's does not wait for the
+// query it is (it would until the deadline), but is relayed again.
+func TestOwnQueryComingBack(t *testing.T) {
+	lan := &looping{scripted: scripted{name: "lan", handler: answerA(300)}}
+	r, err := router.New(router.Options{
+		Default:    &scripted{name: "pub", handler: answerA(300)},
+		Routes:     []router.RouteOptions{{Name: "lan", Zones: []string{"lan.example"}, Upstream: lan, Cluster: true}},
+		UDPSize:    1232,
+		Registerer: prometheus.NewRegistry(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, Options{Upstream: r})
+	lan.c = h.Cache
+	q := query(t, "db.lan.example.", dns.TypeA, true, false)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	ans, err := h.Exchange(ctx, q)
+	if err != nil {
+		t.Fatalf("the query that came back waited for itself: %v", err)
+	}
+	if a := decode(t, ans.Wire(), q); len(a.Answer) != 1 {
+		t.Errorf("answer %v", a)
+	}
+	if n := lan.queries.Load(); n != 1 {
+		t.Errorf("upstream answered %d queries, want 1 (the one that came back)", n)
+	}
+	if _, ok := h.look(t, q); !ok {
+		t.Error("the answer was not kept")
 	}
 }

@@ -40,11 +40,11 @@ func (c *Cache) prefetch(key string, q *dnswire.Msg, e *entry) {
 	if err != nil {
 		return
 	}
-	f, leader := c.join(key, false)
+	rt := c.up.Route(&bq)
+	f, leader := c.join(key, rt, false)
 	if !leader {
 		return // a miss's query is in the air already
 	}
-	rt := c.up.Route(&bq)
 	started := c.goBackground(func(ctx context.Context) {
 		c.m.prefetch.Inc()
 		_, _ = c.lead(ctx, f, key, &bq, rt, e)

@@ -32,7 +32,7 @@ func (c *Cache) staleOrFresh(ctx context.Context, key string, q *dnswire.Msg, rt
 	if now < old.recheck.Load() {
 		return c.stale(old, q)
 	}
-	f, leader := c.join(key, true)
+	f, leader := c.join(key, rt, true)
 	if leader {
 		// The refresh outlives this call, which owns q's bytes only
 		// until it returns.
