@@ -46,6 +46,12 @@ func TestProbesAndMetricsAtStart(t *testing.T) {
 	want := []series{
 		{"dot_sidecar_build_info", nil, 1},
 		{"dot_sidecar_server_tcp_connections_refused_total", nil, 0},
+		{"dot_sidecar_cache_requests_total", nil, 0},
+	}
+	for _, typ := range []string{"success", "denial"} {
+		want = append(want,
+			series{"dot_sidecar_cache_hits_total", []string{"type", typ}, 0},
+			series{"dot_sidecar_cache_entries", []string{"type", typ}, 0})
 	}
 	for _, proto := range []string{"udp", "tcp"} {
 		for _, rc := range []string{"NOERROR", "SERVFAIL", "NXDOMAIN", "REFUSED", "FORMERR"} {
@@ -100,10 +106,11 @@ func TestProbesAndMetricsAtStart(t *testing.T) {
 		}
 	}
 
-	// A few answers move the query, latency and connection series.
+	// A few answers move the query, latency and connection series; each
+	// name is asked for once, so that none is answered from the cache.
 	for i := range 5 {
 		for _, netw := range []string{"udp", "tcp"} {
-			name := fmt.Sprintf("m%d.example.", i)
+			name := fmt.Sprintf("m%d-%s.example.", i, netw)
 			r, err := ask(s.DNS, netw, name, false, 2*time.Second)
 			if err != nil {
 				t.Fatal(err)
@@ -118,6 +125,8 @@ func TestProbesAndMetricsAtStart(t *testing.T) {
 		{"dot_sidecar_server_queries_total", []string{"proto", "udp", "rcode", "NOERROR"}, 5},
 		{"dot_sidecar_server_queries_total", []string{"proto", "tcp", "rcode", "NOERROR"}, 5},
 		{"dot_sidecar_upstream_request_duration_seconds", []string{"upstream", upstreamName(a), "rcode", "NOERROR"}, 10},
+		{"dot_sidecar_cache_requests_total", nil, 10},
+		{"dot_sidecar_cache_entries", []string{"type", "success"}, 10},
 		{"dot_sidecar_upstream_connections_opened_total", []string{"upstream", upstreamName(a)}, 1},
 		{"dot_sidecar_upstream_connections_open", []string{"upstream", upstreamName(a)}, 1},
 	} {
