@@ -84,3 +84,27 @@ func TypeName(t uint16) string {
 	}
 	return fmt.Sprintf("TYPE%d", t)
 }
+
+// withoutOptions encodes msg again without the options of its OPT record
+// whose code is among codes, compressed.
+func withoutOptions(msg []byte, codes []uint16) ([]byte, error) {
+	m := new(dns.Msg)
+	if err := m.Unpack(msg); err != nil {
+		return nil, fmt.Errorf("dnswire: removing EDNS options: %w", err)
+	}
+	if opt := m.IsEdns0(); opt != nil {
+		kept := opt.Option[:0]
+		for _, o := range opt.Option {
+			if !hasCode(codes, o.Option()) {
+				kept = append(kept, o)
+			}
+		}
+		opt.Option = kept
+	}
+	m.Compress = true
+	out, err := m.Pack()
+	if err != nil {
+		return nil, fmt.Errorf("dnswire: removing EDNS options: %w", err)
+	}
+	return out, nil
+}
