@@ -92,14 +92,11 @@ func (m *Msg) AppendQuery(dst []byte, id uint16, r QueryRewrite) []byte {
 	if r.Keepalive {
 		dst = appendOption(dst, OptionKeepalive, nil)
 	}
-	if r.PadBlock > 0 {
-		n := len(dst) - start + len(tail) + 4 // 4: the Padding option's code and length
-		if pad := (r.PadBlock - n%r.PadBlock) % r.PadBlock; n+pad <= MaxMsgSize {
-			dst = binary.BigEndian.AppendUint16(dst, OptionPadding)
-			dst = binary.BigEndian.AppendUint16(dst, uint16(pad))
-			// RFC 7830 §4: the padding octets SHOULD be zero.
-			dst = append(dst, zeros[:pad]...)
-		}
+	if pad, ok := r.padding(len(dst) - start + len(tail)); ok {
+		dst = binary.BigEndian.AppendUint16(dst, OptionPadding)
+		dst = binary.BigEndian.AppendUint16(dst, uint16(pad))
+		// RFC 7830 §4: the padding octets SHOULD be zero.
+		dst = append(dst, zeros[:pad]...)
 	}
 	binary.BigEndian.PutUint16(dst[opt+9:], uint16(len(dst)-opt-11))
 	return append(dst, tail...)
@@ -107,6 +104,43 @@ func (m *Msg) AppendQuery(dst []byte, id uint16, r QueryRewrite) []byte {
 
 // zeros is the source of padding octets: at most a block less one.
 var zeros [PadBlock]byte
+
+// padding returns the length of the Padding option's data that brings a
+// message of n bytes without it to a multiple of r.PadBlock, and false when
+// r pads nothing or the padded message would pass 65535 bytes.
+func (r *QueryRewrite) padding(n int) (int, bool) {
+	if r.PadBlock <= 0 {
+		return 0, false
+	}
+	n += 4 // the Padding option's code and length
+	pad := (r.PadBlock - n%r.PadBlock) % r.PadBlock
+	return pad, n+pad <= MaxMsgSize
+}
+
+// QueryLen returns how many bytes AppendQuery appends for m and r, without
+// writing them: for a writer that must give the length first (HTTP/2's
+// content-length and DATA frame header).
+func (m *Msg) QueryLen(r QueryRewrite) int {
+	if !m.RewritableEDNS() || !m.needsRewrite(&r) {
+		return len(m.Wire())
+	}
+	n := len(m.Wire()) + 11 // the message, and the fixed part of an OPT record to add
+	if m.hasOPT {
+		n -= int(m.optEnd) - int(m.optStart) // the client's record, replaced
+		for code, data := range m.options() {
+			if !r.hopOption(code) {
+				n += 4 + len(data)
+			}
+		}
+	}
+	if r.Keepalive {
+		n += 4
+	}
+	if pad, ok := r.padding(n); ok {
+		n += 4 + pad
+	}
+	return n
+}
 
 // needsRewrite reports whether AppendQuery has anything to change in m.
 func (m *Msg) needsRewrite(r *QueryRewrite) bool {

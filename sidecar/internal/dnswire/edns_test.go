@@ -97,6 +97,9 @@ func TestAppendQuery(t *testing.T) {
 				t.Fatal("dst's bytes were not kept")
 			}
 			out = out[len("prefix"):]
+			if n := m.QueryLen(tt.r); n != len(out) {
+				t.Errorf("QueryLen %d, AppendQuery wrote %d bytes", n, len(out))
+			}
 			if !bytes.Equal(m.Wire(), before) {
 				t.Fatal("AppendQuery changed the query")
 			}
@@ -189,6 +192,9 @@ func TestAppendQueryPaddingLimit(t *testing.T) {
 			t.Fatalf("built a query of %d bytes, want %d", len(q.Wire()), tt.size)
 		}
 		out := q.AppendQuery(nil, 1, QueryRewrite{PadBlock: PadBlock})
+		if n := q.QueryLen(QueryRewrite{PadBlock: PadBlock}); n != len(out) {
+			t.Errorf("QueryLen %d, AppendQuery wrote %d bytes", n, len(out))
+		}
 		codes, _ := optionCodes(t, out)
 		if got := slices.Contains(codes, OptionPadding); got != tt.padded || len(out) > MaxMsgSize {
 			t.Errorf("%d-byte query: padded %v (%d bytes), want %v", tt.size, got, len(out), tt.padded)
@@ -353,6 +359,9 @@ func FuzzEDNSRewrite(f *testing.F) {
 			r.PadBlock = PadBlock
 		}
 		out := m.AppendQuery(nil, 7, r)
+		if n := m.QueryLen(r); n != len(out) {
+			t.Fatalf("QueryLen %d, AppendQuery wrote %d bytes", n, len(out))
+		}
 		q, err := Parse(out)
 		if err != nil {
 			t.Fatalf("AppendQuery wrote a message Parse refuses: %v", err)

@@ -64,9 +64,13 @@ type conn struct {
 	born  time.Time
 	certs tls.ConnectionState // as verified at handshake
 
-	load    atomic.Int32  // queries in flight, read lock-free by the picker
-	closing atomic.Bool   // retired or dead: the picker skips it
-	answers atomic.Uint64 // responses matched to a query: proof the upstream serves on it
+	load     atomic.Int32  // queries in flight, read lock-free by the picker
+	closing  atomic.Bool   // retired or dead: the picker skips it
+	answers  atomic.Uint64 // responses matched to a query: proof the upstream serves on it
+	keepIdle atomic.Int64  // nanoseconds c may stay idle by the upstream's keepalive (keepalive.go); 0: not announced
+	// lostCounted: c died before answering anything and was counted in the
+	// upstream's run of such connections (lost).
+	lostCounted atomic.Bool
 
 	mu        sync.Mutex
 	inflight  map[uint16]*request // by the ID on the wire
@@ -174,16 +178,27 @@ func (c *conn) send(req *request) bool {
 		c.mu.Unlock()
 		return false
 	}
+	if c.idleExpiredLocked() {
+		// The upstream may be closing it as we speak: close it first.
+		c.retired = true
+		c.closing.Store(true)
+		c.mu.Unlock()
+		c.d.log.Debug("closing upstream connection idle past its keepalive", "upstream", c.d.name)
+		c.shutdown(ErrClosed, false)
+		return false
+	}
 	id := c.nextID()
 	req.upID = id
 	req.answers = c.answers.Load()
 	c.inflight[id] = req
 	c.load.Store(int32(len(c.inflight)))
-	// The length prefix and the message go out in the same write.
+	// The length prefix and the message go out in the same write; the
+	// message, rewritten and padded as it is written, gets its length once
+	// written.
 	signal := len(c.pending) == 0
-	n := len(req.query.Wire())
-	c.pending = append(c.pending, byte(n>>8), byte(n))
-	c.pending = req.query.AppendTo(c.pending, id)
+	at := len(c.pending)
+	c.pending = req.query.AppendQuery(append(c.pending, 0, 0), id, c.d.rewrite)
+	binary.BigEndian.PutUint16(c.pending[at:], uint16(len(c.pending)-at-2))
 	c.mu.Unlock()
 	if signal {
 		// Only the query that finds the queue empty wakes the writer; later
@@ -260,11 +275,12 @@ func (c *conn) retire(why string) {
 	}
 }
 
-// closeIfIdle closes c if no query is in flight and none has been since
-// idleFor before now.
-func (c *conn) closeIfIdle(now time.Time, idleFor time.Duration) bool {
+// closeIfIdle closes c if no query is in flight and none has been for its
+// idle limit (the pool's idle timeout, or the upstream's keepalive) before
+// now.
+func (c *conn) closeIfIdle(now time.Time) bool {
 	c.mu.Lock()
-	idle := !c.dead && len(c.inflight) == 0 && now.Sub(c.idleSince) >= idleFor
+	idle := !c.dead && len(c.inflight) == 0 && now.Sub(c.idleSince) >= c.idleLimit()
 	if idle {
 		c.closing.Store(true)
 		c.retired = true // send refuses from here on
@@ -281,19 +297,23 @@ func (c *conn) closeIfIdle(now time.Time, idleFor time.Duration) bool {
 // ever served. A connection that answered before and then died is the
 // normal end of a pooled connection (upstreams close idle or busy ones,
 // RFC 7858 §3.4): ErrConnClosed, and Exchange resends the queries on a fresh
-// one. A connection that never answered anything means the upstream took
-// the handshake and dropped us (at its connection limit, or broken): that is
-// the upstream failing, so ErrUnreachable, which a Group counts against it
-// and which Exchange does not resend (resending would only dial again at
-// once). Every query caught gets the same error value, so a Group counts the
-// death of one connection once, however many queries it carried.
+// one. A connection that never answered anything is a new one lost
+// (newconn.go): its queries are sent once more, unless it is the third in a
+// row, which makes it the upstream failing (ErrUnreachable, which a Group
+// counts against it). Every query caught gets the same error value, so a
+// Group counts the death of one connection once, however many queries it
+// carried.
 func (c *conn) lost(err error) {
-	kind := ErrConnClosed
-	if c.answers.Load() == 0 {
-		kind = ErrUnreachable
-		err = fmt.Errorf("new connection lost before any answer: %w", err)
+	if c.answers.Load() != 0 {
+		c.shutdown(fmt.Errorf("%w: %w", ErrConnClosed, err), true)
+		return
 	}
-	c.shutdown(fmt.Errorf("%w: %w", kind, err), true)
+	// The reader and the writer may both see the death; it is counted once,
+	// and not at all when c was closed by this side first.
+	if c.isDead() || !c.lostCounted.CompareAndSwap(false, true) {
+		return
+	}
+	c.shutdown(c.d.lostNew(err), true)
 }
 
 // shutdown kills the connection once: it fails every query in flight with
@@ -436,11 +456,18 @@ func (c *conn) deliver(msg []byte) {
 	}
 	closeNow, wasFull := c.removeLocked(req.upID)
 	c.mu.Unlock()
-	c.answers.Add(1)
+	if c.answers.Add(1) == 1 {
+		c.d.servedNew()
+	}
 	ans.SetID(req.query.ID)
 	r := result{ans: ans}
 	if perr != nil {
 		r.err = fmt.Errorf("%w from %s: %w", ErrBadResponse, c.d.name, perr)
+	} else {
+		if ka, ok := ans.Option(dnswire.OptionKeepalive); ok {
+			c.noteKeepalive(ka)
+		}
+		r.err = stripHop(&r.ans, c.d.name)
 	}
 	req.done <- r
 	c.afterRemove(closeNow, wasFull)

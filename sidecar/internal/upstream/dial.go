@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/config"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/rawconn"
 )
 
@@ -32,21 +33,24 @@ type tlsUpstream struct {
 	nextProtos []string // ALPN; when set, the server must choose the first
 	timeout    time.Duration
 	sessions   tls.ClientSessionCache
+	rewrite    dnswire.QueryRewrite // how each query is written out (AppendQuery)
 	log        *slog.Logger
 	m          *upstreamMetrics
 
 	lastTLSWarn atomic.Int64 // unix nanos of the last TLS failure logged at Warn
+	newLost     atomic.Int32 // new connections lost in a row before answering anything (newconn.go)
 
 	// verifyHook, when set by a test before the first query, sees every
 	// handshake's connection state.
 	verifyHook func(tls.ConnectionState)
 }
 
-// newTLSUpstream is the shared part of an upstream named name, offering
-// nextProtos in ALPN.
-func newTLSUpstream(opts DoTOptions, name string, nextProtos ...string) tlsUpstream {
+// newTLSUpstream is the shared part of an upstream named name, writing its
+// queries with rewrite and offering nextProtos in ALPN.
+func newTLSUpstream(opts DoTOptions, name string, rewrite dnswire.QueryRewrite, nextProtos ...string) tlsUpstream {
 	return tlsUpstream{
 		name:       name,
+		rewrite:    rewrite,
 		addr:       opts.Addr.String(),
 		serverName: opts.ServerName,
 		pins:       opts.Pins,

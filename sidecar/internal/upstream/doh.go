@@ -72,7 +72,10 @@ func NewDoH(opts DoHOptions) (*DoH, error) {
 	}
 
 	d := &DoH{
-		tlsUpstream: newTLSUpstream(opts.DoTOptions, "https://"+opts.Addr.String()+opts.Path+"#"+opts.ServerName, "h2"),
+		// Padded as DoT is (RFC 8467 applies to DoH too); no keepalive
+		// option, which is TCP's (RFC 7828): HTTP/2 manages its connections.
+		tlsUpstream: newTLSUpstream(opts.DoTOptions, "https://"+opts.Addr.String()+opts.Path+"#"+opts.ServerName,
+			dnswire.QueryRewrite{PadBlock: dnswire.PadBlock, KeepClientSubnet: opts.ForwardClientSubnet}, "h2"),
 		opts:        opts,
 		tick:        housekeepingTick(opts.DoTOptions),
 	}

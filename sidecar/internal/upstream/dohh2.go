@@ -186,7 +186,8 @@ func (h *h2Conn) Err() error {
 type h2Request struct {
 	authority string
 	path      string
-	q         *dnswire.Msg // POST: its message with ID 0 is the body
+	q         *dnswire.Msg         // POST: its message with ID 0 is the body,
+	rewrite   dnswire.QueryRewrite // rewritten so (AppendQuery)
 }
 
 // roundTrip sends r on a new stream and waits for its answer or for ctx. A
@@ -254,7 +255,7 @@ func (h *h2Conn) open(s *h2Stream, r *h2Request) error {
 	if r.q == nil {
 		h.pending = appendHeaderBlock(h.pending, s.id, h.hdr.Bytes(), true, h.peerMaxFrame)
 	} else {
-		n := len(r.q.Wire())
+		n := r.q.QueryLen(r.rewrite)
 		h.writeField("content-type", dnsMessage, false)
 		h.writeField("content-length", strconv.Itoa(n), true)
 		h.pending = appendHeaderBlock(h.pending, s.id, h.hdr.Bytes(), false, h.peerMaxFrame)
@@ -262,9 +263,9 @@ func (h *h2Conn) open(s *h2Stream, r *h2Request) error {
 			// The usual case: the message goes straight into the frame.
 			h.sendWindow -= int64(n)
 			h.pending = appendFrameHeader(h.pending, n, h2FrameData, h2FlagEndStream, s.id)
-			h.pending = r.q.AppendTo(h.pending, 0)
+			h.pending = r.q.AppendQuery(h.pending, 0, r.rewrite)
 		} else {
-			s.body, s.window = r.q.AppendTo(nil, 0), h.peerInitWin
+			s.body, s.window = r.q.AppendQuery(nil, 0, r.rewrite), h.peerInitWin
 			h.blocked = append(h.blocked, s)
 			h.sendBlockedLocked()
 		}

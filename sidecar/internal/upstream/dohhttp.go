@@ -18,15 +18,16 @@ import (
 const dnsMessage = "application/dns-message"
 
 // request is the HTTP/2 request of q: its message with ID 0 (RFC 8484
-// §4.1: the ID adds nothing over HTTP/2, and 0 lets answers be cached), as
-// a POST body or, with GET, as the dns parameter in base64url without
-// padding (§4.1.1).
+// §4.1: the ID adds nothing over HTTP/2, and 0 lets answers be cached),
+// padded (RFC 8467 §4.1) and without its client's hop options, as a POST
+// body or, with GET, as the dns parameter in base64url without padding
+// (§4.1.1).
 func (d *DoH) request(q *dnswire.Msg) h2Request {
 	if d.opts.GET {
-		wire := q.AppendTo(make([]byte, 0, len(q.Wire())), 0)
+		wire := q.AppendQuery(make([]byte, 0, q.QueryLen(d.rewrite)), 0, d.rewrite)
 		return h2Request{authority: d.authority, path: d.opts.Path + "?dns=" + base64.RawURLEncoding.EncodeToString(wire)}
 	}
-	return h2Request{authority: d.authority, path: d.opts.Path, q: q}
+	return h2Request{authority: d.authority, path: d.opts.Path, q: q, rewrite: d.rewrite}
 }
 
 // roundTrip sends q on c, in the slot reserved there, and returns its answer
@@ -45,8 +46,8 @@ func (d *DoH) roundTrip(ctx context.Context, c *dohConn, q *dnswire.Msg) (dnswir
 		return dnswire.Msg{}, d.failed(ctx, c, res.err, sent, answered)
 	}
 	ans, err := d.readAnswer(&res, q)
-	if err == nil || errors.Is(err, ErrBadResponse) {
-		c.answers.Add(1)
+	if (err == nil || errors.Is(err, ErrBadResponse)) && c.answers.Add(1) == 1 {
+		d.servedNew()
 	}
 	return ans, err
 }
@@ -79,7 +80,7 @@ func (d *DoH) readAnswer(res *h2Result, q *dnswire.Msg) (dnswire.Msg, error) {
 	if perr != nil {
 		return ans, fmt.Errorf("%w from %s: %w", ErrBadResponse, d.name, perr)
 	}
-	return ans, nil
+	return ans, stripHop(&ans, d.name)
 }
 
 // isDNSMessage accepts application/dns-message, in any case, with or

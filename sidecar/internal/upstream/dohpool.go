@@ -41,6 +41,7 @@ type dohConn struct {
 	retiredAt time.Time
 	dead      bool
 	cause     error     // why it died, when the upstream ended it
+	newLoss   error     // its queries' error, once it died before answering anything (lostErr)
 	idleSince time.Time // when load last fell to 0
 }
 
@@ -408,11 +409,16 @@ func (d *DoH) housekeep(now time.Time) {
 // reset, GOAWAY before the query was processed), by the DoT's rule: a
 // connection that had answered and then ended is a pooled one ending
 // normally (ErrConnClosed: the query is resent, the upstream not blamed);
-// one that never answered means the upstream took the handshake and dropped
-// us (ErrUnreachable, counted against it).
+// one that never answered is a new one lost (newconn.go), counted once in
+// the upstream's run, whose value every query it carried gets.
 func (c *dohConn) lostErr(err error) error {
-	if c.answers.Load() == 0 {
-		return fmt.Errorf("%w: new connection to %s lost before any answer: %w", ErrUnreachable, c.d.name, err)
+	if c.answers.Load() != 0 {
+		return fmt.Errorf("%w: %s: %w", ErrConnClosed, c.d.name, err)
 	}
-	return fmt.Errorf("%w: %s: %w", ErrConnClosed, c.d.name, err)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.newLoss == nil {
+		c.newLoss = c.d.lostNew(fmt.Errorf("new connection to %s: %w", c.d.name, err))
+	}
+	return c.newLoss
 }

@@ -45,6 +45,10 @@ type DoTOptions struct {
 	// QueryTimeout bounds an Exchange whose context has no deadline of its
 	// own.
 	QueryTimeout time.Duration
+	// ForwardClientSubnet passes a client's EDNS Client Subnet option on to
+	// the upstream; otherwise it is removed, as the client's other hop
+	// options always are (dnswire.QueryRewrite).
+	ForwardClientSubnet bool
 	// Logger receives connection events; per-query events only at Debug.
 	// Never nil.
 	Logger *slog.Logger
@@ -79,15 +83,23 @@ func NewDoT(opts DoTOptions) (*DoT, error) {
 	}
 
 	d := &DoT{
-		tlsUpstream: newTLSUpstream(opts, opts.Addr.String()+"#"+opts.ServerName),
+		tlsUpstream: newTLSUpstream(opts, opts.Addr.String()+"#"+opts.ServerName, dotRewrite(opts)),
 		opts:        opts,
 		tick:        housekeepingTick(opts),
 	}
 	d.pool.init(opts.PoolSize, d.m.open, d.launchDial)
+	d.m.initKeepalive()
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	d.wg.Add(1)
 	go everyTick(d.ctx, &d.wg, d.tick, d.housekeep)
 	return d, nil
+}
+
+// dotRewrite is how a DoT upstream writes queries: padded (RFC 8467), and
+// offering edns-tcp-keepalive so that the upstream says how long it keeps an
+// idle connection (keepalive.go).
+func dotRewrite(opts DoTOptions) dnswire.QueryRewrite {
+	return dnswire.QueryRewrite{PadBlock: dnswire.PadBlock, Keepalive: true, KeepClientSubnet: opts.ForwardClientSubnet}
 }
 
 // housekeepingTick runs housekeeping often enough to honour the shortest

@@ -37,26 +37,51 @@ func (t *tlsUpstream) queryContext(ctx context.Context, q *dnswire.Msg, timeout 
 
 // checkQuery refuses what Exchange cannot send and match an answer to: a
 // message Parse did not accept, or one without exactly one question (the
-// only kind a QUERY carries in practice, RFC 9619).
+// only kind a QUERY carries in practice, RFC 9619), and one whose EDNS
+// options cannot be rewritten for the upstream (a compression pointer into
+// or past its OPT record), which would otherwise go out with its client's
+// hop options, Client Subnet included.
 func checkQuery(q *dnswire.Msg) error {
 	switch {
 	case !q.Valid():
 		return fmt.Errorf("%w: not a parsed DNS message", ErrBadQuery)
 	case q.QDCount != 1:
 		return fmt.Errorf("%w: %d questions", ErrBadQuery, q.QDCount)
+	case !q.RewritableEDNS():
+		return fmt.Errorf("%w: a compression pointer into or past the OPT record", ErrBadQuery)
+	}
+	return nil
+}
+
+// hopOptions are the EDNS options of an answer that belong to the hop from
+// the upstream, removed before anyone else sees the answer (a cache
+// included): its padding (RFC 7830), its idle timeout for our connection
+// (RFC 7828), and a COOKIE, which can only be the upstream's own for a
+// client cookie we never sent (client cookies are not forwarded), and which
+// the relay's client would take for a forged one (RFC 7873 §5.3).
+var hopOptions = [...]uint16{dnswire.OptionPadding, dnswire.OptionKeepalive, dnswire.OptionCookie}
+
+// stripHop removes hopOptions from ans, a Valid answer; an answer it cannot
+// re-encode is ErrBadResponse from upstream name.
+func stripHop(ans *dnswire.Msg, name string) error {
+	if err := ans.StripOptions(hopOptions[:]...); err != nil {
+		return fmt.Errorf("%w from %s: %w", ErrBadResponse, name, err)
 	}
 	return nil
 }
 
 // resending calls send, one send of the query on a pooled connection, until
 // it has an answer. A send that fails with ErrConnClosed (a connection that
-// had served died under the query, or the upstream declined to process it
-// there) is not the caller's problem: the query goes out again, up to
-// maxAttempts sends within ctx; only then does it fail, with an error
-// wrapping ErrConnClosed. Any other failure is returned at once. Answers,
+// had served died under the query, the upstream declined to process it
+// there, or a new connection died before answering anything) is not the
+// caller's problem: the query goes out again, up to maxAttempts sends within
+// ctx, and after a new connection's loss once only (newconn.go); only then
+// does it fail, with an error wrapping ErrConnClosed. Any other failure is
+// returned at once. Answers,
 // malformed ones included, are timed into the duration histogram.
 func (t *tlsUpstream) resending(ctx context.Context, send func() (dnswire.Msg, error)) (dnswire.Msg, error) {
 	start := time.Now()
+	lostNew := false // the query was caught on a new connection lost (newconn.go)
 	for attempt := 1; ; attempt++ {
 		ans, err := send()
 		if err == nil || errors.Is(err, ErrBadResponse) {
@@ -74,7 +99,7 @@ func (t *tlsUpstream) resending(ctx context.Context, send func() (dnswire.Msg, e
 			}
 			return dnswire.Msg{}, fmt.Errorf("no answer from %s: %w (%w)", t.name, ctx.Err(), err)
 		}
-		if attempt >= maxAttempts {
+		if attempt >= maxAttempts || secondNewLoss(err, &lostNew) {
 			return dnswire.Msg{}, fmt.Errorf("giving up on %s after %d sends: %w", t.name, attempt, err)
 		}
 		t.m.resent.Inc()

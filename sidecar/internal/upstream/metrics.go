@@ -27,6 +27,8 @@ type Metrics struct {
 	HealthState         *prometheus.GaugeVec   // {upstream}: 1 up, 0 down; for the Group
 	HealthCheckFailures *prometheus.CounterVec // {upstream}: for the Group
 	HTTPErrors          *prometheus.CounterVec // {upstream, reason}: DNS-over-HTTPS upstreams only
+	KeepaliveTimeout    *prometheus.GaugeVec   // {upstream}: DoT upstreams' announced edns-tcp-keepalive
+	PartialFailures     *prometheus.CounterVec // {upstream}: for the Group
 
 	route string
 	all   *collectors // every route's, as registered
@@ -35,9 +37,9 @@ type Metrics struct {
 // collectors are the registered vectors, labelled {route, upstream, ...}.
 type collectors struct {
 	duration                                                                *prometheus.HistogramVec
-	open, health                                                            *prometheus.GaugeVec
+	open, health, keepalive                                                 *prometheus.GaugeVec
 	opened, hsFailures, pinFailures, mismatched, resent, retries, failovers *prometheus.CounterVec
-	hcFailures, httpErrors                                                  *prometheus.CounterVec
+	hcFailures, httpErrors, partial                                         *prometheus.CounterVec
 }
 
 // DefaultRoute is the `route` label of UPSTREAMS, the upstreams of every
@@ -88,6 +90,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		failovers:   counter("failovers_total", "Queries that moved from this upstream to another."),
 		health:      gauge("health_state", "1 when the upstream is considered up, 0 when down."),
 		hcFailures:  counter("health_check_failures_total", "Health probes that failed."),
+		keepalive: gauge("keepalive_timeout_seconds", "Idle timeout the DNS-over-TLS upstream last announced "+
+			"in edns-tcp-keepalive (RFC 7828); 0 until it announces one."),
+		partial: counter("partial_failures_total", "Times the upstream was taken out of rotation for partial "+
+			"failure: more than half of a window's distinct names timed out while it answered others."),
 		httpErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Subsystem: subsystem, Name: "http_errors_total",
 			Help: "DNS-over-HTTPS responses without a usable answer, by reason: status (not 200), content_type, " +
@@ -95,7 +101,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"route", "upstream", "reason"}),
 	}
 	reg.MustRegister(c.duration, c.open, c.opened, c.hsFailures, c.pinFailures, c.mismatched, c.resent,
-		c.retries, c.failovers, c.health, c.hcFailures, c.httpErrors)
+		c.retries, c.failovers, c.health, c.hcFailures, c.httpErrors, c.keepalive, c.partial)
 	return c.view(DefaultRoute)
 }
 
@@ -120,6 +126,8 @@ func (c *collectors) view(route string) *Metrics {
 		HealthState:         c.health.MustCurryWith(l),
 		HealthCheckFailures: c.hcFailures.MustCurryWith(l),
 		HTTPErrors:          c.httpErrors.MustCurryWith(l),
+		KeepaliveTimeout:    c.keepalive.MustCurryWith(l),
+		PartialFailures:     c.partial.MustCurryWith(l),
 		route:               route,
 		all:                 c,
 	}
@@ -134,7 +142,7 @@ func (m *Metrics) Init(upstream string) {
 	}
 	m.ConnectionsOpen.WithLabelValues(upstream)
 	for _, c := range []*prometheus.CounterVec{m.ConnectionsOpened, m.TLSHandshakeFailure, m.PinFailures,
-		m.MismatchedResponses, m.RequestsResent, m.Retries, m.Failovers, m.HealthCheckFailures} {
+		m.MismatchedResponses, m.RequestsResent, m.Retries, m.Failovers, m.HealthCheckFailures, m.PartialFailures} {
 		c.WithLabelValues(upstream)
 	}
 	m.HealthState.WithLabelValues(upstream).Set(1)
@@ -169,6 +177,7 @@ type upstreamMetrics struct {
 	pinFails   prometheus.Counter
 	mismatched prometheus.Counter
 	resent     prometheus.Counter
+	keepalive  prometheus.Gauge // a DoT upstream's only (initKeepalive)
 	// httpErrs are HTTPErrors by reason, for a DoH upstream only (initHTTP).
 	httpErrs map[string]prometheus.Counter
 
@@ -212,6 +221,12 @@ func (um *upstreamMetrics) initHTTP() {
 	for _, r := range httpReasons {
 		um.httpErrs[r] = um.m.HTTPErrors.WithLabelValues(um.name, r)
 	}
+}
+
+// initKeepalive creates the upstream's KeepaliveTimeout series, at 0: a
+// DoT upstream's only, the one that offers edns-tcp-keepalive.
+func (um *upstreamMetrics) initKeepalive() {
+	um.keepalive = um.m.KeepaliveTimeout.WithLabelValues(um.name)
 }
 
 func (um *upstreamMetrics) observe(rc int, seconds float64) {

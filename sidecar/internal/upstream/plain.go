@@ -31,6 +31,9 @@ type PlainOptions struct {
 	// QueryTimeout bounds an Exchange whose context has no deadline of its
 	// own.
 	QueryTimeout time.Duration
+	// ForwardClientSubnet passes a client's EDNS Client Subnet option on,
+	// as DoTOptions' does.
+	ForwardClientSubnet bool
 	// Logger is never nil; per-query events only at Debug.
 	Logger *slog.Logger
 	// Metrics receives this upstream's series, labelled with Name(). Never
@@ -55,6 +58,10 @@ type PlainOptions struct {
 type Plain struct {
 	opts PlainOptions
 	name string
+	// rewrite drops the client's hop options and pads nothing: padding
+	// hides sizes from whoever reads an encrypted hop, and this one is read
+	// as it is (dnswire.QueryRewrite).
+	rewrite dnswire.QueryRewrite
 	log  *slog.Logger
 	m    *upstreamMetrics
 	tcp  tcpPool
@@ -85,7 +92,8 @@ func NewPlain(opts PlainOptions) (*Plain, error) {
 	if opts.TCPOnly {
 		scheme = "tcp://"
 	}
-	p := &Plain{opts: opts, name: scheme + opts.Addr.String(), log: opts.Logger}
+	p := &Plain{opts: opts, name: scheme + opts.Addr.String(), log: opts.Logger,
+		rewrite: dnswire.QueryRewrite{KeepClientSubnet: opts.ForwardClientSubnet}}
 	p.m = newUpstreamMetrics(opts.Metrics, p.name)
 	p.tcp.p = p
 	p.ctx, p.cancel = context.WithCancel(context.Background())
@@ -178,7 +186,7 @@ func (p *Plain) accept(q *dnswire.Msg, id uint16, b []byte) (ans dnswire.Msg, ok
 	if perr != nil {
 		return ans, true, fmt.Errorf("%w from %s: %w", ErrBadResponse, p.name, perr)
 	}
-	return ans, true, nil
+	return ans, true, stripHop(&ans, p.name)
 }
 
 func (p *Plain) mismatch(m *dnswire.Msg, b []byte) {

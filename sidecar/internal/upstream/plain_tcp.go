@@ -100,10 +100,9 @@ func (t *tcpPool) roundTrip(ctx context.Context, pc *plainConn, q dnswire.Msg, r
 	}()
 
 	id := uint16(rand.Uint32())
-	n := len(q.Wire())
-	frame := make([]byte, 2, 2+n)
-	binary.BigEndian.PutUint16(frame, uint16(n))
-	if _, err := pc.nc.Write(q.AppendTo(frame, id)); err != nil {
+	frame := q.AppendQuery(make([]byte, 2, 2+len(q.Wire())), id, t.p.rewrite)
+	binary.BigEndian.PutUint16(frame, uint16(len(frame)-2))
+	if _, err := pc.nc.Write(frame); err != nil {
 		return dnswire.Msg{}, t.connError(ctx, "sending to", err, reused)
 	}
 	for {
@@ -121,7 +120,7 @@ func (t *tcpPool) roundTrip(ctx context.Context, pc *plainConn, q dnswire.Msg, r
 		if perr != nil {
 			return m, fmt.Errorf("%w from %s: %w", ErrBadResponse, t.p.name, perr)
 		}
-		return m, nil
+		return m, stripHop(&m, t.p.name)
 	}
 }
 

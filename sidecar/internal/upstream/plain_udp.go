@@ -41,7 +41,7 @@ func (p *Plain) exchangeUDP(ctx context.Context, q dnswire.Msg) (dnswire.Msg, er
 	buf := readBufPool.Get().(*[dnswire.MaxMsgSize]byte)
 	defer readBufPool.Put(buf)
 	id := uint16(rand.Uint32())
-	if _, err := c.Write(q.AppendTo(buf[:0], id)); err != nil {
+	if _, err := c.Write(q.AppendQuery(buf[:0], id, p.rewrite)); err != nil {
 		return dnswire.Msg{}, p.udpError(ctx, "sending to", err)
 	}
 	for {

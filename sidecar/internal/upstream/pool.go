@@ -133,7 +133,7 @@ func (d *DoT) housekeep(now time.Time) {
 			c.retire("max age")
 			continue
 		}
-		if c.closeIfIdle(now, d.opts.IdleTimeout) {
+		if c.closeIfIdle(now) {
 			d.log.Debug("closed idle upstream connection", "upstream", d.name)
 		}
 	}
