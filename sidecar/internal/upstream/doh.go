@@ -76,8 +76,8 @@ func NewDoH(opts DoHOptions) (*DoH, error) {
 		// option, which is TCP's (RFC 7828): HTTP/2 manages its connections.
 		tlsUpstream: newTLSUpstream(opts.DoTOptions, "https://"+opts.Addr.String()+opts.Path+"#"+opts.ServerName,
 			dnswire.QueryRewrite{PadBlock: dnswire.PadBlock, KeepClientSubnet: opts.ForwardClientSubnet}, "h2"),
-		opts:        opts,
-		tick:        housekeepingTick(opts.DoTOptions),
+		opts: opts,
+		tick: housekeepingTick(opts.DoTOptions),
 	}
 	d.pool.init(opts.PoolSize, d.m.open, d.launchDial)
 	d.m.initHTTP()

@@ -62,9 +62,9 @@ type Plain struct {
 	// hides sizes from whoever reads an encrypted hop, and this one is read
 	// as it is (dnswire.QueryRewrite).
 	rewrite dnswire.QueryRewrite
-	log  *slog.Logger
-	m    *upstreamMetrics
-	tcp  tcpPool
+	log     *slog.Logger
+	m       *upstreamMetrics
+	tcp     tcpPool
 
 	// answered counts answers received over either transport: a query that
 	// times out while it grew was slow, not lost to a dead resolver.
