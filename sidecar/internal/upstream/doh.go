@@ -71,13 +71,13 @@ func NewDoH(opts DoHOptions) (*DoH, error) {
 		return nil, fmt.Errorf("upstream %s: PoolSize %d above %d", opts.Addr, opts.PoolSize, maxDoHPool)
 	}
 
+	// Padded as DoT is (RFC 8467 applies to DoH too); no keepalive option,
+	// which is TCP's (RFC 7828): HTTP/2 manages its connections.
+	rewrite := dnswire.QueryRewrite{PadBlock: dnswire.PadBlock, KeepClientSubnet: opts.ForwardClientSubnet}
 	d := &DoH{
-		// Padded as DoT is (RFC 8467 applies to DoH too); no keepalive
-		// option, which is TCP's (RFC 7828): HTTP/2 manages its connections.
-		tlsUpstream: newTLSUpstream(opts.DoTOptions, "https://"+opts.Addr.String()+opts.Path+"#"+opts.ServerName,
-			dnswire.QueryRewrite{PadBlock: dnswire.PadBlock, KeepClientSubnet: opts.ForwardClientSubnet}, "h2"),
-		opts: opts,
-		tick: housekeepingTick(opts.DoTOptions),
+		tlsUpstream: newTLSUpstream(opts.DoTOptions, "https://"+opts.Addr.String()+opts.Path+"#"+opts.ServerName, rewrite, "h2"),
+		opts:        opts,
+		tick:        housekeepingTick(opts.DoTOptions),
 	}
 	d.pool.init(opts.PoolSize, d.m.open, d.launchDial)
 	d.m.initHTTP()
