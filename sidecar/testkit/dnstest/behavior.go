@@ -50,6 +50,15 @@ type Behavior struct {
 	// ResetAfter > 0: on reading the Nth query of a connection, reset it
 	// (RST) without answering it or anything still pending.
 	ResetAfter atomic.Int32
+	// ResetNextConns > 0: each new connection takes one, and is reset (RST)
+	// on reading its first query, unanswered: a run of that many new
+	// connections lost before any answer.
+	ResetNextConns atomic.Int32
+	// KeepaliveNanos > 0 (see SetKeepalive): answer each query that offers
+	// edns-tcp-keepalive with the option announcing this idle timeout
+	// (RFC 7828 §3.3.2), and close a connection that has had no query for
+	// this long with nothing outstanding, as the announcement says. DoT only.
+	KeepaliveNanos atomic.Int64
 	// Mangle spoils each response; with MangleThenAnswer the right response
 	// follows the spoiled one.
 	Mangle           atomic.Int32 // a Mangle
@@ -100,6 +109,10 @@ func (b *Behavior) SetContentType(ct string) { b.ContentType.Store(&ct) }
 // SetDelay delays every answer by d (0: no delay).
 func (b *Behavior) SetDelay(d time.Duration) { b.DelayNanos.Store(int64(d)) }
 
+// SetKeepalive announces d as the idle timeout, and keeps to it (0: no
+// announcement, no idle close). d is sent in 100 ms units, rounded down.
+func (b *Behavior) SetKeepalive(d time.Duration) { b.KeepaliveNanos.Store(int64(d)) }
+
 // SetMangle spoils responses; thenAnswer also sends the right one after.
 func (b *Behavior) SetMangle(m Mangle, thenAnswer bool) {
 	b.MangleThenAnswer.Store(thenAnswer)
@@ -111,7 +124,8 @@ func (b *Behavior) SetCert(k CertKind) { b.Cert.Store(int32(k)) }
 
 // Reset makes the server well-behaved again, field by field, while it runs.
 func (b *Behavior) Reset() {
-	for _, v := range []*atomic.Int32{&b.ReverseBatch, &b.CloseAfter, &b.ResetAfter, &b.Mangle, &b.Cert, &b.Status, &b.GoAwayAfter} {
+	for _, v := range []*atomic.Int32{&b.ReverseBatch, &b.CloseAfter, &b.ResetAfter, &b.ResetNextConns, &b.Mangle, &b.Cert,
+		&b.Status, &b.GoAwayAfter} {
 		v.Store(0)
 	}
 	for _, v := range []*atomic.Bool{&b.Drop, &b.MangleThenAnswer, &b.BlackHole, &b.HangUp, &b.SplitWrites, &b.Nagle,
@@ -119,5 +133,6 @@ func (b *Behavior) Reset() {
 		v.Store(false)
 	}
 	b.DelayNanos.Store(0)
+	b.KeepaliveNanos.Store(0)
 	b.ContentType.Store(nil)
 }

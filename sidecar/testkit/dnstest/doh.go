@@ -23,11 +23,13 @@ import (
 // What Behavior does in this mode:
 //   - DelayNanos, Drop, Mangle (then the answer is the mangled message
 //     alone: one stream carries one response), Cert, BlackHole, HangUp,
-//     Nagle and ResetAfter (a TCP RST on reading the Nth request) as for DoT;
+//     Nagle, ResetAfter (a TCP RST on reading the Nth request) and
+//     ResetNextConns as for DoT;
 //   - Status, ContentType, TruncateBody, OversizeBody, ResetStream,
 //     GoAwayAfter and NoH2, below, only here;
-//   - ReverseBatch, SplitWrites and CloseAfter only for DoT (HTTP/2 frames
-//     and orders its streams itself).
+//   - ReverseBatch, SplitWrites, CloseAfter and KeepaliveNanos only for DoT
+//     (HTTP/2 frames and orders its streams itself, and manages its idle
+//     connections).
 
 // DefaultPath is the DoH endpoint's path unless Options.Path says otherwise.
 const DefaultPath = "/dns-query"
@@ -115,12 +117,13 @@ type httpConn struct {
 
 	n           atomic.Int32 // requests read on this connection
 	outstanding atomic.Int64 // requests read and not yet answered
+	resetFirst  bool         // took one of Behavior.ResetNextConns
 }
 
 // serveHTTPConn hands tc to the HTTP server and returns once it has closed
 // it.
 func (s *Server) serveHTTPConn(raw, tc net.Conn) {
-	hc := &httpConn{raw: raw, closed: make(chan struct{})}
+	hc := &httpConn{raw: raw, closed: make(chan struct{}), resetFirst: takeOne(&s.Behavior.ResetNextConns)}
 	s.httpConns.Store(tc, hc)
 	select {
 	case s.httpLn.conns <- tc:
@@ -177,7 +180,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	s.queries.Add(1)
 	n := hc.n.Add(1)
 	b := &s.Behavior
-	if ra := b.ResetAfter.Load(); ra > 0 && n >= ra {
+	if ra := b.ResetAfter.Load(); (ra > 0 && n >= ra) || hc.resetFirst {
 		if tcp, ok := hc.raw.(*net.TCPConn); ok {
 			_ = tcp.SetLinger(0)
 		}

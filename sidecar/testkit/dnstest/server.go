@@ -97,6 +97,7 @@ type Server struct {
 	open       atomic.Int64
 	maxOpen    atomic.Int64
 	maxOutst   atomic.Int64
+	idleClosed atomic.Int64
 
 	mu          sync.Mutex
 	authorities map[string]bool // DoH :authority values seen
@@ -229,6 +230,10 @@ func (s *Server) Open() int64 { return s.open.Load() }
 
 // MaxOpen is the most TLS connections that were open at once.
 func (s *Server) MaxOpen() int64 { return s.maxOpen.Load() }
+
+// IdleClosed counts connections the server closed for being idle as long
+// as its keepalive announced (Behavior.KeepaliveNanos).
+func (s *Server) IdleClosed() int64 { return s.idleClosed.Load() }
 
 // MaxOutstanding is the most queries one connection has had read and not
 // yet answered at once: how deep the client pipelined. Dropped queries

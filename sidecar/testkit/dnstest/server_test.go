@@ -206,3 +206,80 @@ func TestCloseAfterAnswersFirst(t *testing.T) {
 		})
 	}
 }
+
+// ResetNextConns resets that many new connections on their first query, and
+// only those.
+func TestResetNextConns(t *testing.T) {
+	s := New(t, Options{})
+	s.Behavior.ResetNextConns.Store(2)
+	for i, wantErr := range []bool{true, true, false, false} {
+		q := new(dns.Msg)
+		q.SetQuestion("r.example.", dns.TypeA)
+		_, _, err := client(s).Exchange(q, s.Addr.String())
+		if (err != nil) != wantErr {
+			t.Fatalf("connection %d: error %v, want one: %v", i, err, wantErr)
+		}
+	}
+	if got := s.Behavior.ResetNextConns.Load(); got != 0 {
+		t.Errorf("ResetNextConns left at %d", got)
+	}
+}
+
+// With a keepalive, the server announces it to clients that offer the
+// option (only to them), and closes a connection idle that long, but not
+// one with an answer still owed.
+func TestKeepalive(t *testing.T) {
+	s := New(t, Options{})
+	s.Behavior.SetKeepalive(300 * time.Millisecond)
+	conn, err := tls.Dial("tcp", s.Addr.String(), &tls.Config{RootCAs: s.CAPool, ServerName: s.ServerName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	dc := &dns.Conn{Conn: conn}
+	ask := func(offer bool) *dns.EDNS0_TCP_KEEPALIVE {
+		t.Helper()
+		q := new(dns.Msg)
+		q.SetQuestion("k.example.", dns.TypeA)
+		if offer {
+			q.SetEdns0(1232, false)
+			q.IsEdns0().Option = append(q.IsEdns0().Option, &dns.EDNS0_TCP_KEEPALIVE{Code: dns.EDNS0TCPKEEPALIVE})
+		}
+		if err := dc.WriteMsg(q); err != nil {
+			t.Fatal(err)
+		}
+		r, err := dc.ReadMsg()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if opt := r.IsEdns0(); opt != nil {
+			for _, o := range opt.Option {
+				if ka, ok := o.(*dns.EDNS0_TCP_KEEPALIVE); ok {
+					return ka
+				}
+			}
+		}
+		return nil
+	}
+	if ka := ask(false); ka != nil {
+		t.Errorf("keepalive %v announced to a client that did not offer it", ka)
+	}
+	if ka := ask(true); ka == nil || ka.Timeout != 3 {
+		t.Fatalf("keepalive %v, want a timeout of 3 (300 ms)", ka)
+	}
+	// A slow answer keeps the connection open past the timeout.
+	s.Behavior.SetDelay(500 * time.Millisecond)
+	ask(true)
+	s.Behavior.SetDelay(0)
+	start := time.Now()
+	if _, err := dc.ReadMsg(); err == nil {
+		t.Fatal("read a message from an idle connection")
+	}
+	if took := time.Since(start); took < 250*time.Millisecond {
+		t.Errorf("closed after %s idle, want about 300ms", took)
+	}
+	if got := s.IdleClosed(); got != 1 {
+		t.Errorf("IdleClosed = %d, want 1", got)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/binary"
+	"errors"
 	"io"
 	"net"
 	"slices"
@@ -47,12 +48,30 @@ type session struct {
 
 	n     int32    // queries read on this connection
 	batch []*frame // answers held for ReverseBatch
+	// resetFirst: this connection took one of ResetNextConns, and is reset
+	// on reading its first query.
+	resetFirst bool
 
 	outstanding atomic.Int64 // queries read and not yet answered
+	lastAnswer  atomic.Int64 // unix nanos of the last answer written
 }
 
 func newSession(s *Server, raw net.Conn, tc *tls.Conn) *session {
-	return &session{s: s, raw: raw, tc: tc, out: make(chan *frame, 1024), quit: make(chan struct{})}
+	return &session{s: s, raw: raw, tc: tc, out: make(chan *frame, 1024), quit: make(chan struct{}),
+		resetFirst: takeOne(&s.Behavior.ResetNextConns)}
+}
+
+// takeOne takes one from n if it is above zero, and reports whether it did.
+func takeOne(n *atomic.Int32) bool {
+	for {
+		v := n.Load()
+		if v <= 0 {
+			return false
+		}
+		if n.CompareAndSwap(v, v-1) {
+			return true
+		}
+	}
 }
 
 func (c *session) stop() { c.once.Do(func() { close(c.quit) }) }
@@ -73,7 +92,14 @@ func (c *session) readLoop() bool {
 	var lenBuf [2]byte
 	var msg []byte
 	for {
-		if _, err := io.ReadFull(br, lenBuf[:]); err != nil {
+		idle, err := c.readLength(br, lenBuf[:])
+		if idle {
+			// Closed as the keepalive announced: close_notify, then FIN.
+			c.s.idleClosed.Add(1)
+			c.enqueue(closeFrame)
+			return true
+		}
+		if err != nil {
 			return false
 		}
 		n := int(binary.BigEndian.Uint16(lenBuf[:]))
@@ -84,7 +110,7 @@ func (c *session) readLoop() bool {
 		c.s.queries.Add(1)
 		c.n++
 		b := &c.s.Behavior
-		if r := b.ResetAfter.Load(); r > 0 && c.n >= r {
+		if r := b.ResetAfter.Load(); (r > 0 && c.n >= r) || c.resetFirst {
 			c.reset()
 			return false
 		}
@@ -102,6 +128,37 @@ func (c *session) readLoop() bool {
 				c.enqueue(closeFrame)
 			}()
 			return true
+		}
+	}
+}
+
+// readLength reads the next frame's length prefix into lenBuf. With a
+// keepalive announced, it reports idle instead once nothing has been read
+// or answered for that long, with nothing outstanding: the idle time starts
+// at the last query read or answer written, whichever is later.
+func (c *session) readLength(br *bufio.Reader, lenBuf []byte) (idle bool, err error) {
+	since := time.Now()
+	for {
+		ka := time.Duration(c.s.Behavior.KeepaliveNanos.Load())
+		if ka > 0 {
+			_ = c.tc.SetReadDeadline(since.Add(ka))
+		}
+		n, err := io.ReadFull(br, lenBuf)
+		if ka > 0 {
+			_ = c.tc.SetReadDeadline(time.Time{})
+		}
+		var ne net.Error
+		if n != 0 || ka <= 0 || !errors.As(err, &ne) || !ne.Timeout() {
+			return false, err
+		}
+		last := time.Unix(0, c.lastAnswer.Load())
+		switch {
+		case c.outstanding.Load() > 0:
+			since = time.Now() // answers still owed: not idle yet
+		case last.After(since):
+			since = last
+		default:
+			return true, nil
 		}
 	}
 }
@@ -168,11 +225,30 @@ func (c *session) handle(dst, query []byte) []byte {
 	if r == nil {
 		return dst
 	}
+	if ka := time.Duration(c.s.Behavior.KeepaliveNanos.Load()); ka > 0 && offersKeepalive(q) {
+		if r.IsEdns0() == nil {
+			r.SetEdns0(dns.DefaultMsgSize, false)
+		}
+		opt := r.IsEdns0()
+		opt.Option = append(opt.Option, &dns.EDNS0_TCP_KEEPALIVE{Code: dns.EDNS0TCPKEEPALIVE, Timeout: uint16(ka / (100 * time.Millisecond))})
+	}
 	packed, err := r.Pack()
 	if err != nil {
 		return dst
 	}
 	return append(dst, packed...)
+}
+
+// offersKeepalive reports whether q carries edns-tcp-keepalive.
+func offersKeepalive(q *dns.Msg) bool {
+	if opt := q.IsEdns0(); opt != nil {
+		for _, o := range opt.Option {
+			if o.Option() == dns.EDNS0TCPKEEPALIVE {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func mangle(msg []byte, m Mangle) {
@@ -263,6 +339,7 @@ func (c *session) writeLoop() {
 				return
 			}
 			if f.answer {
+				c.lastAnswer.Store(time.Now().UnixNano())
 				c.outstanding.Add(-1)
 			}
 			framePool.Put(f)
