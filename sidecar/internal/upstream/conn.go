@@ -14,6 +14,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
@@ -79,6 +80,7 @@ type conn struct {
 	idBits    uint64              // unused random bits from rng
 	idLeft    int                 // IDs left in idBits
 	abandoned *idQuarantine       // IDs of queries given up on lately; nil until the first
+	sent      uint64              // queries sent on it, for the upstream's per-connection limit (budget.go)
 	retired   bool                // no new queries; closes once drained
 	retiredAt time.Time
 	dead      bool
@@ -199,7 +201,20 @@ func (c *conn) send(req *request) bool {
 	at := len(c.pending)
 	c.pending = req.query.AppendQuery(append(c.pending, 0, 0), id, c.d.rewrite)
 	binary.BigEndian.PutUint16(c.pending[at:], uint16(len(c.pending)-at-2))
+	c.sent++
+	spent := false
+	if limit := c.d.budget.queries(c.d.opts.MaxAge); limit != 0 && c.sent >= limit {
+		// The upstream closes the connection after this one: no more.
+		spent, c.retired, c.retiredAt = true, true, time.Now()
+		c.closing.Store(true)
+	}
 	c.mu.Unlock()
+	if spent {
+		// Not busy as retire counts it: the upstream answers these few at
+		// once, and evicting another draining connection for a
+		// replacement would throw away queries it is about to answer.
+		c.d.retired(c, false)
+	}
 	if signal {
 		// Only the query that finds the queue empty wakes the writer; later
 		// ones ride along in the same write.
@@ -276,11 +291,11 @@ func (c *conn) retire(why string) {
 }
 
 // closeIfIdle closes c if no query is in flight and none has been for its
-// idle limit (the pool's idle timeout, or the upstream's keepalive) before
-// now.
-func (c *conn) closeIfIdle(now time.Time) bool {
+// idle limit (the pool's idle timeout, or the upstream's keepalive, checked
+// every tick) before now.
+func (c *conn) closeIfIdle(now time.Time, tick time.Duration) bool {
 	c.mu.Lock()
-	idle := !c.dead && len(c.inflight) == 0 && now.Sub(c.idleSince) >= c.idleLimit()
+	idle := !c.dead && len(c.inflight) == 0 && now.Sub(c.idleSince) >= c.idleLimit(tick)
 	if idle {
 		c.closing.Store(true)
 		c.retired = true // send refuses from here on
@@ -304,7 +319,11 @@ func (c *conn) closeIfIdle(now time.Time) bool {
 // Group counts the death of one connection once, however many queries it
 // carried.
 func (c *conn) lost(err error) {
-	if c.answers.Load() != 0 {
+	if n := c.answers.Load(); n != 0 {
+		if c.load.Load() > 0 && c.d.budget.closedUnderLoad(n) {
+			c.d.log.Info("upstream closes connections after a fixed number of queries; sending at most that many on each",
+				"upstream", c.d.name, "queries", n)
+		}
 		c.shutdown(fmt.Errorf("%w: %w", ErrConnClosed, err), true)
 		return
 	}
@@ -373,7 +392,8 @@ func (c *conn) writeLoop() {
 		// One deadline and one TLS write for everything queued so far.
 		_ = c.tc.SetWriteDeadline(time.Now().Add(writeTimeout))
 		if _, err := c.tc.Write(buf); err != nil {
-			c.lost(fmt.Errorf("writing to %s: %w", c.d.name, err))
+			c.writeFailed(fmt.Errorf("writing to %s: %w", c.d.name, err))
+			<-c.done
 			c.closeSocket()
 			return
 		}
@@ -381,6 +401,25 @@ func (c *conn) writeLoop() {
 			buf = nil
 		}
 	}
+}
+
+// writeFailed handles a write that failed with err. When the upstream has
+// closed or reset the connection, the answers it wrote before may be
+// waiting unread in the receive buffer: an upstream that closes connections
+// after so many queries, with more unread, resets them, and the first sign
+// of it is often a write failing while its last answers are still in
+// flight to the reader. Those answers are delivered, by the reader, which
+// then meets the end and ends c (lost), within closeNotifyTimeout; c takes
+// no new queries meanwhile. Killing c at once would discard them and fail
+// every query it carried as if nothing had been answered. Any other failure
+// (the write deadline: the upstream stopped reading) ends c now.
+func (c *conn) writeFailed(err error) {
+	if !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, syscall.EPIPE) {
+		c.lost(err)
+		return
+	}
+	c.retire(err.Error())
+	_ = c.tc.SetReadDeadline(time.Now().Add(closeNotifyTimeout))
 }
 
 func (c *conn) closeSocket() {
@@ -517,8 +556,11 @@ func (c *conn) retiredSince() time.Time {
 	return c.retiredAt
 }
 
-// evict closes c now; its queries are resent on another connection.
-func (c *conn) evict(why string) { c.lost(fmt.Errorf("%s: %s", c.d.name, why)) }
+// evict closes c now; its queries are resent on another connection. It is
+// this side's doing, not the upstream's: nothing is held against it.
+func (c *conn) evict(why string) {
+	c.shutdown(fmt.Errorf("%w: %s: %s", ErrConnClosed, c.d.name, why), true)
+}
 
 // deathCause is why c died (nil while it lives).
 func (c *conn) deathCause() error {

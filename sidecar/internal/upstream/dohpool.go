@@ -242,7 +242,7 @@ func (d *DoH) acquire(ctx context.Context) (*dohConn, error) {
 			d.waiting.Add(-1)
 		case <-ctx.Done():
 			d.waiting.Add(-1)
-			return nil, fmt.Errorf("waiting for a connection to %s: %w", d.name, ctx.Err())
+			return nil, d.waitError(ctx, d.name, dl)
 		}
 	}
 }

@@ -67,6 +67,7 @@ type DoT struct {
 	pool[*conn] // the connections (poolstate.go; how a DoT uses them: pool.go)
 	opts        DoTOptions
 	tick        time.Duration
+	budget      connBudget // the upstream's per-connection query limit, once learned
 
 	ctx    context.Context // cancelled by Close: stops dials and housekeeping
 	cancel context.CancelFunc

@@ -501,10 +501,11 @@ func TestGroupRetryBounds(t *testing.T) {
 		if got := r.counter(r.m.Retries, 0); got != 1 {
 			t.Errorf("retries_total = %v, want 1 (2 attempts)", got)
 		}
-		// Each attempt is one DoT Exchange; a new connection reset before
-		// answering is not resent within it.
-		if got := r.ups[0].srv.Queries(); got != 2 {
-			t.Errorf("server saw %d sends, want 2", got)
+		// Each attempt is one DoT Exchange. In the first, the query is
+		// resent once after its new connection is reset; in the second, the
+		// third connection in a row reset makes the upstream unreachable.
+		if got := r.ups[0].srv.Queries(); got != 3 {
+			t.Errorf("server saw %d sends, want 3", got)
 		}
 	})
 	t.Run("deadline", func(t *testing.T) {
@@ -551,9 +552,10 @@ func TestGroupConnClosedNotCounted(t *testing.T) {
 }
 
 // An upstream that completes the TLS handshake and then drops every
-// connection before answering is failing: it is marked down after MaxFails
-// attempts (one connection each, no dial loop), and its queries are
-// answered by the other upstream meanwhile.
+// connection before answering is failing: after the first two connections
+// lost, whose query is resent once and then fails over without blame, each
+// attempt (one connection, no dial loop) counts, and MaxFails of them mark
+// it down; its queries are answered by the other upstream meanwhile.
 func TestGroupUpstreamDroppingNewConnectionsMarkedDown(t *testing.T) {
 	tests := []struct {
 		name string
@@ -575,11 +577,16 @@ func TestGroupUpstreamDroppingNewConnectionsMarkedDown(t *testing.T) {
 			if r.health(0) != 0 {
 				t.Fatalf("upstream 0 still up after 10 queries; %d failures counted", r.g.members[0].fails.Load())
 			}
-			if got := r.counter(r.m.Failovers, 0); got != 3 {
-				t.Errorf("failovers_total{upstream 0} = %v, want 3 (HEALTH_MAX_FAILS)", got)
+			// The first query's two connections and one failover, then
+			// HEALTH_MAX_FAILS attempts of one connection each. (A connection
+			// hung up on before the pool published it leaves its query
+			// waiting for the next dial instead: the first query then sees
+			// all three connections of the run, and fails over once, counted.)
+			if got := r.counter(r.m.Failovers, 0); got != 1+3 && got != 3 {
+				t.Errorf("failovers_total{upstream 0} = %v, want 4 (or 3)", got)
 			}
-			if got := r.ups[0].srv.Accepted(); got != 3 {
-				t.Errorf("upstream 0 accepted %d connections, want 3 (one per attempt)", got)
+			if got := r.ups[0].srv.Accepted(); got != 2+3 {
+				t.Errorf("upstream 0 accepted %d connections, want 5", got)
 			}
 		})
 	}

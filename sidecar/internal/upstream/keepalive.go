@@ -47,11 +47,14 @@ func (c *conn) noteKeepalive(data []byte) {
 }
 
 // idleLimit is how long c may stay idle: the pool's idle timeout, or less
-// when the upstream announced a shorter keepalive.
-func (c *conn) idleLimit() time.Duration {
+// when the upstream announced a shorter keepalive. Housekeeping, which sees
+// c once a tick, closes it when it would pass a keepalive limit before the
+// next tick: early rather than late, which could be after the upstream's
+// own close.
+func (c *conn) idleLimit(tick time.Duration) time.Duration {
 	limit := c.d.opts.IdleTimeout
-	if ka := time.Duration(c.keepIdle.Load()); ka > 0 {
-		limit = min(limit, ka)
+	if ka := time.Duration(c.keepIdle.Load()); ka > 0 && ka-tick < limit {
+		limit = max(ka-tick, 0)
 	}
 	return limit
 }

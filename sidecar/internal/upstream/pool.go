@@ -2,7 +2,6 @@ package upstream
 
 import (
 	"context"
-	"fmt"
 	"time"
 )
 
@@ -72,7 +71,7 @@ func (d *DoT) acquire(ctx context.Context, req *request) (*conn, error) {
 		select {
 		case <-wait:
 		case <-ctx.Done():
-			return nil, fmt.Errorf("waiting for a connection to %s: %w", d.name, ctx.Err())
+			return nil, d.waitError(ctx, d.name, dl)
 		}
 	}
 }
@@ -133,7 +132,7 @@ func (d *DoT) housekeep(now time.Time) {
 			c.retire("max age")
 			continue
 		}
-		if c.closeIfIdle(now) {
+		if c.closeIfIdle(now, d.tick) {
 			d.log.Debug("closed idle upstream connection", "upstream", d.name)
 		}
 	}

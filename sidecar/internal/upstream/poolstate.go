@@ -1,7 +1,9 @@
 package upstream
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -218,6 +220,26 @@ func (p *pool[C]) cutDrains(now time.Time) {
 	for _, c := range overdue {
 		c.evict("retired connection still draining after " + drainGrace.String())
 	}
+}
+
+// waitError says why a query gave up, at ctx's end, waiting for a
+// connection; dl is the dial it last waited for. Waiting for a dial that is
+// still going on means the upstream is slow to accept or to complete the
+// handshake: a failure like any timeout. Waiting for room on connections
+// that are open means they are busy, or spent on the upstream's limit of
+// queries per connection (budget.go), while the pool is at its size: the
+// upstream is answering them, and the query timed out for want of this
+// side's capacity, which must not count against the upstream's health
+// (ErrSlowAnswer, as for a name that is slow to resolve).
+func (p *pool[C]) waitError(ctx context.Context, name string, dl *dialState[C]) error {
+	p.mu.Lock()
+	dialing := dl != nil && !dl.finished
+	open := len(p.activeConns())+len(p.draining) > 0
+	p.mu.Unlock()
+	if !dialing && open {
+		return fmt.Errorf("waiting for room on the connections to %s: %w: %w", name, ErrSlowAnswer, ctx.Err())
+	}
+	return fmt.Errorf("waiting for a connection to %s: %w", name, ctx.Err())
 }
 
 // close marks the pool closed and returns every connection, for the caller
