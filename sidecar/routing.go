@@ -180,12 +180,13 @@ func (b groupBuilder) member(e config.Upstream, trustFor func(config.Upstream) (
 	cfg := b.cfg
 	if !e.Scheme.Encrypted() {
 		u, err := upstream.NewPlain(upstream.PlainOptions{
-			Addr:         e.Addr,
-			TCPOnly:      e.Scheme == config.SchemeTCP,
-			DialTimeout:  cfg.DialTimeout,
-			QueryTimeout: cfg.QueryTimeout,
-			Logger:       b.log,
-			Metrics:      m,
+			Addr:                e.Addr,
+			TCPOnly:             e.Scheme == config.SchemeTCP,
+			DialTimeout:         cfg.DialTimeout,
+			QueryTimeout:        cfg.QueryTimeout,
+			ForwardClientSubnet: cfg.ForwardClientSubnet,
+			Logger:              b.log,
+			Metrics:             m,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("upstream %s: %w", e.Name(), err)
@@ -197,18 +198,19 @@ func (b groupBuilder) member(e config.Upstream, trustFor func(config.Upstream) (
 		return nil, err
 	}
 	opts := upstream.DoTOptions{
-		Addr:               e.Addr,
-		ServerName:         e.ServerName,
-		Pins:               e.Pins,
-		Trust:              trust,
-		PoolSize:           cfg.UpstreamPoolSize,
-		DialTimeout:        cfg.DialTimeout,
-		IdleTimeout:        cfg.UpstreamIdleTimeout,
-		MaxAge:             cfg.UpstreamMaxAge,
-		MaxInFlightPerConn: cfg.UpstreamMaxInflight,
-		QueryTimeout:       cfg.QueryTimeout,
-		Logger:             b.log,
-		Metrics:            m,
+		Addr:                e.Addr,
+		ServerName:          e.ServerName,
+		Pins:                e.Pins,
+		Trust:               trust,
+		PoolSize:            cfg.UpstreamPoolSize,
+		DialTimeout:         cfg.DialTimeout,
+		IdleTimeout:         cfg.UpstreamIdleTimeout,
+		MaxAge:              cfg.UpstreamMaxAge,
+		MaxInFlightPerConn:  cfg.UpstreamMaxInflight,
+		QueryTimeout:        cfg.QueryTimeout,
+		ForwardClientSubnet: cfg.ForwardClientSubnet,
+		Logger:              b.log,
+		Metrics:             m,
 	}
 	var u upstream.Upstream
 	if e.Scheme == config.SchemeHTTPS {

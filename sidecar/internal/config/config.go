@@ -102,6 +102,7 @@ type Config struct {
 	UpstreamMaxAge      time.Duration `env:"UPSTREAM_MAX_AGE" envDefault:"5m" valid:">0" help:"age at which an upstream connection is retired, so certificates are verified again"`
 	DialTimeout         time.Duration `env:"DIAL_TIMEOUT" envDefault:"2s" valid:">0" help:"limit for the TCP connect plus TLS handshake to an upstream"`
 	UpstreamMaxInflight int           `env:"UPSTREAM_MAX_INFLIGHT" envDefault:"1024" valid:"1..16384" help:"most queries in flight on one upstream connection (1-16384: message IDs are 16 bits and a free one must stay cheap to draw)"`
+	ForwardClientSubnet bool          `env:"FORWARD_CLIENT_SUBNET" envDefault:"false" help:"pass a client's EDNS Client Subnet option (RFC 7871) on to upstreams; off, it is removed from every query, and the sidecar never adds one"`
 
 	UpstreamPolicy      string        `env:"UPSTREAM_POLICY" envDefault:"sequential" valid:"sequential|round_robin|random" help:"how to choose among healthy upstreams: sequential (first healthy in list order, the default: a deterministic primary keeps behaviour and debugging predictable), round_robin or random"`
 	RetryMaxAttempts    int           `env:"RETRY_MAX_ATTEMPTS" envDefault:"3" valid:"1.." help:"most attempts per query (1 = no retry); each retry goes to the next healthy upstream"`
