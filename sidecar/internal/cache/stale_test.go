@@ -40,7 +40,7 @@ func realRouter(t *testing.T) (*router.Router, []*dnstest.Server, *dnstest.Plain
 	}
 	g, err := upstream.NewGroup(upstream.GroupOptions{
 		Upstreams: members, Policy: upstream.Sequential, MaxAttempts: 2, BaseDelay: 10 * time.Millisecond,
-		MaxFails: 3, ProbeInterval: time.Second, ProbeTimeout: time.Second, Logger: log, Metrics: m,
+		MaxFails: 3, ProbeInterval: time.Second, ProbeTimeout: time.Second, PartialWindow: 5 * time.Second, Logger: log, Metrics: m,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -53,7 +53,7 @@ func realRouter(t *testing.T) (*router.Router, []*dnstest.Server, *dnstest.Plain
 	}
 	cg, err := upstream.NewGroup(upstream.GroupOptions{
 		Upstreams: []upstream.Upstream{p}, Policy: upstream.Sequential, MaxAttempts: 2, BaseDelay: 10 * time.Millisecond,
-		MaxFails: 3, ProbeInterval: time.Second, ProbeTimeout: time.Second, Logger: log, Metrics: cm,
+		MaxFails: 3, ProbeInterval: time.Second, ProbeTimeout: time.Second, PartialWindow: 5 * time.Second, Logger: log, Metrics: cm,
 	})
 	if err != nil {
 		t.Fatal(err)

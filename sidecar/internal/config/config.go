@@ -34,6 +34,14 @@ const (
 // upstream is noticed.
 const HealthProbeTimeout = time.Second
 
+// HealthPartialWindow is the window over which an upstream's timeouts are
+// weighed against its answers, by distinct name: when more than half of a
+// window's names (at least 20) timed out, the upstream is taken out of
+// rotation. A default without a setting: long enough for a busy pod to ask
+// 20 names, short enough that a partly failing upstream is out within
+// seconds.
+const HealthPartialWindow = 5 * time.Second
+
 // Config holds every setting. Each exported field is one setting, described
 // by its tags:
 //

@@ -35,6 +35,9 @@ type GroupOptions struct {
 	ProbeInterval time.Duration
 	// ProbeTimeout bounds one health probe.
 	ProbeTimeout time.Duration
+	// PartialWindow is the window over which an upstream's timeouts are
+	// weighed against its answers, by distinct name (partial.go).
+	PartialWindow time.Duration
 	// Probe is what the health probe of a down upstream asks, unless Probes
 	// says otherwise; the zero value asks "NS .", which a recursive
 	// resolver with Internet access answers at once. A resolver that
@@ -76,6 +79,9 @@ type Group struct {
 	mu     sync.Mutex // guards closed and probes.Add against Close
 	closed bool
 	probes sync.WaitGroup
+	// downMu serializes taking upstreams out for partial failure, which
+	// must leave one healthy.
+	downMu sync.Mutex
 }
 
 var _ Upstream = (*Group)(nil)
@@ -94,7 +100,8 @@ func NewGroup(opts GroupOptions) (*Group, error) {
 		positive("BaseDelay", opts.BaseDelay),
 		positive("MaxFails", opts.MaxFails),
 		positive("ProbeInterval", opts.ProbeInterval),
-		positive("ProbeTimeout", opts.ProbeTimeout))
+		positive("ProbeTimeout", opts.ProbeTimeout),
+		positive("PartialWindow", opts.PartialWindow))
 	if err != nil {
 		return nil, fmt.Errorf("upstream group: %w", err)
 	}
@@ -268,10 +275,13 @@ func (g *Group) attempt(ctx context.Context, q dnswire.Msg, idx, attempt int) (d
 	}
 	started := time.Now()
 	resp, err := m.up.Exchange(actx, q)
+	// A timeout with less than minJudgedBudget to begin with says nothing.
+	judged := budget < 0 || budget >= minJudgedBudget
 	switch {
 	case err == nil, errors.Is(err, ErrBadResponse):
 		// An answer, even one that does not parse, shows the upstream up.
 		g.succeeded(m)
+		g.weigh(m, &q, false)
 	case errors.Is(err, ErrConnClosed), errors.Is(err, ErrClosed), errors.Is(err, ErrBadQuery):
 		// Connections the upstream closed under the query (normal, RFC 7858
 		// §3.4; the DoT has resent on fresh ones already), shutdown, or a
@@ -281,13 +291,20 @@ func (g *Group) attempt(ctx context.Context, q dnswire.Msg, idx, attempt int) (d
 		// connection: a slow name, not a sick upstream. Counting these would
 		// let a client asking a few slow names (A and AAAA, search-list
 		// expansions, its own retries: all time out together) take a
-		// healthy upstream out, for everyone.
+		// healthy upstream out, for everyone. Over many names, though, it
+		// is an upstream dropping queries (partial.go).
+		if judged && !errors.Is(ctx.Err(), context.Canceled) {
+			g.weigh(m, &q, true)
+		}
 	case errors.Is(ctx.Err(), context.Canceled):
 		// The client went away, or we are shutting down.
-	case errors.Is(err, context.DeadlineExceeded) && budget >= 0 && budget < minJudgedBudget:
+	case errors.Is(err, context.DeadlineExceeded) && !judged:
 		// No fair chance to answer.
 	default:
 		g.failed(m, err, started)
+		if errors.Is(err, context.DeadlineExceeded) {
+			g.weigh(m, &q, true)
+		}
 	}
 	return resp, err
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"sync"
@@ -146,6 +147,7 @@ type rigUpstream struct {
 	d    *DoT
 
 	silent    atomic.Bool  // read queries, answer none
+	dropPct   atomic.Int32 // drop this share of queries (percent), at random
 	rcode     atomic.Int32 // non-zero: answer with this rcode and no records
 	nsQueries atomic.Int64 // "NS ." queries seen: the health probes
 }
@@ -164,6 +166,9 @@ func (u *rigUpstream) handler(q *dns.Msg) *dns.Msg {
 		u.nsQueries.Add(1)
 	}
 	if u.silent.Load() {
+		return nil
+	}
+	if p := u.dropPct.Load(); p > 0 && rand.IntN(100) < int(p) {
 		return nil
 	}
 	r := dnstest.DefaultHandler(q)

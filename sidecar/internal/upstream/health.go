@@ -28,9 +28,12 @@ type member struct {
 	name  string
 	probe Probe
 
-	down  atomic.Bool  // read lock-free on every query
-	fails atomic.Int32 // consecutive counted failures
-	trial atomic.Bool  // a real query is in flight as a probe (Group.trial)
+	down    atomic.Bool  // read lock-free on every query
+	fails   atomic.Int32 // consecutive counted failures
+	trial   atomic.Bool  // a real query is in flight as a probe (Group.trial)
+	partial partialWindow
+
+	lastPartialWarn atomic.Int64 // unix nanos of the last "kept in rotation" warning
 
 	// mu guards the fields below and every change of down, so that the
 	// health gauge and the probe always follow the last transition.
@@ -38,9 +41,15 @@ type member struct {
 	probing    bool      // at most one probe per upstream
 	lastErr    error     // the last failure counted
 	lastFailAt time.Time // when it was counted
+	// partialOut: down for partial failure (partial.go), back only after
+	// partialProbes probes answered in a row (probeOK), and not before
+	// partialUntil.
+	partialOut   bool
+	partialUntil time.Time
+	probeOK      int
 
-	retries, failovers, hcFailures prometheus.Counter
-	state                          prometheus.Gauge
+	retries, failovers, hcFailures, partialFailures prometheus.Counter
+	state                                           prometheus.Gauge
 }
 
 func newMember(u Upstream, m *Metrics, p Probe) *member {
@@ -56,18 +65,25 @@ func newMember(u Upstream, m *Metrics, p Probe) *member {
 		failovers:  m.Failovers.WithLabelValues(name),
 		hcFailures: m.HealthCheckFailures.WithLabelValues(name),
 		state:      m.HealthState.WithLabelValues(name),
+
+		partialFailures: m.PartialFailures.WithLabelValues(name),
 	}
 }
 
 // succeeded records an answer: the failure streak ends and, should the
 // upstream have been marked down meanwhile, it is back (it just answered).
+// One taken out for partial failure answers some queries by definition: it
+// comes back through its probes, unless every upstream is down, when any
+// answer is worth having.
 func (g *Group) succeeded(m *member) {
 	if m.fails.Load() != 0 { // keep the common case free of shared writes
 		m.fails.Store(0)
 	}
 	if m.down.Load() {
 		m.mu.Lock()
-		g.markUpLocked(m, "answered a query")
+		if !m.partialOut || g.healthyCount() == 0 {
+			g.markUpLocked(m, "answered a query")
+		}
 		m.mu.Unlock()
 	}
 }
@@ -98,9 +114,15 @@ func (g *Group) failed(m *member, err error, started time.Time) {
 	if int(n) < g.opts.MaxFails || m.down.Load() {
 		return
 	}
+	g.log.Warn("upstream marked down", append([]any{"upstream", m.name, "consecutive_failures", n, "err", err}, dialLogAttrs(err)...)...)
+	g.markDownLocked(m)
+}
+
+// markDownLocked takes m out of rotation and starts probing it. Called with
+// m.mu held.
+func (g *Group) markDownLocked(m *member) {
 	m.down.Store(true)
 	m.state.Set(0)
-	g.log.Warn("upstream marked down", append([]any{"upstream", m.name, "consecutive_failures", n, "err", err}, dialLogAttrs(err)...)...)
 	if m.probing {
 		return
 	}
@@ -131,6 +153,7 @@ func (g *Group) markUpLocked(m *member, why string) {
 	}
 	m.fails.Store(0)
 	m.lastErr = nil
+	m.partialOut, m.probeOK = false, 0
 	m.down.Store(false)
 	m.state.Set(1)
 	g.log.Info("upstream is back", "upstream", m.name, "because", why)
@@ -172,6 +195,14 @@ func (g *Group) probe(m *member) {
 			return
 		}
 		m.mu.Lock()
+		if err == nil && m.down.Load() && m.partialOut {
+			// Taken out for partial failure: back after partialProbes
+			// answers in a row, and not within its hold.
+			if m.probeOK++; m.probeOK < partialProbes || time.Now().Before(m.partialUntil) {
+				m.mu.Unlock()
+				continue
+			}
+		}
 		if err == nil || !m.down.Load() {
 			// Answered, or a query's answer already brought it back.
 			if err == nil {
@@ -181,6 +212,7 @@ func (g *Group) probe(m *member) {
 			m.mu.Unlock()
 			return
 		}
+		m.probeOK = 0
 		m.mu.Unlock()
 		m.hcFailures.Inc()
 		g.log.Debug("health probe failed", "upstream", m.name, "err", err)

@@ -53,6 +53,7 @@ func testGroupOptions(opts GroupOptions) GroupOptions {
 	opts.MaxFails = cmp.Or(opts.MaxFails, 3)
 	opts.ProbeInterval = cmp.Or(opts.ProbeInterval, time.Second)
 	opts.ProbeTimeout = cmp.Or(opts.ProbeTimeout, time.Second)
+	opts.PartialWindow = cmp.Or(opts.PartialWindow, 5*time.Second)
 	return opts
 }
 
