@@ -15,9 +15,15 @@ import (
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
 )
 
+// testPlainOptions are the options of a test Plain toward srv (when not
+// nil).
 func testPlainOptions(srv *dnstest.PlainServer, tcpOnly bool) PlainOptions {
+	var addr netip.AddrPort
+	if srv != nil {
+		addr = srv.Addr
+	}
 	return PlainOptions{
-		Addr:         srv.Addr,
+		Addr:         addr,
 		TCPOnly:      tcpOnly,
 		DialTimeout:  2 * time.Second,
 		QueryTimeout: 2 * time.Second,
