@@ -3,6 +3,7 @@ package server
 import (
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -53,6 +54,13 @@ func startDoTRig(t *testing.T, opts Options, mod func(*dnstest.Server, *upstream
 			seen.opts[strings.ToLower(name)] = opt.Option
 			seen.mu.Unlock()
 		}
+		if opt := r.IsEdns0(); opt != nil && strings.HasPrefix(strings.ToLower(name), "hop") {
+			// The options of the upstream's hop, which must not reach the
+			// client, and one of the answer's own, which must.
+			opt.Option = append(opt.Option, &dns.EDNS0_PADDING{Padding: make([]byte, 64)},
+				&dns.EDNS0_TCP_KEEPALIVE{Code: dns.EDNS0TCPKEEPALIVE, Timeout: 300},
+				&dns.EDNS0_NSID{Code: dns.EDNS0NSID, Nsid: "6e73"})
+		}
 		if strings.HasPrefix(strings.ToLower(name), "big") {
 			for i := range 40 {
 				r.Answer = append(r.Answer, &dns.TXT{
@@ -75,6 +83,14 @@ func startDoTRig(t *testing.T, opts Options, mod func(*dnstest.Server, *upstream
 	t.Cleanup(func() { _ = d.Close() }) // runs after the server's Shutdown
 	opts.Upstream = d
 	return &dotRig{testServer: startServer(t, opts), dot: ds, seen: seen}
+}
+
+func optionCodes(opts []dns.EDNS0) []uint16 {
+	var codes []uint16
+	for _, o := range opts {
+		codes = append(codes, o.Option())
+	}
+	return codes
 }
 
 // TestDoTPipelinedReverse pipelines 100 queries on one client TCP
@@ -156,10 +172,33 @@ func TestDoTRelay(t *testing.T) {
 			}
 		})
 		t.Run(network+"/no OPT", func(t *testing.T) {
-			q := newQuery(network+"-plain.example.", dns.TypeAAAA)
+			// The upstream sees an OPT record (the query is padded), and
+			// answers with one, which the client must not get.
+			q := newQuery("hop-"+network+"-plain.example.", dns.TypeAAAA)
 			r, _ := ask(t, network, addr, q)
 			if r.Id != q.Id || len(r.Answer) != 1 || r.IsEdns0() != nil || len(r.Extra) != 0 {
 				t.Fatalf("answer %v, want one AAAA and no OPT", r)
+			}
+			if got := optionCodes(rig.seen.get(q.Question[0].Name)); !slices.Equal(got, []uint16{dns.EDNS0TCPKEEPALIVE, dns.EDNS0PADDING}) {
+				t.Errorf("DoT server saw options %v, want the keepalive offer and padding", got)
+			}
+		})
+		t.Run(network+"/hop options", func(t *testing.T) {
+			q := ednsQuery("hop-"+network+".example.", dns.TypeA, 1232)
+			q.IsEdns0().Option = append(q.IsEdns0().Option,
+				&dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0102030405060708"},
+				&dns.EDNS0_SUBNET{Code: dns.EDNS0SUBNET, Family: 1, SourceNetmask: 24, Address: []byte{198, 51, 100, 0}},
+				&dns.EDNS0_TCP_KEEPALIVE{Code: dns.EDNS0TCPKEEPALIVE},
+				&dns.EDNS0_PADDING{Padding: make([]byte, 9)}, unknown)
+			r, _ := ask(t, network, addr, q)
+			if got := optionCodes(rig.seen.get(q.Question[0].Name)); !slices.Equal(got, []uint16{unknown.Code, dns.EDNS0TCPKEEPALIVE, dns.EDNS0PADDING}) {
+				t.Errorf("DoT server saw options %v, want the client's unknown one, then the keepalive offer and padding", got)
+			}
+			if r.IsEdns0() == nil {
+				t.Fatalf("answer without OPT: %v", r)
+			}
+			if got := optionCodes(r.IsEdns0().Option); !slices.Equal(got, []uint16{dns.EDNS0NSID}) {
+				t.Errorf("client got options %v, want the answer's NSID alone", got)
 			}
 		})
 	}
