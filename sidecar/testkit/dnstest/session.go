@@ -147,8 +147,7 @@ func (c *session) readLength(br *bufio.Reader, lenBuf []byte) (idle bool, err er
 		if ka > 0 {
 			_ = c.tc.SetReadDeadline(time.Time{})
 		}
-		var ne net.Error
-		if n != 0 || ka <= 0 || !errors.As(err, &ne) || !ne.Timeout() {
+		if err == nil || n != 0 || ka <= 0 || !isTimeout(err) {
 			return false, err
 		}
 		last := time.Unix(0, c.lastAnswer.Load())
@@ -161,6 +160,11 @@ func (c *session) readLength(br *bufio.Reader, lenBuf []byte) (idle bool, err er
 			return true, nil
 		}
 	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // reset sends a TCP RST: with linger 0, close discards unsent data and
