@@ -130,6 +130,7 @@ var dashboardMustShow = []string{
 	"dot_sidecar_upstream_failovers_total",
 	"dot_sidecar_upstream_health_state",
 	"dot_sidecar_upstream_health_check_failures_total",
+	"dot_sidecar_upstream_partial_failures_total",
 	"dot_sidecar_route_info",
 }
 

@@ -86,6 +86,7 @@ func exportedMetrics(t *testing.T) map[string]family {
 	}
 	up := upstream.NewMetrics(reg)
 	up.Init("192.0.2.1:853#dns.example")
+	up.InitKeepalive("192.0.2.1:853#dns.example")
 	up.ForRoute("cluster").Init("dns://10.96.0.10:53")
 	up.Init("https://192.0.2.1:443/dns-query#dns.example")
 	up.InitHTTP("https://192.0.2.1:443/dns-query#dns.example")

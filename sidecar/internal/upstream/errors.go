@@ -10,9 +10,10 @@ import (
 var (
 	// ErrUnreachable: the upstream could not be reached (dial refused or timed
 	// out, no route), or it completed the TLS handshake and then closed or
-	// reset the connection before answering anything on it (a server at its
-	// connection limit, or broken). Counts against the upstream's health.
-	// Answers get EDE 22 (No Reachable Authority).
+	// reset the connection before answering anything on it, for the third
+	// new connection in a row (a server at its connection limit, or broken;
+	// newconn.go). Counts against the upstream's health. Answers get EDE 22
+	// (No Reachable Authority).
 	ErrUnreachable = errors.New("upstream unreachable")
 	// ErrTLS: the TLS handshake or certificate verification failed. Answers
 	// get EDE 23 (Network Error). Never retried in plaintext.
@@ -20,16 +21,18 @@ var (
 	// ErrPinMismatch wraps ErrTLS: the verified chain holds no pinned key.
 	ErrPinMismatch = fmt.Errorf("%w: no pinned key in the verified chain", ErrTLS)
 	// ErrConnClosed: a pooled connection that had answered queries before
-	// died under a query (the upstream closed or reset it, RFC 7858 §3.4).
-	// The query is resent on a fresh connection and the upstream is not
-	// blamed. A connection that dies before answering anything is
-	// ErrUnreachable instead.
+	// died under a query (the upstream closed or reset it, RFC 7858 §3.4),
+	// or a new one did before answering anything, fewer than three in a row
+	// (errNewConnLost). The query is resent on a fresh connection and the
+	// upstream is not blamed.
 	ErrConnClosed = errors.New("upstream connection closed")
 	// ErrSlowAnswer wraps the context's error when a query timed out on a
 	// connection that answered other queries while this one waited: the
 	// upstream is up, and this name is slow to resolve (long recursion, a
-	// lame delegation). A Group retries it elsewhere but does not hold it
-	// against the upstream's health. Answers get EDE 22, like any timeout.
+	// lame delegation); or waiting for room on connections that are all
+	// open and answering. A Group retries it elsewhere but does not hold it
+	// against the upstream's health, unless over a window most names time
+	// out (partial.go). Answers get EDE 22, like any timeout.
 	ErrSlowAnswer = errors.New("upstream answering other queries, but not this one in time")
 	// ErrAllDown: every upstream is marked down; answers get SERVFAIL at once
 	// with EDE 22.

@@ -223,9 +223,15 @@ func (um *upstreamMetrics) initHTTP() {
 	}
 }
 
-// initKeepalive creates the upstream's KeepaliveTimeout series, at 0: a
-// DoT upstream's only, the one that offers edns-tcp-keepalive.
+// InitKeepalive creates the KeepaliveTimeout series of upstream, a
+// DNS-over-TLS one, at 0: the others offer no edns-tcp-keepalive and have
+// none.
+func (m *Metrics) InitKeepalive(upstream string) { m.KeepaliveTimeout.WithLabelValues(upstream) }
+
+// initKeepalive creates the upstream's KeepaliveTimeout series
+// (InitKeepalive) and keeps it for the reader.
 func (um *upstreamMetrics) initKeepalive() {
+	um.m.InitKeepalive(um.name)
 	um.keepalive = um.m.KeepaliveTimeout.WithLabelValues(um.name)
 }
 
