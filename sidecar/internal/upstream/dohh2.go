@@ -190,6 +190,24 @@ type h2Request struct {
 	rewrite   dnswire.QueryRewrite // rewritten so (AppendQuery)
 }
 
+// paddedLengths are the content-length values of padded queries, a few
+// blocks long, formatted once: strconv makes a new string of every number
+// of three digits or more, an allocation per query.
+var paddedLengths = func() (l [4]string) {
+	for i := range l {
+		l[i] = strconv.Itoa((i + 1) * dnswire.PadBlock)
+	}
+	return l
+}()
+
+// contentLength formats n, a query's length.
+func contentLength(n int) string {
+	if i := n/dnswire.PadBlock - 1; n%dnswire.PadBlock == 0 && i >= 0 && i < len(paddedLengths) {
+		return paddedLengths[i]
+	}
+	return strconv.Itoa(n)
+}
+
 // roundTrip sends r on a new stream and waits for its answer or for ctx. A
 // stream given up on is reset, and whatever the server still sends on it
 // is dropped.
@@ -257,7 +275,7 @@ func (h *h2Conn) open(s *h2Stream, r *h2Request) error {
 	} else {
 		n := r.q.QueryLen(r.rewrite)
 		h.writeField("content-type", dnsMessage, false)
-		h.writeField("content-length", strconv.Itoa(n), true)
+		h.writeField("content-length", contentLength(n), true)
 		h.pending = appendHeaderBlock(h.pending, s.id, h.hdr.Bytes(), false, h.peerMaxFrame)
 		if len(h.blocked) == 0 && int64(n) <= min(h.sendWindow, h.peerInitWin) && n <= h.peerMaxFrame {
 			// The usual case: the message goes straight into the frame.
