@@ -418,7 +418,19 @@ func (c *conn) writeFailed(err error) {
 		c.lost(err)
 		return
 	}
-	c.retire(err.Error())
+	// Retired as a spent connection is (send): it ends within a round trip,
+	// and evicting a draining one to make room, possibly c itself, would
+	// discard what it still has to deliver.
+	c.mu.Lock()
+	fresh := !c.retired && !c.dead
+	if fresh {
+		c.retired, c.retiredAt = true, time.Now()
+		c.closing.Store(true)
+	}
+	c.mu.Unlock()
+	if fresh {
+		c.d.retired(c, false)
+	}
 	_ = c.tc.SetReadDeadline(time.Now().Add(closeNotifyTimeout))
 }
 

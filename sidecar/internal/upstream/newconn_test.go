@@ -25,10 +25,16 @@ import (
 // upstream's limit is learned, so that no connection carries queries past
 // it (budget.go).
 func TestUpstreamClosingAfterNQueriesUnderLoad(t *testing.T) {
+	for _, pool := range []int{1, 2} {
+		t.Run(fmt.Sprintf("pool of %d", pool), func(t *testing.T) { closingAfterNUnderLoad(t, pool) })
+	}
+}
+
+func closingAfterNUnderLoad(t *testing.T, pool int) {
 	srv := dnstest.New(t, dnstest.Options{})
 	srv.Behavior.CloseAfter.Store(25)
 	m := NewMetrics(prometheus.NewRegistry())
-	d := newTestDoT(t, srv, func(o *DoTOptions) { o.Metrics = m })
+	d := newTestDoT(t, srv, func(o *DoTOptions) { o.Metrics, o.PoolSize = m, pool })
 	g, err := NewGroup(testGroupOptions(GroupOptions{Upstreams: []Upstream{d}, Logger: testLogger(), Metrics: m}))
 	if err != nil {
 		t.Fatal(err)
