@@ -104,6 +104,9 @@ func (h Header) Opcode() int { return int(h.Flags>>11) & 0xF }
 // Truncated reports whether the TC bit is set.
 func (h Header) Truncated() bool { return h.Flags&flagTC != 0 }
 
+// Authoritative reports whether the AA bit is set.
+func (h Header) Authoritative() bool { return h.Flags&flagAA != 0 }
+
 // RecursionDesired reports whether the RD bit is set.
 func (h Header) RecursionDesired() bool { return h.Flags&flagRD != 0 }
 
@@ -144,6 +147,9 @@ type Msg struct {
 	extRcode         uint8
 	version          uint8
 	hasOPT           bool
+	// badOPT: Parse rejected an OPT record (malformed, misplaced or a
+	// second one), which a FORMERR reply answers with an OPT of its own.
+	badOPT bool
 
 	// end is the offset just past the last record the header counts, and
 	// 0 until Parse has accepted the whole message.
@@ -300,19 +306,22 @@ func (m *Msg) readOPT(b []byte, start, end, rdata, rdlen int, misplaced bool) er
 	// The owner must be the root name and the record must sit in the
 	// additional section (RFC 6891 §6.1.1).
 	if misplaced || end != start+1 || b[start] != 0 {
+		m.badOPT = true
 		return ErrOPT
 	}
 	if m.hasOPT {
-		m.hasOPT = false // neither is the message's OPT record
+		m.hasOPT, m.badOPT = false, true // neither is the message's OPT record
 		return ErrMultipleOPT
 	}
 	// Options are TLVs that must fill the RDATA exactly.
 	for o := rdata; o < rdata+rdlen; {
 		if o+4 > rdata+rdlen {
+			m.badOPT = true
 			return ErrOPT
 		}
 		o += 4 + int(binary.BigEndian.Uint16(b[o+2:]))
 		if o > rdata+rdlen {
+			m.badOPT = true
 			return ErrOPT
 		}
 	}

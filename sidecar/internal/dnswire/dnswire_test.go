@@ -236,6 +236,8 @@ func TestAppendReply(t *testing.T) {
 		{name: "truncated", m: qm, r: Reply{Truncated: true, EDNS: &EDNS{UDPSize: 1232}}, wantQ: true, wantRcode: dns.RcodeSuccess},
 		{name: "authoritative TXT", m: qm, r: Reply{Authoritative: true, Answer: []Record{txt}, EDNS: &EDNS{UDPSize: 1232}}, wantQ: true, wantTXT: true},
 		{name: "two questions: none echoed, no answer", m: nqm, r: Reply{Rcode: dns.RcodeFormatError, Answer: []Record{txt}}, wantRcode: dns.RcodeFormatError},
+		{name: "NOTIMP", m: qm, r: Reply{Rcode: dns.RcodeNotImplemented, EDNS: &EDNS{UDPSize: 1232}}, wantQ: true, wantRcode: dns.RcodeNotImplemented},
+		{name: "REFUSED", m: qm, r: Reply{Rcode: dns.RcodeRefused}, wantQ: true, wantRcode: dns.RcodeRefused},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -244,7 +246,11 @@ func TestAppendReply(t *testing.T) {
 			if err := r.Unpack(out); err != nil {
 				t.Fatalf("reply does not unpack: %v (% x)", err, out)
 			}
-			if r.Id != tt.m.ID || !r.Response || !r.RecursionAvailable || r.Opcode != tt.m.Opcode() || r.Authoritative != tt.r.Authoritative {
+			// RA in the reply to every query served; a message that is
+			// not one (FORMERR, NOTIMP) gets none, as from BIND and Unbound.
+			wantRA := tt.wantRcode != dns.RcodeFormatError && tt.wantRcode != dns.RcodeNotImplemented
+			if r.Id != tt.m.ID || !r.Response || r.RecursionAvailable != wantRA || r.Opcode != tt.m.Opcode() ||
+				r.Authoritative != tt.r.Authoritative || r.AuthenticatedData || r.Zero {
 				t.Errorf("header wrong: %v", r.MsgHdr)
 			}
 			if r.RecursionDesired != tt.m.RecursionDesired() || r.CheckingDisabled != (tt.m.Flags&flagCD != 0) || r.Truncated != tt.r.Truncated {
@@ -291,6 +297,59 @@ func TestAppendReply(t *testing.T) {
 			}
 			if ede == nil || ede.InfoCode != tt.wantEDE || ede.ExtraText != tt.wantText {
 				t.Errorf("EDE %v, want %d %q", ede, tt.wantEDE, tt.wantText)
+			}
+		})
+	}
+}
+
+// TestReplyEDNS: the OPT record of a local reply follows the query's: none
+// for none, version 0 with DO echoed and no option of the query's for one,
+// and one with DO clear for a query whose OPT record was rejected (RFC 6891
+// §7: the FORMERR for a faulty OPT carries one).
+func TestReplyEDNS(t *testing.T) {
+	opt := func(m *dns.Msg) *dns.Msg {
+		return withEDNS(m, 4096, true, &dns.EDNS0_LOCAL{Code: 100, Data: []byte{1}})
+	}
+	twoOPT := opt(query("example.com.", dns.TypeA))
+	twoOPT.Extra = append(twoOPT.Extra, twoOPT.Extra[0])
+	misplaced := opt(query("example.com.", dns.TypeA))
+	misplaced.Answer, misplaced.Extra = misplaced.Extra, nil
+	owner := opt(query("example.com.", dns.TypeA))
+	owner.Extra[0].Header().Name = "example.com."
+	overlong := pack(t, opt(query("example.com.", dns.TypeA)))
+	overlong[len(overlong)-2] = 9 // the option's length runs past the RDATA
+
+	tests := []struct {
+		name    string
+		msg     []byte
+		wantErr error
+		want    *EDNS
+	}{
+		{"no OPT", pack(t, query("example.com.", dns.TypeA)), nil, nil},
+		{"OPT with DO and an option", pack(t, opt(query("example.com.", dns.TypeA))), nil, &EDNS{UDPSize: 1232, DO: true}},
+		{"OPT without DO", pack(t, withEDNS(query("example.com.", dns.TypeA), 512, false)), nil, &EDNS{UDPSize: 1232}},
+		{"two OPT records", pack(t, twoOPT), ErrMultipleOPT, &EDNS{UDPSize: 1232}},
+		{"OPT in the answer section", pack(t, misplaced), ErrOPT, &EDNS{UDPSize: 1232}},
+		{"OPT owned by another name", pack(t, owner), ErrOPT, &EDNS{UDPSize: 1232}},
+		{"option longer than the RDATA", overlong, ErrOPT, &EDNS{UDPSize: 1232}},
+		{"message cut before its OPT record", pack(t, opt(query("example.com.", dns.TypeA)))[:30], ErrTruncated, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := Parse(tt.msg)
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("Parse: %v, want %v", err, tt.wantErr)
+			}
+			got := ReplyEDNS(&m, 1232)
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Fatalf("ReplyEDNS = %+v, want %+v", got, tt.want)
+			}
+			r := new(dns.Msg)
+			if err := r.Unpack(AppendReply(nil, &m, Reply{Rcode: dns.RcodeFormatError, EDNS: got})); err != nil {
+				t.Fatal(err)
+			}
+			if o := r.IsEdns0(); (o != nil) != (tt.want != nil) || o != nil && (len(o.Option) != 0 || o.Version() != 0) {
+				t.Fatalf("reply OPT %v, want present=%v, version 0, no option", o, tt.want != nil)
 			}
 		})
 	}

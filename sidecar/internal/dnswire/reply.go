@@ -74,6 +74,25 @@ func TXT(ttl uint32, text string) Record {
 	return Record{Type: TypeTXT, TTL: ttl, Data: append([]byte{byte(len(text))}, text...)}
 }
 
+// ReplyEDNS returns the OPT record of a reply the relay writes itself to q,
+// advertising udpSize and echoing none of q's options (a responder ignores
+// the options it does not know, RFC 6891 §6.1.2): nil when q carries none,
+// as a reply to a query without EDNS must not have one (RFC 6891 §7);
+// version 0 with q's DO bit (RFC 3225 §3) otherwise. A query whose OPT
+// record Parse rejected (malformed, misplaced or one of two) gets one too,
+// with DO clear since its own cannot be read: RFC 6891 §7 has the FORMERR
+// for a faulty OPT record carry an OPT record, which tells the client that
+// the server speaks EDNS and found a fault in it. Callers may add an EDE.
+func ReplyEDNS(q *Msg, udpSize uint16) *EDNS {
+	switch {
+	case q.hasOPT:
+		return &EDNS{UDPSize: udpSize, DO: q.DO()}
+	case q.badOPT:
+		return &EDNS{UDPSize: udpSize}
+	}
+	return nil
+}
+
 // EDNS describes the OPT record of a reply that a relay writes by itself.
 type EDNS struct {
 	// UDPSize is the payload size the relay advertises.
@@ -90,11 +109,22 @@ type EDNS struct {
 // AppendReply appends to dst the reply r to the query q (Valid or not): a
 // header, q's question when q holds exactly one question that could be read
 // (its name spelled as sent), r's answer and authority records, and an OPT
-// record when r.EDNS is not nil. Names are not compressed. The ID, opcode and the RD and CD bits come from the
-// query (RFC 4035 §3.2.2 for CD); RA is set because the relay offers
-// recursion through its upstreams.
+// record when r.EDNS is not nil (ReplyEDNS says when it must be). Names are
+// not compressed.
+//
+// It is the one place where the header of every reply the relay makes
+// itself is set, with the flags a resolver sets: the ID, opcode and the RD
+// and CD bits come from the query (RFC 4035 §3.2.2 for CD); AA and TC come
+// from r; AD is never set (nothing here is validated data); RA, which says
+// that the relay offers recursion (through its upstreams), is set in the
+// reply to every query it serves, but not in NOTIMP or FORMERR: those say
+// that the message was no query it could serve, and BIND and Unbound
+// answer an unknown opcode or an unreadable query without RA too.
 func AppendReply(dst []byte, q *Msg, r Reply) []byte {
-	flags := uint16(flagQR|flagRA) | q.Flags&(0xF<<11|flagRD|flagCD) | uint16(r.Rcode&0xF)
+	flags := uint16(flagQR) | q.Flags&(0xF<<11|flagRD|flagCD) | uint16(r.Rcode&0xF)
+	if r.Rcode != RcodeNotImplemented && r.Rcode != RcodeFormatError {
+		flags |= flagRA
+	}
 	if r.Truncated {
 		flags |= flagTC
 	}

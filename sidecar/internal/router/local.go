@@ -55,10 +55,7 @@ func newLocalZone(wire []byte, kind localKind) *localZone {
 //     authority section of either;
 //   - another class than IN: REFUSED; these zones exist in IN only.
 func (z *localZone) answer(q *dnswire.Msg, apex bool, udpSize uint16) (dnswire.Msg, error) {
-	rep := dnswire.Reply{Authoritative: true}
-	if q.HasOPT() {
-		rep.EDNS = &dnswire.EDNS{UDPSize: udpSize, DO: q.DO()}
-	}
+	rep := dnswire.Reply{Authoritative: true, EDNS: dnswire.ReplyEDNS(q, udpSize)}
 	switch qt := q.QType(); {
 	case q.QClass() != dnswire.ClassINET:
 		rep.Rcode, rep.Authoritative = dnswire.RcodeRefused, false

@@ -26,12 +26,9 @@ func isCanary(q *dnswire.Msg) bool { return dnswire.EqualName(q.QName(), canaryW
 // IN type TXT, NOERROR with no records for any other type. The client's
 // spelling of the name is echoed, case included.
 func (s *Server) canary(q *dnswire.Msg) result {
-	rep := dnswire.Reply{Authoritative: true}
+	rep := dnswire.Reply{Authoritative: true, EDNS: dnswire.ReplyEDNS(q, uint16(s.opts.UDPMaxSize))}
 	if q.QType() == dnswire.TypeTXT && q.QClass() == dnswire.ClassINET {
 		rep.Answer = []dnswire.Record{canaryTXT}
-	}
-	if q.HasOPT() {
-		rep.EDNS = &dnswire.EDNS{UDPSize: uint16(s.opts.UDPMaxSize), DO: q.DO()}
 	}
 	return result{reply: dnswire.AppendReply(nil, q, rep), rcode: dnswire.RcodeSuccess}
 }

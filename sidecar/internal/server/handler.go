@@ -101,11 +101,13 @@ func (s *Server) forward(q *dnswire.Msg, p proto, refuse error) result {
 const noEDE = -1
 
 // local builds a reply without records, with an Extended DNS Error (ede,
-// text) unless ede is noEDE.
+// text) when it has an OPT record, unless ede is noEDE. Its header and OPT
+// record are set the way of every reply made here (dnswire.AppendReply,
+// dnswire.ReplyEDNS).
 func (s *Server) local(q *dnswire.Msg, rcode int, ede int, text string) result {
-	rep := dnswire.Reply{Rcode: rcode}
-	if q.HasOPT() {
-		rep.EDNS = &dnswire.EDNS{UDPSize: uint16(s.opts.UDPMaxSize), DO: q.DO(), HasEDE: ede != noEDE, EDE: uint16(ede), EDEText: text}
+	rep := dnswire.Reply{Rcode: rcode, EDNS: dnswire.ReplyEDNS(q, uint16(s.opts.UDPMaxSize))}
+	if rep.EDNS != nil && ede != noEDE {
+		rep.EDNS.HasEDE, rep.EDNS.EDE, rep.EDNS.EDEText = true, uint16(ede), text
 	}
 	return result{reply: dnswire.AppendReply(make([]byte, 0, 64), q, rep), rcode: rcode}
 }
@@ -176,9 +178,8 @@ func (s *Server) truncate(q *dnswire.Msg, reply []byte, rcode, limit int) ([]byt
 			return out, tc
 		}
 	}
-	rep := dnswire.Reply{Rcode: rcode, Truncated: true}
-	if q.HasOPT() {
-		rep.EDNS = &dnswire.EDNS{UDPSize: uint16(s.opts.UDPMaxSize), DO: q.DO()}
-	}
+	// The stand-in keeps what the answer's header said of its source.
+	h, _ := dnswire.ReadHeader(reply)
+	rep := dnswire.Reply{Rcode: rcode, Truncated: true, Authoritative: h.Authoritative(), EDNS: dnswire.ReplyEDNS(q, uint16(s.opts.UDPMaxSize))}
 	return dnswire.AppendReply(nil, q, rep), true
 }

@@ -47,6 +47,11 @@ func TestProtocolRules(t *testing.T) {
 		m.Extra = append(m.Extra, m.Extra[0])
 		return packed(t, m)
 	}()
+	badOPT := func() []byte {
+		m := ednsQuery("www.example.", dns.TypeA, 1232)
+		m.Extra[0].Header().Name = "www.example."
+		return packed(t, m)
+	}()
 	response := func() []byte {
 		m := newQuery("www.example.", dns.TypeA)
 		m.Response = true
@@ -74,7 +79,9 @@ func TestProtocolRules(t *testing.T) {
 		{name: "QDCOUNT 2", msg: withCounts(2), rcode: dns.RcodeFormatError, malformed: true},
 		{name: "question cut short", msg: good[:len(good)-2], rcode: dns.RcodeFormatError, malformed: true},
 		{name: "garbage after the header", msg: append(append([]byte(nil), good[:12]...), 0xFF, 0xFF, 0xFF), rcode: dns.RcodeFormatError, malformed: true},
-		{name: "two OPT records", msg: twoOPT, rcode: dns.RcodeFormatError, wantQ: true, malformed: true},
+		// RFC 6891 §7: the FORMERR for a faulty OPT record carries one.
+		{name: "two OPT records", msg: twoOPT, rcode: dns.RcodeFormatError, wantOPT: true, wantQ: true, malformed: true},
+		{name: "OPT not owned by the root", msg: badOPT, rcode: dns.RcodeFormatError, wantOPT: true, wantQ: true, malformed: true},
 		{name: "trailing bytes ignored", msg: append(append([]byte(nil), good...), 0, 0, 0), rcode: dns.RcodeSuccess, wantQ: true, toUpstream: true},
 	}
 	for _, network := range []string{"udp", "tcp"} {
@@ -107,6 +114,12 @@ func TestProtocolRules(t *testing.T) {
 					}
 					if r.Rcode != tt.rcode {
 						t.Errorf("rcode %s, want %s", dns.RcodeToString[r.Rcode], dns.RcodeToString[tt.rcode])
+					}
+					// Recursion is available for queries, not for messages
+					// the server cannot serve as one (dnswire.AppendReply).
+					wantRA := tt.rcode != dns.RcodeFormatError && tt.rcode != dns.RcodeNotImplemented
+					if r.RecursionAvailable != wantRA || r.Authoritative || r.AuthenticatedData || r.Truncated {
+						t.Errorf("answer flags %v, want RA=%v and no AA, AD or TC", r.MsgHdr, wantRA)
 					}
 					if (r.IsEdns0() != nil) != tt.wantOPT {
 						t.Errorf("OPT %v, want present=%v", r.IsEdns0(), tt.wantOPT)

@@ -12,7 +12,8 @@
 //   - a message with QR set gets no answer; an opcode other than QUERY gets
 //     NOTIMP; an EDNS version above 0 gets BADVERS; a malformed message (or
 //     QDCOUNT other than 1) gets FORMERR when its 12-byte header can be read
-//     and is dropped otherwise;
+//     and is dropped otherwise; the replies made here have a resolver's
+//     flags and OPT record (dnswire.AppendReply, dnswire.ReplyEDNS);
 //   - UDP answers are never larger than the client can take (512 bytes
 //     without EDNS, the advertised size with it, at least 512 and at most
 //     Options.UDPMaxSize); larger answers are truncated with TC set;
