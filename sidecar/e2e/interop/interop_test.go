@@ -6,7 +6,8 @@
 // CoreDNS (corednstest) is the cluster's resolver, reached over dns://,
 // tcp:// and tls:// (cluster_test.go), stopped and restarted
 // (cluster_health_test.go), and serving the certificate the docs' commands
-// make (docs_cert_test.go).
+// make (docs_cert_test.go). ISC's EDNS compliance probes go to the binary
+// and to Unbound, whose answers are the reference (ednscomp_test.go).
 package interop
 
 import (

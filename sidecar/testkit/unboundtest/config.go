@@ -97,6 +97,9 @@ func (s *Server) config(dotPort, plainPort, httpsPort int, extraDoT []int) strin
 	for _, l := range o.ExtraConfig {
 		line("%s", l)
 	}
+	for _, l := range o.Clauses {
+		b.WriteString(l + "\n")
+	}
 	b.WriteString("remote-control:\n")
 	line("control-enable: yes")
 	line("control-interface: %q", s.controlSocket())

@@ -102,6 +102,10 @@ type Options struct {
 	// ExtraConfig lines are appended to the server: clause verbatim, e.g.
 	// "tcp-idle-timeout: 1000".
 	ExtraConfig []string
+	// Clauses are lines appended verbatim after the server: clause, for
+	// clauses of their own, e.g. "forward-zone:", "\tname: x.example.",
+	// "\tforward-addr: 192.0.2.1", or an auth-zone: serving a zone file.
+	Clauses []string
 	// Prefix runs unbound (and the kdig readiness probe) through a wrapper,
 	// e.g. a netnstest namespace's Prefix().
 	Prefix []string
