@@ -23,8 +23,9 @@ type Conf struct {
 	// address), so that a caller can say why a line was not used.
 	Ignored []string
 	// Search is the search list in file order, each domain lower-cased and
-	// without its final dot. As in glibc, the last search or domain line
-	// wins; a domain line is a search list of one.
+	// without its final dot, the root left out (addSearch). As in glibc,
+	// the last search or domain line wins; a domain line is a search list
+	// of one.
 	Search []string
 	// Options are the words of the options lines, in file order
 	// ("ndots:5", "edns0", ...).
@@ -96,10 +97,12 @@ func (c *Conf) nameserver(line string, fields []string) {
 }
 
 // addSearch appends a search domain in the form routes compare: lower case,
-// no final dot. The root (".") searches nothing and is left out.
+// no final dot. The root (".", or any word of dots only, "..") searches
+// nothing and is left out. A word with an empty label elsewhere ("a..b",
+// "a..") is kept as it is, for Detect to leave out with a note.
 func (c *Conf) addSearch(d string) {
 	d = strings.ToLower(strings.TrimSuffix(d, "."))
-	if d != "" {
+	if strings.Trim(d, ".") != "" {
 		c.Search = append(c.Search, d)
 	}
 }
