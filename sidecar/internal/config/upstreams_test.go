@@ -308,3 +308,41 @@ func FuzzParseUpstream(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseUpstreams: no UPSTREAMS value panics, and an accepted one is a
+// list of distinct encrypted upstreams, verified against TLS_CA_FILE, that
+// prints back to itself.
+func FuzzParseUpstreams(f *testing.F) {
+	for _, s := range []string{
+		"tls://1.1.1.1#cloudflare-dns.com,tls://1.0.0.1#cloudflare-dns.com",
+		" tls://9.9.9.9#dns.quad9.net , https://[2620:fe::fe]/dns-query#dns.quad9.net;method=get",
+		"tls://1.1.1.1#a,,tls://1.1.1.2#a",
+		"tls://1.1.1.1#a,tls://1.1.1.1:853#b",
+		"dns://10.0.0.1",
+		"tls://10.0.0.1#x;ca=/etc/ca.pem",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		ups, err := config.ParseUpstreams(s)
+		if err != nil {
+			return
+		}
+		if len(ups) == 0 {
+			t.Fatalf("%q: no upstream and no error", s)
+		}
+		names := map[string]bool{}
+		var back []string
+		for _, u := range ups {
+			if !u.Scheme.Encrypted() || u.CAFile != "" || names[u.Name()] {
+				t.Fatalf("%q: entry %+v", s, u)
+			}
+			names[u.Name()] = true
+			back = append(back, u.String())
+		}
+		again, err := config.ParseUpstreams(strings.Join(back, ","))
+		if err != nil || !reflect.DeepEqual(again, ups) {
+			t.Fatalf("%q → %q parses to %+v, %v", s, strings.Join(back, ","), again, err)
+		}
+	})
+}

@@ -3,6 +3,10 @@ package server
 import (
 	"context"
 	"encoding/binary"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -178,6 +182,93 @@ func FuzzRelay(f *testing.F) {
 		for _, p := range []proto{protoUDP, protoTCP} {
 			check(cs, p, cs.answer(qb, p))
 			check(cs, p, cs.answer(qb, p))
+		}
+	})
+}
+
+// FuzzTCPStream writes arbitrary bytes to a TCP connection of a running
+// server, as one client's whole stream, then half-closes it: the framing
+// must never panic or stall. Every complete frame that holds a header with
+// QR clear gets exactly one answer, each a well-formed response carrying
+// the ID of one of those frames; nothing else is answered; and the server
+// closes the connection once it has answered, however the stream ended
+// (inside a length prefix, inside a message, or between two).
+func FuzzTCPStream(f *testing.F) {
+	frame := func(msgs ...[]byte) []byte {
+		var b []byte
+		for _, m := range msgs {
+			b = binary.BigEndian.AppendUint16(b, uint16(len(m)))
+			b = append(b, m...)
+		}
+		return b
+	}
+	a := packed(f, newQuery("www.example.", dns.TypeA))
+	e := packed(f, ednsQuery("big.example.", dns.TypeTXT, 1232))
+	resp := newQuery("www.example.", dns.TypeA)
+	resp.Response = true
+	f.Add(frame(a))
+	f.Add(frame(a, e, packed(f, resp), a[:11]))
+	f.Add(append(frame(a), 0x01))               // cut inside the next prefix
+	f.Add(append(frame(a), 0x00, 0x30, 0x00))   // cut inside the next message
+	f.Add(frame([]byte{}, a, make([]byte, 12))) // empty frame, then a header only
+	f.Add([]byte{0xff, 0xff})
+
+	ts := startServer(f, Options{Proto: "tcp", Upstream: &localUpstream{fuzzing: true}, Logger: slog.New(slog.DiscardHandler)})
+	addr := ts.addr(f, "tcp", loopback4)
+	f.Fuzz(func(t *testing.T, stream []byte) {
+		// The IDs of the frames that must be answered, with their count.
+		want := map[uint16]int{}
+		answers := 0
+		for b := stream; len(b) >= 2; {
+			n := int(binary.BigEndian.Uint16(b))
+			if len(b) < 2+n {
+				break
+			}
+			if msg := b[2 : 2+n]; n >= dnswire.HeaderLen && msg[2]&0x80 == 0 {
+				want[binary.BigEndian.Uint16(msg)]++
+				answers++
+			}
+			b = b[2+n:]
+		}
+
+		c, err := net.DialTimeout("tcp", addr.String(), ioTimeout)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(ioTimeout))
+		// Written by another goroutine: a server that stops reading at
+		// TCPMaxInFlight until its answers are read must not deadlock the
+		// test.
+		wrote := make(chan error, 1)
+		go func() {
+			_, err := c.Write(stream)
+			if err == nil {
+				err = c.(*net.TCPConn).CloseWrite()
+			}
+			wrote <- err
+		}()
+		got := 0
+		for {
+			msg, err := readMsg(c, "tcp")
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatalf("after %d of %d answers: %v", got, answers, err)
+			}
+			m, err := dnswire.Parse(msg)
+			if err != nil || !m.Response() {
+				t.Fatalf("answer %d is no well-formed response (%v): % x", got+1, err, msg)
+			}
+			if want[m.ID] == 0 {
+				t.Fatalf("answer with ID %d, which no frame needing an answer had", m.ID)
+			}
+			want[m.ID]--
+			got++
+		}
+		if werr := <-wrote; got != answers {
+			t.Fatalf("%d answers, want %d (writing the stream: %v)", got, answers, werr)
 		}
 	})
 }
