@@ -26,6 +26,7 @@ type Template struct {
 var (
 	ErrNotOneQuestion = errors.New("dnswire: not a valid message of one question")
 	ErrMetaRecord     = errors.New("dnswire: the message carries a signature of its transaction (TSIG, TKEY or SIG(0))")
+	ErrNameInTTL      = errors.New("dnswire: a compression pointer makes a name run through a TTL field")
 )
 
 // Types of records that belong to one transaction (RFC 8945, RFC 2930,
@@ -109,8 +110,79 @@ func NewTemplate(ans *Msg, maxTTL uint32) (Template, error) {
 		binary.BigEndian.PutUint32(buf[rr.TTLOff:], min(rr.TTL, maxTTL))
 		buf = binary.BigEndian.AppendUint16(buf, uint16(rr.TTLOff))
 	}
+	if nameCrossesTTL(m.Wire(), buf[len(msg)+optLen:]) {
+		// Capped here and counted down in every copy, those TTLs would
+		// change the name: what decodes from the answer would not
+		// decode, or decode otherwise, from the copies.
+		return Template{}, ErrNameInTTL
+	}
 	t.buf = buf
 	return t, nil
+}
+
+// nameCrossesTTL reports whether a name that a compression pointer in msg
+// leads to runs through one of the TTL fields at offs (their offsets, two
+// bytes each, in ascending order). No encoder compresses so; a broken or
+// hostile one may. Parse does not read RDATA by type, so every two bytes
+// outside the TTL fields that could be a pointer count: two bytes of an
+// address or a signature that happen to lead to a name through a TTL field
+// only keep that answer out of the cache.
+func nameCrossesTTL(msg, offs []byte) bool {
+	n := len(offs) / 2
+	ttlAt := func(i int) int { return int(binary.BigEndian.Uint16(offs[2*i:])) }
+	// inTTL reports whether the bytes [lo, hi) overlap a TTL field.
+	inTTL := func(lo, hi int) bool {
+		i, j := 0, n // the first field that ends past lo
+		for i < j {
+			if h := int(uint(i+j) >> 1); ttlAt(h)+4 <= lo {
+				i = h + 1
+			} else {
+				j = h
+			}
+		}
+		return i < n && ttlAt(i) < hi
+	}
+	for i := HeaderLen; i+1 < len(msg); i++ {
+		if msg[i]&0xC0 == 0xC0 && !inTTL(i, i+2) && readsTTL(msg, int(msg[i]&0x3F)<<8|int(msg[i+1]), inTTL) {
+			return true
+		}
+	}
+	return false
+}
+
+// readsTTL follows the name at p as a decoder reads it, and reports whether
+// it reads a byte of a TTL field before the name ends or proves malformed.
+func readsTTL(msg []byte, p int, inTTL func(lo, hi int) bool) bool {
+	for range maxNameLen { // a name reads no more labels and pointers
+		if p < HeaderLen || p >= len(msg) {
+			return false
+		}
+		c := int(msg[p])
+		switch c & 0xC0 {
+		case 0x00:
+			if p+1+c > len(msg) {
+				return false
+			}
+			if inTTL(p, p+1+c) {
+				return true
+			}
+			if c == 0 {
+				return false
+			}
+			p += 1 + c
+		case 0xC0:
+			if p+2 > len(msg) {
+				return false
+			}
+			if inTTL(p, p+2) {
+				return true
+			}
+			p = (c&0x3F)<<8 | int(msg[p+1])
+		default:
+			return false
+		}
+	}
+	return false
 }
 
 // Rcode returns the answer's full response code.

@@ -3,6 +3,7 @@ package dnswire
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"net"
 	"testing"
 
@@ -279,6 +280,44 @@ func TestNewTemplateRefuses(t *testing.T) {
 	cq := mustParse(t, pack(t, withEDNS(query("www.example.com.", dns.TypeA), 512, false)))
 	if got := decode(t, tpl.AppendTo(nil, &cq, WriteOptions{})); got.Rcode != dns.RcodeBadCookie {
 		t.Errorf("rcode written %d, want BADCOOKIE", got.Rcode)
+	}
+}
+
+// TestTemplateNameThroughTTL: a name that a compression pointer makes run
+// through a TTL field would change with the TTLs each copy writes, so such
+// an answer is not made a Template; well-compressed answers, names in
+// RDATA pointing back included, are.
+func TestTemplateNameThroughTTL(t *testing.T) {
+	q := query("www.example.com.", dns.TypeA)
+	r := answer(t, q, dns.RcodeSuccess,
+		[]dns.RR{rr(t, "www.example.com. 300 IN CNAME web.example.com."), rr(t, "web.example.com. 60 IN A 192.168.0.12")},
+		[]dns.RR{rr(t, "example.com. 3600 IN SOA ns.example.com. host.example.com. 1 7200 900 1209600 86")},
+		[]dns.RR{rr(t, "ns.example.com. 120 IN A 192.168.192.12")})
+	r.Compress = true
+	good := pack(t, r)
+	m := mustParse(t, good)
+	if _, err := NewTemplate(&m, 3600); err != nil {
+		t.Fatalf("a well-compressed answer: %v", err)
+	}
+
+	// The answer's owner points at the low byte of the class of the
+	// record after it (4), which makes its TTL the label "\x00\x00\x0e\x10"
+	// and the high byte of its RDATA length the root: a name that every
+	// TTL written in a copy would change.
+	b := pack(t, query("www.example.com.", dns.TypeA))
+	b[2] |= 0x80
+	binary.BigEndian.PutUint16(b[6:], 1)  // ANCOUNT
+	binary.BigEndian.PutUint16(b[10:], 1) // ARCOUNT
+	next := len(b) + 2 + 10 + 4           // where the additional record starts
+	b = append(b, 0xC0, byte(next+4))
+	b = append(b, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1) // A, IN, TTL 60
+	b = append(b, 0, 0, 16, 0, 4, 0, 0, 0x0e, 0x10, 0, 0)      // root, TXT, class 4, TTL 3600, no RDATA
+	if err := new(dns.Msg).Unpack(b); err != nil {
+		t.Fatalf("the crafted answer must decode: %v", err)
+	}
+	m = mustParse(t, b)
+	if _, err := NewTemplate(&m, 60); !errors.Is(err, ErrNameInTTL) {
+		t.Fatalf("NewTemplate = %v, want ErrNameInTTL", err)
 	}
 }
 
