@@ -67,6 +67,7 @@ func checkCluster(ctx context.Context, c Cluster, nameserver string, port int, t
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	deadline, _ := ctx.Deadline()
 	addr := net.JoinHostPort(nameserver, strconv.Itoa(port))
 	q := new(dns.Msg)
 	q.SetQuestion(res.Name, dns.TypeA)
@@ -81,6 +82,12 @@ func checkCluster(ctx context.Context, c Cluster, nameserver string, port int, t
 			r, _, err = client.ExchangeContext(ctx, q, addr)
 		}
 		switch {
+		case err != nil && res.Tries > 1 && (ctx.Err() != nil || !time.Now().Before(deadline)):
+			// The check's time ran out during this try (the socket's
+			// deadline, ctx's, may pass before ctx's timer fires): it
+			// learned nothing, and what the earlier ones saw (a SERVFAIL
+			// and its reason) is what the operator needs, not "timeout".
+			return res
 		case err != nil:
 			res.Detail = networkReason(err)
 		case r.Rcode == dns.RcodeSuccess:

@@ -2,6 +2,7 @@ package check
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"net"
 	"strings"
@@ -15,7 +16,7 @@ import (
 )
 
 // fakeSidecar answers the canary like the sidecar, and the cluster's name
-// as clusterRcode(try) says (0: an A record).
+// as clusterRcode(try) says (0: an A record; noAnswer: nothing).
 func fakeSidecar(t *testing.T, clusterRcode func(try int64) int) *dnstest.PlainServer {
 	var tries atomic.Int64
 	return dnstest.NewPlain(t, dnstest.PlainOptions{Handler: func(q *dns.Msg) *dns.Msg {
@@ -26,7 +27,11 @@ func fakeSidecar(t *testing.T, clusterRcode func(try int64) int) *dnstest.PlainS
 		case strings.EqualFold(name, CanaryName):
 			r.Answer = []dns.RR{&dns.TXT{Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeTXT, Class: dns.ClassINET}, Txt: []string{"dot-sidecar test"}}}
 		case strings.EqualFold(name, ClusterName("cluster.local")):
-			if rc := clusterRcode(tries.Add(1)); rc != dns.RcodeSuccess {
+			rc := clusterRcode(tries.Add(1))
+			if rc == noAnswer {
+				return nil
+			}
+			if rc != dns.RcodeSuccess {
 				r.Rcode = rc
 				if rc == dns.RcodeServerFailure {
 					r.SetEdns0(1232, false)
@@ -43,6 +48,9 @@ func fakeSidecar(t *testing.T, clusterRcode func(try int64) int) *dnstest.PlainS
 	}})
 }
 
+// noAnswer, as fakeSidecar's rcode, leaves the query unanswered.
+const noAnswer = -1
+
 // TestClusterCheck: check resolves the cluster's name through the sidecar,
 // retrying within its timeout, and fails only when the name reached a
 // resolver that does not know it (NXDOMAIN, REFUSED) or no route exists.
@@ -55,19 +63,30 @@ func TestClusterCheck(t *testing.T) {
 		ok      bool
 		detail  string
 		tries   int // at least
+		// timeout is Options.Timeout where the case runs it out; the
+		// others end on an answer, and their timeout only bounds a hang.
+		timeout time.Duration
 	}{
-		{"resolved", func(int64) int { return dns.RcodeSuccess }, "", ClusterResolved, true, "10.96.0.1", 1},
+		{"resolved", func(int64) int { return dns.RcodeSuccess }, "", ClusterResolved, true, "10.96.0.1", 1, 0},
 		{"kube-dns blip, then resolved", func(n int64) int {
 			if n < 3 {
 				return dns.RcodeServerFailure
 			}
 			return dns.RcodeSuccess
-		}, "", ClusterResolved, true, "10.96.0.1", 3},
+		}, "", ClusterResolved, true, "10.96.0.1", 3, 0},
 		{"kube-dns down for the whole timeout: not a failure", func(int64) int { return dns.RcodeServerFailure }, "",
-			ClusterUnsure, true, "SERVFAIL (EDE 22 No Reachable Authority: all upstreams down)", 2},
-		{"sent to a public resolver", func(int64) int { return dns.RcodeNameError }, "", ClusterFailed, false, "NXDOMAIN", 1},
-		{"refused", func(int64) int { return dns.RcodeRefused }, "", ClusterFailed, false, "REFUSED", 1},
-		{"no route", nil, "no usable nameserver", ClusterFailed, false, "no usable nameserver", 0},
+			ClusterUnsure, true, "SERVFAIL (EDE 22 No Reachable Authority: all upstreams down)", 2, time.Second},
+		// The try the timeout cuts short learned nothing: the SERVFAIL
+		// before it is the reason.
+		{"SERVFAIL, then no answer until the timeout", func(n int64) int {
+			if n == 1 {
+				return dns.RcodeServerFailure
+			}
+			return noAnswer
+		}, "", ClusterUnsure, true, "SERVFAIL (EDE 22 No Reachable Authority: all upstreams down)", 2, time.Second},
+		{"sent to a public resolver", func(int64) int { return dns.RcodeNameError }, "", ClusterFailed, false, "NXDOMAIN", 1, 0},
+		{"refused", func(int64) int { return dns.RcodeRefused }, "", ClusterFailed, false, "REFUSED", 1, 0},
+		{"no route", nil, "no usable nameserver", ClusterFailed, false, "no usable nameserver", 0, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -76,11 +95,12 @@ func TestClusterCheck(t *testing.T) {
 				rcode = func(int64) int { return dns.RcodeSuccess }
 			}
 			srv := fakeSidecar(t, rcode)
+			timeout := cmp.Or(tt.timeout, time.Minute)
 			var out bytes.Buffer
 			opts := Options{
 				ResolvConf: writeResolvConf(t, "search a.svc.cluster.local svc.cluster.local cluster.local\nnameserver "+srv.Addr.Addr().String()+"\n"),
 				Port:       int(srv.Addr.Port()),
-				Timeout:    time.Second,
+				Timeout:    timeout,
 				Out:        &out,
 				Cluster:    &Cluster{Route: "cluster", Domain: "cluster.local", Missing: tt.missing},
 			}
