@@ -28,8 +28,13 @@ type PlainServer struct {
 
 	handler Handler
 
-	mu      sync.Mutex
+	mu      sync.Mutex // guards queries only: handlers take it
 	queries []Query
+
+	// life serialises Start and Stop. It is not mu: Stop waits for the
+	// handlers in flight, and one of them may be waiting for mu to record
+	// its query.
+	life    sync.Mutex
 	udp     *dns.Server
 	tcp     *dns.Server
 	running bool
@@ -108,8 +113,8 @@ func StartPlain(opts PlainOptions) (*PlainServer, error) {
 // Start starts serving on Addr; with port 0, on a free port it then keeps.
 // Starting a running server does nothing.
 func (s *PlainServer) Start() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.life.Lock()
+	defer s.life.Unlock()
 	if s.running {
 		return nil
 	}
@@ -148,8 +153,8 @@ func (s *PlainServer) Start() error {
 // ICMP port unreachable (UDP) or a refused connection (TCP), as from a
 // resolver that is down. Start serves again on the same address.
 func (s *PlainServer) Stop() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.life.Lock()
+	defer s.life.Unlock()
 	if !s.running {
 		return
 	}
