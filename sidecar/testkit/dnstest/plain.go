@@ -37,6 +37,7 @@ type PlainServer struct {
 	life    sync.Mutex
 	udp     *dns.Server
 	tcp     *dns.Server
+	serving sync.WaitGroup // the two ActivateAndServe calls
 	running bool
 }
 
@@ -136,7 +137,7 @@ func (s *PlainServer) Start() error {
 		started := make(chan struct{})
 		srv.NotifyStartedFunc = func() { close(started) }
 		errc := make(chan error, 1)
-		go func() { errc <- srv.ActivateAndServe() }()
+		s.serving.Go(func() { errc <- srv.ActivateAndServe() })
 		select {
 		case <-started:
 		case err := <-errc:
@@ -161,6 +162,13 @@ func (s *PlainServer) Stop() {
 	s.running = false
 	_ = s.udp.Shutdown()
 	_ = s.tcp.Shutdown()
+	// Shutdown can return before the UDP socket is closed: it and the
+	// serving goroutine both close it, and when the goroutine's close
+	// comes first, Shutdown's returns at once, as a second close does.
+	// A query sent then would land in the dying socket, unanswered and
+	// without the ICMP error that tells a client the server is down.
+	// ActivateAndServe returns only once its own close is done.
+	s.serving.Wait()
 }
 
 // Queries returns the queries read so far.
