@@ -194,7 +194,11 @@ func (g *Group) Exchange(ctx context.Context, q dnswire.Msg) (dnswire.Msg, error
 		prev = next
 		r, err := g.attempt(ctx, q, next, attempts)
 		if err != nil {
-			lastErr = err
+			if ctx.Err() == nil {
+				// An attempt the deadline cut short says only that time ran
+				// out; the one before says what went wrong.
+				lastErr = err
+			}
 			if retryable(ctx, err) {
 				return dnswire.Msg{}, retry.RetryableError(err)
 			}
@@ -202,8 +206,9 @@ func (g *Group) Exchange(ctx context.Context, q dnswire.Msg) (dnswire.Msg, error
 		return r, err
 	})
 	if err != nil && ctx.Err() != nil && !errors.Is(err, lastErr) {
-		// The deadline ran out while backing off: report what went wrong,
-		// which decides the Extended DNS Error, along with the deadline.
+		// The deadline ran out while backing off or during an attempt:
+		// report what went wrong, which decides the Extended DNS Error,
+		// along with the deadline.
 		return dnswire.Msg{}, fmt.Errorf("%w (last error: %w)", err, lastErr)
 	}
 	return resp, err

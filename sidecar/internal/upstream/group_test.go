@@ -533,6 +533,26 @@ func TestGroupRetryBounds(t *testing.T) {
 	})
 }
 
+// An attempt the deadline cuts short learned nothing: the query fails with
+// the deadline and with what the attempt before it found (which decides the
+// Extended DNS Error), not with the deadline alone.
+func TestGroupDeadlineKeepsLastError(t *testing.T) {
+	r := newRig(t, 2, GroupOptions{Policy: Sequential, MaxAttempts: 2, BaseDelay: time.Millisecond, MaxFails: 100}, nil)
+	r.ups[0].gate.kill()
+	r.ups[1].silent.Store(true)
+	ctx := newExpiringCtx()
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := r.query(ctx, "cut.example.")
+		done <- err
+	}()
+	eventually(t, answerTimeout, "the retry to reach upstream 1", func() bool { return r.ups[1].srv.Queries() > 0 })
+	ctx.expire()
+	if err := <-done; !errors.Is(err, ErrUnreachable) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("error %v, want the deadline and upstream 0's ErrUnreachable", err)
+	}
+}
+
 // Pooled connections that the upstream closes under queries after serving
 // on them are not held against it, even at MaxFails 1: the queries are
 // resent on fresh connections and answered by that same upstream.
