@@ -342,6 +342,11 @@ func TestDoHInGroupFailsOver(t *testing.T) {
 // attempts to spare, the query still ends in time.
 func TestDoHRetriesStopAtDeadline(t *testing.T) {
 	srv, d := newTestDoH(t, dnstest.Options{}, nil)
+	// Connected first: the deadline is for the attempts, and a handshake on
+	// a loaded machine can take all of it.
+	if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "warm.example.", dns.TypeA)); err != nil {
+		t.Fatal(err)
+	}
 	srv.Behavior.Status.Store(503)
 	g, err := NewGroup(testGroupOptions(GroupOptions{Upstreams: []Upstream{d}, MaxAttempts: 1000,
 		BaseDelay: 5 * time.Millisecond, MaxFails: 1000, Logger: testLogger(), Metrics: d.m.m}))
@@ -359,7 +364,7 @@ func TestDoHRetriesStopAtDeadline(t *testing.T) {
 	if took > deadline+200*time.Millisecond {
 		t.Errorf("the query ended after %s, past its deadline of %s", took, deadline)
 	}
-	if n := srv.Queries(); n < 2 || n > 64 {
+	if n := srv.Queries() - 1; n < 2 || n > 64 {
 		t.Errorf("server saw %d attempts; want a few, backing off", n)
 	}
 }
