@@ -126,24 +126,6 @@ func TestParseStatCPU(t *testing.T) {
 	}
 }
 
-func TestParseVmHWM(t *testing.T) {
-	tests := []struct {
-		in      string
-		want    int64
-		wantErr bool
-	}{
-		{"Name:\tcoredns\nVmPeak:\t  900 kB\nVmHWM:\t   64000 kB\nVmRSS:\t 60000 kB\n", 64000 * 1024, false},
-		{"Name:\tx\n", 0, true},
-		{"VmHWM:\t 12 MB\n", 0, true},
-	}
-	for _, tt := range tests {
-		got, err := parseVmHWM(tt.in)
-		if (err != nil) != tt.wantErr || got != tt.want {
-			t.Errorf("parseVmHWM(%q) = %d, %v; want %d, err %v", tt.in, got, err, tt.want, tt.wantErr)
-		}
-	}
-}
-
 func TestParseNftPackets(t *testing.T) {
 	out := "table inet dot_sidecar_bench_1 {\n\tcounter upstream_syn {\n\t\tpackets 17 bytes 1020\n\t}\n}\n"
 	if n, err := parseNftPackets(out); err != nil || n != 17 {

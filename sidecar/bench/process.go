@@ -135,31 +135,3 @@ func parseStatCPU(stat string) (time.Duration, error) {
 	}
 	return time.Duration(ut+st) * time.Second / clockTicks, nil
 }
-
-// peakRSS returns VmHWM, the resident set's high-water mark since start.
-func peakRSS(pid int) (int64, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return 0, err
-	}
-	return parseVmHWM(string(b))
-}
-
-func parseVmHWM(status string) (int64, error) {
-	for _, l := range strings.Split(status, "\n") {
-		rest, ok := strings.CutPrefix(l, "VmHWM:")
-		if !ok {
-			continue
-		}
-		f := strings.Fields(rest)
-		if len(f) != 2 || f[1] != "kB" {
-			return 0, fmt.Errorf("/proc status: odd VmHWM line %q", l)
-		}
-		kb, err := strconv.ParseInt(f[0], 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("/proc status: %w", err)
-		}
-		return kb * 1024, nil
-	}
-	return 0, errors.New("/proc status: no VmHWM")
-}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/unboundtest"
 )
 
@@ -185,7 +186,7 @@ func run(ctx context.Context, cfg config) error {
 		for _, l := range targets {
 			var rss int64
 			if l.proc != nil {
-				if rss, err = peakRSS(l.proc.pid()); err != nil {
+				if rss, err = testkit.PeakRSS(l.proc.pid()); err != nil {
 					return fmt.Errorf("%s: %w", l.name, err)
 				}
 			}

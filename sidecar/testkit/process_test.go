@@ -2,6 +2,7 @@ package testkit
 
 import (
 	"errors"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -87,5 +88,34 @@ func TestProcessKilledAtCleanup(t *testing.T) {
 	}
 	if d := time.Since(start); d > StopGrace/2 {
 		t.Errorf("cleanup took %v: it waited instead of killing", d)
+	}
+}
+
+func TestParseVmHWM(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    int64
+		wantErr bool
+	}{
+		{"Name:\tcoredns\nVmPeak:\t  900 kB\nVmHWM:\t   64000 kB\nVmRSS:\t 60000 kB\n", 64000 * 1024, false},
+		{"Name:\tx\n", 0, true},
+		{"VmHWM:\t 12 MB\n", 0, true},
+	}
+	for _, tt := range tests {
+		got, err := ParseVmHWM(tt.in)
+		if (err != nil) != tt.wantErr || got != tt.want {
+			t.Errorf("ParseVmHWM(%q) = %d, %v; want %d, err %v", tt.in, got, err, tt.want, tt.wantErr)
+		}
+	}
+}
+
+func TestPeakRSSAndFDsOfSelf(t *testing.T) {
+	pid := os.Getpid()
+	rss, err := PeakRSS(pid)
+	if err != nil || rss < 1<<20 {
+		t.Errorf("PeakRSS(self) = %d, %v", rss, err)
+	}
+	if n, err := OpenFDs(pid); err != nil || n < 3 {
+		t.Errorf("OpenFDs(self) = %d, %v", n, err)
 	}
 }

@@ -1,0 +1,414 @@
+package resilience
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
+)
+
+// The floods of this file attack the built binary the way a process in the
+// pod could, on loopback, each bounded in time and in count. A flood runs
+// beside a watch (watch.run): a client asking names the upstream answers,
+// the kubelet's three probes, and samples of the sidecar's descriptors;
+// what the watch saw is a floodReport, which the tests hold to bounds and
+// the benchmarks report.
+
+// Names the flood upstream knows.
+const (
+	slowZone = "slow.flood.test." // never answered
+	bigName  = "big.flood.test."  // a TXT answer of bigAnswerSize bytes
+	okZone   = "ok.flood.test."   // answered at once
+)
+
+// bigAnswerSize is about the largest answer TCP can frame.
+const bigAnswerSize = 65000
+
+// manifestMemoryLimit is the sidecar container's memory limit in
+// manifests/base.
+const manifestMemoryLimit = 128 << 20
+
+// floodUpstream is a DoT server that never answers names under slowZone,
+// answers bigName with bigAnswerSize bytes and any other question with one
+// A record, all without decoding more than the question.
+func floodUpstream(t testing.TB) *dnstest.Server {
+	t.Helper()
+	big := bigTemplate(t)
+	slow := wireName(slowZone)
+	bigQ := big[dnswireHeader : dnswireHeader+len(wireName(bigName))+4]
+	return dnstest.New(t, dnstest.Options{Raw: func(dst, q []byte) []byte {
+		if len(q) < dnswireHeader {
+			return dst
+		}
+		if name := questionName(q); bytes.HasSuffix(bytes.ToLower(name), slow) {
+			return dst
+		}
+		if bytes.HasPrefix(q[dnswireHeader:], bigQ) {
+			start := len(dst)
+			dst = append(dst, big...)
+			copy(dst[start:], q[:2]) // the query's ID
+			return dst
+		}
+		return dnstest.ReflectRaw(dst, q)
+	}})
+}
+
+const dnswireHeader = 12
+
+// bigTemplate is the answer to bigName TXT, ID 0.
+func bigTemplate(t testing.TB) []byte {
+	t.Helper()
+	q := new(dns.Msg)
+	q.SetQuestion(bigName, dns.TypeTXT)
+	r := new(dns.Msg)
+	r.SetReply(q)
+	r.Id = 0
+	for i := 0; r.Len() < bigAnswerSize-300; i++ {
+		r.Answer = append(r.Answer, &dns.TXT{
+			Hdr: dns.RR_Header{Name: bigName, Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: 60},
+			Txt: []string{fmt.Sprintf("%04d%s", i, strings.Repeat("x", 250))},
+		})
+	}
+	b, err := r.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// wireName is name in uncompressed wire form.
+func wireName(name string) []byte {
+	b := make([]byte, 256)
+	n, err := dns.PackDomainName(name, b, 0, nil, false)
+	if err != nil {
+		panic(err)
+	}
+	return b[:n]
+}
+
+// questionName returns the first question's name of query q, wire form, or
+// nil.
+func questionName(q []byte) []byte {
+	end := dnswireHeader
+	for end < len(q) && q[end] != 0 {
+		if q[end]&0xC0 != 0 {
+			return nil
+		}
+		end += int(q[end]) + 1
+	}
+	if end >= len(q) {
+		return nil
+	}
+	return q[dnswireHeader : end+1]
+}
+
+// query packs a query for name and type with the given ID, EDNS when
+// udpSize > 0.
+func query(id uint16, name string, qtype uint16, udpSize uint16) []byte {
+	m := new(dns.Msg)
+	m.SetQuestion(name, qtype)
+	m.Id = id
+	if udpSize > 0 {
+		m.SetEdns0(udpSize, false)
+	}
+	b, err := m.Pack()
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// pace calls send for items 0, 1, ... at rate a second until ctx ends or n
+// have been sent (send reporting false stops it too), and returns how many
+// it sent. It catches up after a stall rather than dropping items.
+func pace(ctx context.Context, rate, n int, send func(i int) bool) int {
+	start := time.Now()
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	i := 0
+	for i < n {
+		due := min(n, int(time.Since(start).Seconds()*float64(rate))+1)
+		for ; i < due; i++ {
+			if !send(i) {
+				return i
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return i
+		case <-tick.C:
+		}
+	}
+	return i
+}
+
+// floodUDP sends the datagrams make returns to addr, rate a second, at most
+// n, until ctx ends, from socks sockets (a spread of source ports, as many
+// clients would have), and drains what comes back. It returns the count
+// sent.
+func floodUDP(ctx context.Context, addr string, rate, n, socks int, msg func(i int) []byte) int {
+	var conns []*net.UDPConn
+	for range socks {
+		c, err := net.Dial("udp", addr)
+		if err != nil {
+			panic(err)
+		}
+		conns = append(conns, c.(*net.UDPConn))
+	}
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Go(func() {
+			buf := make([]byte, 65535)
+			for {
+				if _, err := c.Read(buf); err != nil {
+					return
+				}
+			}
+		})
+	}
+	sent := pace(ctx, rate, n, func(i int) bool {
+		_, _ = conns[i%len(conns)].Write(msg(i))
+		return true
+	})
+	for _, c := range conns {
+		_ = c.Close()
+	}
+	wg.Wait()
+	return sent
+}
+
+// floodTCPNonReaders opens conns connections that each pipeline queries for
+// name, as fast as the sidecar reads them, and never read an answer, until
+// ctx ends.
+func floodTCPNonReaders(ctx context.Context, addr string, conns int, name string, qtype uint16) {
+	var wg sync.WaitGroup
+	for i := range conns {
+		wg.Go(func() {
+			c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+			if err != nil {
+				return
+			}
+			stop := context.AfterFunc(ctx, func() { _ = c.Close() })
+			defer stop()
+			defer c.Close()
+			var frame []byte
+			for id := 0; ctx.Err() == nil; id++ {
+				q := query(uint16(i<<8+id), name, qtype, 0)
+				frame = binary.BigEndian.AppendUint16(frame[:0], uint16(len(q)))
+				frame = append(frame, q...)
+				if _, err := c.Write(frame); err != nil {
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// halfHeader is the start of an HTTP request that never ends.
+const halfHeader = "GET /livez HTTP/1.1\r\nHost: flood\r\nUser-Agent: "
+
+// floodAdminHalfHeaders opens up to n connections to the admin listener at
+// addr, rate a second, sends each halfHeader, and holds them all until ctx
+// ends. It returns how many it opened.
+func floodAdminHalfHeaders(ctx context.Context, addr string, rate, n int) int {
+	var mu sync.Mutex
+	var conns []net.Conn
+	opened := pace(ctx, rate, n, func(int) bool {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return ctx.Err() == nil // the listener's backlog is full: keep trying
+		}
+		_, _ = c.Write([]byte(halfHeader))
+		mu.Lock()
+		conns = append(conns, c)
+		mu.Unlock()
+		return true
+	})
+	<-ctx.Done()
+	for _, c := range conns {
+		_ = c.Close()
+	}
+	return opened
+}
+
+// floodReport is what a watch saw while a flood ran.
+type floodReport struct {
+	asked, answered, servfail, lost int             // answered-name queries over UDP
+	latencies                       []time.Duration // of those answered, sorted
+	probes, probeFails              int             // /livez, /readyz and /startupz requests
+	probeMax                        time.Duration   // slowest probe answer
+	maxFDs                          int             // the sidecar's open descriptors, sampled
+	peakRSS                         int64           // VmHWM at the end
+	markedDown                      int             // "upstream marked down" in the sidecar's log
+}
+
+func (r *floodReport) percentile(p float64) time.Duration {
+	if len(r.latencies) == 0 {
+		return 0
+	}
+	return r.latencies[min(len(r.latencies)-1, int(float64(len(r.latencies))*p))]
+}
+
+func (r *floodReport) String() string {
+	return fmt.Sprintf("peak RSS %.1f MiB; answered names: %d asked, %d NOERROR, %d SERVFAIL, %d lost, p50 %s p99 %s max %s; "+
+		"probes: %d, %d failed, slowest %s; descriptors ≤ %d; marked down %d times",
+		float64(r.peakRSS)/(1<<20), r.asked, r.answered, r.servfail, r.lost,
+		r.percentile(0.5).Round(10*time.Microsecond), r.percentile(0.99).Round(10*time.Microsecond),
+		r.percentile(1).Round(10*time.Microsecond),
+		r.probes, r.probeFails, r.probeMax.Round(time.Millisecond), r.maxFDs, r.markedDown)
+}
+
+// watchRate is how many answered-name queries the watch asks a second.
+const watchRate = 50
+
+// watch runs f (the flood) for d and meanwhile asks answered names over UDP,
+// probes the admin paths as the kubelet does (a new connection each time),
+// and samples the sidecar's descriptors; then it reads the peak RSS.
+func watch(t testing.TB, s *sidecar, d time.Duration, f func(ctx context.Context)) *floodReport {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	pid := s.Cmd.Process.Pid
+	r := &floodReport{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	wg.Go(func() { f(ctx) })
+	wg.Go(func() { // answered names
+		var asks sync.WaitGroup
+		pace(ctx, watchRate, int(d.Seconds()*watchRate), func(i int) bool {
+			asks.Go(func() {
+				name := fmt.Sprintf("w%d.%s", i, okZone)
+				start := time.Now()
+				m, err := ask(s.DNS, "udp", name, true, 3*time.Second)
+				took := time.Since(start)
+				mu.Lock()
+				defer mu.Unlock()
+				r.asked++
+				switch {
+				case err != nil:
+					r.lost++
+				case m.Rcode == dns.RcodeSuccess:
+					r.answered++
+					r.latencies = append(r.latencies, took)
+				default:
+					r.servfail++
+				}
+			})
+			return true
+		})
+		asks.Wait()
+	})
+	wg.Go(func() { // probes, as the kubelet sends them
+		c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			path := []string{"/livez", "/readyz", "/startupz"}[i%3]
+			start := time.Now()
+			code, err := getStatus(c, "http://"+s.Admin+path)
+			took := time.Since(start)
+			mu.Lock()
+			r.probes++
+			r.probeMax = max(r.probeMax, took)
+			if err != nil || code != http.StatusOK {
+				r.probeFails++
+			}
+			mu.Unlock()
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	})
+	wg.Go(func() { // descriptors
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if n, err := testkit.OpenFDs(pid); err == nil {
+				mu.Lock()
+				r.maxFDs = max(r.maxFDs, n)
+				mu.Unlock()
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	})
+	wg.Wait()
+	slices.Sort(r.latencies)
+	rss, err := testkit.PeakRSS(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.peakRSS = rss
+	r.markedDown = strings.Count(s.Stderr.String(), "upstream marked down")
+	return r
+}
+
+func getStatus(c *http.Client, url string) (int, error) {
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode, nil
+}
+
+// paddedQuery is a query for name whose datagram is size bytes: the query
+// followed by bytes that are not part of it, which a server ignores.
+func paddedQuery(id uint16, name string, size int) []byte {
+	b := query(id, name, dns.TypeA, 1232)
+	return append(b, make([]byte, size-len(b))...)
+}
+
+// merge keeps the worse of r's and o's figures.
+func (r *floodReport) merge(o *floodReport) {
+	if r.asked == 0 || o.answeredShare() < r.answeredShare() {
+		r.asked, r.answered, r.servfail, r.lost = o.asked, o.answered, o.servfail, o.lost
+	}
+	if o.percentile(0.99) > r.percentile(0.99) {
+		r.latencies = o.latencies
+	}
+	r.probes += o.probes
+	r.probeFails += o.probeFails
+	r.probeMax = max(r.probeMax, o.probeMax)
+	r.maxFDs = max(r.maxFDs, o.maxFDs)
+	r.peakRSS = max(r.peakRSS, o.peakRSS)
+	r.markedDown = max(r.markedDown, o.markedDown)
+}
+
+func (r *floodReport) answeredShare() float64 {
+	if r.asked == 0 {
+		return 1
+	}
+	return float64(r.answered) / float64(r.asked)
+}
+
+// report sets r's figures as the benchmark's metrics.
+func (r *floodReport) report(b *testing.B) {
+	b.ReportMetric(float64(r.peakRSS)/(1<<20), "peak-RSS-MiB")
+	b.ReportMetric(100*r.answeredShare(), "answered-%")
+	b.ReportMetric(float64(r.percentile(0.99))/1e6, "p99-ms")
+	b.ReportMetric(float64(r.probeMax)/1e6, "probe-max-ms")
+	b.ReportMetric(float64(r.maxFDs), "max-fds")
+	b.ReportMetric(float64(r.markedDown), "marked-down")
+	b.ReportMetric(0, "ns/op")
+}

@@ -1,0 +1,160 @@
+package resilience
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
+)
+
+// The overload tests reproduce, against the built binary with its default
+// limits, the attacks a process in the pod could make on the sidecar's
+// resources, and hold it to what keeps a pod's DNS up: memory below the
+// manifests' limit, the upstream kept in rotation, names that resolve still
+// resolving, the probes answering within their timeouts. Their figures, at
+// the attacks' full size, are BenchmarkFlood's.
+
+// floodCase is one attack: a flood against a sidecar with the default
+// settings, watched for d. maxFDs bounds the sidecar's open descriptors.
+type floodCase struct {
+	name   string
+	d      time.Duration
+	maxFDs int
+	flood  func(ctx context.Context, s *sidecar)
+}
+
+// floodCases are the attacks, at the size the tests run them (full false)
+// or at the size the benchmark reports (full true): the size at which they
+// were first found to take a pod's DNS down.
+func floodCases(full bool) []floodCase {
+	d, bigRate, slowFor, admins := 4*time.Second, 4000, 5*time.Second, 5000
+	if full {
+		d, bigRate, slowFor, admins = 8*time.Second, 5000, 15*time.Second, 15000
+	}
+	return []floodCase{
+		{
+			// Datagrams of 65,000 bytes, each a query for a name the
+			// upstream never answers followed by bytes that are not part
+			// of it: a query in flight must not keep them.
+			name:   "big datagrams",
+			d:      d,
+			maxFDs: 100,
+			flood: func(ctx context.Context, s *sidecar) {
+				floodUDP(ctx, s.DNS, bigRate, bigRate*int(d.Seconds()), 16, func(i int) []byte {
+					return paddedQuery(uint16(i), fmt.Sprintf("b%d.%s", i, slowZone), 65000)
+				})
+			},
+		},
+		{
+			// Small queries for names the upstream never answers, more than
+			// the pool's connections carry within QUERY_TIMEOUT: waiting for
+			// the relay's own slots must not mark the upstream down, nor
+			// starve the names it answers.
+			name:   "slow names",
+			d:      slowFor,
+			maxFDs: 100,
+			flood: func(ctx context.Context, s *sidecar) {
+				floodUDP(ctx, s.DNS, 1500, 1500*int(slowFor.Seconds()), 16, func(i int) []byte {
+					return query(uint16(i), fmt.Sprintf("s%d.%s", i, slowZone), dns.TypeA, 1232)
+				})
+			},
+		},
+		{
+			// TCP clients that pipeline queries for a 65,000-byte answer and
+			// never read.
+			name:   "TCP non-readers",
+			d:      d,
+			maxFDs: 200,
+			flood: func(ctx context.Context, s *sidecar) {
+				floodTCPNonReaders(ctx, s.DNS, 80, bigName, dns.TypeTXT)
+			},
+		},
+		{
+			// Connections to the admin listener that send half a request
+			// header and wait.
+			name:   "admin half headers",
+			d:      d,
+			maxFDs: 300,
+			flood: func(ctx context.Context, s *sidecar) {
+				floodAdminHalfHeaders(ctx, s.Admin, 5000, admins)
+			},
+		},
+	}
+}
+
+func TestFlood(t *testing.T) {
+	if testing.Short() {
+		t.Skip("floods take seconds each")
+	}
+	for _, fc := range floodCases(false) {
+		t.Run(fc.name, func(t *testing.T) {
+			up := floodUpstream(t)
+			s := startSidecar(t, upstreamEnv(t, up)...)
+			r := watch(t, s, fc.d, func(ctx context.Context) { fc.flood(ctx, s) })
+			t.Logf("%s: %s", fc.name, r)
+			if r.peakRSS >= manifestMemoryLimit {
+				t.Errorf("peak RSS %.1f MiB, want below the manifests' limit of %d MiB",
+					float64(r.peakRSS)/(1<<20), manifestMemoryLimit>>20)
+			}
+			if r.answered != r.asked {
+				t.Errorf("names the upstream answers: %d of %d answered (%d SERVFAIL, %d lost)",
+					r.answered, r.asked, r.servfail, r.lost)
+			}
+			if r.markedDown > 0 {
+				t.Errorf("the upstream was marked down %d times; it answered throughout", r.markedDown)
+			}
+			if r.probeFails > 0 || r.probeMax > time.Second {
+				t.Errorf("probes: %d of %d failed, slowest %s; want all answered within 1s",
+					r.probeFails, r.probes, r.probeMax)
+			}
+			if r.maxFDs > fc.maxFDs {
+				t.Errorf("the sidecar held up to %d descriptors, want at most %d", r.maxFDs, fc.maxFDs)
+			}
+		})
+	}
+}
+
+// TestIdleTCPConnections: a process holding TCP_MAX_CONNS idle connections
+// does not lock other clients out of TCP for TCP_IDLE_TIMEOUT.
+func TestIdleTCPConnections(t *testing.T) {
+	up := floodUpstream(t)
+	s := startSidecar(t, upstreamEnv(t, up)...)
+	idle := holdIdleTCP(t, s.DNS, 1000)
+	defer closeAll(idle)
+	start := time.Now()
+	testkit.WaitFor(t, fmt.Sprintf("a new TCP client answered beside %d idle connections", len(idle)), 3*time.Second, func() error {
+		r, err := ask(s.DNS, "tcp", "idle."+okZone, false, time.Second)
+		if err != nil {
+			return err
+		}
+		return checkA(r, "idle."+okZone)
+	})
+	t.Logf("a new TCP client was answered %s after %d idle connections were opened",
+		time.Since(start).Round(time.Millisecond), len(idle))
+}
+
+// holdIdleTCP opens n TCP connections to addr that send nothing.
+func holdIdleTCP(t testing.TB, addr string, n int) []net.Conn {
+	t.Helper()
+	conns := make([]net.Conn, 0, n)
+	for range n {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			closeAll(conns)
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	return conns
+}
+
+func closeAll(conns []net.Conn) {
+	for _, c := range conns {
+		_ = c.Close()
+	}
+}
