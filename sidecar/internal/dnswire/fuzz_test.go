@@ -59,6 +59,20 @@ func FuzzDNSWire(f *testing.F) {
 			t.Fatalf("OPT span %d:%d outside message", m.optStart, m.optEnd)
 		}
 
+		// The compact form of a query of one question is a message of its
+		// own, with the same header flags, question and OPT record.
+		if m.QDCount == 1 {
+			c := m.AppendCompact(nil)
+			p, err := Parse(c.Wire())
+			if err != nil || !reflect.DeepEqual(parsed(p), parsed(c)) || len(c.Wire()) != m.CompactLen() {
+				t.Fatalf("compact form parses as %+v, %v; AppendCompact said %+v", p, err, c)
+			}
+			if c.Flags != m.Flags || string(c.QName()) != string(m.QName()) || c.QType() != m.QType() ||
+				c.HasOPT() != m.HasOPT() || c.UDPSize() != m.UDPSize() || c.DO() != m.DO() || c.Rcode() != m.Rcode() {
+				t.Fatalf("compact form %+v differs from %+v", c, m)
+			}
+		}
+
 		ref := new(dns.Msg)
 		if ref.Unpack(b) != nil {
 			return // miekg/dns is stricter about record data; nothing to compare
