@@ -29,11 +29,18 @@ var (
 	// ErrSlowAnswer wraps the context's error when a query timed out on a
 	// connection that answered other queries while this one waited: the
 	// upstream is up, and this name is slow to resolve (long recursion, a
-	// lame delegation); or waiting for room on connections that are all
-	// open and answering. A Group retries it elsewhere but does not hold it
+	// lame delegation). A Group retries it elsewhere but does not hold it
 	// against the upstream's health, unless over a window most names time
 	// out (partial.go). Answers get EDE 22, like any timeout.
 	ErrSlowAnswer = errors.New("upstream answering other queries, but not this one in time")
+	// ErrBusy wraps the context's error when a query's deadline came while
+	// it waited for room on the upstream's connections: every one the pool
+	// may open was open and full (UPSTREAM_MAX_INFLIGHT queries, or the
+	// upstream's own limit per connection). That is the sidecar's own
+	// limit, and the query never reached the upstream: a Group holds it
+	// neither against the upstream's health nor in its partial failure's
+	// window. Answers get EDE 0, as the sidecar's own overload does.
+	ErrBusy = errors.New("no room on the upstream's connections")
 	// ErrAllDown: every upstream is marked down; answers get SERVFAIL at once
 	// with EDE 22.
 	ErrAllDown = errors.New("all upstreams are down")

@@ -291,6 +291,11 @@ func (g *Group) attempt(ctx context.Context, q dnswire.Msg, idx, attempt int) (d
 		// Connections the upstream closed under the query (normal, RFC 7858
 		// §3.4; the DoT has resent on fresh ones already), shutdown, or a
 		// query nothing could be sent for: nothing to hold against it.
+	case errors.Is(err, ErrBusy):
+		// The deadline came while the query waited for room on connections
+		// full of other queries: the sidecar's own limit. Counting it would
+		// let a flood of slow names, which fills the connections, take a
+		// healthy upstream out for everyone.
 	case errors.Is(err, ErrSlowAnswer):
 		// Timed out while the upstream answered other queries on the same
 		// connection: a slow name, not a sick upstream. Counting these would

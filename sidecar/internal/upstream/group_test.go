@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/dnstest"
@@ -683,5 +685,61 @@ func TestGroupMalformedAnswerIsFinal(t *testing.T) {
 	}
 	if got := bad.Queries(); got != n {
 		t.Errorf("upstream got %d queries, want %d (no resends)", got, n)
+	}
+}
+
+// Queries whose deadline comes while they wait for room on connections
+// full of other queries (names the upstream is slow to answer) fail with
+// ErrBusy, and that is not held against the upstream: the limit is the
+// sidecar's own, and the upstream answers everything else.
+func TestGroupFullConnectionsNotCounted(t *testing.T) {
+	for _, tr := range transports {
+		t.Run(tr, func(t *testing.T) { testGroupFullConnectionsNotCounted(t, tr) })
+	}
+}
+
+func testGroupFullConnectionsNotCounted(t *testing.T, transport string) {
+	srv := newTestServer(t, transport, dnstest.Options{Handler: func(q *dns.Msg) *dns.Msg {
+		if strings.HasPrefix(q.Question[0].Name, "slow") {
+			return nil
+		}
+		return dnstest.DefaultHandler(q)
+	}})
+	m := NewMetrics(prometheus.NewRegistry())
+	d := newTestUpstream(t, srv, func(o *DoTOptions) { o.PoolSize, o.MaxInFlightPerConn, o.Metrics = 1, 2, m })
+	g, err := NewGroup(testGroupOptions(GroupOptions{Upstreams: []Upstream{d}, MaxFails: 1, Logger: testLogger(), Metrics: m}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = g.Close() })
+	ask := func(ctx context.Context, name string) error {
+		_, err := g.Exchange(ctx, packQuery(t, name, dns.TypeA))
+		return err
+	}
+	if err := ask(context.Background(), "first.example."); err != nil {
+		t.Fatal(err)
+	}
+	slowCtx, cancelSlow := context.WithCancel(context.Background())
+	var slow sync.WaitGroup
+	for i := range 2 {
+		slow.Go(func() { _ = ask(slowCtx, fmt.Sprintf("slow%d.example.", i)) })
+	}
+	defer slow.Wait()
+	defer cancelSlow()
+	eventually(t, answerTimeout, "the slow queries to fill the connection", func() bool { return !d.hasRoom() })
+	for i := range 3 {
+		// Long enough to be judged (minJudgedBudget).
+		ctx, cancel := context.WithTimeout(context.Background(), 4*minJudgedBudget)
+		err := ask(ctx, fmt.Sprintf("q%d.example.", i))
+		cancel()
+		if !errors.Is(err, ErrBusy) {
+			t.Fatalf("query %d beside a full connection: %v, want ErrBusy", i, err)
+		}
+	}
+	if fails := g.members[0].fails.Load(); fails != 0 || g.members[0].down.Load() {
+		t.Fatalf("upstream blamed for the sidecar's full connections: %d failures, down %v", fails, g.members[0].down.Load())
+	}
+	if got := testutil.ToFloat64(m.MarkedDown.WithLabelValues(d.Name())); got != 0 {
+		t.Errorf("marked_down_total = %v, want 0", got)
 	}
 }

@@ -48,8 +48,8 @@ type member struct {
 	partialUntil time.Time
 	probeOK      int
 
-	retries, failovers, hcFailures, partialFailures prometheus.Counter
-	state                                           prometheus.Gauge
+	retries, failovers, hcFailures, partialFailures, markedDown prometheus.Counter
+	state                                                       prometheus.Gauge
 }
 
 func newMember(u Upstream, m *Metrics, p Probe) *member {
@@ -64,6 +64,7 @@ func newMember(u Upstream, m *Metrics, p Probe) *member {
 		retries:    m.Retries.WithLabelValues(name),
 		failovers:  m.Failovers.WithLabelValues(name),
 		hcFailures: m.HealthCheckFailures.WithLabelValues(name),
+		markedDown: m.MarkedDown.WithLabelValues(name),
 		state:      m.HealthState.WithLabelValues(name),
 
 		partialFailures: m.PartialFailures.WithLabelValues(name),
@@ -123,6 +124,7 @@ func (g *Group) failed(m *member, err error, started time.Time) {
 func (g *Group) markDownLocked(m *member) {
 	m.down.Store(true)
 	m.state.Set(0)
+	m.markedDown.Inc()
 	if m.probing {
 		return
 	}

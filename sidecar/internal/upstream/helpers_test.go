@@ -226,6 +226,7 @@ type testUpstream interface {
 	consistent() bool
 	grow()
 	conns() []testConn // the usable connections
+	hasRoom() bool     // whether a usable connection takes another query now
 }
 
 // testConn is what the shared tests use of a DoT's or a DoH's connection.
@@ -251,6 +252,19 @@ func (d *DoH) conns() []testConn {
 		out = append(out, c)
 	}
 	return out
+}
+
+func (d *DoT) hasRoom() bool { return d.pick() != nil }
+
+// hasRoom is pick without reserving: a usable connection below its stream
+// limit.
+func (d *DoH) hasRoom() bool {
+	for _, c := range d.activeConns() {
+		if !c.closing.Load() && c.load.Load() < c.maxStreams {
+			return true
+		}
+	}
+	return false
 }
 
 func (d *DoT) usable() int { return len(d.activeConns()) }

@@ -26,6 +26,7 @@ type Metrics struct {
 	Failovers           *prometheus.CounterVec // {upstream}: for the Group (the upstream failed over from)
 	HealthState         *prometheus.GaugeVec   // {upstream}: 1 up, 0 down; for the Group
 	HealthCheckFailures *prometheus.CounterVec // {upstream}: for the Group
+	MarkedDown          *prometheus.CounterVec // {upstream}: for the Group
 	HTTPErrors          *prometheus.CounterVec // {upstream, reason}: DNS-over-HTTPS upstreams only
 	KeepaliveTimeout    *prometheus.GaugeVec   // {upstream}: DoT upstreams' announced edns-tcp-keepalive
 	PartialFailures     *prometheus.CounterVec // {upstream}: for the Group
@@ -39,7 +40,7 @@ type collectors struct {
 	duration                                                                *prometheus.HistogramVec
 	open, health, keepalive                                                 *prometheus.GaugeVec
 	opened, hsFailures, pinFailures, mismatched, resent, retries, failovers *prometheus.CounterVec
-	hcFailures, httpErrors, partial                                         *prometheus.CounterVec
+	hcFailures, markedDown, httpErrors, partial                             *prometheus.CounterVec
 }
 
 // DefaultRoute is the `route` label of UPSTREAMS, the upstreams of every
@@ -90,6 +91,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		failovers:   counter("failovers_total", "Queries that moved from this upstream to another."),
 		health:      gauge("health_state", "1 when the upstream is considered up, 0 when down."),
 		hcFailures:  counter("health_check_failures_total", "Health probes that failed."),
+		markedDown: counter("marked_down_total", "Times the upstream was taken out of rotation: failures in a row, "+
+			"or partial failure."),
 		keepalive: gauge("keepalive_timeout_seconds", "Idle timeout the DNS-over-TLS upstream last announced "+
 			"in edns-tcp-keepalive (RFC 7828); 0 until it announces one."),
 		partial: counter("partial_failures_total", "Times the upstream was taken out of rotation for partial "+
@@ -101,7 +104,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"route", "upstream", "reason"}),
 	}
 	reg.MustRegister(c.duration, c.open, c.opened, c.hsFailures, c.pinFailures, c.mismatched, c.resent,
-		c.retries, c.failovers, c.health, c.hcFailures, c.httpErrors, c.keepalive, c.partial)
+		c.retries, c.failovers, c.health, c.hcFailures, c.markedDown, c.httpErrors, c.keepalive, c.partial)
 	return c.view(DefaultRoute)
 }
 
@@ -125,6 +128,7 @@ func (c *collectors) view(route string) *Metrics {
 		Failovers:           c.failovers.MustCurryWith(l),
 		HealthState:         c.health.MustCurryWith(l),
 		HealthCheckFailures: c.hcFailures.MustCurryWith(l),
+		MarkedDown:          c.markedDown.MustCurryWith(l),
 		HTTPErrors:          c.httpErrors.MustCurryWith(l),
 		KeepaliveTimeout:    c.keepalive.MustCurryWith(l),
 		PartialFailures:     c.partial.MustCurryWith(l),
@@ -142,7 +146,8 @@ func (m *Metrics) Init(upstream string) {
 	}
 	m.ConnectionsOpen.WithLabelValues(upstream)
 	for _, c := range []*prometheus.CounterVec{m.ConnectionsOpened, m.TLSHandshakeFailure, m.PinFailures,
-		m.MismatchedResponses, m.RequestsResent, m.Retries, m.Failovers, m.HealthCheckFailures, m.PartialFailures} {
+		m.MismatchedResponses, m.RequestsResent, m.Retries, m.Failovers, m.HealthCheckFailures, m.MarkedDown,
+		m.PartialFailures} {
 		c.WithLabelValues(upstream)
 	}
 	m.HealthState.WithLabelValues(upstream).Set(1)

@@ -228,16 +228,18 @@ func (p *pool[C]) cutDrains(now time.Time) {
 // handshake: a failure like any timeout. Waiting for room on connections
 // that are open means they are busy, or spent on the upstream's limit of
 // queries per connection (budget.go), while the pool is at its size: the
-// upstream is answering them, and the query timed out for want of this
-// side's capacity, which must not count against the upstream's health
-// (ErrSlowAnswer, as for a name that is slow to resolve).
+// query timed out for want of this side's capacity, never reached the
+// upstream, and must count neither against its health nor in its partial
+// failure's window (ErrBusy). A flood of names the upstream is slow to
+// answer fills the connections; counting the queries behind it would take
+// a healthy upstream out for everyone.
 func (p *pool[C]) waitError(ctx context.Context, name string, dl *dialState[C]) error {
 	p.mu.Lock()
 	dialing := dl != nil && !dl.finished
 	open := len(p.activeConns())+len(p.draining) > 0
 	p.mu.Unlock()
 	if !dialing && open {
-		return fmt.Errorf("waiting for room on the connections to %s: %w: %w", name, ErrSlowAnswer, ctx.Err())
+		return fmt.Errorf("waiting for room on the connections to %s: %w: %w", name, ErrBusy, ctx.Err())
 	}
 	return fmt.Errorf("waiting for a connection to %s: %w", name, ctx.Err())
 }
