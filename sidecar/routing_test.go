@@ -107,7 +107,7 @@ func startRoutedSidecar(t *testing.T, environ ...string) *routedSidecar {
 		BindAddrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, BindExplicit: true, Proto: "both",
 		Upstream: front, Cache: hits, QueryTimeout: cfg.QueryTimeout, UDPMaxSize: cfg.UDPMaxSize,
 		TCPIdleTimeout: cfg.TCPIdleTimeout, TCPMaxConns: cfg.TCPMaxConns, TCPMaxInFlight: cfg.TCPMaxInflight,
-		MaxInFlight: cfg.MaxInflight, Logger: log, Registerer: rs.reg,
+		TCPMaxUnread: cfg.TCPMaxUnread, MaxInFlight: cfg.MaxInflight, Logger: log, Registerer: rs.reg,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -84,6 +84,7 @@ func runServe(ctx context.Context, args, environ []string, stdout, stderr io.Wri
 		TCPIdleTimeout: cfg.TCPIdleTimeout,
 		TCPMaxConns:    cfg.TCPMaxConns,
 		TCPMaxInFlight: cfg.TCPMaxInflight,
+		TCPMaxUnread:   cfg.TCPMaxUnread,
 		MaxInFlight:    cfg.MaxInflight,
 		Logger:         log,
 		Registerer:     reg,

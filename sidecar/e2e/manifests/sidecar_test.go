@@ -104,7 +104,7 @@ func exportedMetrics(t *testing.T) map[string]family {
 	// server.New needs every option; their values play no part here.
 	if _, err := server.New(server.Options{BindAddrs: []netip.Addr{netip.IPv6Loopback()}, Proto: "both",
 		QueryTimeout: time.Second, UDPMaxSize: 512, TCPIdleTimeout: time.Second, TCPMaxConns: 1, TCPMaxInFlight: 1,
-		MaxInFlight: 1, Upstream: idleUpstream{}, Logger: log, Registerer: reg}); err != nil {
+		TCPMaxUnread: 512, MaxInFlight: 1, Upstream: idleUpstream{}, Logger: log, Registerer: reg}); err != nil {
 		t.Fatal(err)
 	}
 	mfs, err := reg.Gather()

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"slices"
@@ -190,32 +191,39 @@ func floodUDP(ctx context.Context, addr string, rate, n, socks int, msg func(i i
 	return sent
 }
 
-// floodTCPNonReaders opens conns connections that each pipeline queries for
-// name, as fast as the sidecar reads them, and never read an answer, until
-// ctx ends.
-func floodTCPNonReaders(ctx context.Context, addr string, conns int, name string, qtype uint16) {
+// floodTCPNonReaders keeps conns connections open that each pipeline
+// queries for name, rate a second each, and never read an answer, until ctx
+// ends. A connection's writes block once the sidecar stops reading from it;
+// one the sidecar closes is opened again.
+func floodTCPNonReaders(ctx context.Context, addr string, conns, rate int, name string, qtype uint16) {
 	var wg sync.WaitGroup
 	for i := range conns {
 		wg.Go(func() {
-			c, err := net.DialTimeout("tcp", addr, 2*time.Second)
-			if err != nil {
-				return
-			}
-			stop := context.AfterFunc(ctx, func() { _ = c.Close() })
-			defer stop()
-			defer c.Close()
-			var frame []byte
-			for id := 0; ctx.Err() == nil; id++ {
-				q := query(uint16(i<<8+id), name, qtype, 0)
-				frame = binary.BigEndian.AppendUint16(frame[:0], uint16(len(q)))
-				frame = append(frame, q...)
-				if _, err := c.Write(frame); err != nil {
-					return
-				}
+			for ctx.Err() == nil {
+				nonReader(ctx, addr, rate, uint16(i<<8), name, qtype)
 			}
 		})
 	}
 	wg.Wait()
+}
+
+func nonReader(ctx context.Context, addr string, rate int, id uint16, name string, qtype uint16) {
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		<-ctx.Done() // no more connections to be had: hold what we have
+		return
+	}
+	stop := context.AfterFunc(ctx, func() { _ = c.Close() })
+	defer stop()
+	defer c.Close()
+	var frame []byte
+	pace(ctx, rate, math.MaxInt, func(i int) bool {
+		q := query(id+uint16(i), name, qtype, 0)
+		frame = binary.BigEndian.AppendUint16(frame[:0], uint16(len(q)))
+		frame = append(frame, q...)
+		_, err := c.Write(frame)
+		return err == nil
+	})
 }
 
 // halfHeader is the start of an HTTP request that never ends.

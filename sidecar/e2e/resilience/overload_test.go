@@ -65,13 +65,15 @@ func floodCases(full bool) []floodCase {
 			},
 		},
 		{
-			// TCP clients that pipeline queries for a 65,000-byte answer and
-			// never read.
+			// TCP clients that pipeline queries for a 65,000-byte answer,
+			// 25 a second each, and never read: answers pile up once the
+			// kernel's buffers are full, and before answers had a budget,
+			// their writes held every query slot of the sidecar.
 			name:   "TCP non-readers",
 			d:      d,
 			maxFDs: 200,
 			flood: func(ctx context.Context, s *sidecar) {
-				floodTCPNonReaders(ctx, s.DNS, 80, bigName, dns.TypeTXT)
+				floodTCPNonReaders(ctx, s.DNS, 80, 25, bigName, dns.TypeTXT)
 			},
 		},
 		{

@@ -321,6 +321,7 @@ func (l *loader) crossCheck(c *Config) error {
 			l.fail(base, fmt.Errorf("must be less than %s (%s), or no retry could ever fit", l.source(qt), c.QueryTimeout))
 		}
 	}
+	l.checkCapacity(c)
 	pins, pinsFile := l.setting("TLS_PINS"), l.setting("TLS_PINS_FILE")
 	if len(c.TLSPins) > 0 && c.TLSPinsFile != "" {
 		l.fail(pinsFile, fmt.Errorf("cannot be combined with %s: choose one source of default pins", l.source(pins)))
@@ -340,6 +341,30 @@ func (l *loader) crossCheck(c *Config) error {
 		return joinOneLine(l.errs)
 	}
 	return nil
+}
+
+// checkCapacity keeps admission within what an upstream's connections
+// carry: past UPSTREAM_POOL_SIZE × UPSTREAM_MAX_INFLIGHT, queries admitted
+// would wait for a connection slot, where slow names starve the others and
+// the wait looks like the upstream's fault, rather than be answered at once
+// or make room by giving up on old ones (MAX_INFLIGHT).
+func (l *loader) checkCapacity(c *Config) {
+	maxIn, pool, perConn := l.setting("MAX_INFLIGHT"), l.setting("UPSTREAM_POOL_SIZE"), l.setting("UPSTREAM_MAX_INFLIGHT")
+	capacity := c.UpstreamPoolSize * c.UpstreamMaxInflight
+	if c.MaxInflight <= capacity {
+		return
+	}
+	fewer := fmt.Errorf("an upstream's connections then carry %d queries, fewer than %s (%d) admits: lower %s with it",
+		capacity, l.source(maxIn), c.MaxInflight, l.source(maxIn))
+	switch {
+	case l.explicit(pool) && !l.explicit(maxIn):
+		l.fail(pool, fmt.Errorf("with %s %d, %w", l.source(perConn), c.UpstreamMaxInflight, fewer))
+	case l.explicit(perConn) && !l.explicit(maxIn):
+		l.fail(perConn, fmt.Errorf("with %s %d, %w", l.source(pool), c.UpstreamPoolSize, fewer))
+	default:
+		l.fail(maxIn, fmt.Errorf("must not exceed what an upstream's connections carry, %s × %s (%d × %d = %d)",
+			l.source(pool), l.source(perConn), c.UpstreamPoolSize, c.UpstreamMaxInflight, capacity))
+	}
 }
 
 // warn records settings that are valid but probably not meant.

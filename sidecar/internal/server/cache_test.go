@@ -79,9 +79,10 @@ func TestCacheHits(t *testing.T) {
 // read loops answer it themselves.
 func TestCacheHitsWithoutInFlightSlot(t *testing.T) {
 	ts, up := startCached(t, Options{MaxInFlight: 1, TCPMaxInFlight: 1})
+	ts.setJostleAfter(time.Hour) // the held query keeps its slot however long the test takes
 	udp := ts.addr(t, "udp", loopback4)
 	ask(t, "udp", udp, newQuery("cached.example.", dns.TypeA))
-	waitFor(t, "the first query to leave its slot", func() bool { return ts.inflight.Load() == 0 })
+	waitFor(t, "the first query to leave its slot", func() bool { return ts.adm.inflight.Load() == 0 })
 
 	c, err := net.DialTimeout("tcp", ts.addr(t, "tcp", loopback4).String(), ioTimeout)
 	if err != nil {

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/dnswire"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/internal/upstream"
@@ -11,6 +12,11 @@ import (
 // errOverloaded: MaxInFlight queries were in flight when the query came.
 var errOverloaded = errors.New("too many queries in flight")
 
+// errJostled: the query waited jostleAfter or more and was given up on to
+// make room for newer ones (admission.go). The sidecar's own state, like
+// errOverloaded, which it wraps.
+var errJostled = fmt.Errorf("%w: given up on after %s for newer queries", errOverloaded, jostleAfter)
+
 // failure is the one place where an error from the upstream side becomes
 // what the client gets: SERVFAIL, with the Extended DNS Error code (RFC 8914)
 // and text that go with it when the query carried EDNS. The exception is
@@ -18,7 +24,9 @@ var errOverloaded = errors.New("too many queries in flight")
 // nothing, so the client gets FORMERR without EDE (asking again cannot help).
 //
 // TLS failures, pins included, are 23 Network Error: the upstream was
-// reached but could not be trusted. The sidecar's own overload is 0 Other.
+// reached but could not be trusted. The sidecar's own overload is 0 Other:
+// too many queries in flight, a query given up on for newer ones, or no
+// room on the upstream's connections before the deadline (ErrBusy).
 // Everything else (timeouts, unreachable
 // or all-down upstreams, connections lost, malformed answers, shutdown and
 // errors nobody foresaw) is 22 No Reachable Authority: no usable answer
@@ -28,7 +36,7 @@ func failure(err error) (rcode int, ede int, text string) {
 	switch {
 	case errors.Is(err, upstream.ErrBadQuery):
 		return dnswire.RcodeFormatError, noEDE, ""
-	case errors.Is(err, errOverloaded):
+	case errors.Is(err, errOverloaded), errors.Is(err, upstream.ErrBusy):
 		// The sidecar's own state, not the upstream's: no code of RFC 8914
 		// says "busy", so Other, with the reason in the text.
 		return rcode, dnswire.EDEOther, "sidecar overloaded"

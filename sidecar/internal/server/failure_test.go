@@ -33,9 +33,10 @@ func TestFailures(t *testing.T) {
 		{"err-unknown", edeNRA, 0},
 		{"err-tls", edeNet, 0},
 		{"err-pin", edeNet, 0},
-		{"err-badquery", noEDE, dns.RcodeFormatError}, // the client's fault: FORMERR
-		{"garbage", edeNRA, 0},                        // not a DNS message
-		{"slow", edeNRA, 0},                           // the query's deadline
+		{"err-busy", int(dns.ExtendedErrorCodeOther), 0}, // the sidecar's own limit
+		{"err-badquery", noEDE, dns.RcodeFormatError},    // the client's fault: FORMERR
+		{"garbage", edeNRA, 0},                           // not a DNS message
+		{"slow", edeNRA, 0},                              // the query's deadline
 	}
 	for _, network := range []string{"udp", "tcp"} {
 		for _, tt := range tests {
@@ -84,11 +85,12 @@ func TestFailures(t *testing.T) {
 	}
 }
 
-// TestOverload fills MaxInFlight with held queries: further queries get
-// SERVFAIL at once (EDE 0, counted), the canary still answers, and service
-// resumes when the held queries are answered.
+// TestOverload fills MaxInFlight with held queries too young to give up on:
+// further queries get SERVFAIL at once (EDE 0, counted), the canary still
+// answers, and service resumes when the held queries are answered.
 func TestOverload(t *testing.T) {
 	ts := startServer(t, Options{MaxInFlight: 2, QueryTimeout: 10 * time.Second})
+	ts.setJostleAfter(time.Hour)
 	for i, network := range []string{"udp", "tcp"} {
 		c, err := net.Dial(network, ts.addr(t, network, loopback4).String())
 		if err != nil {
@@ -116,9 +118,65 @@ func TestOverload(t *testing.T) {
 		}
 	}
 	rel.all()
-	waitFor(t, "the held queries to finish", func() bool { return ts.inflight.Load() == 0 })
+	waitFor(t, "the held queries to finish", func() bool { return ts.adm.inflight.Load() == 0 })
 	r, _ := ask(t, "udp", ts.addr(t, "udp", loopback4), newQuery("www.example.", dns.TypeA))
 	if r.Rcode != dns.RcodeSuccess {
 		t.Fatalf("after the load: %v", r.MsgHdr)
+	}
+}
+
+// TestJostle fills MaxInFlight with queries the upstream holds: once they
+// are old enough, a new query takes the place of the oldest, which gets
+// SERVFAIL with EDE 0 at once, long before its deadline; the younger one
+// is left alone.
+func TestJostle(t *testing.T) {
+	ts := startServer(t, Options{MaxInFlight: 2, QueryTimeout: 10 * time.Second})
+	ts.setJostleAfter(50 * time.Millisecond)
+	type reply struct {
+		r   *dns.Msg
+		err error
+	}
+	var replies [2]chan reply
+	var hs [2]map[string]held
+	for i := range 2 {
+		replies[i] = make(chan reply, 1)
+		go func() {
+			raw, err := tryExchange("udp", ts.addr(t, "udp", loopback4), packed(t, ednsQuery(fmt.Sprintf("hold-%d.example.", i), dns.TypeA, 1232)))
+			r := new(dns.Msg)
+			if err == nil {
+				err = r.Unpack(raw)
+			}
+			replies[i] <- reply{r, err}
+		}()
+		hs[i] = ts.up.awaitHeld(t, 1) // in order: the first is the oldest
+	}
+	rel := &releaser{hs: hs[1]}
+	defer rel.all()
+	defer (&releaser{hs: hs[0]}).all()
+	time.Sleep(60 * time.Millisecond) // the age under test, not a wait for a condition
+	start := time.Now()
+	r, _ := ask(t, "udp", ts.addr(t, "udp", loopback4), newQuery("www.example.", dns.TypeA))
+	if r.Rcode != dns.RcodeSuccess {
+		t.Fatalf("new query beside two old held ones: %s, want an answer", dns.RcodeToString[r.Rcode])
+	}
+	got := <-replies[0]
+	if got.err != nil {
+		t.Fatal(got.err)
+	}
+	if e := ede(got.r); got.r.Rcode != dns.RcodeServerFailure || e == nil || e.InfoCode != dns.ExtendedErrorCodeOther {
+		t.Fatalf("oldest held query: rcode %s EDE %v, want SERVFAIL with EDE 0", dns.RcodeToString[got.r.Rcode], e)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("the oldest held query was answered after %s, not at once", took)
+	}
+	rel.all()
+	if got := <-replies[1]; got.err != nil || got.r.Rcode != dns.RcodeSuccess {
+		t.Fatalf("younger held query, released: %v %v, want its answer", got.r, got.err)
+	}
+	if got := testutil.ToFloat64(ts.m.overloaded); got != 0 {
+		t.Errorf("overloaded_queries_total = %v, want 0: the new query found room", got)
+	}
+	if got := ts.adm.jostled.Load(); got != 1 {
+		t.Errorf("jostled %d queries, want 1", got)
 	}
 }

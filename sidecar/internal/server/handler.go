@@ -23,7 +23,7 @@ func (p proto) String() string {
 	return "udp"
 }
 
-// result is what answer decided for one message.
+// result is what the server decided for one message.
 type result struct {
 	query     dnswire.Msg // the message as parsed, for the log
 	reply     []byte      // nil: send nothing
@@ -33,15 +33,27 @@ type result struct {
 	err       error       // why the upstream gave no answer, for the debug log
 }
 
-// answer decides the reply to one message received over p. It is the whole
-// protocol logic, free of sockets, so that the fuzz target and the
-// benchmark drive exactly what the listeners do: early, then forward.
+// maxQuerySize bounds what a query in flight keeps: its header, question
+// and OPT record (dnswire.Msg.AppendCompact). No query a client makes comes
+// near it (an RFC 8467 padded one is a few hundred bytes); one that does
+// gets FORMERR, so that a query in flight never holds more than this.
+const maxQuerySize = 4096
+
+// answer decides the reply to one message received over p, as the
+// listeners do: early, admission, then forward. It is the whole protocol
+// logic, free of sockets, so that the fuzz target and the benchmark drive
+// exactly what the listeners do.
 func (s *Server) answer(msg []byte, p proto) result {
 	q, perr := dnswire.Parse(msg)
 	if r, done := s.early(&q, perr, p, nil); done {
 		return r
 	}
-	return s.forward(&q, p, nil)
+	b := s.adm.admit()
+	if b == nil {
+		return s.overloaded(&q)
+	}
+	defer s.adm.release(b)
+	return s.forward(b, q, p)
 }
 
 // early decides what the listener answers by itself, in its read loop,
@@ -49,7 +61,8 @@ func (s *Server) answer(msg []byte, p proto) result {
 // protocol rules, the canary, and the cache's hits (written into dst's
 // room). q and perr are what dnswire.Parse made of the message, the one
 // time the server parses it. done false: the query goes to the upstream
-// (forward).
+// (admission, then forward), and the listener keeps it in compact form
+// only.
 func (s *Server) early(q *dnswire.Msg, perr error, p proto, dst []byte) (r result, done bool) {
 	switch {
 	case errors.Is(perr, dnswire.ErrShort):
@@ -64,6 +77,9 @@ func (s *Server) early(q *dnswire.Msg, perr error, p proto, dst []byte) (r resul
 		r.malformed = true
 	case q.HasOPT() && q.EDNSVersion() > 0:
 		r = s.local(q, dnswire.RcodeBadVers, noEDE, "")
+	case q.CompactLen() > maxQuerySize:
+		r = s.local(q, dnswire.RcodeFormatError, dnswire.EDEOther, "query too large")
+		r.malformed = true
 	case isCanary(q):
 		r = s.canary(q)
 	case s.cache == nil:
@@ -81,19 +97,29 @@ func (s *Server) early(q *dnswire.Msg, perr error, p proto, dst []byte) (r resul
 	return r, true
 }
 
-// forward asks the upstream for q's answer, unless refuse is set (the
-// server is full): then the query fails with it.
-func (s *Server) forward(q *dnswire.Msg, p proto, refuse error) result {
-	var r result
-	if refuse != nil {
-		s.m.overloaded.Inc()
-		r = s.fail(q, refuse)
-	} else if ans, err := s.up.Exchange(s.deadlines.get(), *q); err != nil {
-		r = s.fail(q, err)
-	} else {
-		r = s.relay(q, ans, p)
-	}
+// overloaded is the answer to a query that came when MaxInFlight were in
+// flight, none of them old enough to give up on.
+func (s *Server) overloaded(q *dnswire.Msg) result {
+	s.m.overloaded.Inc()
+	r := s.fail(q, errOverloaded)
 	r.query = *q
+	return r
+}
+
+// forward asks the upstream for q's answer, within the deadline of q's
+// admission bucket b, and makes it the client's reply.
+func (s *Server) forward(b *bucket, q dnswire.Msg, p proto) result {
+	var r result
+	ans, err := s.up.Exchange(b.ctx, q)
+	switch {
+	case err != nil && b.jostled():
+		r = s.fail(&q, fmt.Errorf("%w: %w", errJostled, err))
+	case err != nil:
+		r = s.fail(&q, err)
+	default:
+		r = s.relay(&q, ans, p)
+	}
+	r.query = q
 	return r
 }
 

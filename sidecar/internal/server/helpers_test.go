@@ -44,7 +44,8 @@ func testOptions(opts Options) Options {
 	opts.TCPIdleTimeout = cmp.Or(opts.TCPIdleTimeout, 10*time.Second)
 	opts.TCPMaxConns = cmp.Or(opts.TCPMaxConns, 1000)
 	opts.TCPMaxInFlight = cmp.Or(opts.TCPMaxInFlight, 128)
-	opts.MaxInFlight = cmp.Or(opts.MaxInFlight, 8192)
+	opts.TCPMaxUnread = cmp.Or(opts.TCPMaxUnread, 16384)
+	opts.MaxInFlight = cmp.Or(opts.MaxInFlight, 2048)
 	return opts
 }
 
@@ -124,6 +125,14 @@ func startServer(t testing.TB, opts Options) *testServer {
 		}
 	})
 	return ts
+}
+
+// setJostleAfter changes how old a query in flight must be to be given up
+// on for a new one at MaxInFlight.
+func (ts *testServer) setJostleAfter(d time.Duration) {
+	ts.adm.mu.Lock()
+	ts.adm.jostleAfter = d
+	ts.adm.mu.Unlock()
 }
 
 // addr returns the server's address for network ("udp" or "tcp") and the

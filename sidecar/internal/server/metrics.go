@@ -23,13 +23,14 @@ var initRcodes = []int{
 const maxRcode = dnswire.RcodeBadCookie // highest code with a name of its own
 
 type metrics struct {
-	queries    *prometheus.CounterVec
-	byRcode    [numProtos][maxRcode + 1]prometheus.Counter // resolved once; nil: look up
-	duration   [numProtos]prometheus.Observer
-	truncated  [numProtos]prometheus.Counter
-	refused    prometheus.Counter
-	malformed  prometheus.Counter
-	overloaded prometheus.Counter
+	queries      *prometheus.CounterVec
+	byRcode      [numProtos][maxRcode + 1]prometheus.Counter // resolved once; nil: look up
+	duration     [numProtos]prometheus.Observer
+	truncated    [numProtos]prometheus.Counter
+	refused      prometheus.Counter
+	malformed    prometheus.Counter
+	overloaded   prometheus.Counter
+	unreadClosed prometheus.Counter
 }
 
 // newMetrics builds the collectors on reg. The gauges read s's counters at
@@ -52,6 +53,10 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 			Namespace: namespace, Subsystem: subsystem, Name: "overloaded_queries_total",
 			Help: "Queries answered SERVFAIL at once because the limit of queries in flight was reached.",
 		}),
+		unreadClosed: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: subsystem, Name: "tcp_connections_closed_unread_total",
+			Help: "TCP client connections closed because the client left TCP_MAX_UNREAD bytes of answers unread and more came.",
+		}),
 	}
 	duration := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: namespace, Subsystem: subsystem, Name: "request_duration_seconds",
@@ -71,7 +76,11 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 		}
 	}
 	collectors := []prometheus.Collector{
-		m.queries, duration, truncated, m.refused, m.malformed, m.overloaded,
+		m.queries, duration, truncated, m.refused, m.malformed, m.overloaded, m.unreadClosed,
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: subsystem, Name: "jostled_queries_total",
+			Help: "Queries in flight for 200ms or more given up on (SERVFAIL) to make room for new ones at the limit of queries in flight.",
+		}, func() float64 { return float64(s.adm.jostled.Load()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: namespace, Subsystem: subsystem, Name: "tcp_connections_open",
 			Help: "TCP client connections open.",
@@ -79,7 +88,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: namespace, Subsystem: subsystem, Name: "inflight_queries",
 			Help: "Queries read and not yet answered.",
-		}, func() float64 { return float64(s.inflight.Load()) }),
+		}, func() float64 { return float64(s.adm.inflight.Load()) }),
 	}
 	for i, c := range collectors {
 		if err := reg.Register(c); err != nil {

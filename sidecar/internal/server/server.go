@@ -85,12 +85,18 @@ type Options struct {
 	// TCPMaxInFlight bounds the queries in flight on one TCP connection; the
 	// server stops reading from a connection at the limit.
 	TCPMaxInFlight int
+	// TCPMaxUnread bounds, in bytes, the answers a TCP client leaves unread
+	// once the kernel's buffers are full: the server stops reading its
+	// queries at the limit, and closes the connection if more answers come
+	// (tcpwrite.go).
+	TCPMaxUnread int
 
 	// MaxInFlight bounds the queries in flight over all listeners. A query
-	// over the limit is answered SERVFAIL at once rather than parked: with a
-	// black-holed upstream, every query would otherwise hold memory for the
-	// whole QueryTimeout, and a flood could grow the sidecar past its memory
-	// limit.
+	// over the limit is answered SERVFAIL at once rather than parked, unless
+	// queries in flight for long enough can be given up on to make room
+	// for it (admission.go): with a black-holed upstream, every query would
+	// otherwise hold memory for the whole QueryTimeout, and a flood could
+	// grow the sidecar past its memory limit.
 	MaxInFlight int
 
 	// Logger is never nil. Per-query lines are logged at Debug only.
@@ -135,10 +141,11 @@ type Server struct {
 
 	// base parents every query's context; Shutdown cancels it when its own
 	// context ends before the queries do, so that they end in SERVFAIL.
-	base      context.Context
-	cancel    context.CancelFunc
-	deadlines deadlines     // query contexts, children of base (deadline.go)
-	quit      chan struct{} // closed when Shutdown starts
+	base   context.Context
+	cancel context.CancelFunc
+	adm    *admission    // queries in flight and their contexts, children of base
+	idle   idlePolicy    // TCP idle timeouts (tcpidle.go)
+	quit   chan struct{} // closed when Shutdown starts
 
 	state   atomic.Int32
 	closing atomic.Bool
@@ -153,21 +160,11 @@ type Server struct {
 	queries sync.WaitGroup // UDP queries being answered
 	connWG  sync.WaitGroup // TCP connections (each waits for its queries)
 
-	inflight atomic.Int64 // queries read and not yet answered, both transports
-	tcpOpen  atomic.Int64
+	tcpOpen atomic.Int64
 
 	// writeCutoff (Unix nanoseconds, 0: none) is the latest deadline any TCP
 	// write may have, set when Shutdown's context ends (see cutWrites).
 	writeCutoff atomic.Int64
-}
-
-// admit counts a query in flight, or reports that MaxInFlight are already.
-func (s *Server) admit() bool {
-	if s.inflight.Add(1) > int64(s.opts.MaxInFlight) {
-		s.inflight.Add(-1)
-		return false
-	}
-	return true
 }
 
 // New checks opts and registers the metrics. It opens no socket; Start
@@ -215,6 +212,7 @@ func New(opts Options) (*Server, error) {
 		{opts.TCPMaxConns, 1, "TCP max connections"},
 		{opts.TCPMaxInFlight, 1, "TCP max in-flight queries"},
 		{opts.MaxInFlight, 1, "max in-flight queries"},
+		{opts.TCPMaxUnread, 1, "TCP max unread bytes"},
 	}
 	for _, i := range ints {
 		if i.v < i.min {
@@ -233,7 +231,8 @@ func New(opts Options) (*Server, error) {
 		conns: make(map[*tcpConn]struct{}),
 	}
 	s.base, s.cancel = context.WithCancel(context.Background())
-	s.deadlines = deadlines{base: s.base, timeout: opts.QueryTimeout}
+	s.adm = newAdmission(s.base, opts.QueryTimeout, opts.MaxInFlight)
+	s.idle = idlePolicy{base: opts.TCPIdleTimeout, limit: int64(opts.TCPMaxConns)}
 	reg := opts.Registerer
 	if reg == nil {
 		reg = prometheus.NewRegistry()

@@ -20,17 +20,19 @@ import (
 type udpQuery struct {
 	sock  *udpSocket
 	from  netip.AddrPort
+	start time.Time
+	b     *bucket     // its admission
+	q     dnswire.Msg // the query, compact, in msg
 	msg   []byte
-	query dnswire.Msg // msg, parsed
-	oob   []byte      // on a wildcard socket: sets the answer's source (pktinfo_linux.go)
+	oob   []byte // on a wildcard socket: sets the answer's source (pktinfo_linux.go)
 	reply []byte
 }
 
-// Most queries are well under 512 bytes; larger ones grow their buffer and
-// are not pooled again, so the pool never pins big buffers.
+// Most queries are well under 512 bytes; larger ones grow their buffer, up
+// to maxQuerySize, and are pooled again.
 const (
 	pooledMsgSize = 512
-	maxPooledSize = 4096
+	maxPooledSize = maxQuerySize
 )
 
 var udpQueryPool = sync.Pool{New: func() any { return &udpQuery{msg: make([]byte, 0, pooledMsgSize)} }}
@@ -39,7 +41,7 @@ func releaseUDPQuery(q *udpQuery) {
 	if cap(q.msg) > maxPooledSize {
 		return
 	}
-	q.sock, q.msg, q.oob, q.reply, q.query = nil, q.msg[:0], q.oob[:0], nil, dnswire.Msg{}
+	q.sock, q.b, q.q, q.msg, q.oob, q.reply = nil, nil, dnswire.Msg{}, q.msg[:0], q.oob[:0], nil
 	udpQueryPool.Put(q)
 }
 
@@ -55,6 +57,9 @@ func (s *Server) readUDP(u *udpSocket) {
 	ms := u.newReadBatch()
 	rd := rawconn.NewBatch(u.c, udpBatch)
 	out := newLoopWrites(u.c)
+	// The query being handled, parsed: one for the loop, so that handing
+	// it to the cache does not move a new one to the heap for every query.
+	q := new(dnswire.Msg)
 	var info []byte
 	if u.wild {
 		info = make([]byte, 0, pktinfoSize)
@@ -86,30 +91,35 @@ func (s *Server) readUDP(u *udpSocket) {
 			if u.wild {
 				info = replyPktinfo(info, m.OOB[:m.OOBN])
 			}
-			s.readUDPQuery(u, out, msg, m.Addr, info)
+			s.readUDPQuery(u, out, q, msg, m.Addr, info)
 		}
 		out.flush(s)
 	}
 }
 
-// readUDPQuery parses one datagram, the one time the server does, and
-// answers it at once into out, or hands it to a goroutine.
-func (s *Server) readUDPQuery(u *udpSocket, out *loopWrites, msg []byte, from netip.AddrPort, info []byte) {
+// readUDPQuery parses one datagram into q, the one time the server does,
+// in the reader's batch buffer. What the server answers itself (protocol errors,
+// the canary, cache hits, a query over the limit) is answered into out,
+// since a local answer costs less than a goroutine; a query for the
+// upstream is kept in compact form, not the datagram it came in, and
+// answered in a goroutine of its own, so that the upstream's latency does
+// not hold the reader.
+func (s *Server) readUDPQuery(u *udpSocket, out *loopWrites, q *dnswire.Msg, msg []byte, from netip.AddrPort, info []byte) {
 	start := time.Now()
-	q := udpQueryPool.Get().(*udpQuery)
-	q.sock, q.from = u, from
-	q.msg, q.oob = append(q.msg[:0], msg...), append(q.oob[:0], info...)
 	var perr error
-	q.query, perr = dnswire.Parse(q.msg)
-	r, done := s.early(&q.query, perr, protoUDP, out.room())
-	if !done && !s.admit() {
-		// Full: a local answer costs less than a goroutine.
-		r, done = s.forward(&q.query, protoUDP, errOverloaded), true
-	}
+	*q, perr = dnswire.Parse(msg)
+	r, done := s.early(q, perr, protoUDP, out.room())
 	if !done {
-		s.queries.Add(1)
-		go s.serveUDP(q, start)
-		return
+		if b := s.adm.admit(); b != nil {
+			uq := udpQueryPool.Get().(*udpQuery)
+			uq.sock, uq.from, uq.start, uq.b = u, from, start, b
+			uq.q = q.AppendCompact(uq.msg[:0])
+			uq.msg, uq.oob = uq.q.Wire(), append(uq.oob[:0], info...)
+			s.queries.Add(1)
+			go s.serveUDP(uq)
+			return
+		}
+		r = s.overloaded(q)
 	}
 	// Counted before the write, so that a client holding an answer can
 	// trust the metrics to include it.
@@ -118,20 +128,21 @@ func (s *Server) readUDPQuery(u *udpSocket, out *loopWrites, msg []byte, from ne
 	if r.reply != nil {
 		out.add(r.reply, from, info)
 	}
-	releaseUDPQuery(q)
 }
 
-func (s *Server) serveUDP(q *udpQuery, start time.Time) {
-	r := s.forward(&q.query, protoUDP, nil)
-	s.m.done(protoUDP, start, &r)
-	s.logQuery(protoUDP, q.from, start, &r)
+func (s *Server) serveUDP(q *udpQuery) {
+	r := s.forward(q.b, q.q, protoUDP)
+	s.adm.release(q.b)
+	// Counted before the write, so that a client holding an answer can
+	// trust the metrics to include it.
+	s.m.done(protoUDP, q.start, &r)
+	s.logQuery(protoUDP, q.from, q.start, &r)
 	if r.reply != nil {
 		q.reply = r.reply
 		q.sock.send(s, q) // the writer releases q once the answer is out
 	} else {
 		releaseUDPQuery(q)
 	}
-	s.inflight.Add(-1)
 	s.queries.Done()
 }
 

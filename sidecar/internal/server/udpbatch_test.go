@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"testing"
@@ -62,21 +63,35 @@ func TestUDPAnswersReleasedTogether(t *testing.T) {
 }
 
 // A datagram is read whole whatever its size (up to the 65,507 bytes UDP
-// carries over IPv4), and relayed as it came.
+// carries over IPv4), and what a relay needs of it is relayed: a query
+// followed by bytes that are not part of it goes upstream without them; one
+// whose OPT record alone is larger than maxQuerySize gets FORMERR, with its
+// question and an EDE saying why, not a cut-off read.
 func TestUDPLargeQueryReadWhole(t *testing.T) {
 	ts := startServer(t, Options{})
-	m := ednsQuery("large.example.", dns.TypeA, 1232)
-	m.IsEdns0().Option = append(m.IsEdns0().Option, &dns.EDNS0_PADDING{Padding: make([]byte, 20000)})
-	q, err := m.Pack()
-	if err != nil {
+	addr := ts.addr(t, "udp", loopback4)
+
+	m := ednsQuery("trailing.example.", dns.TypeA, 1232)
+	q := packed(t, m)
+	r := new(dns.Msg)
+	if err := r.Unpack(exchange(t, "udp", addr, append(bytes.Clone(q), make([]byte, 60000)...))); err != nil {
 		t.Fatal(err)
 	}
-	// The upstream echoes the padding, so the answer comes back truncated.
-	if r, _ := ask(t, "udp", ts.addr(t, "udp", loopback4), m); r.Rcode != dns.RcodeSuccess {
-		t.Fatalf("answer %v", r)
+	if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 {
+		t.Fatalf("answer to a query followed by 60,000 bytes: %v", r)
 	}
-	got := ts.up.received()
-	if len(got) != 1 || len(got[0]) != len(q) {
-		t.Fatalf("upstream received %d queries, the first of %d bytes; want one of %d bytes", len(got), len(got[0]), len(q))
+	if got := ts.up.received(); len(got) != 1 || !bytes.Equal(got[0], q) {
+		t.Fatalf("upstream received %d queries, the first of %d bytes; want the query alone, %d bytes", len(got), len(got[0]), len(q))
+	}
+
+	m = ednsQuery("padded.example.", dns.TypeA, 1232)
+	m.IsEdns0().Option = append(m.IsEdns0().Option, &dns.EDNS0_PADDING{Padding: make([]byte, 20000)})
+	r, _ = ask(t, "udp", addr, m)
+	if e := ede(r); r.Rcode != dns.RcodeFormatError || len(r.Question) != 1 || r.Question[0].Name != "padded.example." ||
+		e == nil || e.InfoCode != dns.ExtendedErrorCodeOther || e.ExtraText != "query too large" {
+		t.Fatalf("answer to a query of 20,000 bytes of OPT record: %v", r)
+	}
+	if got := ts.up.received(); len(got) != 1 {
+		t.Fatalf("upstream received %d queries, want still 1", len(got))
 	}
 }

@@ -64,6 +64,7 @@ var errorsByLabel = map[string]error{
 	"err-unknown":     errors.New("something nobody foresaw"),
 	"err-timeout":     fmt.Errorf("waiting for the answer: %w", context.DeadlineExceeded),
 	"err-badquery":    fmt.Errorf("%w: malformed name in question", upstream.ErrBadQuery),
+	"err-busy":        fmt.Errorf("waiting for room: %w: %w", upstream.ErrBusy, context.DeadlineExceeded),
 }
 
 func (u *localUpstream) Name() string { return "local" }
