@@ -149,11 +149,13 @@ func New(opts Options) (*Admin, error) {
 	}
 	a.metrics = m
 	a.srv = &http.Server{
-		Handler: a.routes(),
-		// Probes and scrapes are small; bound everything so a stuck client
-		// cannot pin a goroutine forever.
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       10 * time.Second,
+		Handler:     markBusy(a.routes()),
+		ConnContext: connContext,
+		// Probes and scrapes are small and sent at once; bound everything
+		// so a stuck client cannot pin a goroutine for long (conns.go).
+		ReadHeaderTimeout: readHeaderTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ReadTimeout:       5 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       90 * time.Second,
 		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
@@ -188,7 +190,8 @@ func (a *Admin) Start() error {
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
-		if err := a.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		limited := newLimitListener(ln, maxConns, a.metrics.connsEvicted.Inc)
+		if err := a.srv.Serve(limited); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			a.log.Error("admin listener stopped", "addr", addr, "err", err)
 		}
 	}()

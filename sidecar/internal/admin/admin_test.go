@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -296,4 +297,56 @@ func TestStartErrors(t *testing.T) {
 	if err := b.Shutdown(context.Background()); err != nil {
 		t.Errorf("Shutdown of a never-started Admin: %v", err)
 	}
+}
+
+// A flood of connections that send half a request header and wait holds
+// neither the probes up nor more than a bounded number of connections.
+func TestConnectionFlood(t *testing.T) {
+	a, reg := startAdmin(t, admin.Options{})
+	base := "http://" + a.Addr()
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			_ = c.Close()
+		}
+	}()
+	for i := range 500 {
+		c, err := net.Dial("tcp", a.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+		if _, err := c.Write([]byte("GET /livez HTTP/1.1\r\nHost: flood\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		if i%50 == 0 {
+			start := time.Now()
+			if code, body := get(t, base+"/livez"); code != http.StatusOK {
+				t.Fatalf("/livez during the flood: %d %q", code, body)
+			}
+			if took := time.Since(start); took > time.Second {
+				t.Fatalf("/livez took %s during the flood", took)
+			}
+		}
+	}
+	evicted := gathered(t, reg, "dot_sidecar_admin_connections_evicted_total")
+	if evicted < 500-64 {
+		t.Fatalf("connections_evicted_total = %v after 500 half-open connections, want at least %d", evicted, 500-64)
+	}
+}
+
+// gathered returns the value of the counter name on reg.
+func gathered(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no counter %s", name)
+	return 0
 }

@@ -15,6 +15,7 @@ const (
 
 type metrics struct {
 	upstreamReadinessChanges prometheus.Counter
+	connsEvicted             prometheus.Counter
 }
 
 // newMetrics registers the admin collectors on reg. The probe gauges are
@@ -33,9 +34,14 @@ func newMetrics(reg prometheus.Registerer, a *Admin, version string) (*metrics, 
 			Name: "upstream_readiness_changes_total",
 			Help: "Times the damped upstream health behind /readyz changed (only with READY_REQUIRES_UPSTREAM).",
 		}),
+		connsEvicted: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: subsystem,
+			Name: "connections_evicted_total",
+			Help: fmt.Sprintf("Admin connections closed to make room for a new one while %d were open: the oldest not being answered.", maxConns),
+		}),
 	}
 	cs := []prometheus.Collector{
-		m.upstreamReadinessChanges,
+		m.upstreamReadinessChanges, m.connsEvicted,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: namespace, Subsystem: subsystem,
 			Name: "live",

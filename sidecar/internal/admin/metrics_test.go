@@ -52,6 +52,7 @@ func TestMetricsEndpoint(t *testing.T) {
 		`dot_sidecar_admin_started 0`,
 		`dot_sidecar_admin_ready 0`,
 		`dot_sidecar_admin_upstream_readiness_changes_total 0`,
+		`dot_sidecar_admin_connections_evicted_total 0`,
 		`dot_sidecar_test_things_total 7`,
 	} {
 		if !lines[l] {

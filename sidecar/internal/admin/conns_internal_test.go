@@ -1,0 +1,95 @@
+package admin
+
+import (
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// At the limit, a new connection closes the oldest one that is not being
+// answered; with every one being answered, the new one is closed.
+func TestLimitListener(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var evicted atomic.Int64
+	l := newLimitListener(ln, 3, func() { evicted.Add(1) })
+	defer l.Close()
+
+	dial := func() net.Conn {
+		t.Helper()
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		return c
+	}
+	accept := func() *trackedConn {
+		t.Helper()
+		c, err := l.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.(*trackedConn)
+	}
+	// closed reports whether the server side of client c was closed.
+	closed := func(c net.Conn) bool {
+		_ = c.SetReadDeadline(time.Now().Add(time.Second))
+		_, err := c.Read(make([]byte, 1))
+		return err != nil && !isTimeout(err)
+	}
+
+	var clients []net.Conn
+	var server []*trackedConn
+	for range 3 {
+		clients = append(clients, dial())
+		server = append(server, accept())
+	}
+	server[0].busy.Store(true) // being answered: not to be closed
+
+	clients = append(clients, dial())
+	server = append(server, accept())
+	if !closed(clients[1]) || evicted.Load() != 1 {
+		t.Fatalf("the oldest idle connection was not closed for the new one (evicted %d)", evicted.Load())
+	}
+	if n := len(l.conns); n != 3 {
+		t.Fatalf("%d connections tracked, want 3", n)
+	}
+
+	for _, c := range server[2:] {
+		c.busy.Store(true)
+	}
+	// Every connection busy: the next one is closed at once, and Accept
+	// waits for one it can keep.
+	refused := dial()
+	accepted := make(chan *trackedConn, 1)
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			accepted <- c.(*trackedConn)
+		}
+		close(accepted)
+	}()
+	if !closed(refused) {
+		t.Fatal("a connection past the limit, with every one busy, was kept")
+	}
+	server[0].busy.Store(false)
+	dial()
+	if c, ok := <-accepted; !ok || c == nil {
+		t.Fatal("no connection accepted once one was idle")
+	}
+	if !closed(clients[0]) {
+		t.Fatal("the connection no longer busy was not closed for the new one")
+	}
+	if got := evicted.Load(); got != 3 {
+		t.Fatalf("evicted %d, want 3", got)
+	}
+}
+
+func isTimeout(err error) bool {
+	ne, ok := err.(net.Error)
+	return ok && ne.Timeout()
+}
