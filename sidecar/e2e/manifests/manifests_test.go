@@ -45,6 +45,7 @@ type expectation struct {
 	clusterDNS, clusterCA string
 	mesh                  string // "istio" or "linkerd": that mesh's annotations
 	monitoring            bool   // the PodMonitor and the dashboard
+	networkPolicy         bool   // the NetworkPolicy of the admin port
 }
 
 // overlays are all the kustomizations that `kubectl apply -k` takes; a test
@@ -64,6 +65,7 @@ var overlays = map[string]expectation{
 		clusterDNS: "tls://10.96.0.10:853#kube-dns.kube-system.svc.cluster.local;ca=/etc/dot-sidecar/cluster-dns/ca.crt",
 		clusterCA:  "cluster-dns-ca",
 	},
+	"examples/admin-network-policy": {networkPolicy: true},
 	"examples/inject-legacy": {
 		legacy:  []string{"Deployment/worker"},
 		ownInit: map[string][]string{"Deployment/worker": {"fetch-settings"}},

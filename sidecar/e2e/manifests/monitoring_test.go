@@ -113,6 +113,10 @@ var dashboardMustShow = []string{
 	"dot_sidecar_server_request_duration_seconds",
 	"dot_sidecar_server_truncated_total",
 	"dot_sidecar_server_tcp_connections_refused_total",
+	"dot_sidecar_server_overloaded_queries_total",
+	"dot_sidecar_server_jostled_queries_total",
+	"dot_sidecar_server_tcp_connections_closed_unread_total",
+	"dot_sidecar_admin_connections_evicted_total",
 	"dot_sidecar_cache_requests_total",
 	"dot_sidecar_cache_hits_total",
 	"dot_sidecar_cache_entries",
@@ -130,6 +134,7 @@ var dashboardMustShow = []string{
 	"dot_sidecar_upstream_failovers_total",
 	"dot_sidecar_upstream_health_state",
 	"dot_sidecar_upstream_health_check_failures_total",
+	"dot_sidecar_upstream_marked_down_total",
 	"dot_sidecar_upstream_partial_failures_total",
 	"dot_sidecar_route_info",
 }

@@ -11,6 +11,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
@@ -37,6 +38,8 @@ var typedKinds = map[string]func() any{
 	"apps/v1/DaemonSet":   func() any { return new(appsv1.DaemonSet) },
 	"v1/ConfigMap":        func() any { return new(corev1.ConfigMap) },
 	"v1/Service":          func() any { return new(corev1.Service) },
+
+	"networking.k8s.io/v1/NetworkPolicy": func() any { return new(networkingv1.NetworkPolicy) },
 }
 
 // customKinds are custom resources without a Go type here; checks of their

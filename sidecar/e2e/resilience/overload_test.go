@@ -19,6 +19,9 @@ import (
 // resolving, the probes answering within their timeouts. Their figures, at
 // the attacks' full size, are BenchmarkFlood's.
 
+// tcpMaxConns is TCP_MAX_CONNS's default.
+const tcpMaxConns = 256
+
 // floodCase is one attack: a flood against a sidecar with the default
 // settings, watched for d. maxFDs bounds the sidecar's open descriptors.
 type floodCase struct {
@@ -32,9 +35,9 @@ type floodCase struct {
 // or at the size the benchmark reports (full true): the size at which they
 // were first found to take a pod's DNS down.
 func floodCases(full bool) []floodCase {
-	d, bigRate, slowFor, admins := 4*time.Second, 4000, 5*time.Second, 5000
+	d, bigRate, slowFor, tcpFor, admins := 4*time.Second, 4000, 5*time.Second, 8*time.Second, 5000
 	if full {
-		d, bigRate, slowFor, admins = 8*time.Second, 5000, 15*time.Second, 15000
+		d, bigRate, slowFor, tcpFor, admins = 8*time.Second, 5000, 15*time.Second, 12*time.Second, 15000
 	}
 	return []floodCase{
 		{
@@ -67,13 +70,25 @@ func floodCases(full bool) []floodCase {
 		{
 			// TCP clients that pipeline queries for a 65,000-byte answer,
 			// 25 a second each, and never read: answers pile up once the
-			// kernel's buffers are full, and before answers had a budget,
-			// their writes held every query slot of the sidecar.
+			// kernel's buffers are full (seconds: megabytes each), and
+			// before answers had a budget, their writes held every query
+			// slot of the sidecar.
 			name:   "TCP non-readers",
-			d:      d,
+			d:      tcpFor,
 			maxFDs: 200,
 			flood: func(ctx context.Context, s *sidecar) {
 				floodTCPNonReaders(ctx, s.DNS, 80, 25, bigName, dns.TypeTXT)
+			},
+		},
+		{
+			// As many such clients as TCP_MAX_CONNS lets in, each asking
+			// for 2 answers a second: the most answer bytes TCP clients can
+			// make the sidecar hold.
+			name:   "TCP non-readers at TCP_MAX_CONNS",
+			d:      d,
+			maxFDs: tcpMaxConns + 100,
+			flood: func(ctx context.Context, s *sidecar) {
+				floodTCPNonReaders(ctx, s.DNS, tcpMaxConns, 2, bigName, dns.TypeTXT)
 			},
 		},
 		{
@@ -97,8 +112,9 @@ func TestFlood(t *testing.T) {
 		t.Run(fc.name, func(t *testing.T) {
 			up := floodUpstream(t)
 			s := startSidecar(t, upstreamEnv(t, up)...)
+			start := time.Now()
 			r := watch(t, s, fc.d, func(ctx context.Context) { fc.flood(ctx, s) })
-			t.Logf("%s: %s", fc.name, r)
+			t.Logf("%s (%s): %s", fc.name, time.Since(start).Round(time.Millisecond), r)
 			if r.peakRSS >= manifestMemoryLimit {
 				t.Errorf("peak RSS %.1f MiB, want below the manifests' limit of %d MiB",
 					float64(r.peakRSS)/(1<<20), manifestMemoryLimit>>20)
@@ -126,7 +142,7 @@ func TestFlood(t *testing.T) {
 func TestIdleTCPConnections(t *testing.T) {
 	up := floodUpstream(t)
 	s := startSidecar(t, upstreamEnv(t, up)...)
-	idle := holdIdleTCP(t, s.DNS, 1000)
+	idle := holdIdleTCP(t, s.DNS, tcpMaxConns)
 	defer closeAll(idle)
 	start := time.Now()
 	testkit.WaitFor(t, fmt.Sprintf("a new TCP client answered beside %d idle connections", len(idle)), 3*time.Second, func() error {

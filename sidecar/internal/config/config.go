@@ -87,7 +87,7 @@ type Config struct {
 	QueryTimeout   time.Duration `env:"QUERY_TIMEOUT" envDefault:"2s" valid:">0" help:"deadline of each client query, retries included; past it the client gets SERVFAIL"`
 	UDPMaxSize     int           `env:"UDP_MAX_SIZE" envDefault:"1232" valid:"512..65535" help:"largest UDP answer sent, whatever size the client advertises (512-65535)"`
 	TCPIdleTimeout time.Duration `env:"TCP_IDLE_TIMEOUT" envDefault:"10s" valid:">0" help:"idle time after which a client TCP connection is closed; shorter, down to 200ms, while more than half of TCP_MAX_CONNS are open"`
-	TCPMaxConns    int           `env:"TCP_MAX_CONNS" envDefault:"1000" valid:"1.." help:"most client TCP connections open at once; more are refused"`
+	TCPMaxConns    int           `env:"TCP_MAX_CONNS" envDefault:"256" valid:"1.." help:"most client TCP connections open at once; more are refused"`
 	TCPMaxInflight int           `env:"TCP_MAX_INFLIGHT" envDefault:"128" valid:"1.." help:"most queries in flight on one client TCP connection"`
 	TCPMaxUnread   int           `env:"TCP_MAX_UNREAD" envDefault:"16384" valid:"512.." help:"bytes of answers a client TCP connection may leave unread once the kernel's buffers are full; at the limit no more of its queries are read, and if more answers come the connection is closed"`
 	MaxInflight    int           `env:"MAX_INFLIGHT" envDefault:"2048" valid:"1.." help:"most client queries in flight over all listeners, at most UPSTREAM_POOL_SIZE × UPSTREAM_MAX_INFLIGHT; at the limit a query in flight for 200ms or more is given up on (SERVFAIL) for a new one, else the new one gets SERVFAIL at once; bounds memory under a flood"`

@@ -114,7 +114,7 @@ func TestDefaults(t *testing.T) {
 		"QUERY_TIMEOUT":              2 * time.Second,
 		"UDP_MAX_SIZE":               1232,
 		"TCP_IDLE_TIMEOUT":           10 * time.Second,
-		"TCP_MAX_CONNS":              1000,
+		"TCP_MAX_CONNS":              256,
 		"TCP_MAX_INFLIGHT":           128,
 		"TCP_MAX_UNREAD":             16384,
 		"MAX_INFLIGHT":               2048,

@@ -2,11 +2,16 @@
 // that the pod's redirected port-53 traffic reaches, and the handler that
 // applies the protocol rules and relays each query to an upstream.Upstream.
 //
-// The handler forwards the client's own bytes and reads only the header,
-// question and OPT record of queries and answers (package dnswire), so that
-// unknown EDNS options and flags pass through unharmed and a relayed query
-// costs no decoding: each query is parsed once here, and each answer once,
-// by the upstream client that read it.
+// The handler forwards the header, question and OPT record of each query as
+// the client sent them, and reads only those of queries and answers
+// (package dnswire), so that unknown EDNS options and flags pass through
+// unharmed and a relayed query costs no decoding: each query is parsed once
+// here, on the read loop, and each answer once, by the upstream client that
+// read it. A query in flight keeps nothing else of what the client sent.
+//
+// Every resource a client can make the server hold is bounded: queries in
+// flight (MaxInFlight, admission.go), TCP connections and their unread
+// answers (TCPMaxConns, TCPMaxUnread, tcpwrite.go), idle ones (tcpidle.go).
 //
 // What clients get:
 //   - a message with QR set gets no answer; an opcode other than QUERY gets
