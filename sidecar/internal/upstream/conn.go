@@ -67,7 +67,7 @@ type conn struct {
 
 	load     atomic.Int32  // queries in flight, read lock-free by the picker
 	closing  atomic.Bool   // retired or dead: the picker skips it
-	answers  atomic.Uint64 // responses matched to a query: proof the upstream serves on it
+	answers  atomic.Uint64 // responses to our queries, late ones included: proof the upstream serves on it
 	keepIdle atomic.Int64  // nanoseconds c may stay idle by the upstream's keepalive (keepalive.go); 0: not announced
 	// lostCounted: c died before answering anything and was counted in the
 	// upstream's run of such connections (lost).
@@ -501,7 +501,20 @@ func (c *conn) deliver(msg []byte) {
 	// The question is compared under mu: only while registered is the
 	// query's buffer sure to hold the caller's unchanged message.
 	if req == nil || !ans.Answers(&req.query) {
+		late := req == nil && c.abandoned != nil && c.abandoned.has(ans.ID)
 		c.mu.Unlock()
+		if late {
+			// The answer to a query given up on (its client gone, or the
+			// server making room for newer ones) still shows the upstream
+			// serving on c. Under a flood that makes the server give up on
+			// many, late answers may be all that comes for a while; not
+			// counting them, the queries behind would time out on a
+			// connection that looks silent, and a healthy upstream would
+			// be marked down for the sidecar's own decisions.
+			if c.answers.Add(1) == 1 {
+				c.d.servedNew()
+			}
+		}
 		c.mismatch(&ans, dnswire.ErrNotAnswer)
 		return
 	}

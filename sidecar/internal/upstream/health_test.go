@@ -305,3 +305,60 @@ func TestGroupSlowNameNotCounted(t *testing.T) {
 		}
 	}
 }
+
+// Late answers to queries given up on are the upstream serving: a query
+// that times out while only such answers came is a slow name
+// (ErrSlowAnswer), not a silent connection. Under a flood the server gives
+// up on many queries to make room for newer ones, and their answers may be
+// all that comes for a while.
+func TestSlowNameBesideLateAnswers(t *testing.T) {
+	release := make(chan struct{})
+	var lateSeen atomic.Bool
+	srv := dnstest.New(t, dnstest.Options{Handler: func(q *dns.Msg) *dns.Msg {
+		switch {
+		case strings.HasPrefix(q.Question[0].Name, "late"):
+			lateSeen.Store(true)
+			<-release // answered once the test says so
+			return dnstest.DefaultHandler(q)
+		case strings.HasPrefix(q.Question[0].Name, "slow"):
+			return nil
+		}
+		return dnstest.DefaultHandler(q)
+	}})
+	m := NewMetrics(prometheus.NewRegistry())
+	d := newTestDoT(t, srv, func(o *DoTOptions) { o.PoolSize, o.Metrics = 1, m })
+	if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "warm.example.", dns.TypeA)); err != nil {
+		t.Fatal(err)
+	}
+
+	given := newExpiringCtx()
+	lateErr := make(chan error, 1)
+	go func() {
+		_, err := d.Exchange(given, packQuery(t, "late.example.", dns.TypeA))
+		lateErr <- err
+	}()
+	eventually(t, answerTimeout, "the upstream to read the query it answers late", lateSeen.Load)
+	given.expire() // given up on: its answer, when it comes, is late
+	if err := <-lateErr; !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("query given up on: %v, want DeadlineExceeded", err)
+	}
+
+	slow := newExpiringCtx()
+	slowErr := make(chan error, 1)
+	go func() {
+		_, err := d.Exchange(slow, packQuery(t, "slow.example.", dns.TypeA))
+		slowErr <- err
+	}()
+	eventually(t, answerTimeout, "the slow query to be in flight", func() bool {
+		c := d.activeConns()
+		return len(c) == 1 && c[0].load.Load() == 1
+	})
+	close(release)
+	eventually(t, answerTimeout, "the late answer to arrive", func() bool {
+		return counterValue(m.MismatchedResponses.WithLabelValues(d.Name())) == 1
+	})
+	slow.expire()
+	if err := <-slowErr; !errors.Is(err, ErrSlowAnswer) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("slow query beside a late answer: %v, want ErrSlowAnswer and DeadlineExceeded", err)
+	}
+}
