@@ -258,10 +258,11 @@ type floodReport struct {
 	asked, answered, servfail, lost int             // answered-name queries over UDP
 	latencies                       []time.Duration // of those answered, sorted
 	probes, probeFails              int             // /livez, /readyz and /startupz requests
-	probeMax                        time.Duration   // slowest probe answer
+	probeMax, livezMax              time.Duration   // slowest probe answer, slowest /livez answer
 	maxFDs                          int             // the sidecar's open descriptors, sampled
 	peakRSS                         int64           // VmHWM at the end
-	markedDown                      int             // "upstream marked down" in the sidecar's log
+	markedDown                      int             // dot_sidecar_upstream_marked_down_total at the end
+	cpu                             float64         // the sidecar's CPU seconds, user and system, flood and watch
 }
 
 func (r *floodReport) percentile(p float64) time.Duration {
@@ -273,11 +274,11 @@ func (r *floodReport) percentile(p float64) time.Duration {
 
 func (r *floodReport) String() string {
 	return fmt.Sprintf("peak RSS %.1f MiB; answered names: %d asked, %d NOERROR, %d SERVFAIL, %d lost, p50 %s p99 %s max %s; "+
-		"probes: %d, %d failed, slowest %s; descriptors ≤ %d; marked down %d times",
+		"probes: %d, %d failed, slowest %s (/livez %s); descriptors ≤ %d; marked down %d times; CPU %.1fs",
 		float64(r.peakRSS)/(1<<20), r.asked, r.answered, r.servfail, r.lost,
 		r.percentile(0.5).Round(10*time.Microsecond), r.percentile(0.99).Round(10*time.Microsecond),
 		r.percentile(1).Round(10*time.Microsecond),
-		r.probes, r.probeFails, r.probeMax.Round(time.Millisecond), r.maxFDs, r.markedDown)
+		r.probes, r.probeFails, r.probeMax.Round(time.Millisecond), r.livezMax.Round(time.Millisecond), r.maxFDs, r.markedDown, r.cpu)
 }
 
 // watchRate is how many answered-name queries the watch asks a second.
@@ -285,7 +286,8 @@ const watchRate = 50
 
 // watch runs f (the flood) for d and meanwhile asks answered names over UDP,
 // probes the admin paths as the kubelet does (a new connection each time),
-// and samples the sidecar's descriptors; then it reads the peak RSS.
+// and samples the sidecar's descriptors; then it reads the peak RSS and
+// how often the upstream was marked down.
 func watch(t testing.TB, s *sidecar, d time.Duration, f func(ctx context.Context)) *floodReport {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d)
@@ -332,6 +334,9 @@ func watch(t testing.TB, s *sidecar, d time.Duration, f func(ctx context.Context
 			mu.Lock()
 			r.probes++
 			r.probeMax = max(r.probeMax, took)
+			if path == "/livez" {
+				r.livezMax = max(r.livezMax, took)
+			}
 			if err != nil || code != http.StatusOK {
 				r.probeFails++
 			}
@@ -366,7 +371,13 @@ func watch(t testing.TB, s *sidecar, d time.Duration, f func(ctx context.Context
 		t.Fatal(err)
 	}
 	r.peakRSS = rss
-	r.markedDown = strings.Count(s.Stderr.String(), "upstream marked down")
+	fams := s.metrics(t)
+	down, ok := metricValue(fams, "dot_sidecar_upstream_marked_down_total")
+	if !ok {
+		t.Fatal("/metrics has no dot_sidecar_upstream_marked_down_total")
+	}
+	r.markedDown = int(down)
+	r.cpu, _ = metricValue(fams, "process_cpu_seconds_total")
 	return r
 }
 
@@ -398,9 +409,11 @@ func (r *floodReport) merge(o *floodReport) {
 	r.probes += o.probes
 	r.probeFails += o.probeFails
 	r.probeMax = max(r.probeMax, o.probeMax)
+	r.livezMax = max(r.livezMax, o.livezMax)
 	r.maxFDs = max(r.maxFDs, o.maxFDs)
 	r.peakRSS = max(r.peakRSS, o.peakRSS)
 	r.markedDown = max(r.markedDown, o.markedDown)
+	r.cpu = max(r.cpu, o.cpu)
 }
 
 func (r *floodReport) answeredShare() float64 {
@@ -410,12 +423,21 @@ func (r *floodReport) answeredShare() float64 {
 	return float64(r.answered) / float64(r.asked)
 }
 
+func (r *floodReport) servfailShare() float64 {
+	if r.asked == 0 {
+		return 0
+	}
+	return float64(r.servfail) / float64(r.asked)
+}
+
 // report sets r's figures as the benchmark's metrics.
 func (r *floodReport) report(b *testing.B) {
 	b.ReportMetric(float64(r.peakRSS)/(1<<20), "peak-RSS-MiB")
 	b.ReportMetric(100*r.answeredShare(), "answered-%")
+	b.ReportMetric(100*r.servfailShare(), "servfail-%")
 	b.ReportMetric(float64(r.percentile(0.99))/1e6, "p99-ms")
 	b.ReportMetric(float64(r.probeMax)/1e6, "probe-max-ms")
+	b.ReportMetric(float64(r.livezMax)/1e6, "livez-max-ms")
 	b.ReportMetric(float64(r.maxFDs), "max-fds")
 	b.ReportMetric(float64(r.markedDown), "marked-down")
 	b.ReportMetric(0, "ns/op")
