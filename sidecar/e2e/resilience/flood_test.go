@@ -2,6 +2,7 @@ package resilience
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -32,24 +34,26 @@ import (
 const (
 	slowZone = "slow.flood.test." // never answered
 	bigName  = "big.flood.test."  // a TXT answer of bigAnswerSize bytes
+	midName  = "mid.flood.test."  // a TXT answer of midAnswerSize bytes
 	okZone   = "ok.flood.test."   // answered at once
 )
 
-// bigAnswerSize is about the largest answer TCP can frame.
-const bigAnswerSize = 65000
+const (
+	bigAnswerSize = 65000 // about the largest answer TCP can frame
+	midAnswerSize = 4000  // a large DNSSEC-signed RRset's
+)
 
 // manifestMemoryLimit is the sidecar container's memory limit in
 // manifests/base.
 const manifestMemoryLimit = 128 << 20
 
 // floodUpstream is a DoT server that never answers names under slowZone,
-// answers bigName with bigAnswerSize bytes and any other question with one
-// A record, all without decoding more than the question.
+// answers bigName and midName TXT with their sizes and any other question
+// with one A record, all without decoding more than the question.
 func floodUpstream(t testing.TB) *dnstest.Server {
 	t.Helper()
-	big := bigTemplate(t)
+	templates := [][]byte{txtTemplate(t, bigName, bigAnswerSize), txtTemplate(t, midName, midAnswerSize)}
 	slow := wireName(slowZone)
-	bigQ := big[dnswireHeader : dnswireHeader+len(wireName(bigName))+4]
 	return dnstest.New(t, dnstest.Options{Raw: func(dst, q []byte) []byte {
 		if len(q) < dnswireHeader {
 			return dst
@@ -57,11 +61,15 @@ func floodUpstream(t testing.TB) *dnstest.Server {
 		if name := questionName(q); bytes.HasSuffix(bytes.ToLower(name), slow) {
 			return dst
 		}
-		if bytes.HasPrefix(q[dnswireHeader:], bigQ) {
-			start := len(dst)
-			dst = append(dst, big...)
-			copy(dst[start:], q[:2]) // the query's ID
-			return dst
+		for _, a := range templates {
+			// The question is the template's, as sent: the name and
+			// the 4 bytes of type and class after the header.
+			if question := a[dnswireHeader:]; bytes.HasPrefix(q[dnswireHeader:], question[:bytes.IndexByte(question, 0)+5]) {
+				start := len(dst)
+				dst = append(dst, a...)
+				copy(dst[start:], q[:2]) // the query's ID
+				return dst
+			}
 		}
 		return dnstest.ReflectRaw(dst, q)
 	}})
@@ -69,17 +77,17 @@ func floodUpstream(t testing.TB) *dnstest.Server {
 
 const dnswireHeader = 12
 
-// bigTemplate is the answer to bigName TXT, ID 0.
-func bigTemplate(t testing.TB) []byte {
+// txtTemplate is an answer to name TXT of about size bytes, ID 0.
+func txtTemplate(t testing.TB, name string, size int) []byte {
 	t.Helper()
 	q := new(dns.Msg)
-	q.SetQuestion(bigName, dns.TypeTXT)
+	q.SetQuestion(name, dns.TypeTXT)
 	r := new(dns.Msg)
 	r.SetReply(q)
 	r.Id = 0
-	for i := 0; r.Len() < bigAnswerSize-300; i++ {
+	for i := 0; r.Len() < size-300; i++ {
 		r.Answer = append(r.Answer, &dns.TXT{
-			Hdr: dns.RR_Header{Name: bigName, Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: 60},
+			Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: 60},
 			Txt: []string{fmt.Sprintf("%04d%s", i, strings.Repeat("x", 250))},
 		})
 	}
@@ -134,11 +142,15 @@ func query(id uint16, name string, qtype uint16, udpSize uint16) []byte {
 
 // pace calls send for items 0, 1, ... at rate a second until ctx ends or n
 // have been sent (send reporting false stops it too), and returns how many
-// it sent. It catches up after a stall rather than dropping items.
+// it sent. It catches up after a stall rather than dropping items, and
+// wakes when the next item is due, or every millisecond at rates above a
+// thousand: eighty slow senders ticking every millisecond cost the
+// race-instrumented test process more than the flood they sent.
 func pace(ctx context.Context, rate, n int, send func(i int) bool) int {
 	start := time.Now()
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
+	interval := time.Second / time.Duration(rate)
+	timer := time.NewTimer(0)
+	defer timer.Stop()
 	i := 0
 	for i < n {
 		due := min(n, int(time.Since(start).Seconds()*float64(rate))+1)
@@ -147,10 +159,12 @@ func pace(ctx context.Context, rate, n int, send func(i int) bool) int {
 				return i
 			}
 		}
+		// Item i is due at start + i*interval.
+		timer.Reset(max(time.Until(start.Add(time.Duration(i)*interval)), time.Millisecond))
 		select {
 		case <-ctx.Done():
 			return i
-		case <-tick.C:
+		case <-timer.C:
 		}
 	}
 	return i
@@ -194,7 +208,9 @@ func floodUDP(ctx context.Context, addr string, rate, n, socks int, msg func(i i
 // floodTCPNonReaders keeps conns connections open that each pipeline
 // queries for name, rate a second each, and never read an answer, until ctx
 // ends. A connection's writes block once the sidecar stops reading from it;
-// one the sidecar closes is opened again.
+// one the sidecar closes is opened again. Each asks for the smallest
+// receive buffer and small segments, as an attacker would: the sidecar's
+// writes then block after kilobytes rather than megabytes.
 func floodTCPNonReaders(ctx context.Context, addr string, conns, rate int, name string, qtype uint16) {
 	var wg sync.WaitGroup
 	for i := range conns {
@@ -208,7 +224,20 @@ func floodTCPNonReaders(ctx context.Context, addr string, conns, rate int, name 
 }
 
 func nonReader(ctx context.Context, addr string, rate int, id uint16, name string, qtype uint16) {
-	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	d := net.Dialer{Timeout: 2 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		err := rc.Control(func(fd uintptr) {
+			// Before the connection is made, so that the window it
+			// offers is this small from the start, and the segments the
+			// sidecar may send are small: on loopback they would be
+			// 64 KiB, and the kernel sizes a socket's send buffer by
+			// them, to megabytes.
+			serr = cmp.Or(syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 1),
+				syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_MAXSEG, 536))
+		})
+		return cmp.Or(err, serr)
+	}}
+	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		<-ctx.Done() // no more connections to be had: hold what we have
 		return
