@@ -331,24 +331,23 @@ func TestSlowNameBesideLateAnswers(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	given := newExpiringCtx()
-	lateErr := make(chan error, 1)
-	go func() {
-		_, err := d.Exchange(given, packQuery(t, "late.example.", dns.TypeA))
-		lateErr <- err
-	}()
+	// ask starts a query whose deadline passes when the test says so.
+	ask := func(name string) (*expiringCtx, <-chan error) {
+		ctx, errc := newExpiringCtx(), make(chan error, 1)
+		go func() {
+			_, err := d.Exchange(ctx, packQuery(t, name, dns.TypeA))
+			errc <- err
+		}()
+		return ctx, errc
+	}
+	given, lateErr := ask("late.example.")
 	eventually(t, answerTimeout, "the upstream to read the query it answers late", lateSeen.Load)
 	given.expire() // given up on: its answer, when it comes, is late
 	if err := <-lateErr; !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("query given up on: %v, want DeadlineExceeded", err)
 	}
 
-	slow := newExpiringCtx()
-	slowErr := make(chan error, 1)
-	go func() {
-		_, err := d.Exchange(slow, packQuery(t, "slow.example.", dns.TypeA))
-		slowErr <- err
-	}()
+	slow, slowErr := ask("slow.example.")
 	eventually(t, answerTimeout, "the slow query to be in flight", func() bool {
 		c := d.activeConns()
 		return len(c) == 1 && c[0].load.Load() == 1
