@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -289,6 +290,7 @@ type floodReport struct {
 	probes, probeFails              int             // /livez, /readyz and /startupz requests
 	probeMax, livezMax              time.Duration   // slowest probe answer, slowest /livez answer
 	maxFDs                          int             // the sidecar's open descriptors, sampled
+	maxInflight                     int             // dot_sidecar_server_inflight_queries, sampled
 	peakRSS                         int64           // VmHWM at the end
 	markedDown                      int             // dot_sidecar_upstream_marked_down_total at the end
 	cpu                             float64         // the sidecar's CPU seconds, user and system, flood and watch
@@ -303,11 +305,11 @@ func (r *floodReport) percentile(p float64) time.Duration {
 
 func (r *floodReport) String() string {
 	return fmt.Sprintf("peak RSS %.1f MiB; answered names: %d asked, %d NOERROR, %d SERVFAIL, %d lost, p50 %s p99 %s max %s; "+
-		"probes: %d, %d failed, slowest %s (/livez %s); descriptors ≤ %d; marked down %d times; CPU %.1fs",
+		"probes: %d, %d failed, slowest %s (/livez %s); descriptors ≤ %d; in flight ≤ %d; marked down %d times; CPU %.1fs",
 		float64(r.peakRSS)/(1<<20), r.asked, r.answered, r.servfail, r.lost,
 		r.percentile(0.5).Round(10*time.Microsecond), r.percentile(0.99).Round(10*time.Microsecond),
 		r.percentile(1).Round(10*time.Microsecond),
-		r.probes, r.probeFails, r.probeMax.Round(time.Millisecond), r.livezMax.Round(time.Millisecond), r.maxFDs, r.markedDown, r.cpu)
+		r.probes, r.probeFails, r.probeMax.Round(time.Millisecond), r.livezMax.Round(time.Millisecond), r.maxFDs, r.maxInflight, r.markedDown, r.cpu)
 }
 
 // watchRate is how many answered-name queries the watch asks a second.
@@ -315,8 +317,8 @@ const watchRate = 50
 
 // watch runs f (the flood) for d and meanwhile asks answered names over UDP,
 // probes the admin paths as the kubelet does (a new connection each time),
-// and samples the sidecar's descriptors; then it reads the peak RSS and
-// how often the upstream was marked down.
+// and samples the sidecar's descriptors and queries in flight; then it
+// reads the peak RSS and how often the upstream was marked down.
 func watch(t testing.TB, s *sidecar, d time.Duration, f func(ctx context.Context)) *floodReport {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d)
@@ -377,14 +379,21 @@ func watch(t testing.TB, s *sidecar, d time.Duration, f func(ctx context.Context
 			}
 		}
 	})
-	wg.Go(func() { // descriptors
+	wg.Go(func() { // descriptors, and every other time queries in flight
 		tick := time.NewTicker(50 * time.Millisecond)
 		defer tick.Stop()
-		for {
+		for i := 0; ; i++ {
 			if n, err := testkit.OpenFDs(pid); err == nil {
 				mu.Lock()
 				r.maxFDs = max(r.maxFDs, n)
 				mu.Unlock()
+			}
+			if i%2 == 0 {
+				if n, ok := inflight(s); ok {
+					mu.Lock()
+					r.maxInflight = max(r.maxInflight, n)
+					mu.Unlock()
+				}
 			}
 			select {
 			case <-ctx.Done():
@@ -408,6 +417,24 @@ func watch(t testing.TB, s *sidecar, d time.Duration, f func(ctx context.Context
 	r.markedDown = int(down)
 	r.cpu, _ = metricValue(fams, "process_cpu_seconds_total")
 	return r
+}
+
+// inflight reads dot_sidecar_server_inflight_queries from /metrics, with a
+// look for its line rather than a parse of the whole page, which the
+// race-instrumented test process would pay for ten times a second.
+func inflight(s *sidecar) (int, bool) {
+	code, body := s.Get("/metrics")
+	if code != http.StatusOK {
+		return 0, false
+	}
+	const name = "\ndot_sidecar_server_inflight_queries "
+	i := strings.Index(body, name)
+	if i < 0 {
+		return 0, false
+	}
+	v, _, _ := strings.Cut(body[i+len(name):], "\n")
+	f, err := strconv.ParseFloat(v, 64)
+	return int(f), err == nil
 }
 
 func getStatus(c *http.Client, url string) (int, error) {
@@ -440,6 +467,7 @@ func (r *floodReport) merge(o *floodReport) {
 	r.probeMax = max(r.probeMax, o.probeMax)
 	r.livezMax = max(r.livezMax, o.livezMax)
 	r.maxFDs = max(r.maxFDs, o.maxFDs)
+	r.maxInflight = max(r.maxInflight, o.maxInflight)
 	r.peakRSS = max(r.peakRSS, o.peakRSS)
 	r.markedDown = max(r.markedDown, o.markedDown)
 	r.cpu = max(r.cpu, o.cpu)
@@ -468,6 +496,7 @@ func (r *floodReport) report(b *testing.B) {
 	b.ReportMetric(float64(r.probeMax)/1e6, "probe-max-ms")
 	b.ReportMetric(float64(r.livezMax)/1e6, "livez-max-ms")
 	b.ReportMetric(float64(r.maxFDs), "max-fds")
+	b.ReportMetric(float64(r.maxInflight), "max-inflight")
 	b.ReportMetric(float64(r.markedDown), "marked-down")
 	b.ReportMetric(0, "ns/op")
 }

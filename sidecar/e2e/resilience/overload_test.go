@@ -24,14 +24,22 @@ const tcpMaxConns = 256
 
 // floodCase is one attack: a flood against a sidecar with the default
 // settings, watched for d. maxFDs bounds the sidecar's open descriptors;
-// maxP99, when set, the 99th percentile latency of the names that resolve.
+// when set, maxInflight its queries in flight and maxP99 the 99th
+// percentile latency of the names that resolve.
 type floodCase struct {
-	name   string
-	d      time.Duration
-	maxFDs int
-	maxP99 time.Duration
-	flood  func(ctx context.Context, s *sidecar)
+	name        string
+	d           time.Duration
+	maxFDs      int
+	maxInflight int
+	maxP99      time.Duration
+	flood       func(ctx context.Context, s *sidecar)
 }
+
+// nonReaderSlots bounds the queries in flight beside TCP clients that do
+// not read: their blocked writes once held a slot each, and within seconds
+// all of MAX_INFLIGHT; now a query's slot is free once its answer is made,
+// and a few hundred are in flight at most, on a loaded machine.
+const nonReaderSlots = 1024
 
 // floodCases are the attacks, at the size the tests run them (full false)
 // or at the size the benchmark reports (full true): the size at which they
@@ -42,13 +50,15 @@ type floodCase struct {
 // take whatever the machine can encrypt and decrypt, and the names that
 // resolve queue behind them at the upstream. The tests ask for a fifth of
 // that, which a loaded 2-core machine carries, so that what they hold the
-// sidecar to is its own limits and not the machine's throughput.
+// sidecar to is its own limits and not the machine's throughput; they
+// bound the queries in flight, which before the unread budget grew with
+// every blocked write.
 func floodCases(full bool) []floodCase {
 	d, bigRate, slowFor, tcpFor, admins := 4*time.Second, 4000, 5*time.Second, 8*time.Second, 5000
-	bigAnswers, atLimitRate := 5, 1
+	nonReaderRate, atLimitRate := 5, 1
 	if full {
 		d, bigRate, slowFor, tcpFor, admins = 8*time.Second, 5000, 15*time.Second, 12*time.Second, 15000
-		bigAnswers, atLimitRate = 25, 2
+		nonReaderRate, atLimitRate = 25, 2
 	}
 	return []floodCase{
 		{
@@ -85,31 +95,34 @@ func floodCases(full bool) []floodCase {
 			// closes theirs: answers pile up once the kernel's buffers are
 			// full, and before answers had a budget, each blocked write
 			// held its answer's memory for TCP_IDLE_TIMEOUT.
-			name:   "TCP non-readers",
-			d:      tcpFor,
-			maxFDs: 200,
+			name:        "TCP non-readers",
+			d:           tcpFor,
+			maxFDs:      200,
+			maxInflight: nonReaderSlots,
 			flood: func(ctx context.Context, s *sidecar) {
-				floodTCPNonReaders(ctx, s.DNS, 80, bigAnswers, bigName, dns.TypeTXT)
+				floodTCPNonReaders(ctx, s.DNS, 80, nonReaderRate, bigName, dns.TypeTXT)
 			},
 		},
 		{
-			// The same clients asking for 4,000-byte answers, 25 a second
-			// each: before answers had a budget, each blocked write also
-			// held a query slot, and within seconds they held all of
-			// MAX_INFLIGHT, denying UDP to the whole pod.
-			name:   "TCP non-readers of mid-size answers",
-			d:      tcpFor,
-			maxFDs: 200,
+			// The same clients asking for 4,000-byte answers: before
+			// answers had a budget, each blocked write also held a query
+			// slot; at full size they held all of MAX_INFLIGHT within
+			// seconds, denying UDP to the whole pod.
+			name:        "TCP non-readers of mid-size answers",
+			d:           tcpFor,
+			maxFDs:      200,
+			maxInflight: nonReaderSlots,
 			flood: func(ctx context.Context, s *sidecar) {
-				floodTCPNonReaders(ctx, s.DNS, 80, 25, midName, dns.TypeTXT)
+				floodTCPNonReaders(ctx, s.DNS, 80, nonReaderRate, midName, dns.TypeTXT)
 			},
 		},
 		{
 			// As many such clients as TCP_MAX_CONNS lets in: the most answer
 			// bytes TCP clients can make the sidecar hold.
-			name:   "TCP non-readers at TCP_MAX_CONNS",
-			d:      tcpFor,
-			maxFDs: tcpMaxConns + 100,
+			name:        "TCP non-readers at TCP_MAX_CONNS",
+			d:           tcpFor,
+			maxFDs:      tcpMaxConns + 100,
+			maxInflight: nonReaderSlots,
 			flood: func(ctx context.Context, s *sidecar) {
 				floodTCPNonReaders(ctx, s.DNS, tcpMaxConns, atLimitRate, bigName, dns.TypeTXT)
 			},
@@ -158,6 +171,9 @@ func TestFlood(t *testing.T) {
 			}
 			if r.maxFDs > fc.maxFDs {
 				t.Errorf("the sidecar held up to %d descriptors, want at most %d", r.maxFDs, fc.maxFDs)
+			}
+			if fc.maxInflight > 0 && r.maxInflight > fc.maxInflight {
+				t.Errorf("up to %d queries in flight, want at most %d", r.maxInflight, fc.maxInflight)
 			}
 		})
 	}
