@@ -146,8 +146,7 @@ func BenchmarkFlood(b *testing.B) {
 			var worst floodReport
 			for b.Loop() {
 				b.StopTimer()
-				up := floodUpstream(b)
-				s := startSidecar(b, upstreamEnv(b, up)...)
+				s := startFlooded(b, false)
 				b.StartTimer()
 				r := watch(b, s, fc.d, func(ctx context.Context) { fc.flood(ctx, s) })
 				b.StopTimer()
