@@ -31,11 +31,12 @@ import (
 // what the watch saw is a floodReport, which the tests hold to bounds and
 // the benchmarks report.
 
-// Names the flood upstream knows.
+// Names the flood upstream knows. The floods ask a new name each time, as
+// an attacker would, so that every query misses the sidecar's cache.
 const (
 	slowZone = "slow.flood.test." // never answered
-	bigName  = "big.flood.test."  // a TXT answer of bigAnswerSize bytes
-	midName  = "mid.flood.test."  // a TXT answer of midAnswerSize bytes
+	bigZone  = "big.flood.test."  // TXT answers of bigAnswerSize bytes
+	midZone  = "mid.flood.test."  // TXT answers of midAnswerSize bytes
 	okZone   = "ok.flood.test."   // answered at once
 )
 
@@ -49,27 +50,37 @@ const (
 const manifestMemoryLimit = 128 << 20
 
 // floodUpstream is a DoT server that never answers names under slowZone,
-// answers bigName and midName TXT with their sizes and any other question
-// with one A record, all without decoding more than the question.
+// answers names under bigZone and midZone with TXT records of their sizes
+// and any other question with one A record, all without decoding more than
+// the question.
 func floodUpstream(t testing.TB) *dnstest.Server {
 	t.Helper()
-	templates := [][]byte{txtTemplate(t, bigName, bigAnswerSize), txtTemplate(t, midName, midAnswerSize)}
 	slow := wireName(slowZone)
+	zones := []struct {
+		name     []byte
+		template []byte
+	}{
+		{wireName(bigZone), txtTemplate(t, bigZone, bigAnswerSize)},
+		{wireName(midZone), txtTemplate(t, midZone, midAnswerSize)},
+	}
 	return dnstest.New(t, dnstest.Options{Raw: func(dst, q []byte) []byte {
 		if len(q) < dnswireHeader {
 			return dst
 		}
-		if name := questionName(q); bytes.HasSuffix(bytes.ToLower(name), slow) {
+		name := bytes.ToLower(questionName(q))
+		if bytes.HasSuffix(name, slow) {
 			return dst
 		}
-		for _, a := range templates {
-			// The question is the template's, as sent: the name and
-			// the 4 bytes of type and class after the header.
-			if question := a[dnswireHeader:]; bytes.HasPrefix(q[dnswireHeader:], question[:bytes.IndexByte(question, 0)+5]) {
+		for _, z := range zones {
+			if bytes.HasSuffix(name, z.name) && len(q) >= dnswireHeader+len(name)+4 {
+				// The template's header with the query's ID, the query's
+				// question, then the template's records, whose owner
+				// names point at the question's.
 				start := len(dst)
-				dst = append(dst, a...)
-				copy(dst[start:], q[:2]) // the query's ID
-				return dst
+				dst = append(dst, z.template[:dnswireHeader]...)
+				copy(dst[start:], q[:2])
+				dst = append(dst, q[dnswireHeader:dnswireHeader+len(name)+4]...)
+				return append(dst, z.template[dnswireHeader+len(z.name)+4:]...)
 			}
 		}
 		return dnstest.ReflectRaw(dst, q)
@@ -78,7 +89,9 @@ func floodUpstream(t testing.TB) *dnstest.Server {
 
 const dnswireHeader = 12
 
-// txtTemplate is an answer to name TXT of about size bytes, ID 0.
+// txtTemplate is an answer to name TXT of about size bytes, ID 0, whose
+// records' owner names are pointers to the question's name (offset 12), so
+// that another question can take its place.
 func txtTemplate(t testing.TB, name string, size int) []byte {
 	t.Helper()
 	q := new(dns.Msg)
@@ -86,6 +99,7 @@ func txtTemplate(t testing.TB, name string, size int) []byte {
 	r := new(dns.Msg)
 	r.SetReply(q)
 	r.Id = 0
+	r.Compress = true
 	for i := 0; r.Len() < size-300; i++ {
 		r.Answer = append(r.Answer, &dns.TXT{
 			Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: 60},
@@ -209,24 +223,25 @@ func floodUDP(ctx context.Context, addr string, rate, n, socks int, msg func(dst
 }
 
 // floodTCPNonReaders keeps conns connections open that each pipeline
-// queries for name, rate a second each, and never read an answer, until ctx
-// ends. A connection's writes block once the sidecar stops reading from it;
+// queries for names under zone, rate a second each, and never read an
+// answer, until ctx ends. A connection's writes block once the sidecar stops reading from it;
 // one the sidecar closes is opened again. Each asks for the smallest
 // receive buffer and small segments, as an attacker would: the sidecar's
 // writes then block after kilobytes rather than megabytes.
-func floodTCPNonReaders(ctx context.Context, addr string, conns, rate int, name string, qtype uint16) {
+func floodTCPNonReaders(ctx context.Context, addr string, conns, rate int, zone string, qtype uint16) {
 	var wg sync.WaitGroup
 	for i := range conns {
 		wg.Go(func() {
-			for ctx.Err() == nil {
-				nonReader(ctx, addr, rate, uint16(i<<8), name, qtype)
+			for n := 0; ctx.Err() == nil; n++ {
+				nonReader(ctx, addr, rate, fmt.Sprintf("c%d-%d", i, n), zone, qtype)
 			}
 		})
 	}
 	wg.Wait()
 }
 
-func nonReader(ctx context.Context, addr string, rate int, id uint16, name string, qtype uint16) {
+// nonReader is one connection of floodTCPNonReaders, named conn.
+func nonReader(ctx context.Context, addr string, rate int, conn, zone string, qtype uint16) {
 	d := net.Dialer{Timeout: 2 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
 		var serr error
 		err := rc.Control(func(fd uintptr) {
@@ -250,7 +265,7 @@ func nonReader(ctx context.Context, addr string, rate int, id uint16, name strin
 	defer c.Close()
 	var frame []byte
 	pace(ctx, rate, math.MaxInt, func(i int) bool {
-		q := query(id+uint16(i), name, qtype, 0)
+		q := query(uint16(i), fmt.Sprintf("q%d.%s.%s", i, conn, zone), qtype, 0)
 		frame = binary.BigEndian.AppendUint16(frame[:0], uint16(len(q)))
 		frame = append(frame, q...)
 		_, err := c.Write(frame)
@@ -296,6 +311,7 @@ type floodReport struct {
 	peakRSS                         int64           // VmHWM at the end
 	markedDown                      int             // dot_sidecar_upstream_marked_down_total at the end
 	cpu                             float64         // the sidecar's CPU seconds, user and system, flood and watch
+	stall                           time.Duration   // the longest the test process itself was kept from running
 }
 
 func (r *floodReport) percentile(p float64) time.Duration {
@@ -307,11 +323,12 @@ func (r *floodReport) percentile(p float64) time.Duration {
 
 func (r *floodReport) String() string {
 	return fmt.Sprintf("peak RSS %.1f MiB; answered names: %d asked, %d NOERROR, %d SERVFAIL, %d lost, p50 %s p99 %s max %s; "+
-		"probes: %d, %d failed, slowest %s (/livez %s); descriptors ≤ %d; in flight ≤ %d; marked down %d times; CPU %.1fs",
+		"probes: %d, %d failed, slowest %s (/livez %s); descriptors ≤ %d; in flight ≤ %d; marked down %d times; CPU %.1fs; "+
+		"test process stalled ≤ %s",
 		float64(r.peakRSS)/(1<<20), r.asked, r.answered, r.servfail, r.lost,
 		r.percentile(0.5).Round(10*time.Microsecond), r.percentile(0.99).Round(10*time.Microsecond),
 		r.percentile(1).Round(10*time.Microsecond),
-		r.probes, r.probeFails, r.probeMax.Round(time.Millisecond), r.livezMax.Round(time.Millisecond), r.maxFDs, r.maxInflight, r.markedDown, r.cpu)
+		r.probes, r.probeFails, r.probeMax.Round(time.Millisecond), r.livezMax.Round(time.Millisecond), r.maxFDs, r.maxInflight, r.markedDown, r.cpu, r.stall.Round(time.Millisecond))
 }
 
 // watchRate is how many answered-name queries the watch asks a second.
@@ -319,8 +336,10 @@ const watchRate = 50
 
 // watch runs f (the flood) for d and meanwhile asks answered names over UDP,
 // probes the admin paths as the kubelet does (a new connection each time),
-// and samples the sidecar's descriptors and queries in flight; then it
-// reads the peak RSS and how often the upstream was marked down.
+// samples the sidecar's descriptors and queries in flight, and measures how
+// late its own timers fire (the stall of the test process, where the
+// probes, the names asked and the upstreams run); then it reads the peak
+// RSS and how often the upstream was marked down.
 func watch(t testing.TB, s *sidecar, d time.Duration, f func(ctx context.Context)) *floodReport {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d)
@@ -379,6 +398,18 @@ func watch(t testing.TB, s *sidecar, d time.Duration, f func(ctx context.Context
 				return
 			case <-tick.C:
 			}
+		}
+	})
+	wg.Go(func() { // the test process's own stalls
+		const tick = 10 * time.Millisecond
+		last := time.Now()
+		for ctx.Err() == nil {
+			time.Sleep(tick)
+			now := time.Now()
+			mu.Lock()
+			r.stall = max(r.stall, now.Sub(last)-tick)
+			mu.Unlock()
+			last = now
 		}
 	})
 	wg.Go(func() { // descriptors, and every other time queries in flight
@@ -478,6 +509,7 @@ func (r *floodReport) merge(o *floodReport) {
 	r.peakRSS = max(r.peakRSS, o.peakRSS)
 	r.markedDown = max(r.markedDown, o.markedDown)
 	r.cpu = max(r.cpu, o.cpu)
+	r.stall = max(r.stall, o.stall)
 }
 
 func (r *floodReport) answeredShare() float64 {
@@ -504,6 +536,7 @@ func (r *floodReport) report(b *testing.B) {
 	b.ReportMetric(float64(r.livezMax)/1e6, "livez-max-ms")
 	b.ReportMetric(float64(r.maxFDs), "max-fds")
 	b.ReportMetric(float64(r.maxInflight), "max-inflight")
+	b.ReportMetric(float64(r.stall)/1e6, "stall-ms")
 	b.ReportMetric(float64(r.markedDown), "marked-down")
 	b.ReportMetric(0, "ns/op")
 }

@@ -106,7 +106,7 @@ func floodCases(full bool) []floodCase {
 			maxInflight: nonReaderSlots,
 			ownRoute:    true,
 			flood: func(ctx context.Context, s *sidecar) {
-				floodTCPNonReaders(ctx, s.DNS, 80, nonReaderRate, bigName, dns.TypeTXT)
+				floodTCPNonReaders(ctx, s.DNS, 80, nonReaderRate, bigZone, dns.TypeTXT)
 			},
 		},
 		{
@@ -120,7 +120,7 @@ func floodCases(full bool) []floodCase {
 			maxInflight: nonReaderSlots,
 			ownRoute:    true,
 			flood: func(ctx context.Context, s *sidecar) {
-				floodTCPNonReaders(ctx, s.DNS, 80, nonReaderRate, midName, dns.TypeTXT)
+				floodTCPNonReaders(ctx, s.DNS, 80, nonReaderRate, midZone, dns.TypeTXT)
 			},
 		},
 		{
@@ -132,7 +132,7 @@ func floodCases(full bool) []floodCase {
 			maxInflight: nonReaderSlots,
 			ownRoute:    true,
 			flood: func(ctx context.Context, s *sidecar) {
-				floodTCPNonReaders(ctx, s.DNS, tcpMaxConns, atLimitRate, bigName, dns.TypeTXT)
+				floodTCPNonReaders(ctx, s.DNS, tcpMaxConns, atLimitRate, bigZone, dns.TypeTXT)
 			},
 		},
 		{
@@ -148,38 +148,68 @@ func floodCases(full bool) []floodCase {
 	}
 }
 
+// maxStall is how long the test process may itself have been kept from
+// running during a flood for the run to measure the sidecar: the probes,
+// the names asked and the upstreams are all in the test process, and on a
+// machine busy with other work (and -race) it was seen to stall for 1.6 s.
+// A run that stalled longer is run again, up to floodAttempts in all.
+const (
+	maxStall      = 250 * time.Millisecond
+	floodAttempts = 3
+)
+
 func TestFlood(t *testing.T) {
 	if testing.Short() {
 		t.Skip("floods take seconds each")
 	}
 	for _, fc := range floodCases(false) {
 		t.Run(fc.name, func(t *testing.T) {
-			s := startFlooded(t, fc.ownRoute)
-			start := time.Now()
-			r := watch(t, s, fc.d, func(ctx context.Context) { fc.flood(ctx, s) })
-			t.Logf("%s (%s): %s", fc.name, time.Since(start).Round(time.Millisecond), r)
-			if r.peakRSS >= manifestMemoryLimit {
-				t.Errorf("peak RSS %.1f MiB, want below the manifests' limit of %d MiB",
-					float64(r.peakRSS)/(1<<20), manifestMemoryLimit>>20)
+			var r *floodReport
+			for attempt := 1; ; attempt++ {
+				s := startFlooded(t, fc.ownRoute)
+				start := time.Now()
+				r = watch(t, s, fc.d, func(ctx context.Context) { fc.flood(ctx, s) })
+				t.Logf("%s (%s): %s", fc.name, time.Since(start).Round(time.Millisecond), r)
+				if r.stall <= maxStall || attempt == floodAttempts {
+					break
+				}
+				t.Logf("the test process stalled %s: not a measurement of the sidecar, again", r.stall)
+				_ = s.Stop(testkit.StopGrace)
 			}
-			if r.answered != r.asked {
-				t.Errorf("names the upstream answers: %d of %d answered (%d SERVFAIL, %d lost)",
-					r.answered, r.asked, r.servfail, r.lost)
-			}
-			if r.markedDown > 0 {
-				t.Errorf("the upstream was marked down %d times; it answered throughout", r.markedDown)
-			}
-			if r.probeFails > 0 || r.probeMax > time.Second {
-				t.Errorf("probes: %d of %d failed, slowest %s; want all answered within 1s",
-					r.probeFails, r.probes, r.probeMax)
-			}
-			if r.maxFDs > fc.maxFDs {
-				t.Errorf("the sidecar held up to %d descriptors, want at most %d", r.maxFDs, fc.maxFDs)
-			}
-			if fc.maxInflight > 0 && r.maxInflight > fc.maxInflight {
-				t.Errorf("up to %d queries in flight, want at most %d", r.maxInflight, fc.maxInflight)
-			}
+			judgeFlood(t, fc, r)
 		})
+	}
+}
+
+// judgeFlood holds what the watch saw of one flood to the bounds that keep
+// a pod's DNS up.
+func judgeFlood(t *testing.T, fc floodCase, r *floodReport) {
+	t.Helper()
+	if r.peakRSS >= manifestMemoryLimit {
+		t.Errorf("peak RSS %.1f MiB, want below the manifests' limit of %d MiB",
+			float64(r.peakRSS)/(1<<20), manifestMemoryLimit>>20)
+	}
+	if r.maxFDs > fc.maxFDs {
+		t.Errorf("the sidecar held up to %d descriptors, want at most %d", r.maxFDs, fc.maxFDs)
+	}
+	if fc.maxInflight > 0 && r.maxInflight > fc.maxInflight {
+		t.Errorf("up to %d queries in flight, want at most %d", r.maxInflight, fc.maxInflight)
+	}
+	// These depend on the test process running too.
+	stalled := ""
+	if r.stall > maxStall {
+		stalled = fmt.Sprintf(" (the test process stalled %s in each of %d attempts)", r.stall, floodAttempts)
+	}
+	if r.answered != r.asked {
+		t.Errorf("names the upstream answers: %d of %d answered (%d SERVFAIL, %d lost)%s",
+			r.answered, r.asked, r.servfail, r.lost, stalled)
+	}
+	if r.markedDown > 0 {
+		t.Errorf("the upstream was marked down %d times; it answered throughout%s", r.markedDown, stalled)
+	}
+	if r.probeFails > 0 || r.probeMax > time.Second {
+		t.Errorf("probes: %d of %d failed, slowest %s; want all answered within 1s%s",
+			r.probeFails, r.probes, r.probeMax, stalled)
 	}
 }
 
@@ -239,5 +269,31 @@ func holdIdleTCP(t testing.TB, addr string, n int) []net.Conn {
 func closeAll(conns []net.Conn) {
 	for _, c := range conns {
 		_ = c.Close()
+	}
+}
+
+// TestFloodUpstream: the floods' upstream answers any name under bigZone
+// and midZone, through the sidecar, with TXT records of their sizes for
+// that name; otherwise the TCP floods would measure small error answers.
+func TestFloodUpstream(t *testing.T) {
+	s := startFlooded(t, false)
+	for _, tt := range []struct {
+		zone string
+		size int
+	}{{bigZone, bigAnswerSize}, {midZone, midAnswerSize}} {
+		name := "q1.c2-3." + tt.zone
+		q := new(dns.Msg)
+		q.SetQuestion(name, dns.TypeTXT)
+		r, _, err := (&dns.Client{Net: "tcp", Timeout: 5 * time.Second}).Exchange(q, s.DNS)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 || r.Answer[0].Header().Name != name {
+			t.Fatalf("%s: rcode %s, %d records, first %v", name, dns.RcodeToString[r.Rcode], len(r.Answer), r.Answer)
+		}
+		r.Compress = true // as it came: its owner names point at the question's
+		if n := r.Len(); n < tt.size*9/10 || n > tt.size {
+			t.Errorf("%s: answer of %d bytes, want about %d", name, n, tt.size)
+		}
 	}
 }
