@@ -278,12 +278,15 @@ const halfHeader = "GET /livez HTTP/1.1\r\nHost: flood\r\nUser-Agent: "
 
 // floodAdminHalfHeaders opens up to n connections to the admin listener at
 // addr, rate a second, sends each halfHeader, and holds them all until ctx
-// ends. It returns how many it opened.
+// ends. It returns how many it opened. They come from 127.0.0.2, the probes
+// from 127.0.0.1: a flood from a pod comes from another address than the
+// kubelet's probes.
 func floodAdminHalfHeaders(ctx context.Context, addr string, rate, n int) int {
 	var mu sync.Mutex
 	var conns []net.Conn
+	d := net.Dialer{Timeout: time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
 	opened := pace(ctx, rate, n, func(int) bool {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
+		c, err := d.Dial("tcp", addr)
 		if err != nil {
 			return ctx.Err() == nil // the listener's backlog is full: keep trying
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"net/netip"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -21,6 +22,11 @@ import (
 //     idle between requests) rather than being refused, so that a probe,
 //     which sends its request at once and is answered in microseconds,
 //     still gets through a flood of connections that never finish theirs;
+//   - that oldest one is taken from the address holding the most
+//     connections: a flood comes from few addresses, and the kubelet's
+//     probes from the node's, so a probe is not closed by a flood that
+//     outpaces it (a machine too busy to read its request within the time
+//     maxConns flood connections take to arrive);
 //   - a request header must come within readHeaderTimeout and fit in
 //     maxHeaderBytes.
 const (
@@ -48,6 +54,7 @@ func newLimitListener(l net.Listener, max int, evicted func()) *limitListener {
 type trackedConn struct {
 	net.Conn
 	l        *limitListener
+	from     netip.Addr
 	accepted time.Time
 	busy     atomic.Bool
 	once     sync.Once
@@ -83,19 +90,17 @@ func (l *limitListener) Accept() (net.Conn, error) {
 	}
 }
 
-// admit tracks nc, closing the oldest connection not being answered if max
-// are open already; it returns nil when every one is being answered.
+// admit tracks nc, closing a connection not being answered if max are open
+// already (victimLocked); it returns nil when every one is being answered.
 func (l *limitListener) admit(nc net.Conn) *trackedConn {
 	c := &trackedConn{Conn: nc, l: l, accepted: time.Now()}
+	if a, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
+		c.from = a.AddrPort().Addr().Unmap()
+	}
 	l.mu.Lock()
 	var victim *trackedConn
 	if len(l.conns) >= l.max {
-		for o := range l.conns {
-			if !o.busy.Load() && (victim == nil || o.accepted.Before(victim.accepted)) {
-				victim = o
-			}
-		}
-		if victim == nil {
+		if victim = l.victimLocked(); victim == nil {
 			l.mu.Unlock()
 			return nil
 		}
@@ -108,6 +113,29 @@ func (l *limitListener) admit(nc net.Conn) *trackedConn {
 		_ = victim.Close()
 	}
 	return c
+}
+
+// victimLocked picks the connection to close for a new one: the oldest not
+// being answered, of the address with the most such connections. Called
+// with mu held; at most max connections to look at.
+func (l *limitListener) victimLocked() *trackedConn {
+	idle := make(map[netip.Addr]int)
+	for o := range l.conns {
+		if !o.busy.Load() {
+			idle[o.from]++
+		}
+	}
+	var victim *trackedConn
+	for o := range l.conns {
+		if o.busy.Load() {
+			continue
+		}
+		if victim == nil || idle[o.from] > idle[victim.from] ||
+			idle[o.from] == idle[victim.from] && o.accepted.Before(victim.accepted) {
+			victim = o
+		}
+	}
+	return victim
 }
 
 type connKey struct{}

@@ -35,12 +35,7 @@ func TestLimitListener(t *testing.T) {
 		}
 		return c.(*trackedConn)
 	}
-	// closed reports whether the server side of client c was closed.
-	closed := func(c net.Conn) bool {
-		_ = c.SetReadDeadline(time.Now().Add(time.Second))
-		_, err := c.Read(make([]byte, 1))
-		return err != nil && !isTimeout(err)
-	}
+	closed := closedByServer
 
 	var clients []net.Conn
 	var server []*trackedConn
@@ -87,6 +82,49 @@ func TestLimitListener(t *testing.T) {
 	if got := evicted.Load(); got != 3 {
 		t.Fatalf("evicted %d, want 3", got)
 	}
+}
+
+// The connection closed for a new one is the oldest idle one of the
+// address holding the most: a flood from one address does not close the
+// connection of another (the kubelet's probe) even when that one is older.
+func TestLimitListenerEvictsFromTheBusiestAddress(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var evicted atomic.Int64
+	l := newLimitListener(ln, 3, func() { evicted.Add(1) })
+	defer l.Close()
+	dialFrom := func(ip string) net.Conn {
+		t.Helper()
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+		c, err := d.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		if _, err := l.Accept(); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	probe := dialFrom("127.0.0.1") // the oldest
+	flood := []net.Conn{dialFrom("127.0.0.2"), dialFrom("127.0.0.2")}
+	dialFrom("127.0.0.2")
+	if evicted.Load() != 1 || !closedByServer(flood[0]) {
+		t.Fatalf("evicted %d; want the flood's oldest connection closed", evicted.Load())
+	}
+	if closedByServer(probe) {
+		t.Fatal("the other address's connection was closed for the flood's")
+	}
+}
+
+// closedByServer reports whether the server side of client c was closed,
+// waiting up to a second for it.
+func closedByServer(c net.Conn) bool {
+	_ = c.SetReadDeadline(time.Now().Add(time.Second))
+	_, err := c.Read(make([]byte, 1))
+	return err != nil && !isTimeout(err)
 }
 
 func isTimeout(err error) bool {
