@@ -13,7 +13,8 @@
 //	                     Main (skip summary, AtExit, checks after the tests),
 //	                     WaitFor (wait on a condition, never sleep),
 //	                     StartProcess (a program the test starts and ends),
-//	                     RepoRoot, PeakRSS and OpenFDs (a process seen from /proc)
+//	                     RepoRoot, PeakRSS, ProcSize and OpenFDs (a process
+//	                     seen from /proc)
 //	testkit/dnstest      scriptable in-process DNS-over-TLS server (loopback)
 //	testkit/unboundtest  a real Unbound serving DoT from local data, one per
 //	                     test or one a package shares (Shared), with its

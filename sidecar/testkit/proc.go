@@ -1,7 +1,6 @@
 package testkit
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -10,24 +9,29 @@ import (
 
 // PeakRSS returns VmHWM of process pid: its resident set's high-water mark
 // since it started, in bytes (Linux only).
-func PeakRSS(pid int) (int64, error) {
+func PeakRSS(pid int) (int64, error) { return ProcSize(pid, "VmHWM") }
+
+// ProcSize returns a size field of process pid's /proc/PID/status (VmRSS,
+// VmHWM, ...), in bytes (Linux only).
+func ProcSize(pid int, field string) (int64, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
 		return 0, err
 	}
-	return ParseVmHWM(string(b))
+	return ParseProcSize(string(b), field)
 }
 
-// ParseVmHWM reads the VmHWM line of a /proc/PID/status text, in bytes.
-func ParseVmHWM(status string) (int64, error) {
+// ParseProcSize reads the line of a size field of a /proc/PID/status text,
+// in bytes.
+func ParseProcSize(status, field string) (int64, error) {
 	for l := range strings.SplitSeq(status, "\n") {
-		rest, ok := strings.CutPrefix(l, "VmHWM:")
+		rest, ok := strings.CutPrefix(l, field+":")
 		if !ok {
 			continue
 		}
 		f := strings.Fields(rest)
 		if len(f) != 2 || f[1] != "kB" {
-			return 0, fmt.Errorf("/proc status: odd VmHWM line %q", l)
+			return 0, fmt.Errorf("/proc status: odd %s line %q", field, l)
 		}
 		kb, err := strconv.ParseInt(f[0], 10, 64)
 		if err != nil {
@@ -35,7 +39,7 @@ func ParseVmHWM(status string) (int64, error) {
 		}
 		return kb * 1024, nil
 	}
-	return 0, errors.New("/proc status: no VmHWM")
+	return 0, fmt.Errorf("/proc status: no %s", field)
 }
 
 // OpenFDs counts the file descriptors process pid has open (Linux only).

@@ -91,20 +91,22 @@ func TestProcessKilledAtCleanup(t *testing.T) {
 	}
 }
 
-func TestParseVmHWM(t *testing.T) {
+func TestParseProcSize(t *testing.T) {
+	const status = "Name:\tcoredns\nVmPeak:\t  900 kB\nVmHWM:\t   64000 kB\nVmRSS:\t 60000 kB\n"
 	tests := []struct {
-		in      string
-		want    int64
-		wantErr bool
+		in, field string
+		want      int64
+		wantErr   bool
 	}{
-		{"Name:\tcoredns\nVmPeak:\t  900 kB\nVmHWM:\t   64000 kB\nVmRSS:\t 60000 kB\n", 64000 * 1024, false},
-		{"Name:\tx\n", 0, true},
-		{"VmHWM:\t 12 MB\n", 0, true},
+		{status, "VmHWM", 64000 * 1024, false},
+		{status, "VmRSS", 60000 * 1024, false},
+		{"Name:\tx\n", "VmHWM", 0, true},
+		{"VmHWM:\t 12 MB\n", "VmHWM", 0, true},
 	}
 	for _, tt := range tests {
-		got, err := ParseVmHWM(tt.in)
+		got, err := ParseProcSize(tt.in, tt.field)
 		if (err != nil) != tt.wantErr || got != tt.want {
-			t.Errorf("ParseVmHWM(%q) = %d, %v; want %d, err %v", tt.in, got, err, tt.want, tt.wantErr)
+			t.Errorf("ParseProcSize(%q, %s) = %d, %v; want %d, err %v", tt.in, tt.field, got, err, tt.want, tt.wantErr)
 		}
 	}
 }

@@ -3,7 +3,6 @@ package resilience
 import (
 	"context"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -117,21 +116,11 @@ func BenchmarkCacheMemory(b *testing.B) {
 // bytes.
 func procStatus(b *testing.B, pid int, field string) int64 {
 	b.Helper()
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	n, err := testkit.ProcSize(pid, field)
 	if err != nil {
 		b.Fatal(err)
 	}
-	for line := range strings.Lines(string(data)) {
-		if v, ok := strings.CutPrefix(line, field+":"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			if err != nil {
-				b.Fatal(err)
-			}
-			return kb << 10
-		}
-	}
-	b.Fatalf("/proc/%d/status has no %s", pid, field)
-	return 0
+	return n
 }
 
 // BenchmarkFlood runs each attack of floodCases at full size against the

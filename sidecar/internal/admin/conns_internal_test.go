@@ -10,13 +10,7 @@ import (
 // At the limit, a new connection closes the oldest one that is not being
 // answered; with every one being answered, the new one is closed.
 func TestLimitListener(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var evicted atomic.Int64
-	l := newLimitListener(ln, 3, func() { evicted.Add(1) })
-	defer l.Close()
+	ln, l, evicted := newTestListener(t, 3)
 
 	dial := func() net.Conn {
 		t.Helper()
@@ -88,13 +82,7 @@ func TestLimitListener(t *testing.T) {
 // address holding the most: a flood from one address does not close the
 // connection of another (the kubelet's probe) even when that one is older.
 func TestLimitListenerEvictsFromTheBusiestAddress(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var evicted atomic.Int64
-	l := newLimitListener(ln, 3, func() { evicted.Add(1) })
-	defer l.Close()
+	ln, l, evicted := newTestListener(t, 3)
 	dialFrom := func(ip string) net.Conn {
 		t.Helper()
 		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
@@ -117,6 +105,21 @@ func TestLimitListenerEvictsFromTheBusiestAddress(t *testing.T) {
 	if closedByServer(probe) {
 		t.Fatal("the other address's connection was closed for the flood's")
 	}
+}
+
+// newTestListener returns a loopback listener and the limitListener of max
+// connections over it, closed at the end of the test, with the count of
+// connections it closed to make room.
+func newTestListener(t *testing.T, max int) (net.Listener, *limitListener, *atomic.Int64) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	evicted := new(atomic.Int64)
+	l := newLimitListener(ln, max, func() { evicted.Add(1) })
+	t.Cleanup(func() { _ = l.Close() })
+	return ln, l, evicted
 }
 
 // closedByServer reports whether the server side of client c was closed,
