@@ -6,12 +6,14 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
 
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/unboundtest"
 )
 
 // The overload tests reproduce, against the built binary with its default
@@ -33,12 +35,14 @@ type floodCase struct {
 	maxFDs      int
 	maxInflight int
 	flood       func(ctx context.Context, s *sidecar)
-	// ownRoute, in the tests, sends the names the watch asks to an
-	// upstream of their own (ROUTES): behind the flood's large answers,
-	// which the upstream's connections carry in order, they would measure
-	// what the race-instrumented test process can encrypt, not the
-	// sidecar. The benchmark keeps one upstream for all.
-	ownRoute bool
+	// unbound, in the tests, has a real Unbound serve the flood's large
+	// answers (floodUnbound), and sends the names the watch asks to a
+	// dnstest upstream of their own (ROUTES): made and encrypted by the
+	// race-instrumented test process, tens of megabytes of answers a
+	// second starved it, and behind them, on connections that carry
+	// answers in order, the names asked measured that rather than the
+	// sidecar. The benchmark keeps one dnstest upstream for all.
+	unbound bool
 }
 
 // nonReaderSlots bounds the queries in flight beside TCP clients that do
@@ -104,7 +108,7 @@ func floodCases(full bool) []floodCase {
 			d:           tcpFor,
 			maxFDs:      200,
 			maxInflight: nonReaderSlots,
-			ownRoute:    true,
+			unbound:     true,
 			flood: func(ctx context.Context, s *sidecar) {
 				floodTCPNonReaders(ctx, s.DNS, 80, nonReaderRate, bigZone, dns.TypeTXT)
 			},
@@ -118,7 +122,7 @@ func floodCases(full bool) []floodCase {
 			d:           tcpFor,
 			maxFDs:      200,
 			maxInflight: nonReaderSlots,
-			ownRoute:    true,
+			unbound:     true,
 			flood: func(ctx context.Context, s *sidecar) {
 				floodTCPNonReaders(ctx, s.DNS, 80, nonReaderRate, midZone, dns.TypeTXT)
 			},
@@ -130,7 +134,7 @@ func floodCases(full bool) []floodCase {
 			d:           tcpFor,
 			maxFDs:      tcpMaxConns + 100,
 			maxInflight: nonReaderSlots,
-			ownRoute:    true,
+			unbound:     true,
 			flood: func(ctx context.Context, s *sidecar) {
 				floodTCPNonReaders(ctx, s.DNS, tcpMaxConns, atLimitRate, bigZone, dns.TypeTXT)
 			},
@@ -166,7 +170,7 @@ func TestFlood(t *testing.T) {
 		t.Run(fc.name, func(t *testing.T) {
 			var r *floodReport
 			for attempt := 1; ; attempt++ {
-				s := startFlooded(t, fc.ownRoute)
+				s := startFlooded(t, fc.unbound)
 				start := time.Now()
 				r = watch(t, s, fc.d, func(ctx context.Context) { fc.flood(ctx, s) })
 				t.Logf("%s (%s): %s", fc.name, time.Since(start).Round(time.Millisecond), r)
@@ -214,21 +218,43 @@ func judgeFlood(t *testing.T, fc floodCase, r *floodReport) {
 }
 
 // startFlooded starts a flood upstream and a sidecar with the default
-// settings toward it; with ownRoute, the names the watch asks (okZone) go
-// to a second flood upstream of their own.
-func startFlooded(t testing.TB, ownRoute bool) *sidecar {
+// settings toward it; with unbound, the flood's upstream is floodUnbound
+// and the names the watch asks (okZone) go to a dnstest upstream of their
+// own.
+func startFlooded(t testing.TB, unbound bool) *sidecar {
 	t.Helper()
 	up := floodUpstream(t)
-	if !ownRoute {
+	if !unbound {
 		return startSidecar(t, upstreamEnv(t, up)...)
 	}
-	ok := floodUpstream(t)
+	u := floodUnbound(t)
 	ca := filepath.Join(t.TempDir(), "ok-ca.pem") // a route trusts its own ;ca= only
-	if err := os.WriteFile(ca, ok.CAPEM, 0o644); err != nil {
+	if err := os.WriteFile(ca, up.CAPEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return startSidecar(t, append(upstreamEnv(t, up),
-		fmt.Sprintf("ROUTES=%s=tls://%s#%s;ca=%s", okZone, ok.Addr, ok.ServerName, ca))...)
+	return startSidecar(t,
+		fmt.Sprintf("UPSTREAMS=tls://%s#%s", u.Addr, u.ServerName), "TLS_CA_FILE="+u.CAFile,
+		fmt.Sprintf("ROUTES=%s=tls://%s#%s;ca=%s", okZone, up.Addr, up.ServerName, ca))
+}
+
+// floodUnbound is an Unbound, shared by the package's tests, that answers
+// every name under bigZone and midZone with TXT records of about their
+// sizes (Unbound's redirect zones: the apex's records, for any name below).
+func floodUnbound(t testing.TB) *unboundtest.Server {
+	t.Helper()
+	var conf []string
+	for _, z := range []struct {
+		zone string
+		size int
+	}{{bigZone, bigAnswerSize}, {midZone, midAnswerSize}} {
+		conf = append(conf, fmt.Sprintf("local-zone: %q redirect", z.zone))
+		// A record: a 2-byte owner name (a pointer to the question), 10
+		// bytes of type, class, TTL and length, and its 231 of text.
+		for i := range z.size / 243 {
+			conf = append(conf, fmt.Sprintf(`local-data: '%s 60 IN TXT "%04d%s"'`, z.zone, i, strings.Repeat("x", 226)))
+		}
+	}
+	return unboundtest.Shared(t, unboundtest.Options{ExtraConfig: conf})
 }
 
 // TestIdleTCPConnections: a process holding 1,000 idle connections (all of
@@ -272,28 +298,31 @@ func closeAll(conns []net.Conn) {
 	}
 }
 
-// TestFloodUpstream: the floods' upstream answers any name under bigZone
-// and midZone, through the sidecar, with TXT records of their sizes for
-// that name; otherwise the TCP floods would measure small error answers.
+// TestFloodUpstream: both floods' upstreams answer any name under bigZone
+// and midZone, through the sidecar, with TXT records of about their sizes
+// for that name; otherwise the TCP floods would measure small error
+// answers.
 func TestFloodUpstream(t *testing.T) {
-	s := startFlooded(t, false)
-	for _, tt := range []struct {
-		zone string
-		size int
-	}{{bigZone, bigAnswerSize}, {midZone, midAnswerSize}} {
-		name := "q1.c2-3." + tt.zone
-		q := new(dns.Msg)
-		q.SetQuestion(name, dns.TypeTXT)
-		r, _, err := (&dns.Client{Net: "tcp", Timeout: 5 * time.Second}).Exchange(q, s.DNS)
-		if err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		if r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 || r.Answer[0].Header().Name != name {
-			t.Fatalf("%s: rcode %s, %d records, first %v", name, dns.RcodeToString[r.Rcode], len(r.Answer), r.Answer)
-		}
-		r.Compress = true // as it came: its owner names point at the question's
-		if n := r.Len(); n < tt.size*9/10 || n > tt.size {
-			t.Errorf("%s: answer of %d bytes, want about %d", name, n, tt.size)
+	for _, unbound := range []bool{false, true} {
+		s := startFlooded(t, unbound)
+		for _, tt := range []struct {
+			zone string
+			size int
+		}{{bigZone, bigAnswerSize}, {midZone, midAnswerSize}} {
+			name := "q1.c2-3." + tt.zone
+			q := new(dns.Msg)
+			q.SetQuestion(name, dns.TypeTXT)
+			r, _, err := (&dns.Client{Net: "tcp", Timeout: 5 * time.Second}).Exchange(q, s.DNS)
+			if err != nil {
+				t.Fatalf("unbound %v, %s: %v", unbound, name, err)
+			}
+			if r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 || r.Answer[0].Header().Name != name {
+				t.Fatalf("unbound %v, %s: rcode %s, %d records, first %v", unbound, name, dns.RcodeToString[r.Rcode], len(r.Answer), r.Answer)
+			}
+			r.Compress = true // as it came: its owner names point at the question's
+			if n := r.Len(); n < tt.size*9/10 || n > tt.size {
+				t.Errorf("unbound %v, %s: answer of %d bytes, want about %d", unbound, name, n, tt.size)
+			}
 		}
 	}
 }
