@@ -42,8 +42,9 @@ type request struct {
 	query dnswire.Msg // the caller's query; its bytes are read only while registered
 
 	// Set by the connection that carries the request, under its mu.
-	upID    uint16 // the ID on the wire
-	answers uint64 // the connection's answer count when the request was queued
+	upID      uint16 // the ID on the wire
+	answers   uint64 // the connection's answer count when the request was queued
+	upAnswers uint64 // the upstream's (tlsUpstream.answered) then
 
 	done chan result
 }
@@ -191,7 +192,7 @@ func (c *conn) send(req *request) bool {
 	}
 	id := c.nextID()
 	req.upID = id
-	req.answers = c.answers.Load()
+	req.answers, req.upAnswers = c.answers.Load(), c.d.answered.Load()
 	c.inflight[id] = req
 	c.load.Store(int32(len(c.inflight)))
 	// The length prefix and the message go out in the same write; the
@@ -514,6 +515,7 @@ func (c *conn) deliver(msg []byte) {
 			if c.answers.Add(1) == 1 {
 				c.d.servedNew()
 			}
+			c.d.answered.Add(1)
 		}
 		c.mismatch(&ans, dnswire.ErrNotAnswer)
 		return
@@ -523,6 +525,7 @@ func (c *conn) deliver(msg []byte) {
 	if c.answers.Add(1) == 1 {
 		c.d.servedNew()
 	}
+	c.d.answered.Add(1)
 	ans.SetID(req.query.ID)
 	r := result{ans: ans}
 	if perr != nil {

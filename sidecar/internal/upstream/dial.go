@@ -40,6 +40,15 @@ type tlsUpstream struct {
 	lastTLSWarn atomic.Int64 // unix nanos of the last TLS failure logged at Warn
 	newLost     atomic.Int32 // new connections lost in a row before answering anything (newconn.go)
 
+	// answered counts the responses to our queries read on any of the
+	// upstream's connections, late ones included: proof that the upstream
+	// serves. A query that times out on a connection that answered
+	// nothing meanwhile is still a slow name when another connection did:
+	// under a flood of names the upstream never answers, a connection can
+	// carry nothing else for a while, and its silence is theirs, not the
+	// upstream's.
+	answered atomic.Uint64
+
 	// verifyHook, when set by a test before the first query, sees every
 	// handshake's connection state.
 	verifyHook func(tls.ConnectionState)

@@ -34,7 +34,7 @@ func (d *DoH) request(q *dnswire.Msg) h2Request {
 // with q's ID. It gives the slot back once the stream is over, before
 // judging the connection by how it ended.
 func (d *DoH) roundTrip(ctx context.Context, c *dohConn, q *dnswire.Msg) (dnswire.Msg, error) {
-	sent, answered := time.Now(), c.answers.Load()
+	sent, answered, upAnswered := time.Now(), c.answers.Load(), d.answered.Load()
 	r := d.request(q)
 	res := c.h2.roundTrip(ctx, &r)
 	c.release()
@@ -43,11 +43,14 @@ func (d *DoH) roundTrip(ctx context.Context, c *dohConn, q *dnswire.Msg) (dnswir
 		if errors.As(res.err, &be) {
 			return dnswire.Msg{}, d.badHTTP(httpBody, be.why)
 		}
-		return dnswire.Msg{}, d.failed(ctx, c, res.err, sent, answered)
+		return dnswire.Msg{}, d.failed(ctx, c, res.err, sent, answered, upAnswered)
 	}
 	ans, err := d.readAnswer(&res, q)
-	if (err == nil || errors.Is(err, ErrBadResponse)) && c.answers.Add(1) == 1 {
-		d.servedNew()
+	if err == nil || errors.Is(err, ErrBadResponse) {
+		if c.answers.Add(1) == 1 {
+			d.servedNew()
+		}
+		d.answered.Add(1)
 	}
 	return ans, err
 }
@@ -126,25 +129,27 @@ func h2ErrCode(c uint32) string {
 
 // failed turns the failure of a query's stream on c into this package's
 // errors:
-//   - the query's deadline: ErrSlowAnswer when c answered other queries
-//     meanwhile (a slow name, as for DoT), else the deadline alone, and c
-//     is retired if it stayed silent for silentAfter;
+//   - the query's deadline: ErrSlowAnswer when c, or another connection to
+//     the upstream, answered other queries meanwhile (a slow name, as for
+//     DoT), else the deadline alone; c is retired if it stayed silent for
+//     silentAfter;
 //   - a stream the server refused unprocessed (REFUSED_STREAM): resent
 //     (ErrConnClosed), as the server invites;
 //   - any other stream reset: ErrHTTP, like a 5xx;
 //   - anything else ends the connection for this query (closed, reset,
 //     GOAWAY before the query was processed, a write that failed): c is
 //     retired and the query resent or failed by the DoT's rule (lostErr).
-func (d *DoH) failed(ctx context.Context, c *dohConn, err error, sent time.Time, answered uint64) error {
+func (d *DoH) failed(ctx context.Context, c *dohConn, err error, sent time.Time, answered, upAnswered uint64) error {
 	if d.ctx.Err() != nil {
 		return fmt.Errorf("%w: %w", ErrClosed, err)
 	}
 	if ctx.Err() != nil {
-		if c.answers.Load() != answered {
-			return fmt.Errorf("no answer from %s: %w: %w", d.name, ErrSlowAnswer, ctx.Err())
-		}
-		if waited := time.Since(sent); waited >= silentAfter {
+		silent := c.answers.Load() == answered
+		if waited := time.Since(sent); silent && waited >= silentAfter {
 			c.retire("no response within " + waited.Round(time.Millisecond).String())
+		}
+		if !silent || d.answered.Load() != upAnswered {
+			return fmt.Errorf("no answer from %s: %w: %w", d.name, ErrSlowAnswer, ctx.Err())
 		}
 		return fmt.Errorf("no answer from %s: %w", d.name, ctx.Err())
 	}

@@ -187,14 +187,16 @@ func (d *DoT) await(ctx context.Context, c *conn, req *request, sent time.Time) 
 	case <-ctx.Done():
 	}
 	if c.cancel(req) {
-		if !c.silentSince(req) {
-			// The connection answered other queries meanwhile: the upstream
-			// is up and this name is slow. Said so, so that one slow name
-			// cannot get a healthy upstream marked down.
-			return dnswire.Msg{}, fmt.Errorf("no answer from %s: %w: %w", d.name, ErrSlowAnswer, ctx.Err())
-		}
-		if time.Since(sent) >= silentAfter {
+		silent := c.silentSince(req)
+		if silent && time.Since(sent) >= silentAfter {
 			c.retire("no response within " + time.Since(sent).Round(time.Millisecond).String())
+		}
+		if !silent || d.answered.Load() != req.upAnswers {
+			// The upstream answered other queries meanwhile, on this
+			// connection or another: it is up and this name is slow. Said
+			// so, so that slow names cannot get a healthy upstream marked
+			// down.
+			return dnswire.Msg{}, fmt.Errorf("no answer from %s: %w: %w", d.name, ErrSlowAnswer, ctx.Err())
 		}
 		return dnswire.Msg{}, fmt.Errorf("no answer from %s: %w", d.name, ctx.Err())
 	}

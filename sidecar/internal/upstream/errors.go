@@ -26,10 +26,10 @@ var (
 	// (errNewConnLost). The query is resent on a fresh connection and the
 	// upstream is not blamed.
 	ErrConnClosed = errors.New("upstream connection closed")
-	// ErrSlowAnswer wraps the context's error when a query timed out on a
-	// connection that answered other queries while this one waited: the
-	// upstream is up, and this name is slow to resolve (long recursion, a
-	// lame delegation). A Group retries it elsewhere but does not hold it
+	// ErrSlowAnswer wraps the context's error when a query timed out while
+	// the upstream answered other queries, on its connection or another:
+	// the upstream is up, and this name is slow to resolve (long recursion,
+	// a lame delegation). A Group retries it elsewhere but does not hold it
 	// against the upstream's health, unless over a window most names time
 	// out (partial.go). Answers get EDE 22, like any timeout.
 	ErrSlowAnswer = errors.New("upstream answering other queries, but not this one in time")

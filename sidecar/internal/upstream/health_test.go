@@ -361,3 +361,47 @@ func TestSlowNameBesideLateAnswers(t *testing.T) {
 		t.Fatalf("slow query beside a late answer: %v, want ErrSlowAnswer and DeadlineExceeded", err)
 	}
 }
+
+// A query that times out on a connection that answered nothing meanwhile
+// is a slow name when another connection to the upstream answered: under a
+// flood of names the upstream never answers, a connection can carry
+// nothing else for a while, and its silence is theirs, not the upstream's.
+func TestSlowNameOnAQuietConnection(t *testing.T) {
+	for _, tr := range transports {
+		t.Run(tr, func(t *testing.T) {
+			var slowSeen atomic.Bool
+			srv := newTestServer(t, tr, dnstest.Options{Handler: func(q *dns.Msg) *dns.Msg {
+				if strings.HasPrefix(q.Question[0].Name, "slow") {
+					slowSeen.Store(true)
+					return nil
+				}
+				return dnstest.DefaultHandler(q)
+			}})
+			d := newTestUpstream(t, srv, nil) // a pool of 2
+			if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, "warm.example.", dns.TypeA)); err != nil {
+				t.Fatal(err)
+			}
+			d.grow()
+			eventually(t, answerTimeout, "a second connection", func() bool { return d.usable() == 2 })
+
+			// The slow query takes one connection (the least loaded), the
+			// answered ones the other.
+			ctx := newExpiringCtx()
+			errc := make(chan error, 1)
+			go func() {
+				_, err := d.Exchange(ctx, packQuery(t, "slow.example.", dns.TypeA))
+				errc <- err
+			}()
+			eventually(t, answerTimeout, "the slow query to reach the upstream", slowSeen.Load)
+			for i := range 3 {
+				if _, err := d.Exchange(ctxTimeout(t, answerTimeout), packQuery(t, fmt.Sprintf("fast%d.example.", i), dns.TypeA)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ctx.expire()
+			if err := <-errc; !errors.Is(err, ErrSlowAnswer) || !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("slow query on a quiet connection beside an answering one: %v, want ErrSlowAnswer and DeadlineExceeded", err)
+			}
+		})
+	}
+}
