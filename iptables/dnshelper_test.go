@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -29,6 +30,7 @@ const (
 	helperAddrEnv  = "DOT_SIDECAR_TEST_HELPER_ADDR"  // serve: listen address; query: server
 	helperProbeEnv = "DOT_SIDECAR_TEST_HELPER_PROBE" // serve: an address to try binding first
 	helperNetEnv   = "DOT_SIDECAR_TEST_HELPER_NET"   // query: udp | tcp
+	helperPortEnv  = "DOT_SIDECAR_TEST_HELPER_PORT"  // query: source port (default: the kernel's choice)
 	// A binary built with -race sleeps a second before exiting, by default.
 	helperNoExitDelay = "GORACE=atexit_sleep_ms=0"
 )
@@ -73,12 +75,12 @@ func helperServe() int {
 		}
 		_ = w.WriteMsg(m)
 	})
-	pc, err := net.ListenPacket("udp4", addr)
+	pc, err := net.ListenPacket("udp", addr)
 	if err != nil {
 		fmt.Printf("error: %v\n", err)
 		return 1
 	}
-	ln, err := net.Listen("tcp4", addr)
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		fmt.Printf("error: %v\n", err)
 		return 1
@@ -107,9 +109,21 @@ func helperServe() int {
 	return 0
 }
 
-// helperQuery sends one TXT query and prints "answer: TEXT" or "error: ...".
+// helperQuery sends one TXT query, from the source port helperPortEnv
+// names if set, and prints "answer: TEXT" or "error: ...".
 func helperQuery() int {
 	c := dns.Client{Net: os.Getenv(helperNetEnv), Timeout: 3 * time.Second}
+	if p := os.Getenv(helperPortEnv); p != "" {
+		port, err := strconv.Atoi(p)
+		if err != nil {
+			fmt.Printf("error: %s=%q: %v\n", helperPortEnv, p, err)
+			return 1
+		}
+		c.Dialer = &net.Dialer{Timeout: c.Timeout, LocalAddr: &net.UDPAddr{Port: port}}
+		if c.Net == "tcp" {
+			c.Dialer.LocalAddr = &net.TCPAddr{Port: port}
+		}
+	}
 	q := new(dns.Msg)
 	q.SetQuestion("node-local.test.", dns.TypeTXT)
 	r, _, err := c.Exchange(q, os.Getenv(helperAddrEnv))
@@ -197,11 +211,22 @@ func startDNSServer(t *testing.T, n netns, bin string, wrap []string, addr, prob
 	return probed
 }
 
-// query runs helperQuery in the namespace; it returns the answer's text, or
-// the error line with ok false.
+// query runs helperQuery in the namespace as root; it returns the answer's
+// text, or the error line with ok false.
 func query(t *testing.T, n netns, bin, network, addr string) (text string, ok bool) {
 	t.Helper()
-	r := n.Run([]string{helperNoExitDelay, helperEnv + "=query", helperAddrEnv + "=" + addr, helperNetEnv + "=" + network}, bin)
+	return queryFrom(t, n, bin, nil, network, addr, 0)
+}
+
+// queryFrom is query through wrap (setpriv ...), from source port port
+// unless it is 0.
+func queryFrom(t *testing.T, n netns, bin string, wrap []string, network, addr string, port int) (text string, ok bool) {
+	t.Helper()
+	env := []string{helperNoExitDelay, helperEnv + "=query", helperAddrEnv + "=" + addr, helperNetEnv + "=" + network}
+	if port != 0 {
+		env = append(env, helperPortEnv+"="+strconv.Itoa(port))
+	}
+	r := n.Run(env, append(append([]string{}, wrap...), bin)...)
 	line := strings.TrimSpace(r.Stdout)
 	if answer, found := strings.CutPrefix(line, "answer: "); found && r.Err == nil {
 		return answer, true
