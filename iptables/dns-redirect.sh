@@ -11,10 +11,12 @@
 #
 #   apply    Run as root with CAP_NET_ADMIN (and CAP_NET_RAW for the legacy
 #            backend) inside the pod's network namespace. Redirects UDP and TCP
-#            destination port 53 to BIND_PORT on loopback, for IPv4 and IPv6.
-#            Idempotent; all-or-nothing across the two families.
-#   cleanup  Removes exactly what apply added (the jump and the chain, both
-#            families, in every backend that holds them with IPTABLES_MODE=auto).
+#            destination port 53 to BIND_PORT on loopback, for IPv4 and IPv6,
+#            and keeps the sidecar's own port-53 flows in a conntrack zone of
+#            their own. Idempotent; all-or-nothing across the two families.
+#   cleanup  Removes exactly what apply added (the jumps and the chains, both
+#            tables, both families, in every backend that holds them with
+#            IPTABLES_MODE=auto).
 #   dry-run  Prints, on stdout, the iptables-restore --noflush input apply would
 #            feed each family in a namespace that holds none of our rules yet.
 #            Needs neither root nor the iptables tools.
@@ -44,18 +46,36 @@
 #     the query before us; a jump already in place is kept, any other jump to our
 #     chain (a stale address, a copy) is deleted.
 #
-# What apply creates, per family (iptables and ip6tables), in the nat table:
-#   - chain DOT_SIDECAR_OUTPUT, declared in the payload (":DOT_SIDECAR_OUTPUT - [0:0]"),
-#     which creates it or, with --noflush, flushes just that chain on a re-run;
-#   - one jump "-I OUTPUT 1 ... -j DOT_SIDECAR_OUTPUT", added only when absent.
+# What apply creates, per family (iptables and ip6tables), in the nat table
+# (the redirect) and in the raw table (the conntrack zone):
+#   - chain DOT_SIDECAR_OUTPUT in each, declared in the payload
+#     (":DOT_SIDECAR_OUTPUT - [0:0]"), which creates it or, with --noflush,
+#     flushes just that chain on a re-run;
+#   - one jump "-I OUTPUT 1 ... -j DOT_SIDECAR_OUTPUT" in each, added only
+#     when absent.
+# The zone: NAT is decided on a flow's first packet, and conntrack knows a
+# flow by its addresses and ports only. The sidecar's own queries leave on
+# port 53 (to the cluster's resolver), so one of them and an application's
+# query from the same source port to the same address, one soon after the
+# other, would share a conntrack entry, and the second would take the first
+# one's NAT decision: an application's query sent on to the resolver in
+# plaintext, or the sidecar's own query redirected back to itself. The raw
+# rules put the original direction of the sidecar's flows to every address
+# the redirect captures into conntrack zone CT_ZONE (--zone-orig), where no
+# application's flow is; their replies are looked up in the default zone,
+# where they arrive, so no rule is needed for them.
 # Every rule carries -m comment --comment "dot-sidecar/<reason>". Nothing else
 # is touched: a mesh's chains and rules in the same namespace survive apply and
 # cleanup. Stable names other tools and tests may rely on:
-#   chain    DOT_SIDECAR_OUTPUT (nat, both families)
-#   comments dot-sidecar/capture-dns (the OUTPUT jump), dot-sidecar/skip-sidecar-uid,
+#   chain    DOT_SIDECAR_OUTPUT (nat and raw, both families)
+#   comments nat: dot-sidecar/capture-dns (the OUTPUT jump), dot-sidecar/skip-sidecar-uid,
 #            dot-sidecar/skip-sidecar-gid, dot-sidecar/redirect-udp-dns,
 #            dot-sidecar/redirect-tcp-dns (REDIRECT_MODE=all),
-#            dot-sidecar/redirect-udp-resolvconf, dot-sidecar/redirect-tcp-resolvconf
+#            dot-sidecar/redirect-udp-resolvconf, dot-sidecar/redirect-tcp-resolvconf;
+#            raw: dot-sidecar/zone-dns (the OUTPUT jump), dot-sidecar/zone-not-sidecar,
+#            dot-sidecar/zone-udp-dns, dot-sidecar/zone-tcp-dns (REDIRECT_MODE=all),
+#            dot-sidecar/zone-udp-resolvconf, dot-sidecar/zone-tcp-resolvconf
+#   zone     conntrack zone 53 (CT --zone-orig 53)
 #   node     chain DOT_SIDECAR_NODE (nat, IPv4); comments dot-sidecar/node-dns-from-pods
 #            (PREROUTING jump), dot-sidecar/node-dns-from-node (OUTPUT jump),
 #            dot-sidecar/node-dnat-udp, dot-sidecar/node-dnat-tcp; address label
@@ -90,8 +110,9 @@
 #   DOT_SIDECAR_IF_INET6  file that tells whether IPv6 exists
 #                  (default /proc/net/if_inet6; tests point it elsewhere).
 #   DOT_SIDECAR_TEST_FAIL  test hook only: ipv4-apply or ipv6-apply makes that
-#                  family's real iptables-restore commit fail (after both
-#                  families passed --test), to exercise the rollback; node-apply
+#                  family's real iptables-restore commit fail in its last table
+#                  (after both families passed --test), to exercise the
+#                  rollback; node-apply
 #                  does the same to node-apply's commit.
 #
 # Exit codes:
@@ -110,7 +131,8 @@ set -eu
 PATH="$PATH:/usr/sbin:/sbin"
 
 CHAIN=DOT_SIDECAR_OUTPUT
-JUMP_COMMENT=dot-sidecar/capture-dns
+TABLES="nat raw" # the tables holding CHAIN; the node-* commands use nat only
+CT_ZONE=53       # the conntrack zone of the sidecar's own port-53 flows
 NODE_CHAIN=DOT_SIDECAR_NODE
 NODE_LABEL=lo:dot-sidecar # an address label must start with its device's name
 WHERE="the pod's network namespace" # for messages; the node-* commands change it
@@ -132,7 +154,8 @@ die() {
 usage() {
 	cat <<'EOF'
 usage: dns-redirect.sh {apply|cleanup|dry-run|node-apply|node-cleanup|node-dry-run|help}
-  apply         redirect outgoing DNS (UDP/TCP port 53) to the sidecar
+  apply         redirect outgoing DNS (UDP/TCP port 53) to the sidecar, and
+                keep the sidecar's own port-53 flows in a conntrack zone
   cleanup       remove exactly what apply added
   dry-run       print the iptables-restore input apply would use (no root needed)
   node-apply    node-level mode: NODE_LOCAL_ADDRESS on lo, and DNAT of its port 53
@@ -256,38 +279,66 @@ rule() {
 	printf -- '-A %s %s -m comment --comment "dot-sidecar/%s" %s\n' "$1" "$3" "$2" "$4"
 }
 
-# chain_body family: the rules of our chain (without declaration or COMMIT).
-chain_body() {
-	fam=$1
-	rule "$CHAIN" skip-sidecar-uid "-m owner --uid-owner $SIDECAR_UID" "-j RETURN"
-	if [ -n "$SIDECAR_GID" ]; then
-		rule "$CHAIN" skip-sidecar-gid "-m owner --gid-owner $SIDECAR_GID" "-j RETURN"
-	fi
+# captured family fn: calls "fn protocol kind match" for each destination the
+# redirect captures (kind dns: port 53 anywhere; resolvconf: port 53 of each
+# nameserver), so that the nat redirects and the raw zone rules never differ.
+captured() {
 	if [ "$REDIRECT_MODE" = all ]; then
 		for p in udp tcp; do
-			rule "$CHAIN" "redirect-$p-dns" "-p $p -m $p --dport 53" "-j REDIRECT --to-ports $BIND_PORT"
+			"$2" "$p" dns "-p $p -m $p --dport 53"
 		done
 		return 0
 	fi
-	if [ "$fam" = 4 ]; then list=$NS4 mask=32; else list=$NS6 mask=128; fi
+	if [ "$1" = 4 ]; then list=$NS4 mask=32; else list=$NS6 mask=128; fi
 	for ns in $list; do
 		for p in udp tcp; do
-			rule "$CHAIN" "redirect-$p-resolvconf" "-d $ns/$mask -p $p -m $p --dport 53" "-j REDIRECT --to-ports $BIND_PORT"
+			"$2" "$p" resolvconf "-d $ns/$mask -p $p -m $p --dport 53"
 		done
 	done
 }
 
-# payload family jump-lines: the full restore input. jump-lines is what to do
-# with OUTPUT: either our "-I" line (jump missing) or "-D" lines for duplicates.
+redirect_rule() {
+	rule "$CHAIN" "redirect-$1-$2" "$3" "-j REDIRECT --to-ports $BIND_PORT"
+}
+
+# zone_rule: --zone-orig, not --zone: the replies come back in the default
+# zone, and an ICMP error about the flow finds it there too.
+zone_rule() {
+	rule "$CHAIN" "zone-$1-$2" "$3" "-j CT --zone-orig $CT_ZONE"
+}
+
+# chain_body family table: the rules of our chain in table (without
+# declaration or COMMIT). nat: the sidecar's UID (and GID) exempt, the rest
+# of the captured traffic redirected. raw: the captured traffic of the
+# sidecar's UID (or GID), and only its, put in our zone.
+chain_body() {
+	if [ "$2" = raw ]; then
+		rule "$CHAIN" zone-not-sidecar "-m owner ! --uid-owner $SIDECAR_UID${SIDECAR_GID:+ ! --gid-owner $SIDECAR_GID}" "-j RETURN"
+		captured "$1" zone_rule
+		return 0
+	fi
+	rule "$CHAIN" skip-sidecar-uid "-m owner --uid-owner $SIDECAR_UID" "-j RETURN"
+	if [ -n "$SIDECAR_GID" ]; then
+		rule "$CHAIN" skip-sidecar-gid "-m owner --gid-owner $SIDECAR_GID" "-j RETURN"
+	fi
+	captured "$1" redirect_rule
+}
+
+# payload family table jump-lines: one table's restore input. jump-lines is
+# what to do with OUTPUT: either our "-I" line (jump missing) or "-D" lines
+# for duplicates.
 payload() {
-	printf '*nat\n:%s - [0:0]\n' "$CHAIN"
-	chain_body "$1"
-	[ -z "$2" ] || printf '%s\n' "$2"
+	printf '*%s\n:%s - [0:0]\n' "$2" "$CHAIN"
+	chain_body "$1" "$2"
+	[ -z "$3" ] || printf '%s\n' "$3"
 	printf 'COMMIT\n'
 }
 
+# jump_insert table: the OUTPUT jump to our chain in table.
 jump_insert() {
-	printf -- '-I OUTPUT 1 -m comment --comment "%s" -j %s' "$JUMP_COMMENT" "$CHAIN"
+	c=dot-sidecar/capture-dns
+	[ "$1" != raw ] || c=dot-sidecar/zone-dns
+	printf -- '-I OUTPUT 1 -m comment --comment "%s" -j %s' "$c" "$CHAIN"
 }
 
 # --- backends ---------------------------------------------------------------
@@ -370,17 +421,29 @@ require_base_tools() {
 	done
 }
 
-# nat_state family backend: the nat section of -save (empty if no nat table).
-# Reading all tables instead of "-t nat" avoids creating a legacy nat table.
-nat_state() {
+# save_state family backend: the output of -save, every table. Reading all
+# tables instead of "-t nat" avoids creating a legacy table.
+save_state() {
 	out=$("$(tool "$1" "$2" save)" 2>&1) || {
 		log "$(tool "$1" "$2" save) failed: $out"
 		return 1
 	}
-	printf '%s\n' "$out" | sed -n '/^\*nat$/,/^COMMIT$/p'
+	printf '%s\n' "$out"
 }
 
-# jumps: every rule, in any chain, that jumps to ours (from nat_state on stdin).
+# section save-state table: that table's part of save_state (empty if the
+# table does not exist).
+section() {
+	printf '%s\n' "$1" | sed -n "/^\\*$2\$/,/^COMMIT\$/p"
+}
+
+# nat_state family backend: the nat section of -save.
+nat_state() {
+	st=$(save_state "$1" "$2") || return 1
+	section "$st" nat
+}
+
+# jumps: every rule, in any chain, that jumps to ours (from a section on stdin).
 jumps() {
 	grep -E -- "^-A [^ ]+ (.* )?-j $CHAIN( |\$)" || true
 }
@@ -396,26 +459,34 @@ restore() {
 	"$r" --noflush -w "$RESTORE_WAIT" "$@" 2>&1
 }
 
-# remove family backend: cleanup of one family; prints what it removed.
+# remove family backend: cleanup of one family, every table of TABLES in
+# one restore; logs what it removed.
 remove() {
-	st=$(nat_state "$1" "$2") || return 1
-	j=$(printf '%s\n' "$st" | jumps | sed 's/^-A /-D /')
-	has_chain=no
-	printf '%s\n' "$st" | grep -q "^:$CHAIN " && has_chain=yes
-	if [ -z "$j" ] && [ "$has_chain" = no ]; then
-		return 0
-	fi
-	p=$(
-		printf '*nat\n'
-		[ -z "$j" ] || printf '%s\n' "$j"
-		[ "$has_chain" = no ] || printf -- '-F %s\n-X %s\n' "$CHAIN" "$CHAIN"
-		printf 'COMMIT\n'
-	)
+	all=$(save_state "$1" "$2") || return 1
+	p='' removed=''
+	for tb in $TABLES; do
+		st=$(section "$all" "$tb")
+		j=$(printf '%s\n' "$st" | jumps | sed 's/^-A /-D /')
+		has_chain=no
+		printf '%s\n' "$st" | grep -q "^:$CHAIN " && has_chain=yes
+		if [ -z "$j" ] && [ "$has_chain" = no ]; then
+			continue
+		fi
+		p=$(
+			[ -z "$p" ] || printf '%s\n' "$p"
+			printf '*%s\n' "$tb"
+			[ -z "$j" ] || printf '%s\n' "$j"
+			[ "$has_chain" = no ] || printf -- '-F %s\n-X %s\n' "$CHAIN" "$CHAIN"
+			printf 'COMMIT\n'
+		)
+		removed="$removed${removed:+, }$tb: chain $CHAIN and $(printf '%s\n' "$j" | grep -c '^-D' || true) jump(s)"
+	done
+	[ -n "$p" ] || return 0
 	if ! out=$(printf '%s\n' "$p" | restore "$1" "$2"); then
 		log "IPv$1 ($2): removing our rules failed: $out"
 		return 1
 	fi
-	log "IPv$1 ($2): removed chain $CHAIN and $(printf '%s\n' "$j" | grep -c '^-D' || true) jump(s)"
+	log "IPv$1 ($2): removed $removed"
 }
 
 # --- commands ---------------------------------------------------------------
@@ -424,34 +495,38 @@ cmd_dry_run() {
 	[ "$REDIRECT_MODE" = all ] || read_nameservers
 	decide_ipv6
 	echo "# dot-sidecar dns-redirect dry-run: iptables-restore --noflush input of 'apply'"
-	echo "# in a network namespace that holds none of our rules yet. A re-run declares"
-	echo "# (and so flushes) only $CHAIN and adds the OUTPUT jump only when missing."
+	echo "# in a network namespace that holds none of our rules yet. In each table, a"
+	echo "# re-run declares (and so flushes) only $CHAIN and adds the OUTPUT jump"
+	echo "# only when missing. nat: the redirect; raw: the sidecar's own flows to what"
+	echo "# the redirect captures go to conntrack zone $CT_ZONE."
 	echo "# REDIRECT_MODE=$REDIRECT_MODE BIND_PORT=$BIND_PORT SIDECAR_UID=$SIDECAR_UID SIDECAR_GID=${SIDECAR_GID:-(unset)} IPTABLES_MODE=$IPTABLES_MODE IPV6_MODE=$IPV6_MODE"
 	if [ "$REDIRECT_MODE" = resolvconf ]; then
 		echo "# nameservers in $RESOLV_CONF: IPv4 ${NS4:-(none)}; IPv6 ${NS6:-(none)}"
 	fi
 	echo "# ==== IPv4: iptables-restore --noflush ===="
-	payload 4 "$(jump_insert)"
+	for tb in $TABLES; do payload 4 "$tb" "$(jump_insert "$tb")"; done
 	if [ "$DO_V6" = yes ]; then
 		echo "# ==== IPv6: ip6tables-restore --noflush ===="
-		payload 6 "$(jump_insert)"
+		for tb in $TABLES; do payload 6 "$tb" "$(jump_insert "$tb")"; done
 	else
 		echo "# ==== IPv6: skipped: $V6_REASON ===="
 	fi
 }
 
-# family_payload family backend: reads state, prints the restore input with the
-# jump inserted when missing and duplicate jumps deleted.
+# family_payload family backend: reads state, prints the restore input of
+# every table with each jump inserted when missing and duplicate jumps deleted.
 family_payload() {
-	st=$(nat_state "$1" "$2") || return 1
-	j=$(printf '%s\n' "$st" | jumps)
-	if [ -z "$j" ]; then
-		extra=$(jump_insert)
-	else
-		# Keep the first jump where it is (someone may have ordered it); drop copies.
-		extra=$(printf '%s\n' "$j" | sed '1d; s/^-A /-D /')
-	fi
-	payload "$1" "$extra"
+	all=$(save_state "$1" "$2") || return 1
+	for tb in $TABLES; do
+		j=$(section "$all" "$tb" | jumps)
+		if [ -z "$j" ]; then
+			extra=$(jump_insert "$tb")
+		else
+			# Keep the first jump where it is (someone may have ordered it); drop copies.
+			extra=$(printf '%s\n' "$j" | sed '1d; s/^-A /-D /')
+		fi
+		payload "$1" "$tb" "$extra"
+	done
 }
 
 cmd_apply() {
@@ -482,17 +557,20 @@ cmd_apply() {
 	for f in $fams; do
 		p=$(family_payload "$f" "$BACKEND") || rollback "$f" "cannot read current rules"
 		if [ "$TEST_FAIL" = "ipv$f-apply" ]; then
-			p=$(printf '%s\n' "$p" | sed "s/^COMMIT\$/-A DOT_SIDECAR_NO_CHAIN -j RETURN\nCOMMIT/")
+			# In the last table (raw): the legacy backend has committed nat by then.
+			p=$(printf '%s\n' "$p" | sed "\$ s/^COMMIT\$/-A DOT_SIDECAR_NO_CHAIN -j RETURN\nCOMMIT/")
 		fi
 		if ! out=$(printf '%s\n' "$p" | restore "$f" "$BACKEND"); then
 			rollback "$f" "$out"
 		fi
 	done
 	for f in $fams; do
-		st=$(nat_state "$f" "$BACKEND") || die $EX_FAIL "IPv$f: cannot read back rules"
-		printf '%s\n' "$st" | ours | while IFS= read -r l; do log "IPv$f ($BACKEND): $l"; done
+		all=$(save_state "$f" "$BACKEND") || die $EX_FAIL "IPv$f: cannot read back rules"
+		for tb in $TABLES; do
+			section "$all" "$tb" | ours | while IFS= read -r l; do log "IPv$f ($BACKEND) $tb: $l"; done
+		done
 	done
-	log "applied: DNS (UDP+TCP port 53) now goes to port $BIND_PORT on loopback, except uid $SIDECAR_UID${SIDECAR_GID:+ and gid $SIDECAR_GID}"
+	log "applied: DNS (UDP+TCP port 53) now goes to port $BIND_PORT on loopback, except uid $SIDECAR_UID${SIDECAR_GID:+ and gid $SIDECAR_GID}, whose port-53 flows conntrack keeps in zone $CT_ZONE"
 }
 
 # rollback family message: all-or-nothing; remove ours from every family.
@@ -502,7 +580,7 @@ rollback() {
 	for rf in $fams; do
 		remove "$rf" "$BACKEND" || ok=no
 	done
-	[ "$ok" = yes ] || die $EX_FAIL "rollback incomplete: inspect with iptables-save -t nat and run cleanup"
+	[ "$ok" = yes ] || die $EX_FAIL "rollback incomplete: inspect with iptables-save -t nat and -t raw, and run cleanup"
 	die $EX_FAIL "rolled back: no dot-sidecar rules remain in any family"
 }
 
@@ -745,6 +823,7 @@ case $cmd in
 apply | cleanup | dry-run) ;;
 node-apply | node-cleanup | node-dry-run)
 	CHAIN=$NODE_CHAIN # jumps, ours and remove work on the node chain
+	TABLES=nat
 	WHERE="the node's network namespace"
 	;;
 help | -h | --help)

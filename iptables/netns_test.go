@@ -67,21 +67,30 @@ func (n netns) nat(t *testing.T, family, backend string) string {
 	return n.NATTable(t, family+"-"+backend+"-save")
 }
 
-// state is the nat table of both families in one backend.
+// tables returns the nat table, then the raw table, of one family and
+// backend: the two the script changes.
+func (n netns) tables(t *testing.T, family, backend string) string {
+	t.Helper()
+	return n.nat(t, family, backend) + "\n" + n.Table(t, family+"-"+backend+"-save", "raw")
+}
+
+// state is the nat and raw tables of both families in one backend.
 func (n netns) state(t *testing.T, backend string) [2]string {
 	t.Helper()
-	return [2]string{n.nat(t, "iptables", backend), n.nat(t, "ip6tables", backend)}
+	return [2]string{n.tables(t, "iptables", backend), n.tables(t, "ip6tables", backend)}
 }
 
 // addForeign leaves rules as a mesh's init step would: a chain of its own with
-// a jump from OUTPUT, and a plain OUTPUT rule.
+// a jump from OUTPUT, and a plain OUTPUT rule, in nat; in raw, a conntrack
+// zone for its proxy's DNS, as Istio's DNS capture has.
 func (n netns) addForeign(t *testing.T, backend string) {
 	t.Helper()
 	for _, f := range fams() {
 		p := "*nat\n:MESH_OUTPUT - [0:0]\n" +
 			"-A MESH_OUTPUT -p tcp -m tcp --dport 8080 -m comment --comment \"foreign/mesh\" -j REDIRECT --to-ports 15001\n" +
 			"-A OUTPUT -p tcp -m comment --comment \"foreign/mesh-jump\" -j MESH_OUTPUT\n" +
-			"-A OUTPUT -p udp -m udp --dport 53 -m owner --uid-owner 1337 -m comment --comment \"foreign/dns\" -j RETURN\nCOMMIT\n"
+			"-A OUTPUT -p udp -m udp --dport 53 -m owner --uid-owner 1337 -m comment --comment \"foreign/dns\" -j RETURN\nCOMMIT\n" +
+			"*raw\n-A OUTPUT -p udp -m udp --dport 53 -m owner --uid-owner 1337 -m comment --comment \"foreign/dns-zone\" -j CT --zone 1\nCOMMIT\n"
 		if r := n.RunInput(nil, p, f+"-"+backend+"-restore", "--noflush"); r.Err != nil {
 			t.Fatalf("%v", r)
 		}
@@ -104,8 +113,9 @@ func split(save string) (ours, foreign []string) {
 }
 
 // expected derives, from the script's own dry-run, what iptables-save must
-// show for each family after apply: the chain declaration, the jump (as save
-// prints an inserted rule) and the chain's rules in order.
+// show for each family after apply, in the nat and then the raw table: the
+// chain declaration, the jump (as save prints an inserted rule) and the
+// chain's rules in order.
 func expected(t *testing.T) [2][]string {
 	t.Helper()
 	res := run(t, nil, []string{"DOT_SIDECAR_IF_INET6=/proc/net/if_inet6"}, script, "dry-run")
@@ -115,16 +125,18 @@ func expected(t *testing.T) [2][]string {
 	v4, v6 := splitFamilies(t, res.stdout)
 	var out [2][]string
 	for i, p := range []string{v4, v6} {
-		var jump, rules []string
-		for _, l := range strings.Split(strings.TrimSpace(p), "\n") {
-			switch {
-			case strings.HasPrefix(l, "-I OUTPUT 1 "):
-				jump = append(jump, "-A OUTPUT "+strings.TrimPrefix(l, "-I OUTPUT 1 "))
-			case strings.HasPrefix(l, "-A "):
-				rules = append(rules, l)
+		for _, tb := range splitTables(t, p) {
+			var jump, rules []string
+			for _, l := range tb.rules {
+				switch {
+				case strings.HasPrefix(l, "-I OUTPUT 1 "):
+					jump = append(jump, "-A OUTPUT "+strings.TrimPrefix(l, "-I OUTPUT 1 "))
+				case strings.HasPrefix(l, "-A "):
+					rules = append(rules, l)
+				}
 			}
+			out[i] = append(append(append(out[i], ":DOT_SIDECAR_OUTPUT -"), jump...), rules...)
 		}
-		out[i] = append(append([]string{":DOT_SIDECAR_OUTPUT -"}, jump...), rules...)
 	}
 	return out
 }
@@ -157,9 +169,11 @@ func TestApplyInNamespace(t *testing.T) {
 				if got := strings.Join(foreign, "\n"); got != before[i] {
 					t.Errorf("%s: apply changed rules that are not ours:\n%s\nwas\n%s", f, got, before[i])
 				}
-				// Our jump comes first, ahead of a mesh's rules in OUTPUT.
-				if first := firstRule(after[i], "OUTPUT"); !isOurs(first) {
-					t.Errorf("%s: first OUTPUT rule is %q, want our jump", f, first)
+				// Our jumps come first, ahead of a mesh's rules in OUTPUT.
+				for _, tb := range []string{n.nat(t, f, backend), n.Table(t, f+"-"+backend+"-save", "raw")} {
+					if first := firstRule(tb, "OUTPUT"); !isOurs(first) {
+						t.Errorf("%s: first OUTPUT rule is %q, want our jump:\n%s", f, first, tb)
+					}
 				}
 			}
 
@@ -170,7 +184,7 @@ func TestApplyInNamespace(t *testing.T) {
 				t.Errorf("apply twice differs from once:\n%s\nonce:\n%s", again, after)
 			}
 			for _, f := range fams() {
-				if s := n.nat(t, f, other); strings.Contains(s, "DOT_SIDECAR") {
+				if s := n.tables(t, f, other); strings.Contains(s, "DOT_SIDECAR") {
 					t.Errorf("%s: rules landed in the %s backend too:\n%s", f, other, s)
 				}
 			}
@@ -244,7 +258,7 @@ func TestApplyInNamespace(t *testing.T) {
 				if ours, _ := split(n.state(t, backend)[i]); !slices.Equal(ours, want[i]) {
 					t.Errorf("%s: auto did not apply into %s: %q", f, backend, ours)
 				}
-				if s := n.nat(t, f, other); strings.Contains(s, "DOT_SIDECAR") {
+				if s := n.tables(t, f, other); strings.Contains(s, "DOT_SIDECAR") {
 					t.Errorf("%s: auto wrote into %s as well", f, other)
 				}
 			}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -115,41 +116,134 @@ func compareGolden(t *testing.T, path, got string) {
 }
 
 // TestDryRunProperties checks what the goldens encode, stated as rules, so a
-// careless REFRESH_GOLDEN cannot bless a broken payload.
+// careless REFRESH_GOLDEN cannot bless a broken payload: per family, a nat
+// table that exempts the sidecar and redirects, then a raw table that puts
+// the sidecar's flows, and only its, to exactly the destinations the
+// redirects capture into our conntrack zone.
 func TestDryRunProperties(t *testing.T) {
-	res := run(t, nil, []string{"SIDECAR_GID=10053"}, script, "dry-run")
-	if res.code != 0 {
-		t.Fatalf("exit %d: %s", res.code, res.stderr)
-	}
-	v4, v6 := splitFamilies(t, res.stdout)
-	for fam, p := range map[string]string{"IPv4": v4, "IPv6": v6} {
-		lines := strings.Split(strings.TrimSpace(p), "\n")
-		if lines[0] != "*nat" || lines[1] != ":DOT_SIDECAR_OUTPUT - [0:0]" || lines[len(lines)-1] != "COMMIT" {
-			t.Errorf("%s: want *nat, our chain declaration first and COMMIT last:\n%s", fam, p)
-		}
-		var redirects, returns int
-		for _, l := range lines[2 : len(lines)-1] {
-			if !strings.Contains(l, `-m comment --comment "dot-sidecar/`) {
-				t.Errorf("%s: rule without a dot-sidecar comment: %s", fam, l)
+	for _, tc := range []struct {
+		name      string
+		env       []string
+		exemption string // of the raw chain's first rule
+		captures  int    // redirects (and zone rules) per family
+	}{
+		{"all with gid", []string{"SIDECAR_GID=10053"}, "-m owner ! --uid-owner 10053 ! --gid-owner 10053 ", 2},
+		{"resolvconf", []string{"REDIRECT_MODE=resolvconf", "RESOLV_CONF=testdata/resolv.conf"}, "-m owner ! --uid-owner 10053 ", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := run(t, nil, tc.env, script, "dry-run")
+			if res.code != 0 {
+				t.Fatalf("exit %d: %s", res.code, res.stderr)
 			}
-			switch {
-			case strings.HasPrefix(l, "-I OUTPUT 1 ") && strings.HasSuffix(l, "-j DOT_SIDECAR_OUTPUT"):
-			case strings.HasPrefix(l, "-A DOT_SIDECAR_OUTPUT ") && strings.HasSuffix(l, "-j RETURN"):
-				if redirects > 0 {
-					t.Errorf("%s: exemption after a redirect is useless: %s", fam, l)
+			v4, v6 := splitFamilies(t, res.stdout)
+			for fam, p := range map[string]string{"IPv4": v4, "IPv6": v6} {
+				tables := splitTables(t, p)
+				if len(tables) != 2 || tables[0].name != "nat" || tables[1].name != "raw" {
+					t.Fatalf("%s: want the nat table, then the raw table:\n%s", fam, p)
 				}
-				returns++
-			case strings.HasPrefix(l, "-A DOT_SIDECAR_OUTPUT ") && strings.Contains(l, "--dport 53 ") &&
-				strings.HasSuffix(l, "-j REDIRECT --to-ports 5053"):
-				redirects++
-			default:
-				t.Errorf("%s: rule touches something not ours or is unexpected: %s", fam, l)
+				redirects := natProperties(t, fam, tables[0].rules, tc.name == "all with gid")
+				zoned := rawProperties(t, fam, tables[1].rules, tc.exemption)
+				if !slices.Equal(zoned, redirects) {
+					t.Errorf("%s: the zone rules match\n%q\nthe redirects\n%q", fam, zoned, redirects)
+				}
+				if tc.captures > 0 && len(redirects) != tc.captures {
+					t.Errorf("%s: %d redirects, want %d", fam, len(redirects), tc.captures)
+				}
+				if len(redirects) == 0 {
+					t.Errorf("%s: no redirect", fam)
+				}
 			}
+		})
+	}
+}
+
+type table struct {
+	name  string
+	rules []string // between the chain's declaration and COMMIT
+}
+
+// splitTables cuts one family's restore input into its tables, checking
+// that each declares our chain first and ends with COMMIT.
+func splitTables(t *testing.T, p string) []table {
+	t.Helper()
+	var tables []table
+	lines := strings.Split(strings.TrimSpace(p), "\n")
+	for i := 0; i < len(lines); {
+		name, ok := strings.CutPrefix(lines[i], "*")
+		if !ok || i+1 >= len(lines) || lines[i+1] != ":DOT_SIDECAR_OUTPUT - [0:0]" {
+			t.Fatalf("want *TABLE and our chain's declaration at line %d:\n%s", i+1, p)
 		}
-		if returns != 2 || redirects != 2 {
-			t.Errorf("%s: want uid+gid exemptions and udp+tcp redirects, got %d and %d", fam, returns, redirects)
+		end := slices.Index(lines[i:], "COMMIT")
+		if end < 0 {
+			t.Fatalf("table %s without COMMIT:\n%s", name, p)
+		}
+		tables = append(tables, table{name, lines[i+2 : i+end]})
+		i += end + 1
+	}
+	return tables
+}
+
+// natProperties: every rule commented, the jump first in OUTPUT, the
+// exemptions (uid, and gid when set) before the redirects to 5053. It
+// returns the redirects' matches.
+func natProperties(t *testing.T, fam string, rules []string, gid bool) (matches []string) {
+	t.Helper()
+	var returns int
+	for _, l := range rules {
+		if !strings.Contains(l, `-m comment --comment "dot-sidecar/`) {
+			t.Errorf("%s nat: rule without a dot-sidecar comment: %s", fam, l)
+		}
+		switch {
+		case strings.HasPrefix(l, "-I OUTPUT 1 ") && strings.HasSuffix(l, "-j DOT_SIDECAR_OUTPUT"):
+		case strings.HasPrefix(l, "-A DOT_SIDECAR_OUTPUT ") && strings.HasSuffix(l, "-j RETURN"):
+			if len(matches) > 0 {
+				t.Errorf("%s nat: exemption after a redirect is useless: %s", fam, l)
+			}
+			returns++
+		case strings.HasPrefix(l, "-A DOT_SIDECAR_OUTPUT ") && strings.Contains(l, "--dport 53 ") &&
+			strings.HasSuffix(l, "-j REDIRECT --to-ports 5053"):
+			matches = append(matches, ruleMatch(l))
+		default:
+			t.Errorf("%s nat: rule touches something not ours or is unexpected: %s", fam, l)
 		}
 	}
+	if want := map[bool]int{false: 1, true: 2}[gid]; returns != want {
+		t.Errorf("%s nat: %d exemptions, want %d", fam, returns, want)
+	}
+	return matches
+}
+
+// rawProperties: every rule commented, the jump first in OUTPUT, one
+// exemption first that returns every packet that is not the sidecar's,
+// then only rules that put a flow's original direction into zone 53. It
+// returns their matches.
+func rawProperties(t *testing.T, fam string, rules []string, exemption string) (matches []string) {
+	t.Helper()
+	for i, l := range rules {
+		if !strings.Contains(l, `-m comment --comment "dot-sidecar/`) {
+			t.Errorf("%s raw: rule without a dot-sidecar comment: %s", fam, l)
+		}
+		switch {
+		case strings.HasPrefix(l, "-I OUTPUT 1 ") && strings.HasSuffix(l, "-j DOT_SIDECAR_OUTPUT"):
+		case i == 0:
+			if !strings.HasPrefix(l, "-A DOT_SIDECAR_OUTPUT "+exemption) || !strings.HasSuffix(l, "-j RETURN") {
+				t.Errorf("%s raw: first rule %q, want the return of all but the sidecar's packets (%s)", fam, l, exemption)
+			}
+		case strings.HasPrefix(l, "-A DOT_SIDECAR_OUTPUT ") && strings.HasSuffix(l, "-j CT --zone-orig 53"):
+			matches = append(matches, ruleMatch(l))
+		default:
+			t.Errorf("%s raw: rule touches something not ours or is unexpected: %s", fam, l)
+		}
+	}
+	return matches
+}
+
+// ruleMatch is what a rule of our chain matches: its text between the
+// chain's name and the comment.
+func ruleMatch(l string) string {
+	l = strings.TrimPrefix(l, "-A DOT_SIDECAR_OUTPUT ")
+	m, _, _ := strings.Cut(l, " -m comment ")
+	return m
 }
 
 // splitFamilies cuts dry-run output at its family markers.

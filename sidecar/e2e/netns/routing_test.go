@@ -54,6 +54,7 @@ var publicNames = map[string][2]string{ // name: A, AAAA
 // iptables init step applied, the sidecar with no routing settings, kube-dns
 // (CoreDNS) at its Service IP and a public DoT upstream (Unbound) on the node.
 type routing struct {
+	backend   string // IPTABLES_MODE of the init step; nft when empty
 	bin, dir  string
 	pod, node *netnstest.Netns
 	up        *unboundtest.Server
@@ -111,7 +112,11 @@ func newRouting(t testing.TB) *routing {
 func (s *routing) serve(t testing.TB, extra ...string) {
 	t.Helper()
 	s.startServers(t, extra...)
-	r := run(s.pod, rootUID, []string{"IPTABLES_MODE=nft", "BIND_PORT=" + bindPort, "SIDECAR_UID=" + strconv.Itoa(sidecarUID)},
+	backend := s.backend
+	if backend == "" {
+		backend = "nft"
+	}
+	r := run(s.pod, rootUID, []string{"IPTABLES_MODE=" + backend, "BIND_PORT=" + bindPort, "SIDECAR_UID=" + strconv.Itoa(sidecarUID)},
 		"sh", filepath.Join(testkit.RepoRoot(t), "entrypoint.sh"), "init")
 	if r.Err != nil {
 		t.Fatalf("entrypoint.sh init: %v", r)
