@@ -5,9 +5,11 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
 	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit/netnstest"
 )
 
@@ -106,6 +108,36 @@ func (lab *zoneLab) ask(t *testing.T, wrap []string, fam int, network string, po
 	return who
 }
 
+// twoEntries checks, with conntrack(8), the entries of the UDP flows from
+// source port port in the pod, which the sidecar and the application both
+// used: the sidecar's, its original direction in zone 53, answered by
+// kube-dns (so its reply, arriving in the default zone, found it), and the
+// application's, in the default zone, answered by the sidecar's port.
+func (lab *zoneLab) twoEntries(t *testing.T, fam, port int) {
+	t.Helper()
+	kubeDNS, loopback := zoneKubeDNS4, "127.0.0.1"
+	if fam == 6 {
+		kubeDNS, loopback = zoneKubeDNS6, "::1"
+	}
+	out := lab.pod.Must(t, "conntrack", "-L", "-f", map[int]string{4: "ipv4", 6: "ipv6"}[fam], "-p", "udp",
+		"--orig-port-src", strconv.Itoa(port))
+	var sidecar, app int
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		answered := !strings.Contains(l, "[UNREPLIED]")
+		switch {
+		case strings.Contains(l, " zone-orig=53 ") && strings.Contains(l, " src="+kubeDNS+" ") && answered:
+			sidecar++
+		case !strings.Contains(l, "zone") && strings.Contains(l, " src="+loopback+" ") && strings.Contains(l, " sport=5053 ") && answered:
+			app++
+		default:
+			t.Errorf("an entry of port %d that is neither the sidecar's nor the application's: %s", port, l)
+		}
+	}
+	if sidecar != 1 || app != 1 {
+		t.Errorf("conntrack entries of port %d: want one answered by kube-dns in zone 53, one redirected to the sidecar in the default zone:\n%s", port, out)
+	}
+}
+
 // TestConntrackZones: whichever of the sidecar and an application used a
 // source port first, the other's query from the same port to the same
 // resolver goes where its own rules send it: the application's to the
@@ -115,6 +147,7 @@ func (lab *zoneLab) ask(t *testing.T, wrap []string, fam int, network string, po
 func TestConntrackZones(t *testing.T) {
 	t.Parallel()
 	requireNetnsTools(t)
+	testkit.RequireTools(t, "conntrack")
 	for _, backend := range []string{"nft", "legacy"} {
 		for _, mode := range []string{"all", "resolvconf"} {
 			t.Run(backend+"/"+mode, func(t *testing.T) {
@@ -145,6 +178,7 @@ func TestConntrackZones(t *testing.T) {
 							if who := lab.ask(t, app, fam, "udp", port); who != "sidecar" {
 								t.Errorf("leak: the application's query from the port of the sidecar's flow reached %s, not the sidecar", who)
 							}
+							lab.twoEntries(t, fam, port)
 							// The sidecar's query leaves from the port of the
 							// application's query a moment before.
 							port++
@@ -154,6 +188,7 @@ func TestConntrackZones(t *testing.T) {
 							if who := lab.ask(t, sc.wrap, fam, "udp", port); who != "kube-dns" {
 								t.Errorf("loop: the sidecar's query from the port of the application's flow reached the %s, not kube-dns", who)
 							}
+							lab.twoEntries(t, fam, port)
 							// TCP takes the same paths with the zones in place.
 							if who := lab.ask(t, sc.wrap, fam, "tcp", 0); who != "kube-dns" {
 								t.Errorf("the sidecar's TCP query reached the %s, not kube-dns", who)

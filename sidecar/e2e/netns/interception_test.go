@@ -64,8 +64,9 @@ type scenario struct {
 	unbound    *unboundtest.Server
 	entrypoint string
 	sidecar    *testkit.Process
-	nsides     int // sidecar processes started, for log names
-	before     map[int]string
+	nsides     int            // sidecar processes started, for log names
+	before     map[int]string // nat table per family, before init
+	beforeRaw  map[int]string // raw table per family, before init
 }
 
 func newScenario(t *testing.T, root, bin, entrypoint, backend string) *scenario {
@@ -104,12 +105,23 @@ func (s *scenario) run(t *testing.T) {
 		tp.pod.Must(t, append([]string{s.ipt(f).tool("")}, foreignRule[f]...)...)
 	}
 	s.before = map[int]string{4: s.ipt(4).natRules(t, tp.pod), 6: s.ipt(6).natRules(t, tp.pod)}
+	s.beforeRaw = map[int]string{4: s.ipt(4).rawRules(t, tp.pod), 6: s.ipt(6).rawRules(t, tp.pod)}
 
 	s.init(t)
 	t.Run("init twice leaves the same rules", func(t *testing.T) {
 		first := map[int]string{4: s.ipt(4).natRules(t, tp.pod), 6: s.ipt(6).natRules(t, tp.pod)}
+		firstRaw := map[int]string{4: s.ipt(4).rawRules(t, tp.pod), 6: s.ipt(6).rawRules(t, tp.pod)}
 		s.init(t)
 		for _, f := range []int{4, 6} {
+			raw := s.ipt(f).rawRules(t, tp.pod)
+			if raw != firstRaw[f] {
+				t.Errorf("%v: raw rules after the second init differ from the first:\nfirst:\n%s\nsecond:\n%s", s.ipt(f), firstRaw[f], raw)
+			}
+			for _, want := range []string{":" + ourChain, commentZoneJump, commentZoneSkip, commentZoneUDP, commentZoneTCP} {
+				if !strings.Contains(raw, want) {
+					t.Errorf("%v: raw rules lack %q:\n%s", s.ipt(f), want, raw)
+				}
+			}
 			second := s.ipt(f).natRules(t, tp.pod)
 			if second != first[f] {
 				t.Errorf("%v: rules after the second init differ from the first:\nfirst:\n%s\nsecond:\n%s", s.ipt(f), first[f], second)
@@ -197,6 +209,9 @@ func (s *scenario) run(t *testing.T) {
 			for _, f := range []int{4, 6} {
 				if got := s.ipt(f).natRules(t, tp.pod); got != s.before[f] {
 					t.Errorf("%v: after cleanup the nat table is not as before init:\nbefore:\n%s\nafter:\n%s", s.ipt(f), s.before[f], got)
+				}
+				if got := s.ipt(f).rawRules(t, tp.pod); got != s.beforeRaw[f] {
+					t.Errorf("%v: after cleanup the raw table is not as before init:\nbefore:\n%s\nafter:\n%s", s.ipt(f), s.beforeRaw[f], got)
 				}
 			}
 		}

@@ -17,6 +17,11 @@ const (
 	commentUDP     = "dot-sidecar/redirect-udp-dns"
 	commentTCP     = "dot-sidecar/redirect-tcp-dns"
 	commentJump    = "dot-sidecar/capture-dns"
+	// raw: the conntrack zone of the sidecar's own port-53 flows.
+	commentZoneJump = "dot-sidecar/zone-dns"
+	commentZoneSkip = "dot-sidecar/zone-not-sidecar"
+	commentZoneUDP  = "dot-sidecar/zone-udp-dns"
+	commentZoneTCP  = "dot-sidecar/zone-tcp-dns"
 )
 
 // A foreign rule per family, as a mesh's init step would leave it; it must
@@ -52,6 +57,12 @@ func (b ipt) String() string { return fmt.Sprintf("IPv%d/%s", b.family, b.backen
 func (b ipt) natRules(t *testing.T, n *netnstest.Netns) string {
 	t.Helper()
 	return n.NATTable(t, b.tool("save"))
+}
+
+// rawRules returns the raw table, where the conntrack zone rules live.
+func (b ipt) rawRules(t *testing.T, n *netnstest.Netns) string {
+	t.Helper()
+	return n.Table(t, b.tool("save"), "raw")
 }
 
 var counterLine = regexp.MustCompile(`^\[(\d+):(\d+)\] (.*)$`)

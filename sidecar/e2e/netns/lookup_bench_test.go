@@ -55,11 +55,13 @@ func BenchmarkGlibcLookup(b *testing.B) {
 				r := run(s.pod, appUID, nil, prog, name, name)
 				lines := strings.Split(strings.TrimSpace(r.Stdout), "\n")
 				if r.Err != nil || len(lines) != 2 {
-					// A query of the application that leaves from the
-					// source port of one of the sidecar's recent queries
-					// to kube-dns matches that flow's conntrack entry and
-					// skips the redirect: it reaches kube-dns itself,
-					// which refuses a public name. Counted, not timed.
+					// Counted, not timed. Before the init step kept the
+					// sidecar's port-53 flows in a conntrack zone of their
+					// own, a query of the application that left from the
+					// source port of a recent query of the sidecar's to
+					// kube-dns took that flow's entry and skipped the
+					// redirect (TestConntrackCollision); kube-dns refuses
+					// a public name.
 					b.Logf("getaddrinfo %s twice: %v", name, r)
 					failed++
 					continue
