@@ -74,15 +74,16 @@ func (s *routing) testLeak(t *testing.T) {
 		t.Fatalf("the cluster name: want %s; got %v", kube.IPv4, r)
 	}
 	ports := sidecarPorts(t, capture, kube.FQDN)
-	if len(ports) != 1 {
-		t.Fatalf("the sidecar's queries for %s to kube-dns left from ports %v, want one", kube.FQDN, ports)
+	if len(ports) == 0 {
+		t.Fatalf("no query of the sidecar's for %s to kube-dns in the capture", kube.FQDN)
 	}
+	port := ports[len(ports)-1] // the one answered, should the sidecar have retried
 	const name = "api.example.com"
 	before := s.cluster.Sync(t)
-	r = s.kdigFrom(ports[0], name, "A")
+	r = s.kdigFrom(port, name, "A")
 	at := clusterNames(s.cluster.Sync(t)[len(before):])
 	if r.Err != nil || strings.TrimSpace(r.Stdout) != publicNames[name][0] {
-		t.Errorf("%s from the port of the sidecar's flow (%d): want %s from the sidecar; got %v", name, ports[0], publicNames[name][0], r)
+		t.Errorf("%s from the port of the sidecar's flow (%d): want %s from the sidecar; got %v", name, port, publicNames[name][0], r)
 	}
 	if len(at) != 0 {
 		t.Errorf("leak: kube-dns received %q, the application's query, in plaintext", at)
