@@ -74,6 +74,21 @@ func TestStart(t *testing.T) {
 	}
 }
 
+// TestFreePortNeverRepeats: the kernel hands out a port just closed again
+// as readily as any other (a few hundred ports in 2000 draws from about
+// 7000 come up twice), so FreePort must remember the ones it gave: 200 of
+// them would share one most of the time otherwise.
+func TestFreePortNeverRepeats(t *testing.T) {
+	seen := map[int]bool{}
+	for range 200 {
+		p := FreePort(t)
+		if seen[p] {
+			t.Fatalf("port %d handed out twice", p)
+		}
+		seen[p] = true
+	}
+}
+
 func TestStartFailsFast(t *testing.T) {
 	// Built first (the package's tests share one build, made by the first
 	// that asks): the time is Start's, not the compiler's.

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,20 +18,39 @@ import (
 // StartTimeout bounds Start's wait for /startupz.
 const StartTimeout = 10 * time.Second
 
-// FreePort returns a loopback port free for both UDP and TCP: the
-// sidecar's listeners share one.
+// handedOut holds the ports FreePort returned in this process. The port is
+// free again when FreePort returns, and the kernel may well give it to the
+// next caller (it looks for a free port from a random start, and the first
+// one after a run of ports in use comes up often): two sidecars, or a
+// sidecar and a test's "nothing listens here" address, would share it.
+var handedOut struct {
+	sync.Mutex
+	ports map[int]bool
+}
+
+// FreePort returns a loopback port free for both UDP and TCP (the
+// sidecar's listeners share one), and never one it returned before.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	for range 20 {
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	for range 100 {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}
 		port := l.Addr().(*net.TCPAddr).Port
 		l.Close()
+		if handedOut.ports[port] {
+			continue
+		}
 		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err == nil {
 			u.Close()
+			if handedOut.ports == nil {
+				handedOut.ports = map[int]bool{}
+			}
+			handedOut.ports[port] = true
 			return port
 		}
 	}
