@@ -5,7 +5,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -183,12 +182,4 @@ func buildRun(t *testing.T, df *imagetest.Dockerfile, word string) string {
 // holds, or -1.
 func instrIndex(st imagetest.Stage, match func(imagetest.Instruction) bool) int {
 	return slices.IndexFunc(st.Instr, match)
-}
-
-func quoted(s []string) string {
-	q := make([]string, len(s))
-	for i, x := range s {
-		q[i] = strconv.Quote(x)
-	}
-	return strings.Join(q, ", ")
 }

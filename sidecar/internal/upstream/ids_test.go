@@ -57,14 +57,7 @@ type idRecorder struct {
 	dups int               // names seen twice (resends)
 }
 
-func (r *idRecorder) handler(q *dns.Msg) *dns.Msg {
-	if len(q.Question) == 1 {
-		r.note(q.Question[0].Name, q.Id)
-	}
-	return dnstest.DefaultHandler(q)
-}
-
-// raw is handler for a server answering from wire bytes, which is several
+// raw records the IDs for a server answering from wire bytes, which is several
 // times cheaper under the race detector than decoding every query.
 func (r *idRecorder) raw(dst, query []byte) []byte {
 	if m, err := dnswire.Parse(query); err == nil {

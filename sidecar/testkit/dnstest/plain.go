@@ -46,7 +46,7 @@ type PlainServer struct {
 type PlainBehavior struct {
 	// Drop: read and record queries, never answer.
 	Drop atomic.Bool
-	// DelayNanos delays every answer (see SetDelay).
+	// DelayNanos delays every answer, in nanoseconds.
 	DelayNanos atomic.Int64
 	// Truncate: answer UDP queries with no records and TC set, so that
 	// the client asks again over TCP.
@@ -56,9 +56,6 @@ type PlainBehavior struct {
 	// ID. A client must ignore both.
 	Spoof atomic.Bool
 }
-
-// SetDelay delays every answer by d (0: no delay).
-func (b *PlainBehavior) SetDelay(d time.Duration) { b.DelayNanos.Store(int64(d)) }
 
 // Query is one query a PlainServer read.
 type Query struct {
@@ -186,13 +183,6 @@ func (s *PlainServer) Names() []string {
 		out = append(out, q.Name)
 	}
 	return out
-}
-
-// Reset forgets the queries read so far.
-func (s *PlainServer) Reset() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.queries = nil
 }
 
 func (s *PlainServer) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
