@@ -105,3 +105,42 @@ func TestConnBudget(t *testing.T) {
 		t.Error("two closes after forgetting did not")
 	}
 }
+
+// deadConn is a poolConn that died of cause.
+type deadConn struct{ cause error }
+
+func (c *deadConn) isDead() bool            { return true }
+func (c *deadConn) deathCause() error       { return c.cause }
+func (c *deadConn) retiredSince() time.Time { return time.Time{} }
+func (c *deadConn) evict(string)            {}
+
+// A query that waited for a dial whose connection died before it got on it
+// was caught on that connection as surely as one sent on it: when the
+// connection was new and answered nothing, the query gets its loss (one of
+// the run, or the run's end) and does not dial again, whether the death came
+// before the dial finished or after the connection was published. Only a
+// connection that served and then closed lets its waiters dial again.
+func TestDialFailureOfConnectionLostNew(t *testing.T) {
+	var u tlsUpstream
+	dialErr := fmt.Errorf("dialing: %w", ErrUnreachable)
+	lostOne := u.lostNew(fmt.Errorf("reading: EOF"))
+	served := fmt.Errorf("%w: reading: EOF", ErrConnClosed)
+	tests := []struct {
+		name string
+		dl   dialState[*deadConn]
+		want error // nil: the waiter may dial again
+	}{
+		{"dial failed", dialState[*deadConn]{finished: true, err: dialErr}, dialErr},
+		{"first new connection lost", dialState[*deadConn]{finished: true, conn: &deadConn{lostOne}, hasConn: true}, lostOne},
+		{"run of new connections lost", dialState[*deadConn]{finished: true, conn: &deadConn{dialErr}, hasConn: true}, dialErr},
+		{"served, then closed", dialState[*deadConn]{finished: true, conn: &deadConn{served}, hasConn: true}, nil},
+		{"closed by this side", dialState[*deadConn]{finished: true, conn: &deadConn{ErrClosed}, hasConn: true}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tt.dl.failure(); got != tt.want {
+				t.Errorf("failure() = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}

@@ -62,15 +62,22 @@ type dialState[C poolConn] struct {
 
 // failure is why a finished dial left its waiters nothing to use, or nil:
 // the dial's error, or the death of its connection if the upstream dropped
-// it before answering anything. A connection that served and then closed is
-// a pooled one ending normally; its waiters may dial again. Called with
+// it before answering anything, whether that death came before the dial
+// finished (then it is dl.err) or after the connection was published and
+// before a waiter got on it. Either way the waiters were caught on a new
+// connection lost, and get its error, the one value that counts that loss
+// once in the query's resend and the upstream's run (newconn.go); dialing
+// again instead would spend one more new connection per query than that
+// rule allows, and against an upstream that hangs up on every handshake,
+// one more per attempt. A connection that served and then closed is a
+// pooled one ending normally; its waiters may dial again. Called with
 // pool.mu held.
 func (dl *dialState[C]) failure() error {
 	if dl.err != nil {
 		return dl.err
 	}
 	if dl.hasConn {
-		if cause := dl.conn.deathCause(); errors.Is(cause, ErrUnreachable) {
+		if cause := dl.conn.deathCause(); errors.Is(cause, ErrUnreachable) || errors.Is(cause, errNewConnLost) {
 			return cause
 		}
 	}
