@@ -223,8 +223,9 @@ func (d *DoH) acquire(ctx context.Context) (*dohConn, error) {
 		if d.dialing == nil && int(d.total.Load()) < d.opts.PoolSize {
 			d.startDialLocked()
 		}
-		if d.dialing != nil {
-			dl = d.dialing
+		waitDial := d.dialing // what this wait is for: a dial, or (nil) room
+		if waitDial != nil {
+			dl = waitDial
 		}
 		// Counted as waiting before looking once more, so that a stream
 		// ending after that look notifies (release), and wait is closed.
@@ -242,7 +243,7 @@ func (d *DoH) acquire(ctx context.Context) (*dohConn, error) {
 			d.waiting.Add(-1)
 		case <-ctx.Done():
 			d.waiting.Add(-1)
-			return nil, d.waitError(ctx, d.name, dl)
+			return nil, d.waitError(ctx, d.name, waitDial)
 		}
 	}
 }

@@ -230,22 +230,24 @@ func (p *pool[C]) cutDrains(now time.Time) {
 }
 
 // waitError says why a query gave up, at ctx's end, waiting for a
-// connection; dl is the dial it last waited for. Waiting for a dial that is
-// still going on means the upstream is slow to accept or to complete the
-// handshake: a failure like any timeout. Waiting for room on connections
-// that are open means they are busy, or spent on the upstream's limit of
-// queries per connection (budget.go), while the pool is at its size: the
-// query timed out for want of this side's capacity, never reached the
-// upstream, and must count neither against its health nor in its partial
-// failure's window (ErrBusy). A flood of names the upstream is slow to
-// answer fills the connections; counting the queries behind it would take
-// a healthy upstream out for everyone.
+// connection; dl is the dial its last wait was for, nil when it waited with
+// no dial going on. Waiting for a dial means the upstream is slow to accept
+// or to complete the handshake: a failure like any timeout, even when the
+// dial finished just as the deadline came, before the query could use its
+// connection (the handshake took the query's whole deadline; the
+// connection now open says nothing of room). Waiting with no dial, for room
+// on connections that are open, means they are busy, or spent on the
+// upstream's limit of queries per connection (budget.go), while the pool
+// is at its size: the query timed out for want of this side's capacity,
+// never reached the upstream, and must count neither against its health
+// nor in its partial failure's window (ErrBusy). A flood of names the
+// upstream is slow to answer fills the connections; counting the queries
+// behind it would take a healthy upstream out for everyone.
 func (p *pool[C]) waitError(ctx context.Context, name string, dl *dialState[C]) error {
 	p.mu.Lock()
-	dialing := dl != nil && !dl.finished
 	open := len(p.activeConns())+len(p.draining) > 0
 	p.mu.Unlock()
-	if !dialing && open {
+	if dl == nil && open {
 		return fmt.Errorf("waiting for room on the connections to %s: %w: %w", name, ErrBusy, ctx.Err())
 	}
 	return fmt.Errorf("waiting for a connection to %s: %w", name, ctx.Err())
