@@ -2,7 +2,6 @@ package check
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"net"
 	"strings"
@@ -54,6 +53,13 @@ const noAnswer = -1
 // TestClusterCheck: check resolves the cluster's name through the sidecar,
 // retrying within its timeout, and fails only when the name reached a
 // resolver that does not know it (NXDOMAIN, REFUSED) or no route exists.
+//
+// The cases where the check's time runs out end it by count, not by the
+// clock: the check's context ends when the fake has received the case's
+// endAt-th try, which the timeout would do in the field. With a short
+// timeout instead, a machine that stalls the first try past it (-race on a
+// loaded machine) leaves nothing but that timeout to report. The timeout
+// only bounds a hang.
 func TestClusterCheck(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -63,9 +69,9 @@ func TestClusterCheck(t *testing.T) {
 		ok      bool
 		detail  string
 		tries   int // at least
-		// timeout is Options.Timeout where the case runs it out; the
-		// others end on an answer, and their timeout only bounds a hang.
-		timeout time.Duration
+		// endAt, when not 0, is the try on whose arrival the check's
+		// time runs out; the other cases end on an answer.
+		endAt int64
 	}{
 		{"resolved", func(int64) int { return dns.RcodeSuccess }, "", ClusterResolved, true, "10.96.0.1", 1, 0},
 		{"kube-dns blip, then resolved", func(n int64) int {
@@ -75,37 +81,43 @@ func TestClusterCheck(t *testing.T) {
 			return dns.RcodeSuccess
 		}, "", ClusterResolved, true, "10.96.0.1", 3, 0},
 		{"kube-dns down for the whole timeout: not a failure", func(int64) int { return dns.RcodeServerFailure }, "",
-			ClusterUnsure, true, "SERVFAIL (EDE 22 No Reachable Authority: all upstreams down)", 2, time.Second},
-		// The try the timeout cuts short learned nothing: the SERVFAIL
-		// before it is the reason.
+			ClusterUnsure, true, "SERVFAIL (EDE 22 No Reachable Authority: all upstreams down)", 3, 3},
+		// The try the end cuts short learned nothing: the SERVFAIL before
+		// it is the reason.
 		{"SERVFAIL, then no answer until the timeout", func(n int64) int {
 			if n == 1 {
 				return dns.RcodeServerFailure
 			}
 			return noAnswer
-		}, "", ClusterUnsure, true, "SERVFAIL (EDE 22 No Reachable Authority: all upstreams down)", 2, time.Second},
+		}, "", ClusterUnsure, true, "SERVFAIL (EDE 22 No Reachable Authority: all upstreams down)", 2, 2},
 		{"sent to a public resolver", func(int64) int { return dns.RcodeNameError }, "", ClusterFailed, false, "NXDOMAIN", 1, 0},
 		{"refused", func(int64) int { return dns.RcodeRefused }, "", ClusterFailed, false, "REFUSED", 1, 0},
 		{"no route", nil, "no usable nameserver", ClusterFailed, false, "no usable nameserver", 0, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			ctx, end := context.WithCancel(context.Background())
+			defer end()
 			rcode := tt.rcode
 			if rcode == nil {
 				rcode = func(int64) int { return dns.RcodeSuccess }
 			}
-			srv := fakeSidecar(t, rcode)
-			timeout := cmp.Or(tt.timeout, time.Minute)
+			srv := fakeSidecar(t, func(try int64) int {
+				if try == tt.endAt {
+					end()
+				}
+				return rcode(try)
+			})
 			var out bytes.Buffer
 			opts := Options{
 				ResolvConf: writeResolvConf(t, "search a.svc.cluster.local svc.cluster.local cluster.local\nnameserver "+srv.Addr.Addr().String()+"\n"),
 				Port:       int(srv.Addr.Port()),
-				Timeout:    timeout,
+				Timeout:    time.Minute,
 				Out:        &out,
 				Cluster:    &Cluster{Route: "cluster", Domain: "cluster.local", Missing: tt.missing},
 			}
 			// Run is Probe, then WriteTable, then OK.
-			rep, err := Probe(context.Background(), opts)
+			rep, err := Probe(ctx, opts)
 			if err != nil {
 				t.Fatal(err)
 			}
