@@ -100,11 +100,12 @@ type Server struct {
 	idleClosed atomic.Int64
 
 	mu          sync.Mutex
-	authorities map[string]bool // DoH :authority values seen
-	snis        map[string]bool // DoH TLS server names seen
-	methods     map[string]bool // DoH HTTP methods seen
-	conns       map[net.Conn]struct{}
+	authorities map[string]bool        // DoH :authority values seen
+	snis        map[string]bool        // DoH TLS server names seen
+	methods     map[string]bool        // DoH HTTP methods seen
+	conns       map[net.Conn]*tls.Conn // the TLS side once its handshake is done
 	closed      bool
+	stopped     bool // by Stop, until Restart
 	done        chan struct{}
 	wg          sync.WaitGroup
 }
@@ -132,7 +133,7 @@ func Start(opts Options) (*Server, error) {
 		ServerName: opts.ServerName,
 		handler:    opts.Handler,
 		raw:        opts.Raw,
-		conns:      make(map[net.Conn]struct{}),
+		conns:      make(map[net.Conn]*tls.Conn),
 		done:       make(chan struct{}),
 	}
 	if err := s.makeCerts(); err != nil {
@@ -176,7 +177,7 @@ func Start(opts Options) (*Server, error) {
 		s.startHTTP(opts.MaxStreams)
 	}
 	s.wg.Add(1)
-	go s.acceptLoop()
+	go s.acceptLoop(ln)
 	return s, nil
 }
 
@@ -262,7 +263,10 @@ func (s *Server) Close() error {
 	}
 	s.closed = true
 	close(s.done)
-	err := s.ln.Close()
+	var err error
+	if !s.stopped {
+		err = s.ln.Close()
+	}
 	for c := range s.conns {
 		_ = c.Close()
 	}
@@ -274,10 +278,10 @@ func (s *Server) Close() error {
 	return err
 }
 
-func (s *Server) acceptLoop() {
+func (s *Server) acceptLoop(ln net.Listener) {
 	defer s.wg.Done()
 	for {
-		raw, err := s.ln.Accept()
+		raw, err := ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -297,10 +301,10 @@ func (s *Server) acceptLoop() {
 func (s *Server) track(c net.Conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
+	if s.closed || s.stopped {
 		return false
 	}
-	s.conns[c] = struct{}{}
+	s.conns[c] = nil
 	return true
 }
 
@@ -335,6 +339,7 @@ func (s *Server) serveConn(raw net.Conn) {
 		return
 	}
 	_ = raw.SetDeadline(time.Time{})
+	s.handshaken(raw, tc)
 	s.handshakes.Add(1)
 	if tc.ConnectionState().DidResume {
 		s.resumed.Add(1)
