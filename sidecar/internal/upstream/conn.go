@@ -340,6 +340,12 @@ func (c *conn) lost(err error) {
 // cause (ErrConnClosed-wrapped causes are resent by Exchange) and leaves the
 // socket to the writer goroutine to close, outside any mutex. hard skips the
 // close_notify alert and breaks a blocked read or write at once.
+//
+// The pool's slot is freed once the socket is closed: here after a hard
+// close, by the writer after a polite one (closeSocket). Freed before, it
+// would let a replacement be dialed while the socket, still sending its
+// close_notify, is open: one connection to the upstream more than the pool
+// allows, for up to closeNotifyTimeout.
 func (c *conn) shutdown(cause error, hard bool) {
 	c.mu.Lock()
 	if c.dead {
@@ -365,7 +371,9 @@ func (c *conn) shutdown(cause error, hard bool) {
 	for _, req := range orphans {
 		req.done <- result{err: cause}
 	}
-	c.d.removeConn(c)
+	if hard {
+		c.d.removeConn(c)
+	}
 }
 
 func (c *conn) writeLoop() {
@@ -444,9 +452,13 @@ func (c *conn) closeSocket() {
 	// a write deadline of 5 s of its own, overriding any set here, so an
 	// upstream that stopped reading would hold this goroutine (and Close,
 	// which waits for it) that long; the socket is closed under it instead.
-	t := time.AfterFunc(closeNotifyTimeout, func() { _ = c.tc.NetConn().Close() })
+	cut := make(chan struct{})
+	t := time.AfterFunc(closeNotifyTimeout, func() { _ = c.tc.NetConn().Close(); close(cut) })
 	_ = c.tc.Close()
-	t.Stop()
+	if !t.Stop() {
+		<-cut // closing the socket under tc.Close, which may have returned first
+	}
+	c.d.removeConn(c) // the socket is closed: its slot is free (shutdown)
 }
 
 func (c *conn) readLoop() {
