@@ -65,6 +65,11 @@ type h2Conn struct {
 	done chan struct{} // closed when the connection ends
 	hard atomic.Bool   // skip the polite close: the peer is gone
 
+	// socketClosed is set, and afterClose called, once the writer has
+	// closed the socket (onSocketClosed).
+	socketClosed bool
+	afterClose   func()
+
 	// The server's connection preface: settings is closed once its first
 	// frame has come (or the connection ended first), and prefaceErr says
 	// what was wrong with it.
@@ -445,11 +450,13 @@ func (h *h2Conn) writeLoop() {
 // (the GOAWAY of a close) and close_notify, unless the peer is gone, each
 // bounded by closeNotifyTimeout.
 func (h *h2Conn) closeSocket() {
+	defer h.socketDone()
 	if h.hard.Load() {
 		_ = h.tc.Close() // the socket is closed already; this releases the TLS side
 		return
 	}
-	t := time.AfterFunc(closeNotifyTimeout, func() { _ = h.tc.NetConn().Close() })
+	cut := make(chan struct{})
+	t := time.AfterFunc(closeNotifyTimeout, func() { _ = h.tc.NetConn().Close(); close(cut) })
 	h.mu.Lock()
 	last := h.pending
 	h.pending = nil
@@ -459,7 +466,35 @@ func (h *h2Conn) closeSocket() {
 		_, _ = h.tc.Write(last)
 	}
 	_ = h.tc.Close()
-	t.Stop()
+	if !t.Stop() {
+		<-cut // closing the socket under tc.Close, which may have returned first
+	}
+}
+
+// onSocketClosed has f called once the socket is closed: at once if it is.
+// The pool frees a connection's slot then, not when it decides to close it:
+// a replacement dialed while the old socket still sends its GOAWAY and
+// close_notify would be one connection more than the pool allows.
+func (h *h2Conn) onSocketClosed(f func()) {
+	h.mu.Lock()
+	if !h.socketClosed {
+		h.afterClose = f
+		h.mu.Unlock()
+		return
+	}
+	h.mu.Unlock()
+	f()
+}
+
+func (h *h2Conn) socketDone() {
+	h.mu.Lock()
+	h.socketClosed = true
+	f := h.afterClose
+	h.afterClose = nil
+	h.mu.Unlock()
+	if f != nil {
+		f()
+	}
 }
 
 // readFrames reads and handles frames until the connection fails, and

@@ -33,7 +33,8 @@ type dohConn struct {
 	// its first SETTINGS when lower (a later SETTINGS may lower it again:
 	// reserve).
 	maxStreams int32
-	closing    atomic.Bool // retired or dead: the picker skips it
+	closing    atomic.Bool  // retired or dead: the picker skips it
+	ends       atomic.Int32 // its death and its socket's close seen so far (end)
 
 	mu        sync.Mutex
 	trust     *trustState // the trust it was last verified against
@@ -107,7 +108,8 @@ func (c *dohConn) retire(why string) {
 	}
 }
 
-// shutdown closes c once, interrupting its streams, and frees its slot.
+// shutdown closes c once, interrupting its streams; its slot is free
+// once its socket is closed too.
 func (c *dohConn) shutdown() { c.shutdownFor(nil) }
 
 func (c *dohConn) shutdownFor(cause error) {
@@ -121,7 +123,17 @@ func (c *dohConn) shutdownFor(cause error) {
 	c.closing.Store(true)
 	c.mu.Unlock()
 	c.h2.close(errClosedHere)
-	c.d.removeConn(c)
+	c.end()
+}
+
+// end notes one of c's two ends, its death (shutdownFor) and its socket's
+// close (h2Conn.onSocketClosed), and frees its slot at the second, which
+// may come first: the server may close the socket before the pool learns
+// of it.
+func (c *dohConn) end() {
+	if c.ends.Add(1) == 2 {
+		c.d.removeConn(c)
+	}
 }
 
 // lose ends c after a failure of the connection itself, err: closed or
@@ -340,6 +352,7 @@ func (d *DoH) dial() (*dohConn, error) {
 	if m := h.peerMaxStreams.Load(); m < uint32(c.maxStreams) {
 		c.maxStreams = int32(m)
 	}
+	h.onSocketClosed(c.end)
 	return c, nil
 }
 

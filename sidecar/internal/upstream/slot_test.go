@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"slices"
 	"sync"
@@ -25,10 +26,10 @@ type slotGauge struct {
 	open []bool // at each Dec
 }
 
-// watch makes c the connection under watch.
-func (g *slotGauge) watch(t *testing.T, c *conn) {
+// watch makes nc the connection under watch.
+func (g *slotGauge) watch(t *testing.T, nc net.Conn) {
 	t.Helper()
-	rc, err := c.tc.NetConn().(syscall.Conn).SyscallConn()
+	rc, err := nc.(syscall.Conn).SyscallConn()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +79,37 @@ func TestSlotFreedAfterSocketClosed(t *testing.T) {
 			if _, err := d.Exchange(ctxTimeout(t, 5*time.Second), q); err != nil {
 				t.Fatal(err)
 			}
-			g.watch(t, d.activeConns()[0])
+			g.watch(t, d.activeConns()[0].tc.NetConn())
+			if err := tt.end(d, srv); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, 5*time.Second, "the slot freed", func() bool { return len(g.decs()) > 0 })
+			if open := g.decs(); len(open) != 1 || open[0] || d.openConns() != 0 {
+				t.Errorf("the socket open as each slot was freed: %v, want [false]; %d slots taken", open, d.openConns())
+			}
+		})
+	}
+}
+
+// The same of DoH's pool: its writer sends GOAWAY and close_notify before
+// it closes the socket.
+func TestDoHSlotFreedAfterSocketClosed(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		end  func(d *DoH, srv *dnstest.Server) error
+	}{
+		{"retired", func(d *DoH, _ *dnstest.Server) error { d.retireAll(); return nil }},
+		{"closed by the upstream", func(_ *DoH, srv *dnstest.Server) error { return srv.Close() }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			srv, d := newTestDoH(t, dnstest.Options{}, func(o *DoHOptions) { o.PoolSize = 1 })
+			g := &slotGauge{Gauge: d.gauge}
+			d.gauge = g // before the first dial: no goroutine reads it yet
+			q := packQuery(t, "slot.example.", 1)
+			if _, err := d.Exchange(ctxTimeout(t, 5*time.Second), q); err != nil {
+				t.Fatal(err)
+			}
+			g.watch(t, d.activeConns()[0].h2.tc.NetConn())
 			if err := tt.end(d, srv); err != nil {
 				t.Fatal(err)
 			}
