@@ -8,8 +8,8 @@
 // objects and encoding them again, as a general DNS library does, would waste
 // most of the time spent per query. Parse walks a whole message once to prove
 // its structure sound and records offsets into the caller's buffer: the
-// header, the first question and the OPT record. It allocates nothing, never
-// follows compression pointers and never copies.
+// header, the first question and the OPT record. It allocates nothing and
+// never copies; it follows compression pointers only to prove them sound.
 //
 // The rare slow paths (truncating an answer for UDP record by record,
 // removing an OPT record from the middle of a message, printing a name) use
@@ -246,10 +246,10 @@ func Parse(b []byte) (Msg, error) {
 		// sidecar speaks carries such a message.
 		return m, ErrLong
 	}
-	maxPtr := 0
+	var w nameWalk
 	off := HeaderLen
 	for i := 0; i < int(m.QDCount); i++ {
-		end, compressed, err := skipName(b, off, &maxPtr)
+		end, compressed, err := skipName(b, off, &w)
 		if err != nil {
 			return m, err
 		}
@@ -263,6 +263,7 @@ func Parse(b []byte) (Msg, error) {
 				return m, ErrPointer
 			}
 			m.qNameEnd, m.qEnd = uint16(end), uint16(end+4)
+			w.known, w.knownLen = HeaderLen, end-HeaderLen
 			m.qType = binary.BigEndian.Uint16(b[end:])
 			m.qClass = binary.BigEndian.Uint16(b[end+2:])
 		}
@@ -272,7 +273,7 @@ func Parse(b []byte) (Msg, error) {
 	records := answers + int(m.ARCount)
 	for i := 0; i < records; i++ {
 		start := off
-		end, _, err := skipName(b, off, &maxPtr)
+		end, _, err := skipName(b, off, &w)
 		if err != nil {
 			return m, err
 		}
@@ -294,10 +295,10 @@ func Parse(b []byte) (Msg, error) {
 	}
 	// A pointer into trailing garbage would break when the message is cut
 	// to its end.
-	if maxPtr >= off {
+	if w.maxPtr >= off {
 		return m, ErrPointer
 	}
-	m.end, m.maxPtr = uint16(off), uint16(maxPtr)
+	m.end, m.maxPtr = uint16(off), uint16(w.maxPtr)
 	return m, nil
 }
 
@@ -334,12 +335,22 @@ func (m *Msg) readOPT(b []byte, start, end, rdata, rdlen int, misplaced bool) er
 	return nil
 }
 
+// nameWalk is what skipName carries from name to name in one message.
+type nameWalk struct {
+	maxPtr int // the farthest compression pointer target
+	// A pointer target proved sound, and the length of the name there:
+	// most names of an answer point at the question's, proved once.
+	known, knownLen int
+}
+
 // skipName returns the offset just past the name at b[off:], and whether the
-// name ends in a compression pointer. Pointers are checked to land inside the
-// message past the header, and the farthest target is kept in *maxPtr, but
-// they are not followed: a relay never needs the names of records it only
-// forwards.
-func skipName(b []byte, off int, maxPtr *int) (int, bool, error) {
+// name ends in a compression pointer. A relay never needs the names of
+// records it only forwards, but it proves each one a name, pointers
+// followed (nameAt): its labels within the message, at most 255 bytes
+// long, and no pointer loop, so that such a message is malformed here as
+// it is to Unbound and miekg/dns, rather than relayed, cached or answered
+// as sound.
+func skipName(b []byte, off int, w *nameWalk) (int, bool, error) {
 	n := 0
 	for {
 		if off >= len(b) {
@@ -361,14 +372,69 @@ func skipName(b []byte, off int, maxPtr *int) (int, bool, error) {
 				return 0, false, ErrTruncated
 			}
 			ptr := (c&0x3F)<<8 | int(b[off+1])
-			if ptr < HeaderLen || ptr >= len(b) {
-				return 0, false, ErrPointer
+			rest := w.knownLen
+			if ptr != w.known || w.knownLen == 0 {
+				var err error
+				if rest, err = nameAt(b, ptr); err != nil {
+					return 0, false, err
+				}
+				w.known, w.knownLen = ptr, rest
 			}
-			*maxPtr = max(*maxPtr, ptr)
+			if n+rest > maxNameLen {
+				return 0, false, ErrLabel
+			}
+			w.maxPtr = max(w.maxPtr, ptr)
 			return off + 2, true, nil
 		default:
 			// 0x40 (extended labels, obsolete) and 0x80 are not in use.
 			return 0, false, ErrLabel
+		}
+	}
+}
+
+// maxPointers bounds the compression pointers followed in one name: a name
+// of 255 bytes has at most 127 labels besides the root, and no sound
+// message needs more than a pointer for each. Past it, the pointers loop.
+const maxPointers = maxNameLen / 2
+
+// nameAt returns the length of the name at b[ptr:], a compression pointer's
+// target, following its own pointers. Every target must lie past the
+// header and inside the message; a chain of pointers that loops, through
+// labels or not, ends at the 255-byte bound on a name or at maxPointers.
+func nameAt(b []byte, ptr int) (int, error) {
+	if ptr < HeaderLen || ptr >= len(b) {
+		return 0, ErrPointer
+	}
+	n, hops := 0, 0
+	for off := ptr; ; {
+		if off >= len(b) {
+			return 0, ErrTruncated
+		}
+		c := int(b[off])
+		switch c & 0xC0 {
+		case 0x00:
+			n += c + 1
+			if n > maxNameLen {
+				return 0, ErrPointer // or a loop through labels
+			}
+			if c == 0 {
+				return n, nil
+			}
+			off += c + 1
+		case 0xC0:
+			if off+1 >= len(b) {
+				return 0, ErrTruncated
+			}
+			if hops++; hops > maxPointers {
+				return 0, ErrPointer
+			}
+			next := (c&0x3F)<<8 | int(b[off+1])
+			if next < HeaderLen || next >= len(b) {
+				return 0, ErrPointer
+			}
+			off = next
+		default:
+			return 0, ErrLabel
 		}
 	}
 }

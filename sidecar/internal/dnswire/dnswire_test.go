@@ -141,6 +141,31 @@ func TestParse(t *testing.T) {
 		{name: "pointer past the end", msg: []byte{0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 1, 'a', 0, 0, 1, 0, 1, 0xC0, 0x40, 0, 1, 0, 1}, wantErr: ErrPointer},
 		{name: "pointer into trailing bytes", msg: []byte{0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 1, 'a', 0, 0, 1, 0, 1, 0xC0, 25, 0, 1, 0, 1, 1, 'b', 0}, wantErr: ErrPointer},
 		{name: "pointer cut short", msg: []byte{0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 'a', 0xC0}, wantErr: ErrTruncated},
+		// Compression pointers in records, after the question "a." at
+		// offset 12 (recordsAfterA): followed, they must end in a name.
+		{name: "pointer to an earlier name", msg: recordsAfterA(rec(0xC0, 12)), check: func(t *testing.T, m Msg, _ []byte) {
+			if m.maxPtr != 12 {
+				t.Errorf("maxPtr %d, want 12", m.maxPtr)
+			}
+		}},
+		{name: "chain of pointers, each earlier", msg: recordsAfterA(rec(1, 'b', 0xC0, 12), rec(1, 'c', 0xC0, 19))},
+		{name: "pointer loop: a name pointing at itself", msg: recordsAfterA(rec(0xC0, 19)), wantErr: ErrPointer},
+		{name: "pointer loop through a label", msg: recordsAfterA(rec(1, 'b', 0xC0, 19)), wantErr: ErrPointer},
+		// RFC 1035 §4.1.4 points at prior occurrences, but Unbound and
+		// miekg/dns follow a forward pointer too, and so does the relay.
+		{name: "forward pointer", msg: recordsAfterA(rec(0xC0, 31, 1, 'c', 0, 0))},
+		{name: "forward pointer to a name cut short", msg: recordsAfterA(rec(0xC0, 31, 1, 'c')), wantErr: ErrTruncated},
+		{name: "pointer loop of two pointers", msg: recordsAfterA(rec(0xC0, 12, 0xC0, 33), rec(0xC0, 31)), wantErr: ErrPointer},
+		{
+			name: "name over 255 bytes through a pointer",
+			msg: func() []byte {
+				long := bytes.Repeat(append([]byte{62}, bytes.Repeat([]byte("a"), 62)...), 4) // 252 bytes
+				b := []byte{0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1}
+				b = append(append(b, long...), 0, 0, 1, 0, 1)
+				return append(b, 2, 'b', 'b', 0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0)
+			}(),
+			wantErr: ErrLabel,
+		},
 		{
 			name:    "name longer than 255 bytes",
 			msg:     append(append([]byte{0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0}, bytes.Repeat(append([]byte{63}, bytes.Repeat([]byte("a"), 63)...), 4)...), 0, 0, 1, 0, 1),
@@ -195,6 +220,35 @@ func TestParse(t *testing.T) {
 			}
 		})
 	}
+}
+
+// recordsAfterA is a query for "a." A (its name at offset 12, its question
+// ending at 19) followed by records in the additional section.
+func recordsAfterA(records ...[]byte) []byte {
+	b := []byte{0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, byte(len(records)), 1, 'a', 0, 0, 1, 0, 1}
+	for _, r := range records {
+		b = append(b, r...)
+	}
+	return b
+}
+
+// rec is a record of type A, class IN and TTL 0 with the given owner name
+// (wire form, as is) and RDATA (the bytes after the name's end: a pointer
+// or the root label ends it).
+func rec(name ...byte) []byte {
+	end := 0
+	for end < len(name) && name[end] != 0 && name[end]&0xC0 == 0 {
+		end += int(name[end]) + 1
+	}
+	if end < len(name) && name[end]&0xC0 == 0xC0 {
+		end += 2
+	} else {
+		end++
+	}
+	end = min(end, len(name))
+	owner, rdata := name[:end], name[end:]
+	r := append(append([]byte(nil), owner...), 0, 1, 0, 1, 0, 0, 0, 0, 0, byte(len(rdata)))
+	return append(r, rdata...)
 }
 
 func TestParseKeepsQuestionOnLaterError(t *testing.T) {
@@ -428,6 +482,24 @@ func TestParseDoesNotAllocate(t *testing.T) {
 
 func BenchmarkParse(b *testing.B) {
 	msg := pack(b, withEDNS(query("www.example.com.", dns.TypeA), 1232, true))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Parse(msg); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkParseAnswer parses an answer of 20 records whose owner names are
+// compression pointers to the question's, as upstream answers are.
+func BenchmarkParseAnswer(b *testing.B) {
+	m := query("www.example.com.", dns.TypeA)
+	m.Response = true
+	for i := range 20 {
+		m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: "www.example.com.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: []byte{192, 0, 2, byte(i)}})
+	}
+	m.Compress = true
+	msg := pack(b, withEDNS(m, 1232, true))
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, err := Parse(msg); err != nil {

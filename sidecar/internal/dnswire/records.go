@@ -39,15 +39,15 @@ func (m *Msg) Records() iter.Seq[RR] {
 			return
 		}
 		b := m.Wire()
-		var maxPtr int
+		var w nameWalk
 		off := HeaderLen
 		for range m.QDCount {
-			end, _, _ := skipName(b, off, &maxPtr)
+			end, _, _ := skipName(b, off, &w)
 			off = end + 4
 		}
 		an, ns := int(m.ANCount), int(m.NSCount)
 		for i := range an + ns + int(m.ARCount) {
-			end, _, _ := skipName(b, off, &maxPtr)
+			end, _, _ := skipName(b, off, &w)
 			rr := RR{
 				Section: SectionAdditional,
 				Type:    binary.BigEndian.Uint16(b[end:]),
@@ -82,10 +82,10 @@ func (m *Msg) SOAMinimum(rr RR) (uint32, bool) {
 		return 0, false
 	}
 	// The names may be compressed; skipName bounds them by the message.
-	var maxPtr int
-	end, _, err := skipName(b, rr.RData, &maxPtr)
+	var w nameWalk
+	end, _, err := skipName(b, rr.RData, &w)
 	if err == nil {
-		end, _, err = skipName(b, end, &maxPtr)
+		end, _, err = skipName(b, end, &w)
 	}
 	if err != nil || end+20 != rr.End {
 		return 0, false

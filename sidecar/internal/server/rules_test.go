@@ -52,6 +52,32 @@ func TestProtocolRules(t *testing.T) {
 		m.Extra[0].Header().Name = "www.example."
 		return packed(t, m)
 	}()
+	optInAnswer := func() []byte {
+		m := newQuery("www.example.", dns.TypeA)
+		m.Answer = append(m.Answer, &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT, Class: 1232}})
+		return packed(t, m)
+	}()
+	optOverrun := func() []byte {
+		m := ednsQuery("www.example.", dns.TypeA, 1232)
+		m.IsEdns0().Option = append(m.IsEdns0().Option, &dns.EDNS0_LOCAL{Code: 65001, Data: []byte("data")})
+		b := packed(t, m)
+		b[len(b)-5]++ // the option's length, one past the RDATA
+		return b
+	}()
+	// withRecord is good with one more record in the additional section,
+	// whose owner name is the bytes given.
+	withRecord := func(owner ...byte) []byte {
+		b := append(append([]byte(nil), good...), owner...)
+		b = append(b, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4, 192, 0, 2, 1)
+		binary.BigEndian.PutUint16(b[10:], 1)
+		return b
+	}
+	// withName is good with its question name replaced by the bytes given.
+	withName := func(name ...byte) []byte {
+		b := append([]byte(nil), good[:12]...)
+		return append(append(b, name...), 0, 1, 0, 1)
+	}
+	long := bytes.Repeat(append([]byte{63}, bytes.Repeat([]byte("a"), 63)...), 4) // 256 bytes with the root
 	response := func() []byte {
 		m := newQuery("www.example.", dns.TypeA)
 		m.Response = true
@@ -82,6 +108,20 @@ func TestProtocolRules(t *testing.T) {
 		// RFC 6891 §7: the FORMERR for a faulty OPT record carries one.
 		{name: "two OPT records", msg: twoOPT, rcode: dns.RcodeFormatError, wantOPT: true, wantQ: true, malformed: true},
 		{name: "OPT not owned by the root", msg: badOPT, rcode: dns.RcodeFormatError, wantOPT: true, wantQ: true, malformed: true},
+		{name: "header of one byte", msg: good[:1], silent: true, malformed: true},
+		{name: "unassigned opcode 3", msg: withOpcode(3), rcode: dns.RcodeNotImplemented, wantQ: true},
+		{name: "unassigned opcode 15", msg: withOpcode(15), rcode: dns.RcodeNotImplemented, wantQ: true},
+		{name: "compression loop in the question", msg: withName(0xC0, 12), rcode: dns.RcodeFormatError, malformed: true},
+		{name: "forward pointer in the question", msg: withName(1, 'a', 0xC0, 20, 0, 1, 0, 1, 0), rcode: dns.RcodeFormatError, malformed: true},
+		{name: "pointer out of the message", msg: withName(0xC0, 0xFF), rcode: dns.RcodeFormatError, malformed: true},
+		// The records after the question are not forwarded, but they must
+		// be sound: a pointer loop makes the message malformed.
+		{name: "compression loop in a record", msg: withRecord(0xC0, byte(len(good))), rcode: dns.RcodeFormatError, wantQ: true, malformed: true},
+		{name: "compression loop through a label", msg: withRecord(1, 'b', 0xC0, byte(len(good))), rcode: dns.RcodeFormatError, wantQ: true, malformed: true},
+		{name: "label longer than 63 bytes", msg: withName(64, 'a', 0), rcode: dns.RcodeFormatError, malformed: true},
+		{name: "name longer than 255 bytes", msg: withName(append(long, 0)...), rcode: dns.RcodeFormatError, malformed: true},
+		{name: "OPT in the answer section", msg: optInAnswer, rcode: dns.RcodeFormatError, wantOPT: true, wantQ: true, malformed: true},
+		{name: "OPT option overruns its RDATA", msg: optOverrun, rcode: dns.RcodeFormatError, wantOPT: true, wantQ: true, malformed: true},
 		{name: "trailing bytes ignored", msg: append(append([]byte(nil), good...), 0, 0, 0), rcode: dns.RcodeSuccess, wantQ: true, toUpstream: true},
 	}
 	for _, network := range []string{"udp", "tcp"} {
