@@ -190,6 +190,12 @@ func pace(ctx context.Context, rate, n int, send func(i int) bool) int {
 // clients would have), and drains what comes back. It returns the count
 // sent.
 func floodUDP(ctx context.Context, addr string, rate, n, socks int, msg func(dst []byte, i int) []byte) int {
+	return floodUDPReplies(ctx, addr, rate, n, socks, msg, nil)
+}
+
+// floodUDPReplies is floodUDP handing each datagram that comes back to
+// reply (when not nil), from one goroutine per socket.
+func floodUDPReplies(ctx context.Context, addr string, rate, n, socks int, msg func(dst []byte, i int) []byte, reply func([]byte)) int {
 	var conns []*net.UDPConn
 	for range socks {
 		c, err := net.Dial("udp", addr)
@@ -203,8 +209,12 @@ func floodUDP(ctx context.Context, addr string, rate, n, socks int, msg func(dst
 		wg.Go(func() {
 			buf := make([]byte, 65535)
 			for {
-				if _, err := c.Read(buf); err != nil {
+				n, err := c.Read(buf)
+				if err != nil {
 					return
+				}
+				if reply != nil {
+					reply(buf[:n])
 				}
 			}
 		})

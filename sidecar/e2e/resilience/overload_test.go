@@ -168,20 +168,28 @@ func TestFlood(t *testing.T) {
 	}
 	for _, fc := range floodCases(false) {
 		t.Run(fc.name, func(t *testing.T) {
-			var r *floodReport
-			for attempt := 1; ; attempt++ {
-				s := startFlooded(t, fc.unbound)
-				start := time.Now()
-				r = watch(t, s, fc.d, func(ctx context.Context) { fc.flood(ctx, s) })
-				t.Logf("%s (%s): %s", fc.name, time.Since(start).Round(time.Millisecond), r)
-				if r.stall <= maxStall || attempt == floodAttempts {
-					break
-				}
-				t.Logf("the test process stalled %s: not a measurement of the sidecar, again", r.stall)
-				_ = s.Stop(testkit.StopGrace)
-			}
+			_, r := runFlood(t, fc)
 			judgeFlood(t, fc, r)
 		})
+	}
+}
+
+// runFlood runs fc against a new sidecar under a watch, again on a new one
+// when the test process itself stalled past maxStall, up to floodAttempts
+// in all, and returns the last sidecar, still running, and what the watch
+// saw of it.
+func runFlood(t *testing.T, fc floodCase) (*sidecar, *floodReport) {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		s := startFlooded(t, fc.unbound)
+		start := time.Now()
+		r := watch(t, s, fc.d, func(ctx context.Context) { fc.flood(ctx, s) })
+		t.Logf("%s (%s): %s", fc.name, time.Since(start).Round(time.Millisecond), r)
+		if r.stall <= maxStall || attempt == floodAttempts {
+			return s, r
+		}
+		t.Logf("the test process stalled %s: not a measurement of the sidecar, again", r.stall)
+		_ = s.Stop(testkit.StopGrace)
 	}
 }
 
