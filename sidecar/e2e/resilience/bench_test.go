@@ -123,14 +123,16 @@ func procStatus(b *testing.B, pid int, field string) int64 {
 	return n
 }
 
-// BenchmarkFlood runs each attack of floodCases at full size against the
-// built binary with its default settings and reports what the watch saw:
-// the sidecar's peak RSS, how names the upstream answers fared (share
-// answered, 99th percentile latency), the slowest probe, the most
-// descriptors held and how often the upstream was marked down. Each attack
-// runs once per iteration on a fresh sidecar; run it with -benchtime 1x.
+// BenchmarkFlood runs each attack of floodCases at full size, and the
+// malformed flood of TestMalformedFlood, against the built binary with its
+// default settings and reports what the watch saw: the sidecar's peak RSS,
+// how names the upstream answers fared (share answered, 99th percentile
+// latency), the slowest probe, the most descriptors held and how often the
+// upstream was marked down. Each attack runs once per iteration on a fresh
+// sidecar; run it with -benchtime 1x.
 func BenchmarkFlood(b *testing.B) {
-	for _, fc := range floodCases(true) {
+	malformed, _ := malformedFlood(b) // its answers are TestMalformedFlood's to judge
+	for _, fc := range append(floodCases(true), malformed) {
 		b.Run(strings.ReplaceAll(fc.name, " ", "-"), func(b *testing.B) {
 			var worst floodReport
 			for b.Loop() {

@@ -43,6 +43,8 @@ type floodCase struct {
 	// answers in order, the names asked measured that rather than the
 	// sidecar. The benchmark keeps one dnstest upstream for all.
 	unbound bool
+	// env adds to the sidecar's settings, or overrides their defaults.
+	env []string
 }
 
 // nonReaderSlots bounds the queries in flight beside TCP clients that do
@@ -181,7 +183,7 @@ func TestFlood(t *testing.T) {
 func runFlood(t *testing.T, fc floodCase) (*sidecar, *floodReport) {
 	t.Helper()
 	for attempt := 1; ; attempt++ {
-		s := startFlooded(t, fc.unbound)
+		s := startFlooded(t, fc.unbound, fc.env...)
 		start := time.Now()
 		r := watch(t, s, fc.d, func(ctx context.Context) { fc.flood(ctx, s) })
 		t.Logf("%s (%s): %s", fc.name, time.Since(start).Round(time.Millisecond), r)
@@ -226,23 +228,23 @@ func judgeFlood(t *testing.T, fc floodCase, r *floodReport) {
 }
 
 // startFlooded starts a flood upstream and a sidecar with the default
-// settings toward it; with unbound, the flood's upstream is floodUnbound
+// settings toward it, and env; with unbound, the flood's upstream is floodUnbound
 // and the names the watch asks (okZone) go to a dnstest upstream of their
 // own.
-func startFlooded(t testing.TB, unbound bool) *sidecar {
+func startFlooded(t testing.TB, unbound bool, env ...string) *sidecar {
 	t.Helper()
 	up := floodUpstream(t)
 	if !unbound {
-		return startSidecar(t, upstreamEnv(t, up)...)
+		return startSidecar(t, append(upstreamEnv(t, up), env...)...)
 	}
 	u := floodUnbound(t)
 	ca := filepath.Join(t.TempDir(), "ok-ca.pem") // a route trusts its own ;ca= only
 	if err := os.WriteFile(ca, up.CAPEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return startSidecar(t,
-		fmt.Sprintf("UPSTREAMS=tls://%s#%s", u.Addr, u.ServerName), "TLS_CA_FILE="+u.CAFile,
-		fmt.Sprintf("ROUTES=%s=tls://%s#%s;ca=%s", okZone, up.Addr, up.ServerName, ca))
+	return startSidecar(t, append([]string{
+		fmt.Sprintf("UPSTREAMS=tls://%s#%s", u.Addr, u.ServerName), "TLS_CA_FILE=" + u.CAFile,
+		fmt.Sprintf("ROUTES=%s=tls://%s#%s;ca=%s", okZone, up.Addr, up.ServerName, ca)}, env...)...)
 }
 
 // floodUnbound is an Unbound, shared by the package's tests, that answers
