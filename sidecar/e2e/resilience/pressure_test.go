@@ -145,12 +145,11 @@ func trickle(ctx context.Context, c net.Conn, name string, r *rand.Rand) {
 }
 
 // pressure is the attack: idle clients that each hold a connection (and,
-// with reconnect, open another a second or two after the sidecar closes
-// theirs), slowloris clients that do the same, and non-readers
-// (floodTCPNonReaders, asking for midZone's 4,000-byte answers), until ctx
-// ends. The idle clients start idleRamp a second: thousands dialing at
-// once stalled the race-instrumented test process, which also runs the
-// watch and the upstream, for seconds.
+// with reconnect, open another once the sidecar closes theirs; see
+// idleFlood), slowloris clients that open another a second or two after
+// the sidecar closes theirs, and non-readers (floodTCPNonReaders, asking
+// for midZone's 4,000-byte answers), until ctx ends. The idle clients
+// start idleRamp a second.
 type pressure struct {
 	idle, slowloris, nonReaders int
 	reconnect                   bool
@@ -187,18 +186,9 @@ func (p *pressure) run(ctx context.Context, addr string) {
 			}
 		})
 	}
-	pace(ctx, idleRamp, p.idle, func(i int) bool {
-		wg.Go(func() {
-			r := rand.New(rand.NewPCG(uint64(i), 1))
-			for ctx.Err() == nil {
-				holdConn(ctx, addr, &p.idleTimes, waitClosed)
-				if !p.reconnect || !pause(r) {
-					return
-				}
-			}
-		})
-		return true
-	})
+	if err := idleFlood(ctx, addr, idleRamp, p.idle, p.reconnect, &p.idleTimes); err != nil {
+		panic(err)
+	}
 	wg.Wait()
 }
 
