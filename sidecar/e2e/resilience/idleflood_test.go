@@ -146,10 +146,12 @@ func (f *idleSockets) due(now time.Time) int {
 	return i
 }
 
+// closeAll closes the sockets still open, noting the oldest's age.
 func (f *idleSockets) closeAll() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for fd := range f.open {
+	for fd, opened := range f.open {
+		f.times.leftOpen(time.Since(opened))
 		_ = unix.Close(int(fd))
 	}
 	clear(f.open)
