@@ -271,10 +271,10 @@ const (
 )
 
 // malformedRSS bounds the sidecar's peak RSS through the malformed flood.
-// Measured (performance.md): 24-27 MiB, as idle, since a malformed
-// datagram is answered, or dropped, in the read loop that read it, and
-// holds nothing after; the bound leaves room for the valid queries and the
-// Go runtime's own growth on a larger machine.
+// Measured (performance.md): 20 to 25 MiB, about what it takes idle, since
+// a malformed datagram is answered, or dropped, in the read loop that read
+// it, and holds nothing after; the bound leaves room for the valid queries
+// and the Go runtime's own growth on a larger machine.
 const malformedRSS = 48 << 20
 
 // malformedFlood is the flood as a floodCase, and the tally it fills.

@@ -32,10 +32,10 @@ import (
 const minIdleTimeout = 200 * time.Millisecond
 
 // pressureRSS bounds the sidecar's peak RSS under connection pressure.
-// Measured (performance.md): 30-35 MiB with 3,000 idle clients, slowloris
-// and non-readers at TCP_MAX_CONNS; what TCP clients can make it hold is
-// bounded per connection (a 4 KiB read buffer, TCP_MAX_UNREAD of answers)
-// and in number (TCP_MAX_CONNS).
+// Measured (performance.md): 24 to 28 MiB with 3,000 idle clients,
+// slowloris and non-readers; what TCP clients can make it hold is bounded
+// per connection (a 4 KiB read buffer, TCP_MAX_UNREAD of answers) and in
+// number (TCP_MAX_CONNS).
 const pressureRSS = 64 << 20
 
 // connTimes records, for each connection an attacking client opened, how
