@@ -70,8 +70,8 @@ func withID(dst, template []byte, id uint16) []byte {
 }
 
 // malformedKinds are the datagrams of the flood: every kind of malformed
-// message that the spec of a relay facing untrusted clients lists, and
-// valid queries among them.
+// message a relay facing untrusted clients must refuse, and valid queries
+// among them.
 func malformedKinds(t testing.TB) []malformedKind {
 	t.Helper()
 	pack := func(m *dns.Msg) []byte {
@@ -187,7 +187,16 @@ type malformedTally struct {
 }
 
 func newMalformedTally(kinds []malformedKind) *malformedTally {
-	return &malformedTally{kinds: kinds, sent: make([]atomic.Int64, len(kinds)), got: make([]int, len(kinds))}
+	m := &malformedTally{kinds: kinds}
+	m.reset()
+	return m
+}
+
+// reset starts the count again, for a flood on a new sidecar.
+func (m *malformedTally) reset() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.sent, m.got, m.wrong = make([]atomic.Int64, len(m.kinds)), make([]int, len(m.kinds)), nil
 }
 
 // datagram appends the i-th datagram of the flood to dst: the kinds in turn.
@@ -287,7 +296,7 @@ func malformedFlood(t testing.TB) (floodCase, *malformedTally) {
 		d:      malformedFor,
 		maxFDs: 100,
 		flood: func(ctx context.Context, s *sidecar) {
-			*tally = *newMalformedTally(kinds) // a new sidecar, a new count
+			tally.reset() // a new sidecar, a new count
 			rate := int(float64(total)/(0.85*malformedFor.Seconds()))/malformedSenders + 1
 			var wg sync.WaitGroup
 			for j := range malformedSenders {
