@@ -32,7 +32,7 @@ import (
 const minIdleTimeout = 200 * time.Millisecond
 
 // pressureRSS bounds the sidecar's peak RSS under connection pressure.
-// Measured (performance.md): 24 to 28 MiB with 3,000 idle clients,
+// Measured (performance.md): 23 to 28 MiB with 3,000 idle clients,
 // slowloris and non-readers; what TCP clients can make it hold is bounded
 // per connection (a 4 KiB read buffer, TCP_MAX_UNREAD of answers) and in
 // number (TCP_MAX_CONNS).
