@@ -153,8 +153,11 @@ type Msg struct {
 
 	// end is the offset just past the last record the header counts, and
 	// 0 until Parse has accepted the whole message.
-	end    uint16
-	maxPtr uint16 // farthest compression pointer target
+	end uint16
+	// maxPtr is the farthest byte a compression pointer's name reads (its
+	// target, or the labels and pointers past it): a rewrite must leave
+	// that much of the message where it is.
+	maxPtr uint16
 }
 
 // Valid reports whether Parse accepted the whole message. A Msg that Parse
@@ -263,7 +266,7 @@ func Parse(b []byte) (Msg, error) {
 				return m, ErrPointer
 			}
 			m.qNameEnd, m.qEnd = uint16(end), uint16(end+4)
-			w.known, w.knownLen = HeaderLen, end-HeaderLen
+			w.known, w.knownLen, w.knownLast = HeaderLen, end-HeaderLen, end-1
 			m.qType = binary.BigEndian.Uint16(b[end:])
 			m.qClass = binary.BigEndian.Uint16(b[end+2:])
 		}
@@ -337,10 +340,11 @@ func (m *Msg) readOPT(b []byte, start, end, rdata, rdlen int, misplaced bool) er
 
 // nameWalk is what skipName carries from name to name in one message.
 type nameWalk struct {
-	maxPtr int // the farthest compression pointer target
-	// A pointer target proved sound, and the length of the name there:
-	// most names of an answer point at the question's, proved once.
-	known, knownLen int
+	maxPtr int // the farthest byte a pointer's name reads
+	// A pointer target proved sound, the length of the name there and the
+	// farthest byte it reads: most names of an answer point at the
+	// question's, proved once.
+	known, knownLen, knownLast int
 }
 
 // skipName returns the offset just past the name at b[off:], and whether the
@@ -372,18 +376,21 @@ func skipName(b []byte, off int, w *nameWalk) (int, bool, error) {
 				return 0, false, ErrTruncated
 			}
 			ptr := (c&0x3F)<<8 | int(b[off+1])
-			rest := w.knownLen
+			rest, last := w.knownLen, w.knownLast
 			if ptr != w.known || w.knownLen == 0 {
 				var err error
-				if rest, err = nameAt(b, ptr); err != nil {
+				if rest, last, err = nameAt(b, ptr); err != nil {
 					return 0, false, err
 				}
-				w.known, w.knownLen = ptr, rest
+				w.known, w.knownLen, w.knownLast = ptr, rest, last
 			}
 			if n+rest > maxNameLen {
 				return 0, false, ErrLabel
 			}
-			w.maxPtr = max(w.maxPtr, ptr)
+			// Parse holds this to the message's end: a name that runs on
+			// into bytes past the last record would break when the
+			// message is cut to its end.
+			w.maxPtr = max(w.maxPtr, last)
 			return off + 2, true, nil
 		default:
 			// 0x40 (extended labels, obsolete) and 0x80 are not in use.
@@ -398,43 +405,45 @@ func skipName(b []byte, off int, w *nameWalk) (int, bool, error) {
 const maxPointers = maxNameLen / 2
 
 // nameAt returns the length of the name at b[ptr:], a compression pointer's
-// target, following its own pointers. Every target must lie past the
+// target, following its own pointers, and the farthest byte it read. Every target must lie past the
 // header and inside the message; a chain of pointers that loops, through
 // labels or not, ends at the 255-byte bound on a name or at maxPointers.
-func nameAt(b []byte, ptr int) (int, error) {
+func nameAt(b []byte, ptr int) (n, last int, err error) {
 	if ptr < HeaderLen || ptr >= len(b) {
-		return 0, ErrPointer
+		return 0, 0, ErrPointer
 	}
-	n, hops := 0, 0
+	hops := 0
 	for off := ptr; ; {
 		if off >= len(b) {
-			return 0, ErrTruncated
+			return 0, 0, ErrTruncated
 		}
 		c := int(b[off])
 		switch c & 0xC0 {
 		case 0x00:
 			n += c + 1
 			if n > maxNameLen {
-				return 0, ErrPointer // or a loop through labels
+				return 0, 0, ErrPointer // or a loop through labels
 			}
+			last = max(last, off+c)
 			if c == 0 {
-				return n, nil
+				return n, last, nil
 			}
 			off += c + 1
 		case 0xC0:
 			if off+1 >= len(b) {
-				return 0, ErrTruncated
+				return 0, 0, ErrTruncated
 			}
 			if hops++; hops > maxPointers {
-				return 0, ErrPointer
+				return 0, 0, ErrPointer
 			}
+			last = max(last, off+1)
 			next := (c&0x3F)<<8 | int(b[off+1])
 			if next < HeaderLen || next >= len(b) {
-				return 0, ErrPointer
+				return 0, 0, ErrPointer
 			}
 			off = next
 		default:
-			return 0, ErrLabel
+			return 0, 0, ErrLabel
 		}
 	}
 }

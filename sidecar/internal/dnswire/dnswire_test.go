@@ -144,8 +144,9 @@ func TestParse(t *testing.T) {
 		// Compression pointers in records, after the question "a." at
 		// offset 12 (recordsAfterA): followed, they must end in a name.
 		{name: "pointer to an earlier name", msg: recordsAfterA(rec(0xC0, 12)), check: func(t *testing.T, m Msg, _ []byte) {
-			if m.maxPtr != 12 {
-				t.Errorf("maxPtr %d, want 12", m.maxPtr)
+			// The farthest byte the name reads: the question's root label.
+			if m.maxPtr != 14 {
+				t.Errorf("maxPtr %d, want 14", m.maxPtr)
 			}
 		}},
 		{name: "chain of pointers, each earlier", msg: recordsAfterA(rec(1, 'b', 0xC0, 12), rec(1, 'c', 0xC0, 19))},
@@ -154,6 +155,9 @@ func TestParse(t *testing.T) {
 		// RFC 1035 §4.1.4 points at prior occurrences, but Unbound and
 		// miekg/dns follow a forward pointer too, and so does the relay.
 		{name: "forward pointer", msg: recordsAfterA(rec(0xC0, 31, 1, 'c', 0, 0))},
+		// Cut to its last record, as a relay sends it, the name would
+		// end outside the message.
+		{name: "pointer to a name that ends past the last record", msg: append(recordsAfterA(rec(0xC0, 31, 1, 'c')), 0), wantErr: ErrPointer},
 		{name: "forward pointer to a name cut short", msg: recordsAfterA(rec(0xC0, 31, 1, 'c')), wantErr: ErrTruncated},
 		{name: "pointer loop of two pointers", msg: recordsAfterA(rec(0xC0, 12, 0xC0, 33), rec(0xC0, 31)), wantErr: ErrPointer},
 		{
