@@ -413,18 +413,8 @@ func watch(t testing.TB, s *sidecar, d time.Duration, f func(ctx context.Context
 			}
 		}
 	})
-	wg.Go(func() { // the test process's own stalls
-		const tick = 10 * time.Millisecond
-		last := time.Now()
-		for ctx.Err() == nil {
-			time.Sleep(tick)
-			now := time.Now()
-			mu.Lock()
-			r.stall = max(r.stall, now.Sub(last)-tick)
-			mu.Unlock()
-			last = now
-		}
-	})
+	stalls := testkit.WatchStalls() // the test process's own
+
 	wg.Go(func() { // descriptors, and every other time queries in flight
 		tick := time.NewTicker(50 * time.Millisecond)
 		defer tick.Stop()
@@ -449,6 +439,7 @@ func watch(t testing.TB, s *sidecar, d time.Duration, f func(ctx context.Context
 		}
 	})
 	wg.Wait()
+	r.stall = stalls.Stop()
 	slices.Sort(r.latencies)
 	rss, err := testkit.PeakRSS(pid)
 	if err != nil {
