@@ -86,7 +86,7 @@ type soakReport struct {
 	wrong                              int64 // answers neither right nor SERVFAIL
 	firstWrong                         string
 	restarts, aborts                   int
-	maxConns                           int // most sockets held to the upstream at once
+	maxConns                           []testkit.TCPSocket // most sockets held to the upstream at once
 	connSamples                        int
 	before, after                      soakSnapshot
 	recovered                          bool // a new name answered after the churn
@@ -100,7 +100,7 @@ func (r *soakReport) String() string {
 		"cached names %.2f%% answered; upstream connections ≤ %d (pool %d, %d samples); before: %s; after: %s; "+
 		"answering again %s after the churn",
 		r.restarts, r.aborts, r.asked, 100*share(r.answered, r.asked), 100*share(r.servfail, r.asked), r.lost, r.wrong,
-		100*share(r.cachedAnswered, r.cachedAsked), r.maxConns, r.poolSize, r.connSamples, r.before, r.after, r.recoverAfter.Round(time.Millisecond))
+		100*share(r.cachedAnswered, r.cachedAsked), len(r.maxConns), r.poolSize, r.connSamples, r.before, r.after, r.recoverAfter.Round(time.Millisecond))
 }
 
 func share(n, of int64) float64 {
@@ -118,8 +118,8 @@ func (r *soakReport) judge(t testing.TB) {
 			t.Error(err)
 		}
 	}
-	if r.maxConns > r.poolSize {
-		t.Errorf("the sidecar held up to %d connections to the upstream, more than its pool of %d", r.maxConns, r.poolSize)
+	if len(r.maxConns) > r.poolSize {
+		t.Errorf("the sidecar held up to %d connections to the upstream, more than its pool of %d: %v", len(r.maxConns), r.poolSize, r.maxConns)
 	}
 	if r.connSamples == 0 {
 		t.Error("the upstream connections were never counted")
@@ -148,7 +148,7 @@ func (r *soakReport) report(b *testing.B) {
 	b.ReportMetric(100*share(r.answered, r.asked), "answered-%")
 	b.ReportMetric(100*share(r.servfail, r.asked), "servfail-%")
 	b.ReportMetric(100*share(r.cachedAnswered, r.cachedAsked), "cached-answered-%")
-	b.ReportMetric(float64(r.maxConns), "max-upstream-conns")
+	b.ReportMetric(float64(len(r.maxConns)), "max-upstream-conns")
 	b.ReportMetric(float64(r.poolSize), "pool-size")
 	b.ReportMetric(float64(r.before.rss)/(1<<20), "RSS-before-MiB")
 	b.ReportMetric(float64(r.after.rss)/(1<<20), "RSS-after-MiB")
@@ -291,16 +291,20 @@ func churn(up *dnstest.Server, plan churnPlan) (restarts, aborts int, err error)
 }
 
 // sampleConns counts, every 50 ms until ctx ends, the sockets process pid
-// holds to port, and returns the most it saw and how many samples it took.
-func sampleConns(ctx context.Context, pid, port int) (most, samples int, err error) {
+// holds to port, and returns the most it saw, which they were, and how many
+// samples it took.
+func sampleConns(ctx context.Context, pid, port int) (most []testkit.TCPSocket, samples int, err error) {
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		held, _, err := testkit.TCPConns(pid, port)
+		held, err := testkit.TCPSockets(pid, port)
 		if err != nil {
 			return most, samples, fmt.Errorf("counting the connections to the upstream: %w", err)
 		}
-		most, samples = max(most, held), samples+1
+		if len(held) > len(most) {
+			most = held
+		}
+		samples++
 		select {
 		case <-ctx.Done():
 			return most, samples, nil
