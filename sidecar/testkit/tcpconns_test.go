@@ -76,16 +76,7 @@ func TestTCPConnsOfSelf(t *testing.T) {
 	defer ln.Close()
 	port := ln.Addr().(*net.TCPAddr).Port
 	for range 2 {
-		c, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		a, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer a.Close()
+		connectTo(t, &net.Dialer{}, ln)
 	}
 	held, est, err := TCPConns(os.Getpid(), port)
 	if err != nil || held != 2 || est != 2 {
@@ -109,17 +100,7 @@ func TestTCPConnsSkipsAcceptedFromThePort(t *testing.T) {
 	}
 	port := spare.Addr().(*net.TCPAddr).Port
 	spare.Close()
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port}}
-	c, err := d.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	a, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
+	connectTo(t, &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port}}, ln)
 	socks, err := TCPSockets(os.Getpid(), port)
 	if err != nil {
 		t.Fatal(err)
@@ -127,4 +108,20 @@ func TestTCPConnsSkipsAcceptedFromThePort(t *testing.T) {
 	if len(socks) != 0 {
 		t.Errorf("TCPSockets(%d) = %v, want none: the accepted connection's remote port is a client's", port, socks)
 	}
+}
+
+// connectTo dials ln with d and accepts the connection; both ends close
+// when the test ends.
+func connectTo(t *testing.T, d *net.Dialer, ln net.Listener) {
+	t.Helper()
+	c, err := d.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	a, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
 }
