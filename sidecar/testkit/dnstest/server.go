@@ -104,6 +104,7 @@ type Server struct {
 	snis        map[string]bool        // DoH TLS server names seen
 	methods     map[string]bool        // DoH HTTP methods seen
 	conns       map[net.Conn]*tls.Conn // the TLS side once its handshake is done
+	openConns   map[net.Conn]bool      // counted in open
 	closed      bool
 	stopped     bool // by Stop, until Restart
 	done        chan struct{}
@@ -134,6 +135,7 @@ func Start(opts Options) (*Server, error) {
 		handler:    opts.Handler,
 		raw:        opts.Raw,
 		conns:      make(map[net.Conn]*tls.Conn),
+		openConns:  make(map[net.Conn]bool),
 		done:       make(chan struct{}),
 	}
 	if err := s.makeCerts(); err != nil {
@@ -229,8 +231,37 @@ func (s *Server) Queries() int64 { return s.queries.Load() }
 // Open is the number of TLS connections open now (handshake completed).
 func (s *Server) Open() int64 { return s.open.Load() }
 
-// MaxOpen is the most TLS connections that were open at once.
+// MaxOpen is the most TLS connections the client held open at once, as
+// counted each time a handshake completes: a connection the client has
+// closed is not counted though this server has yet to handle its end.
+// Counted by this server's own bookkeeping, as Open is, a client that
+// closes one connection and at once dials another, as a pool at its size
+// does, would be seen over its size whenever the server's goroutines ran
+// late.
 func (s *Server) MaxOpen() int64 { return s.maxOpen.Load() }
+
+// opened counts raw as open and returns how many of the open connections
+// the client may still hold (peerHolds), raw among them.
+func (s *Server) opened(raw net.Conn) int64 {
+	s.open.Add(1)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.openConns[raw] = true
+	var n int64
+	for c := range s.openConns {
+		if peerHolds(c) {
+			n++
+		}
+	}
+	return n
+}
+
+func (s *Server) closedOpen(raw net.Conn) {
+	s.mu.Lock()
+	delete(s.openConns, raw)
+	s.mu.Unlock()
+	s.open.Add(-1)
+}
 
 // IdleClosed counts connections the server closed for being idle as long
 // as its keepalive announced (Behavior.KeepaliveNanos).
@@ -348,8 +379,8 @@ func (s *Server) serveConn(raw net.Conn) {
 		_ = tc.Close()
 		return
 	}
-	raise(&s.maxOpen, s.open.Add(1))
-	defer s.open.Add(-1)
+	raise(&s.maxOpen, s.opened(raw))
+	defer s.closedOpen(raw)
 	if s.httpSrv != nil {
 		s.serveHTTPConn(raw, tc)
 		return
