@@ -152,10 +152,17 @@ func nameCrossesTTL(msg, offs []byte) bool {
 
 // readsTTL follows the name at p as a decoder reads it, and reports whether
 // it reads a byte of a TTL field before the name ends or proves malformed.
+// msg may hold TTLs capped already: the walk up to the first TTL byte it
+// reads is the same as in the answer as it came, so each byte is checked
+// before its value is used (a capped TTL may make a length byte send the
+// name past the message's end, where it would prove nothing).
 func readsTTL(msg []byte, p int, inTTL func(lo, hi int) bool) bool {
 	for range maxNameLen { // a name reads no more labels and pointers
 		if p < HeaderLen || p >= len(msg) {
 			return false
+		}
+		if inTTL(p, p+1) {
+			return true
 		}
 		c := int(msg[p])
 		switch c & 0xC0 {

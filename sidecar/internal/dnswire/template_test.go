@@ -319,6 +319,24 @@ func TestTemplateNameThroughTTL(t *testing.T) {
 	if _, err := NewTemplate(&m, 60); !errors.Is(err, ErrNameInTTL) {
 		t.Fatalf("NewTemplate = %v, want ErrNameInTTL", err)
 	}
+
+	// The owner points at the third byte of the record's own TTL, 0x01
+	// 0x30 0x00: the label "0" and the root, as the answer came. Capped to
+	// 3600 (00 00 0e 10), that byte becomes a label length of 14 running
+	// past the message's end, which must not read as "no name here".
+	b = pack(t, query("www.example.", dns.TypeTXT))
+	b[2] |= 0x80
+	binary.BigEndian.PutUint16(b[6:], 1) // ANCOUNT
+	ttlAt := len(b) + 2 + 4
+	b = append(b, 0xC0, byte(ttlAt+2))
+	b = append(b, 0x30, 0x30, 0x30, 0x30, 0x30, 0x30, 0x01, 0x30, 0, 0) // type and class 0x3030, TTL 0x30300130, no RDATA
+	if err := new(dns.Msg).Unpack(b); err != nil {
+		t.Fatalf("the crafted answer must decode: %v", err)
+	}
+	m = mustParse(t, b)
+	if _, err := NewTemplate(&m, 3600); !errors.Is(err, ErrNameInTTL) {
+		t.Fatalf("owner in its own TTL: NewTemplate = %v, want ErrNameInTTL", err)
+	}
 }
 
 // TestTemplateOPTInTheMiddle: an OPT record that is not last is removed by
