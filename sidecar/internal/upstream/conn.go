@@ -448,17 +448,26 @@ func (c *conn) closeSocket() {
 		_ = c.tc.Close() // the socket is closed already; this releases the TLS side
 		return
 	}
-	// The polite close sends close_notify first. crypto/tls gives that alert
-	// a write deadline of 5 s of its own, overriding any set here, so an
-	// upstream that stopped reading would hold this goroutine (and Close,
-	// which waits for it) that long; the socket is closed under it instead.
+	closePolitely(c.tc, nil)
+	c.d.removeConn(c) // the socket is closed: its slot is free (shutdown)
+}
+
+// closePolitely closes tc after last (frames still to send, nil for none)
+// and close_notify, and returns once its socket is closed. crypto/tls gives
+// that alert a write deadline of 5 s of its own, overriding any set here,
+// so an upstream that stopped reading would hold the caller that long; the
+// socket is closed under it after closeNotifyTimeout instead.
+func closePolitely(tc *tls.Conn, last []byte) {
 	cut := make(chan struct{})
-	t := time.AfterFunc(closeNotifyTimeout, func() { _ = c.tc.NetConn().Close(); close(cut) })
-	_ = c.tc.Close()
+	t := time.AfterFunc(closeNotifyTimeout, func() { _ = tc.NetConn().Close(); close(cut) })
+	if len(last) > 0 {
+		_ = tc.SetWriteDeadline(time.Now().Add(closeNotifyTimeout))
+		_, _ = tc.Write(last)
+	}
+	_ = tc.Close()
 	if !t.Stop() {
 		<-cut // closing the socket under tc.Close, which may have returned first
 	}
-	c.d.removeConn(c) // the socket is closed: its slot is free (shutdown)
 }
 
 func (c *conn) readLoop() {

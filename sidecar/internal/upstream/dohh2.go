@@ -455,20 +455,11 @@ func (h *h2Conn) closeSocket() {
 		_ = h.tc.Close() // the socket is closed already; this releases the TLS side
 		return
 	}
-	cut := make(chan struct{})
-	t := time.AfterFunc(closeNotifyTimeout, func() { _ = h.tc.NetConn().Close(); close(cut) })
 	h.mu.Lock()
 	last := h.pending
 	h.pending = nil
 	h.mu.Unlock()
-	if len(last) > 0 {
-		_ = h.tc.SetWriteDeadline(time.Now().Add(closeNotifyTimeout))
-		_, _ = h.tc.Write(last)
-	}
-	_ = h.tc.Close()
-	if !t.Stop() {
-		<-cut // closing the socket under tc.Close, which may have returned first
-	}
+	closePolitely(h.tc, last)
 }
 
 // onSocketClosed has f called once the socket is closed: at once if it is.
