@@ -24,7 +24,7 @@ func TestMain(m *testing.M) { testkit.Main(m) }
 
 // What counts as a reference, chosen so that URLs, Go import paths, paths
 // of the machine (/etc/resolv.conf) and paths of other projects
-// (plugin/forward/forward.go) are never taken for one:
+// (CoreDNS's plugin/forward/forward.go) are never taken for one:
 //
 //   - a path with a slash whose first element is an entry at the top of the
 //     repository (sidecar/testkit/dnstest, iptables/dns-redirect.sh,

@@ -24,7 +24,7 @@ import (
 const Version = "v1.14.7"
 
 // Plugins are the only plugins compiled in, in no particular order (CoreDNS
-// runs them in the order of core/dnsserver/zdirectives.go, whatever the
+// runs them in the order of its own core/dnsserver/zdirectives.go, whatever the
 // order of their imports). Leaving out kubernetes, the cloud backends and
 // the rest keeps client-go and the cloud SDKs out of the build: on two
 // shared cores, with empty module and build caches, it took 17 s of module
