@@ -1,9 +1,12 @@
 package dnstest
 
 import (
+	"errors"
 	"net"
 	"testing"
 	"time"
+
+	"github.com/dot-sidecar/dot-sidecar/sidecar/testkit"
 )
 
 // peerHolds follows the client's end of a connection as the kernel sees
@@ -26,16 +29,16 @@ func TestPeerHolds(t *testing.T) {
 		t.Cleanup(func() { c.Close(); s.Close() })
 		return c, s
 	}
-	// Each until: the FIN or reset crosses loopback within the close call
+	// Each wait: the FIN or reset crosses loopback within the close call
 	// as a rule, but a busy machine may leave it to ksoftirqd.
-	until := func(what string, cond func() bool) {
+	released := func(what string, s net.Conn) {
 		t.Helper()
-		for deadline := time.Now().Add(5 * time.Second); !cond(); {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: not within 5s", what)
+		testkit.WaitFor(t, what, 5*time.Second, func() error {
+			if peerHolds(s) {
+				return errors.New("still counted as held")
 			}
-			time.Sleep(time.Millisecond)
-		}
+			return nil
+		})
 	}
 
 	c, s := pair()
@@ -43,12 +46,12 @@ func TestPeerHolds(t *testing.T) {
 		t.Error("an established connection counted as released by the client")
 	}
 	c.Close()
-	until("a connection the client closed (FIN) counted as released", func() bool { return !peerHolds(s) })
+	released("a connection the client closed (FIN) counted as released", s)
 
 	c, s = pair()
 	c.(*net.TCPConn).SetLinger(0)
 	c.Close()
-	until("a connection the client reset counted as released", func() bool { return !peerHolds(s) })
+	released("a connection the client reset counted as released", s)
 
 	c, s = pair()
 	s.(*net.TCPConn).CloseWrite()
